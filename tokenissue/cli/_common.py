@@ -1,0 +1,202 @@
+"""What every command shares: the typed context, options, PIN sources and output."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..credentials import PROTECTED_AUTH, Pin, ProtectedAuth
+from ..errors import PinError, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "AppState",
+    "JsonOpt",
+    "PinSource",
+    "TokenOpt",
+    "console",
+    "emit_json",
+    "err_console",
+    "state",
+]
+
+
+@dataclass(frozen=True)
+class AppState:
+    """Global options, parsed once by the root callback (replaces an untyped ctx.obj dict)."""
+
+    module: str | None  #: PKCS#11 module path from --module / TOKENISSUE_MODULE, else auto
+    debug: bool  #: show tracebacks (without locals)
+    state_dir: Path  #: where the holder's journal and records live
+
+
+def state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    obj = root.obj
+    if not isinstance(obj, AppState):  # a sub-app invoked directly in tests
+        obj = AppState(module=os.environ.get("TOKENISSUE_MODULE"), debug=False, state_dir=default_state_dir())
+    return obj
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("TOKENISSUE_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tokenissue"
+
+
+_console: Console | None = None
+_err_console: Console | None = None
+
+
+def console() -> Console:
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(highlight=False, soft_wrap=True)
+    return _console
+
+
+def err_console() -> Console:
+    global _err_console
+    if _err_console is None:
+        from rich.console import Console
+
+        _err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _err_console
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if isinstance(o, bytes):
+        return o.hex()
+    if hasattr(o, "value"):
+        return o.value
+    raise TypeError(type(o).__name__)
+
+
+def emit_json(data: Any) -> None:
+    """Print machine-readable output on stdout (UTF-8, not ASCII-escaped: Korean stays readable)."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+# -- options ------------------------------------------------------------------------------
+TokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        "-t",
+        help="The token: its label, serial:XXXX, or a pkcs11: URI (token=...;serial=...). "
+        "Never a slot number: slots move.",
+        envvar="TOKENISSUE_TOKEN",
+        show_envvar=True,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+KeyOpt = Annotated[
+    str,
+    typer.Option("--key", "-k", help="The key: its label, id:HEX, or a pkcs11: URI (object=...;id=%..)."),
+]
+
+
+@dataclass(frozen=True)
+class PinSource:
+    """Where a PIN comes from. There is deliberately no way to pass the value in argv."""
+
+    env_default: str  #: the default environment variable, e.g. TOKENISSUE_PIN
+    what: str  #: "PIN", "SO PIN", ... for prompts and messages
+    pin_file: Path | None = None  #: --pin-file; "-" reads one line from stdin
+    pin_env: str | None = None  #: --pin-env NAME
+    protected_auth: bool = False  #: use the token's PIN pad
+
+    def get(self, *, confirm: bool = False) -> Pin | ProtectedAuth:
+        if self.protected_auth:
+            return PROTECTED_AUTH
+        if self.pin_file is not None:
+            return Pin(read_secret_file(self.pin_file, self.what))
+        if self.pin_env:
+            value = os.environ.get(self.pin_env)
+            if value is None:
+                raise PinError(f"Environment variable {self.pin_env} (--pin-env) is not set.")
+            return Pin(value)
+        value = os.environ.get(self.env_default)
+        if value is not None:
+            return Pin(value)
+        return Pin(prompt_secret(self.what, confirm=confirm, hint=self.env_default))
+
+    def get_value(self, *, confirm: bool = False) -> Pin:
+        got = self.get(confirm=confirm)
+        if isinstance(got, ProtectedAuth):
+            raise UsageError(f"The {self.what} must be typed here; a PIN pad cannot set it.")
+        return got
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """One secret from a file (or stdin for '-'): first line, trailing newline removed.
+
+    Files readable by group or others are refused, like ssh does with private keys.
+    """
+    if str(path) == "-":
+        line = sys.stdin.readline()
+        if not line:
+            raise PinError(f"No {what} on standard input.")
+        return line.rstrip("\r\n")
+    try:
+        st = path.stat()
+    except OSError:
+        raise PinError(f"Cannot read the {what} file '{path}'.") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PinError(f"The {what} file '{path}' is readable by others; chmod 600 it first.")
+    try:
+        data = path.read_text(encoding="utf-8")
+    except OSError:
+        raise PinError(f"Cannot read the {what} file '{path}'.") from None
+    lines = data.splitlines()
+    if not lines or not lines[0]:
+        raise PinError(f"The {what} file '{path}' is empty.")
+    return lines[0]
+
+
+def prompt_secret(what: str, *, confirm: bool = False, hint: str = "") -> str:
+    if not sys.stdin.isatty():
+        raise PinError(f"No {what} given and no terminal to ask on; set {hint} or use --pin-file.")
+    value: str = typer.prompt(f"{what}", hide_input=True, confirmation_prompt=confirm)
+    return value
+
+
+def pin_options(
+    pin_file: Path | None, pin_env: str | None, protected_auth: bool, *, env: str = "TOKENISSUE_PIN", what: str = "PIN"
+) -> PinSource:
+    return PinSource(env_default=env, what=what, pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth)
+
+
+PinFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pin-file",
+        help="Read the user PIN from this file's first line (must be chmod 600); '-' reads stdin. "
+        "Default: $TOKENISSUE_PIN, else a hidden prompt.",
+    ),
+]
+PinEnvOpt = Annotated[
+    str | None,
+    typer.Option("--pin-env", metavar="NAME", help="Read the user PIN from environment variable NAME."),
+]
+ProtectedAuthOpt = Annotated[
+    bool,
+    typer.Option("--protected-auth", help="Enter the PIN on the token's own PIN pad."),
+]

@@ -1,0 +1,69 @@
+"""Tables and dict views of models, shared by the commands that print them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from ..models import CertObject, KeyInfo, TokenInfo
+from ..p11.uri import format_uri
+
+
+def token_dict(t: TokenInfo) -> dict[str, Any]:
+    return {
+        "label": t.label,
+        "serial": t.serial,
+        "manufacturer": t.manufacturer,
+        "model": t.model,
+        "initialized": t.initialized,
+        "user_pin_initialized": t.user_pin_initialized,
+        "login_required": t.login_required,
+        "protected_auth_path": t.protected_auth_path,
+        "pin_state": t.pin_state,
+        "user_pin_count_low": t.user_pin_count_low,
+        "user_pin_final_try": t.user_pin_final_try,
+        "user_pin_locked": t.user_pin_locked,
+        "so_pin_count_low": t.so_pin_count_low,
+        "so_pin_final_try": t.so_pin_final_try,
+        "so_pin_locked": t.so_pin_locked,
+        "uri": format_uri(token=t.label, serial=t.serial),
+    }
+
+
+def key_dict(k: KeyInfo, token_label: str) -> dict[str, Any]:
+    return {
+        "id": k.id.hex(),
+        "label": k.label,
+        "type": k.key_type.value if k.key_type else "unknown",
+        "size": k.key_type.bits if k.key_type else None,
+        "local": k.local,
+        "never_extractable": k.never_extractable,
+        "always_sensitive": k.always_sensitive,
+        "sensitive": k.sensitive,
+        "extractable": k.extractable,
+        "born_on_token": k.born_on_token,
+        "has_certificate": k.has_certificate,
+        "uri": format_uri(token=token_label, object=k.label, id=k.id, type="private"),
+    }
+
+
+def cert_dict(c: CertObject, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    days = (c.not_after - now).total_seconds() / 86400
+    return {
+        "id": c.id.hex(),
+        "label": c.label,
+        "subject": c.subject,
+        "issuer": c.issuer,
+        "serial": format(c.serial, "x"),
+        "not_before": c.not_before,
+        "not_after": c.not_after,
+        "days_left": int(days) if days >= 0 else int(days) - 1,
+        "valid_now": c.not_before <= now <= c.not_after,
+        "ca": c.is_ca,
+        "has_key": c.has_key,
+    }
+
+
+def yesno(v: bool) -> str:
+    return "[green]yes[/]" if v else "[red]no[/]"

@@ -1,0 +1,52 @@
+"""Run the app and map every outcome to an exit status (see docs/exit-codes.md)."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from ..errors import TokenIssueError
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def run(args: list[str], *, debug: bool) -> int:
+    import typer
+
+    from ._app import app
+    from ._common import err_console
+
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=args, prog_name="tokenissue", standalone_mode=False)
+        return rv if isinstance(rv, int) else EXIT_OK
+    except TokenIssueError as e:
+        if debug:
+            traceback.print_exception(e, file=sys.stderr)
+        from rich.markup import escape
+
+        err_console().print(f"[bold red]Error:[/] {escape(e.message)}", highlight=False)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.exceptions.Abort:
+        err_console().print("Aborted.")
+        return EXIT_INTERRUPTED
+    except click.ClickException as e:
+        e.show()
+        return EXIT_USAGE if isinstance(e, click.UsageError) else int(e.exit_code)
+    except KeyboardInterrupt:
+        err_console().print("Interrupted.")
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if debug:
+            traceback.print_exception(e, file=sys.stderr)
+        else:
+            err_console().print(
+                f"[bold red]Unexpected error:[/] {type(e).__name__}. "
+                "Rerun with --debug for details and report it if it persists.",
+                highlight=False,
+            )
+        return EXIT_UNEXPECTED

@@ -1,0 +1,145 @@
+"""One exception tree for the whole package.
+
+Every error the user can cause or fix is a :class:`TokenIssueError`. Each class carries the
+process exit status the CLI uses and a message that is safe to print: it never contains a PIN,
+an authorization code or key material, and it says what to do next.
+
+Hierarchy (exit status in brackets)::
+
+    TokenIssueError [1]
+    ├── UsageError [2]            bad arguments or input files
+    ├── ConfigError [3]           missing module, unreadable config, bad profile file
+    ├── TokenError [4]
+    │   ├── TokenNotFound
+    │   ├── AmbiguousToken
+    │   ├── KeyNotFound
+    │   ├── ObjectExists
+    │   ├── MechanismUnsupported
+    │   └── ProvenanceError       a key that could have been outside the token
+    ├── PinError [5]
+    │   ├── PinIncorrect          .tries_left_hint tells what the token reports
+    │   ├── PinLocked
+    │   └── PinPolicyError        a new PIN the token refuses (length)
+    ├── CAError [6]
+    │   ├── RequestRejected       CSR signature, profile, subject, key type, ...
+    │   ├── CAUnavailable         CA expired, not initialised, unreachable
+    │   └── NotFound              serial / enrollment unknown to the CA
+    └── InventoryError [7]        the database cannot be opened, migrated or written
+
+Lower-layer exceptions (python-pkcs11, SQLAlchemy, cryptography) are translated at the
+boundary of the package that imports them, with the original chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousToken",
+    "CAError",
+    "CAUnavailable",
+    "ConfigError",
+    "InventoryError",
+    "KeyNotFound",
+    "MechanismUnsupported",
+    "NotFound",
+    "ObjectExists",
+    "PinError",
+    "PinIncorrect",
+    "PinLocked",
+    "PinPolicyError",
+    "ProvenanceError",
+    "RequestRejected",
+    "TokenError",
+    "TokenIssueError",
+    "TokenNotFound",
+    "UsageError",
+]
+
+
+class TokenIssueError(Exception):
+    """Base class. ``str(err)`` is one sentence that is safe to show to the user."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(TokenIssueError):
+    exit_code = 2
+
+
+class ConfigError(TokenIssueError):
+    exit_code = 3
+
+
+class TokenError(TokenIssueError):
+    exit_code = 4
+
+
+class TokenNotFound(TokenError):
+    pass
+
+
+class AmbiguousToken(TokenError):
+    pass
+
+
+class KeyNotFound(TokenError):
+    pass
+
+
+class ObjectExists(TokenError):
+    pass
+
+
+class MechanismUnsupported(TokenError):
+    pass
+
+
+class ProvenanceError(TokenError):
+    """The key's attributes do not prove it was generated on the token and never left it."""
+
+
+class PinError(TokenIssueError):
+    exit_code = 5
+
+
+class PinIncorrect(PinError):
+    """A PIN was refused. It is never retried automatically: each try counts on real tokens."""
+
+    def __init__(self, message: str, *, count_low: bool = False, final_try: bool = False) -> None:
+        super().__init__(message)
+        self.count_low = count_low
+        self.final_try = final_try
+
+
+class PinLocked(PinError):
+    pass
+
+
+class PinPolicyError(PinError):
+    pass
+
+
+class CAError(TokenIssueError):
+    exit_code = 6
+
+
+class RequestRejected(CAError):
+    pass
+
+
+class CAUnavailable(CAError):
+    pass
+
+
+class NotFound(CAError):
+    pass
+
+
+class InventoryError(TokenIssueError):
+    exit_code = 7

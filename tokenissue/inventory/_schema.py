@@ -1,0 +1,103 @@
+"""The inventory's tables as SQLAlchemy Core objects.
+
+This is what the store queries; ``migrations/versions`` is what creates it. The two are kept
+equal by a test that compares the migrated database with this metadata.
+
+Portability rules (SQLite now, PostgreSQL later): serial numbers are up to 160-bit integers,
+which overflow BIGINT, so they are lowercase hex strings; DER is ``LargeBinary``; JSON is
+text written by :func:`json.dumps` so both backends store the same bytes; datetimes are
+:class:`~tokenissue.inventory._types.UTCDateTime`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from ._types import UTCDateTime
+
+__all__ = ["audit", "certificates", "counters", "journal", "metadata", "settings"]
+
+# Named constraints make future migrations (and SQLite batch migrations) able to refer to them.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("serial", String(64), primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("issuer", Text, nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("profile", String(128), nullable=False),
+    Column("der", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("revocation_reason", String(32), nullable=True),
+    Column("token_serial", String(64), nullable=True),
+    Column("key_id", String(256), nullable=True),
+    Column("label", Text, nullable=True),
+    Column("request_id", String(128), nullable=True, unique=True),
+    Column("replaces", String(64), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_certificates_not_after", "not_after"),
+    Index("ix_certificates_token_serial", "token_serial"),
+)
+
+journal = Table(
+    "journal",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("state", String(64), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished", Boolean(create_constraint=False), nullable=False),
+)
+
+# The primary key on seq is what stops two writers from both appending entry N.
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Monotonic counters (the CRL number) live in their own integer table rather than in
+# settings, so an increment is one UPDATE that the database serialises for us.
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

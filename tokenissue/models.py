@@ -1,0 +1,203 @@
+"""Plain data shared by every layer: key types and frozen records.
+
+Nothing here talks to a token, a database or the user.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+__all__ = [
+    "AuditEntry",
+    "CertObject",
+    "CertRecord",
+    "CertStatus",
+    "JournalEntry",
+    "KeyAlgorithm",
+    "KeyInfo",
+    "KeyType",
+    "RevocationReason",
+    "TokenInfo",
+]
+
+
+class KeyAlgorithm(enum.Enum):
+    RSA = "rsa"
+    EC = "ec"
+    ED25519 = "ed25519"
+
+
+class KeyType(enum.Enum):
+    """Key pair types tokenissue generates; the value is the CLI spelling."""
+
+    EC_P256 = "ec-p256"
+    EC_P384 = "ec-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+    RSA_4096 = "rsa-4096"
+    ED25519 = "ed25519"
+
+    @property
+    def algorithm(self) -> KeyAlgorithm:
+        if self.value.startswith("rsa"):
+            return KeyAlgorithm.RSA
+        if self.value.startswith("ec"):
+            return KeyAlgorithm.EC
+        return KeyAlgorithm.ED25519
+
+    @property
+    def bits(self) -> int:
+        return {"ec-p256": 256, "ec-p384": 384, "ed25519": 255}.get(self.value) or int(self.value.split("-")[1])
+
+    @property
+    def curve(self) -> str | None:
+        """The SEC 2 curve name for EC types, ``None`` otherwise."""
+        return {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}.get(self.value)
+
+    @classmethod
+    def from_parts(cls, algorithm: KeyAlgorithm, bits: int) -> KeyType:
+        for kt in cls:
+            if kt.algorithm is algorithm and (algorithm is KeyAlgorithm.ED25519 or kt.bits == bits):
+                return kt
+        raise ValueError(f"unsupported key: {algorithm.value} {bits}")
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What a token says about itself (CK_TOKEN_INFO), plus where it sits."""
+
+    label: str
+    serial: str
+    manufacturer: str
+    model: str
+    initialized: bool
+    user_pin_initialized: bool
+    login_required: bool
+    protected_auth_path: bool
+    user_pin_count_low: bool
+    user_pin_final_try: bool
+    user_pin_locked: bool
+    so_pin_count_low: bool
+    so_pin_final_try: bool
+    so_pin_locked: bool
+    slot_description: str = ""
+    module: str = ""
+
+    @property
+    def pin_state(self) -> str:
+        """A short word for the user PIN's state."""
+        if self.user_pin_locked:
+            return "locked"
+        if self.user_pin_final_try:
+            return "final-try"
+        if self.user_pin_count_low:
+            return "count-low"
+        if not self.user_pin_initialized:
+            return "not-set"
+        return "ok"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A private key on a token, with the attributes that prove where it came from."""
+
+    id: bytes
+    label: str
+    key_type: KeyType | None
+    local: bool
+    never_extractable: bool
+    always_sensitive: bool
+    sensitive: bool
+    extractable: bool
+    can_decrypt: bool = False
+    has_certificate: bool = False
+    key_description: str = ""
+
+    @property
+    def born_on_token(self) -> bool:
+        """True when the token vouches that the key was made inside it and never left it."""
+        return (
+            self.local and self.never_extractable and self.always_sensitive and self.sensitive and not self.extractable
+        )
+
+
+@dataclass(frozen=True)
+class CertObject:
+    """A certificate object on a token (CKO_CERTIFICATE, X.509)."""
+
+    id: bytes
+    label: str
+    der: bytes = field(repr=False)
+    subject: str
+    issuer: str
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    is_ca: bool
+    has_key: bool
+
+
+class CertStatus(enum.Enum):
+    VALID = "valid"
+    REVOKED = "revoked"
+
+
+class RevocationReason(enum.Enum):
+    """RFC 5280 CRLReason names as the CLI spells them."""
+
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "key-compromise"
+    CA_COMPROMISE = "ca-compromise"
+    AFFILIATION_CHANGED = "affiliation-changed"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessation-of-operation"
+    CERTIFICATE_HOLD = "certificate-hold"
+    PRIVILEGE_WITHDRAWN = "privilege-withdrawn"
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    """One issued certificate as the inventory keeps it (CA side) or remembers it (holder side)."""
+
+    serial: int
+    subject: str
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+    sha256: str  # hex fingerprint of the DER
+    profile: str
+    der: bytes = field(repr=False)
+    status: CertStatus = CertStatus.VALID
+    revoked_at: datetime | None = None
+    revocation_reason: RevocationReason | None = None
+    token_serial: str | None = None  # the token holding the key, when known
+    key_id: bytes | None = None  # the key's CKA_ID on that token
+    label: str | None = None
+    request_id: str | None = None  # the enrollment that asked for it: makes issuance idempotent
+    replaces: int | None = None  # serial of the certificate this one renews or re-issues
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """A resumable multi-step operation (an enrollment, a renewal)."""
+
+    id: str
+    kind: str  # "enroll", "renew"
+    state: str  # the last step completed
+    params: dict[str, object]
+    data: dict[str, object]  # what the steps produced so far (key id, CSR, certificate, ...)
+    created_at: datetime
+    updated_at: datetime
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    action: str
+    details: dict[str, object]
+    prev_hash: str
+    hash: str

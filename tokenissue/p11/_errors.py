@@ -1,0 +1,49 @@
+"""Translate python-pkcs11 exceptions into :mod:`tokenissue.errors` at the p11 boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pkcs11.exceptions as px
+
+from ..errors import (
+    MechanismUnsupported,
+    PinLocked,
+    PinPolicyError,
+    TokenError,
+    TokenIssueError,
+    TokenNotFound,
+)
+
+__all__ = ["translate"]
+
+
+@contextmanager
+def translate(doing: str) -> Iterator[None]:
+    """Run a block of PKCS#11 calls; re-raise their errors as one clear sentence.
+
+    ``doing`` completes "The token refused to ...", e.g. ``"generate the key"``.
+    PinIncorrect is not handled here: the session layer must clean up after a failed login
+    first (see :meth:`Module.login`).
+    """
+    try:
+        yield
+    except (TokenIssueError, px.PinIncorrect):
+        # PinIncorrect passes through untouched: the caller must clean up the leaked
+        # login session before it can say anything about the PIN.
+        raise
+    except px.PinLocked as e:
+        raise PinLocked("The PIN is locked; unblock it with 'tokenissue token pin unblock' (needs the SO PIN).") from e
+    except (px.PinLenRange, px.PinInvalid) as e:
+        raise PinPolicyError("The token refused the new PIN (length or characters); choose another.") from e
+    except (px.MechanismInvalid, px.MechanismParamInvalid) as e:
+        raise MechanismUnsupported(f"The token does not support the mechanism needed to {doing}.") from e
+    except (px.TokenNotPresent, px.DeviceRemoved, px.SlotIDInvalid) as e:
+        raise TokenNotFound(f"The token went away while trying to {doing}; plug it in again.") from e
+    except (px.DeviceMemory, px.HostMemory) as e:
+        raise TokenError(f"The token is out of memory while trying to {doing}; delete unused objects.") from e
+    except px.TemplateInconsistent as e:
+        raise TokenError(f"The token refused the attributes needed to {doing}.") from e
+    except px.PKCS11Error as e:
+        raise TokenError(f"The token refused to {doing} ({type(e).__name__}).") from e

@@ -1,0 +1,57 @@
+"""Child process for C_InitToken, which python-pkcs11 does not expose.
+
+Run as ``python -m tokenissue.p11._inittoken_child``; reads one JSON object on stdin
+(module, label, so_pin, user_pin, serial or null for a free slot) and prints one JSON object.
+PINs travel over a pipe, never argv. PyKCS11 must not share a process with python-pkcs11
+(its finaliser calls C_Finalize under the other library's feet), hence the separate process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main() -> int:
+    req = json.loads(sys.stdin.read())
+    try:
+        import PyKCS11
+    except ImportError:
+        print(json.dumps({"error": "nopykcs11"}))
+        return 3
+    lib = PyKCS11.PyKCS11Lib()
+    lib.load(req["module"])
+    slot = None
+    for s in lib.getSlotList(tokenPresent=True):
+        info = lib.getTokenInfo(s)
+        initialized = bool(info.flags & PyKCS11.CKF_TOKEN_INITIALIZED)
+        serial = info.serialNumber.strip()
+        if req.get("serial"):
+            if initialized and serial.lower() == req["serial"].lower():
+                slot = s
+                break
+        elif not initialized:
+            slot = s
+            break
+    if slot is None:
+        print(json.dumps({"error": "noslot"}))
+        return 4
+    try:
+        lib.initToken(slot, req["so_pin"], req["label"])
+        session = lib.openSession(slot, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+        session.login(req["so_pin"], PyKCS11.CKU_SO)
+        session.initPin(req["user_pin"])
+        session.logout()
+        session.closeSession()
+    except PyKCS11.PyKCS11Error as e:
+        print(json.dumps({"error": "pkcs11", "rv": PyKCS11.CKR[e.value] if e.value in PyKCS11.CKR else str(e.value)}))
+        return 4
+    # SoftHSM moves the new token to another slot on the next C_Initialize; until then the
+    # old slot still answers with the new token's info, so report it by serial.
+    serial = lib.getTokenInfo(slot).serialNumber.strip()
+    print(json.dumps({"serial": serial}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Loading a PKCS#11 module, finding tokens, and logging in without leaking sessions.
+
+Token-layer traps handled here (measured with SoftHSM 2.6.1 and python-pkcs11 0.10):
+
+* python-pkcs11 calls C_Initialize without locking flags and releases the GIL, so concurrent
+  calls crash SoftHSM. Every call into the module goes through :attr:`Module.lock`.
+* A module can be initialised once per process; :func:`load_module` caches one per path.
+* A failed C_Login leaves its freshly opened session open (python-pkcs11 never closes it), and
+  a later SO login then fails with SessionReadOnlyExists. After a refused PIN we finalise and
+  re-initialise the module, which closes every session, and forget the sessions we cached.
+* Login state is per process and token, so we keep exactly one logged-in session per token.
+* Tokens created by another process (token init runs PyKCS11 in a child) are invisible until
+  the module is re-initialised: :meth:`Module.refresh`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pkcs11
+import pkcs11.exceptions as px
+from pkcs11.constants import TokenFlag
+
+from ..credentials import PROTECTED_AUTH, Pin, ProtectedAuth
+from ..errors import (
+    AmbiguousToken,
+    ConfigError,
+    PinIncorrect,
+    TokenError,
+    TokenNotFound,
+)
+from ..models import TokenInfo
+from ._errors import translate
+from .uri import TokenSelector
+
+__all__ = ["CANDIDATE_MODULES", "Module", "find_module", "load_module"]
+
+#: Searched in order when no module is named. p11-kit's proxy comes last: it aggregates every
+#: module registered with p11-kit (OpenSC for smart cards, SoftHSM, vendor modules).
+CANDIDATE_MODULES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so",
+    "/usr/lib/aarch64-linux-gnu/p11-kit-proxy.so",
+    "/usr/lib64/p11-kit-proxy.so",
+)
+
+
+def find_module(explicit: str | None = None) -> str:
+    """The module path to use: the one given, else the first candidate that exists."""
+    if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError(f"PKCS#11 module '{explicit}' does not exist; check --module / TOKENISSUE_MODULE.")
+        return explicit
+    for candidate in CANDIDATE_MODULES:
+        if Path(candidate).is_file():
+            return candidate
+    raise ConfigError(
+        "No PKCS#11 module found; install softhsm2 or your token's driver, "
+        "or name it with --module / TOKENISSUE_MODULE."
+    )
+
+
+_MODULES: dict[str, Module] = {}
+_MODULES_LOCK = threading.Lock()
+
+
+def load_module(path: str | None = None) -> Module:
+    """The process-wide :class:`Module` for ``path`` (found automatically when ``None``)."""
+    resolved = find_module(path)
+    with _MODULES_LOCK:
+        mod = _MODULES.get(resolved)
+        if mod is None:
+            mod = _MODULES[resolved] = Module(resolved)
+        return mod
+
+
+def _token_info(token: Any, module: str) -> TokenInfo:
+    f = token.flags
+    return TokenInfo(
+        label=token.label,
+        serial=_serial(token),
+        manufacturer=token.manufacturer_id,
+        model=token.model,
+        initialized=bool(f & TokenFlag.TOKEN_INITIALIZED),
+        user_pin_initialized=bool(f & TokenFlag.USER_PIN_INITIALIZED),
+        login_required=bool(f & TokenFlag.LOGIN_REQUIRED),
+        protected_auth_path=bool(f & TokenFlag.PROTECTED_AUTHENTICATION_PATH),
+        user_pin_count_low=bool(f & TokenFlag.USER_PIN_COUNT_LOW),
+        user_pin_final_try=bool(f & TokenFlag.USER_PIN_FINAL_TRY),
+        user_pin_locked=bool(f & TokenFlag.USER_PIN_LOCKED),
+        so_pin_count_low=bool(f & TokenFlag.SO_PIN_COUNT_LOW),
+        so_pin_final_try=bool(f & TokenFlag.SO_PIN_FINAL_TRY),
+        so_pin_locked=bool(f & TokenFlag.SO_PIN_LOCKED),
+        slot_description=token.slot.slot_description,
+        module=module,
+    )
+
+
+def _serial(token: Any) -> str:
+    raw = token.serial
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    return str(raw).strip()
+
+
+class Module:
+    """One loaded PKCS#11 module. Use :func:`load_module` rather than constructing it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self._lib: Any = None
+        # token serial -> [session, user kind ("user"/"so"), reference count]
+        self._sessions: dict[str, list[Any]] = {}
+        self._pid = os.getpid()
+
+    # -- loading ---------------------------------------------------------------------------
+    @property
+    def lib(self) -> Any:
+        with self.lock:
+            if self._pid != os.getpid():
+                # A module initialised before fork() must not be used in the child.
+                raise TokenError("The PKCS#11 module was loaded before fork(); load it in the child.")
+            if self._lib is None:
+                try:
+                    self._lib = pkcs11.lib(self.path)
+                except px.PKCS11Error as e:
+                    raise ConfigError(
+                        f"Cannot load PKCS#11 module '{self.path}'; is it a PKCS#11 library "
+                        "(and is SOFTHSM2_CONF readable, for SoftHSM)?"
+                    ) from e
+            return self._lib
+
+    def refresh(self) -> None:
+        """Re-initialise the module: see tokens made by other processes, drop all sessions."""
+        with self.lock:
+            self._sessions.clear()
+            if self._lib is not None:
+                with translate("re-initialise the module"):
+                    self._lib.reinitialize()
+
+    # -- tokens ----------------------------------------------------------------------------
+    def _raw_tokens(self) -> list[Any]:
+        with self.lock, translate("list tokens"):
+            return [slot.get_token() for slot in self.lib.get_slots(token_present=True)]
+
+    def tokens(self, *, include_uninitialized: bool = False) -> list[TokenInfo]:
+        """Every token present, as :class:`TokenInfo`."""
+        with self.lock:
+            out = [_token_info(t, self.path) for t in self._raw_tokens()]
+        return [t for t in out if include_uninitialized or t.initialized]
+
+    def find_token(self, selector: TokenSelector) -> Any:
+        """The python-pkcs11 Token matching ``selector``; exactly one must match."""
+        with self.lock:
+            found = [
+                t
+                for t in self._raw_tokens()
+                if (t.flags & TokenFlag.TOKEN_INITIALIZED)
+                and selector.matches(t.label, _serial(t), t.manufacturer_id, t.model)
+            ]
+        if not found:
+            raise TokenNotFound(f"No token '{selector}' found; 'tokenissue tokens' lists the tokens present.")
+        if len(found) > 1:
+            raise AmbiguousToken(
+                f"{len(found)} tokens match '{selector}'; name one by serial:XXXX (see 'tokenissue tokens')."
+            )
+        return found[0]
+
+    def token_info(self, selector: TokenSelector) -> TokenInfo:
+        with self.lock:
+            return _token_info(self.find_token(selector), self.path)
+
+    # -- sessions --------------------------------------------------------------------------
+    @contextmanager
+    def session(
+        self,
+        selector: TokenSelector,
+        pin: Pin | ProtectedAuth | None = None,
+        *,
+        so: bool = False,
+    ) -> Iterator[Any]:
+        """A read/write session on the token, logged in when a PIN is given.
+
+        Re-entrant per token: a nested request for the same token and role shares the
+        logged-in session (PKCS#11 login state is per process anyway). The session is closed,
+        which logs the token out, when the outermost user leaves.
+        """
+        with self.lock:
+            token = self.find_token(selector)
+            serial = _serial(token)
+            role = "so" if so else ("user" if pin is not None else "public")
+            entry = self._sessions.get(serial)
+            if entry is not None and entry[1] != role:
+                if entry[1] == "user" and role == "public":
+                    role = "user"  # a logged-in session serves public reads too
+                else:
+                    raise TokenError(f"Token '{token.label}' is already open as {entry[1]} in this process.")
+            if entry is None:
+                entry = [self._open(token, pin, so), role, 0]
+                self._sessions[serial] = entry
+            entry[2] += 1
+        try:
+            yield entry[0]
+        finally:
+            with self.lock:
+                entry[2] -= 1
+                if entry[2] == 0 and self._sessions.get(serial) is entry:
+                    del self._sessions[serial]
+                    # The token may be gone; then there is nothing left to log out.
+                    with suppress(px.PKCS11Error):
+                        entry[0].close()
+
+    def _open(self, token: Any, pin: Pin | ProtectedAuth | None, so: bool) -> Any:
+        kwargs: dict[str, Any] = {"rw": True}
+        if isinstance(pin, ProtectedAuth):
+            kwargs["so_pin" if so else "user_pin"] = pkcs11.PROTECTED_AUTH
+        elif pin is not None:
+            kwargs["so_pin" if so else "user_pin"] = pin.reveal()
+        try:
+            with translate("open a session"):
+                return token.open(**kwargs)
+        except px.PinIncorrect:
+            # python-pkcs11 left the session it opened for C_Login open. Finalising the module
+            # is the only way to close it; our cached sessions die with it.
+            serial = _serial(token)
+            self.refresh()
+            raise self._pin_incorrect(serial, so) from None
+        except px.UserAlreadyLoggedIn as e:
+            raise TokenError(f"Token '{token.label}' is already logged in by this process.") from e
+        except (px.ArgumentsBad, px.FunctionNotSupported) as e:
+            if pin is PROTECTED_AUTH:
+                raise TokenError(
+                    f"Token '{token.label}' has no PIN pad (protected authentication path); "
+                    "give the PIN instead of --protected-auth."
+                ) from e
+            raise
+
+    def _pin_incorrect(self, serial: str, so: bool) -> PinIncorrect:
+        # Token flags are cached by python-pkcs11; a fresh token object reads them anew.
+        info = None
+        for t in self._raw_tokens():
+            if _serial(t) == serial:
+                info = _token_info(t, self.path)
+        who = "SO PIN" if so else "PIN"
+        low = bool(info and (info.so_pin_count_low if so else info.user_pin_count_low))
+        final = bool(info and (info.so_pin_final_try if so else info.user_pin_final_try))
+        locked = bool(info and (info.so_pin_locked if so else info.user_pin_locked))
+        if locked:
+            tail = "the token has now locked it; unblock it with the SO PIN."
+        elif final:
+            tail = "the token reports ONE try left before it locks the PIN."
+        elif low:
+            tail = "the token reports that few tries are left."
+        else:
+            tail = "the token reports no low-tries warning."
+        return PinIncorrect(
+            f"The {who} was refused and was not retried; {tail}",
+            count_low=low,
+            final_try=final,
+        )

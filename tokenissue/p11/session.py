@@ -1,0 +1,402 @@
+"""Operations on one logged-in token: keys, certificates, PINs.
+
+Key IDs: when the user gives no ``--id``, a key's CKA_ID is the SHA-1 of its public key's
+subjectPublicKey BIT STRING (RFC 5280 §4.2.1.2, method 1) — the same value cryptography and
+OpenSSL put in the certificate's SubjectKeyIdentifier. The key is generated under a random
+provisional ID, which is replaced at once; a token that refuses to change CKA_ID keeps the
+random one. Certificates are written under their key's CKA_ID and CKA_LABEL, which is how
+pkcs11-tool, p11tool, OpenSSL's engine and browsers pair them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pkcs11.exceptions as px
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from pkcs11 import Attribute, CertificateType, MechanismFlag, ObjectClass
+from pkcs11 import KeyType as P11KeyType
+
+from ..credentials import Pin, ProtectedAuth
+from ..errors import KeyNotFound, ObjectExists, TokenError, UsageError
+from ..models import CertObject, KeyAlgorithm, KeyInfo, KeyType, TokenInfo
+from ._errors import translate
+from ._module import Module, load_module
+from .signing import TokenPrivateKey, make_private_key
+from .uri import KeySelector, TokenSelector
+
+__all__ = ["TokenSession", "open_token"]
+
+# DER of EC_PARAMS (namedCurve OIDs) and the raw point sizes that go with them.
+_EC_PARAMS = {
+    "secp256r1": bytes.fromhex("06082a8648ce3d030107"),
+    "secp384r1": bytes.fromhex("06052b81040022"),
+}
+_ED25519_PARAMS = (
+    bytes.fromhex("06032b6570"),  # id-Ed25519 OID (SoftHSM, PKCS#11 3.0)
+    b"\x13\x0cedwards25519",  # PrintableString form some tokens use
+)
+_CURVES: dict[bytes, tuple[ec.EllipticCurve, int, KeyType]] = {
+    _EC_PARAMS["secp256r1"]: (ec.SECP256R1(), 65, KeyType.EC_P256),
+    _EC_PARAMS["secp384r1"]: (ec.SECP384R1(), 97, KeyType.EC_P384),
+}
+
+
+@contextmanager
+def open_token(
+    selector: TokenSelector,
+    pin: Pin | ProtectedAuth | None = None,
+    *,
+    module: str | None = None,
+    so: bool = False,
+) -> Iterator[TokenSession]:
+    """Open the token ``selector`` names, logged in as user (or SO) when a PIN is given."""
+    mod = load_module(module)
+    with mod.session(selector, pin, so=so) as raw:
+        with mod.lock:
+            info = mod.token_info(selector)
+        yield TokenSession(mod, raw, info)
+
+
+def _unwrap_point(data: bytes, raw_len: int) -> bytes:
+    """CKA_EC_POINT is a DER OCTET STRING per the spec, but some tokens return the raw point."""
+    if len(data) == raw_len:
+        return data
+    if data[:1] == b"\x04":
+        n = data[1]
+        if n < 0x80:
+            return data[2 : 2 + n]
+        k = n & 0x7F
+        return data[2 + k :]
+    raise TokenError("The token returned a malformed EC point.")
+
+
+class TokenSession:
+    """A session on one token. Every PKCS#11 call holds the module lock."""
+
+    def __init__(self, module: Module, session: Any, info: TokenInfo) -> None:
+        self.module = module
+        self.lock = module.lock
+        self._session = session
+        self.info = info
+        self._mechanisms: set[Any] | None = None
+
+    # -- token-wide ------------------------------------------------------------------------
+    @property
+    def mechanisms(self) -> set[Any]:
+        if self._mechanisms is None:
+            with self.lock, translate("list its mechanisms"):
+                self._mechanisms = set(self._session.token.slot.get_mechanisms())
+        return self._mechanisms
+
+    def mechanism_names(self) -> list[str]:
+        return sorted(getattr(m, "name", hex(int(m))) for m in self.mechanisms)
+
+    def change_pin(self, old: Pin, new: Pin) -> None:
+        with self.lock, translate("change the PIN"):
+            try:
+                self._session.set_pin(old.reveal(), new.reveal())
+            except px.PinIncorrect:
+                raise self.module._pin_incorrect(self.info.serial, so=False) from None
+
+    def init_user_pin(self, new: Pin) -> None:
+        """Set a new user PIN (SO session): unblocks a locked PIN."""
+        with self.lock, translate("set the user PIN"):
+            self._session.init_pin(new.reveal())
+
+    # -- keys ------------------------------------------------------------------------------
+    def _private_objects(self, sel: KeySelector | None = None) -> list[Any]:
+        attrs: dict[Any, Any] = {Attribute.CLASS: ObjectClass.PRIVATE_KEY}
+        if sel is not None and sel.id is not None:
+            attrs[Attribute.ID] = sel.id
+        if sel is not None and sel.label is not None:
+            attrs[Attribute.LABEL] = sel.label
+        with self.lock, translate("list keys"):
+            return list(self._session.get_objects(attrs))
+
+    def _one_private(self, sel: KeySelector) -> Any:
+        found = self._private_objects(sel)
+        if not found:
+            raise KeyNotFound(
+                f"No private key '{sel}' on token '{self.info.label}'; 'tokenissue keys list' shows the keys."
+            )
+        if len(found) > 1:
+            raise UsageError(f"{len(found)} keys match '{sel}' on token '{self.info.label}'; name one by id:HEX.")
+        return found[0]
+
+    def _cert_ids(self) -> set[bytes]:
+        with self.lock, translate("list certificates"):
+            return {
+                bytes(o[Attribute.ID]) for o in self._session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE})
+            }
+
+    def _key_info(self, obj: Any, cert_ids: set[bytes] | None = None) -> KeyInfo:
+        with self.lock, translate("read key attributes"):
+            a = obj.get_attributes(
+                [
+                    Attribute.ID,
+                    Attribute.LABEL,
+                    Attribute.LOCAL,
+                    Attribute.NEVER_EXTRACTABLE,
+                    Attribute.ALWAYS_SENSITIVE,
+                    Attribute.SENSITIVE,
+                    Attribute.EXTRACTABLE,
+                    Attribute.DECRYPT,
+                ]
+            )
+            kid = bytes(a.get(Attribute.ID) or b"")
+        key_type = self._key_type(obj)
+        ids = self._cert_ids() if cert_ids is None else cert_ids
+        return KeyInfo(
+            id=kid,
+            label=a.get(Attribute.LABEL) or "",
+            key_type=key_type,
+            local=bool(a.get(Attribute.LOCAL)),
+            never_extractable=bool(a.get(Attribute.NEVER_EXTRACTABLE)),
+            always_sensitive=bool(a.get(Attribute.ALWAYS_SENSITIVE)),
+            sensitive=bool(a.get(Attribute.SENSITIVE)),
+            extractable=bool(a.get(Attribute.EXTRACTABLE)),
+            can_decrypt=bool(a.get(Attribute.DECRYPT)),
+            has_certificate=kid in ids,
+        )
+
+    def _key_type(self, obj: Any) -> KeyType | None:
+        with self.lock, translate("read the key type"):
+            kt = obj.key_type
+            if kt is P11KeyType.RSA:
+                return KeyType.from_parts(KeyAlgorithm.RSA, len(obj[Attribute.MODULUS]) * 8)
+            if kt is P11KeyType.EC:
+                params = bytes(obj[Attribute.EC_PARAMS])
+                curve = _CURVES.get(params)
+                return curve[2] if curve else None
+            if kt is P11KeyType.EC_EDWARDS:
+                return KeyType.ED25519
+        return None
+
+    def keys(self) -> list[KeyInfo]:
+        """Every private key on the token, with provenance flags."""
+        ids = self._cert_ids()
+        return [self._key_info(o, ids) for o in self._private_objects()]
+
+    def key(self, sel: KeySelector) -> KeyInfo:
+        return self._key_info(self._one_private(sel))
+
+    def generate_key(self, key_type: KeyType, label: str, key_id: bytes | None = None) -> KeyInfo:
+        """Generate a signing key pair on the token: sensitive, never extractable, sign only."""
+        if not label:
+            raise UsageError("A key needs a label (--label).")
+        if self._private_objects(KeySelector(label=label)):
+            raise ObjectExists(f"Token '{self.info.label}' already has a key labelled '{label}'; choose another label.")
+        if key_id is not None and self._private_objects(KeySelector(id=key_id)):
+            raise ObjectExists(f"Token '{self.info.label}' already has a key with id {key_id.hex()}; choose another.")
+        provisional = key_id if key_id is not None else os.urandom(20)
+        private_template = {
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.SIGN: True,
+            Attribute.DECRYPT: False,
+            Attribute.UNWRAP: False,
+            Attribute.DERIVE: False,
+        }
+        public_template: dict[Any, Any] = {
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.VERIFY: True,
+            Attribute.ENCRYPT: False,
+            Attribute.WRAP: False,
+        }
+        kwargs: dict[str, Any] = {}
+        if key_type.algorithm is KeyAlgorithm.RSA:
+            p11_type, kwargs["key_length"] = P11KeyType.RSA, key_type.bits
+        elif key_type.algorithm is KeyAlgorithm.EC:
+            p11_type = P11KeyType.EC
+            assert key_type.curve is not None
+            public_template[Attribute.EC_PARAMS] = _EC_PARAMS[key_type.curve]
+        else:
+            p11_type = P11KeyType.EC_EDWARDS
+            public_template[Attribute.EC_PARAMS] = _ED25519_PARAMS[0]
+        with self.lock, translate(f"generate a {key_type.value} key"):
+            pub, priv = self._session.generate_keypair(
+                p11_type,
+                id=provisional,
+                label=label,
+                store=True,
+                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                public_template=public_template,
+                private_template=private_template,
+                **kwargs,
+            )
+        if key_id is None:
+            ski = x509.SubjectKeyIdentifier.from_public_key(self._public_from(pub, priv)).digest
+            with self.lock:
+                try:
+                    priv[Attribute.ID] = ski
+                    try:
+                        pub[Attribute.ID] = ski
+                    except px.PKCS11Error:
+                        priv[Attribute.ID] = provisional
+                        raise
+                except px.PKCS11Error:
+                    pass  # This token will not relabel; the random provisional ID stays.
+        return self._key_info(priv)
+
+    def delete_key(self, sel: KeySelector, *, with_certificates: bool = True) -> KeyInfo:
+        """Destroy the private key, its public key and (by default) certificates under its ID."""
+        priv = self._one_private(sel)
+        info = self._key_info(priv)
+        with self.lock, translate("delete the key"):
+            for cls in (ObjectClass.PUBLIC_KEY,) + ((ObjectClass.CERTIFICATE,) if with_certificates else ()):
+                for o in list(self._session.get_objects({Attribute.CLASS: cls, Attribute.ID: info.id})):
+                    o.destroy()
+            priv.destroy()
+        return info
+
+    def _public_from(self, pub: Any | None, priv: Any) -> Any:
+        """A cryptography public key from the token's public (or private) key attributes."""
+        with self.lock, translate("read the public key"):
+            kt = priv.key_type
+            if kt is P11KeyType.RSA:
+                src = pub if pub is not None else priv
+                n = int.from_bytes(src[Attribute.MODULUS], "big")
+                e = int.from_bytes(src[Attribute.PUBLIC_EXPONENT], "big")
+                return rsa.RSAPublicNumbers(e, n).public_key()
+            if pub is None:
+                cert_pub = self._cert_public(bytes(priv[Attribute.ID]))
+                if cert_pub is None:
+                    raise TokenError("The key has no public key object and no certificate on the token.")
+                return cert_pub
+            point = bytes(pub[Attribute.EC_POINT])
+            if kt is P11KeyType.EC:
+                params = bytes(pub[Attribute.EC_PARAMS])
+                if params not in _CURVES:
+                    raise TokenError("The key is on a curve tokenissue does not support.")
+                curve, raw_len, _ = _CURVES[params]
+                return ec.EllipticCurvePublicKey.from_encoded_point(curve, _unwrap_point(point, raw_len))
+            if kt is P11KeyType.EC_EDWARDS:
+                return ed25519.Ed25519PublicKey.from_public_bytes(_unwrap_point(point, 32))
+        raise TokenError("The key type is not supported by tokenissue.")
+
+    def _cert_public(self, kid: bytes) -> Any:
+        for c in self.certificates(key_id=kid):
+            return x509.load_der_x509_certificate(c.der).public_key()
+        return None
+
+    def _public_object(self, kid: bytes) -> Any | None:
+        with self.lock, translate("find the public key"):
+            for o in self._session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: kid}):
+                return o
+        return None
+
+    def public_key(self, sel: KeySelector) -> Any:
+        priv = self._one_private(sel)
+        return self._public_from(self._public_object(bytes(priv[Attribute.ID])), priv)
+
+    def private_key(self, sel: KeySelector) -> TokenPrivateKey:
+        """The key as a cryptography private-key object whose ``sign()`` runs on the token."""
+        priv = self._one_private(sel)
+        public = self._public_from(self._public_object(bytes(priv[Attribute.ID])), priv)
+        return make_private_key(priv, self.lock, self.mechanisms, public)
+
+    def find_key_for(self, public: Any) -> KeyInfo | None:
+        """The private key whose public half is ``public``, if any."""
+        want = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ids = self._cert_ids()
+        for priv in self._private_objects():
+            try:
+                have = self._public_from(self._public_object(bytes(priv[Attribute.ID])), priv)
+            except TokenError:
+                continue
+            if have.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == want:
+                return self._key_info(priv, ids)
+        return None
+
+    # -- certificates ----------------------------------------------------------------------
+    def certificates(self, *, key_id: bytes | None = None) -> list[CertObject]:
+        attrs: dict[Any, Any] = {
+            Attribute.CLASS: ObjectClass.CERTIFICATE,
+            Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+        }
+        if key_id is not None:
+            attrs[Attribute.ID] = key_id
+        with self.lock, translate("list certificates"):
+            objs = [
+                (bytes(o[Attribute.ID]), o[Attribute.LABEL] or "", bytes(o[Attribute.VALUE]))
+                for o in self._session.get_objects(attrs)
+            ]
+            key_ids = {
+                bytes(o[Attribute.ID]) for o in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+            }
+        out = []
+        for kid, label, der in objs:
+            cert = x509.load_der_x509_certificate(der)
+            try:
+                is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+            except x509.ExtensionNotFound:
+                is_ca = False
+            out.append(
+                CertObject(
+                    id=kid,
+                    label=label,
+                    der=der,
+                    subject=cert.subject.rfc4514_string(),
+                    issuer=cert.issuer.rfc4514_string(),
+                    serial=cert.serial_number,
+                    not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc,
+                    is_ca=is_ca,
+                    has_key=kid in key_ids,
+                )
+            )
+        return out
+
+    def write_certificate(
+        self, cert: x509.Certificate, *, key_id: bytes, label: str, trusted: bool = False
+    ) -> CertObject:
+        """Store ``cert`` as a CKO_CERTIFICATE; an identical one already there is kept, not doubled."""
+        der = cert.public_bytes(serialization.Encoding.DER)
+        for existing in self.certificates(key_id=key_id):
+            if existing.der == der:
+                return existing
+        attrs = {
+            Attribute.CLASS: ObjectClass.CERTIFICATE,
+            Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.ID: key_id,
+            Attribute.LABEL: label,
+            Attribute.SUBJECT: cert.subject.public_bytes(),
+            Attribute.ISSUER: cert.issuer.public_bytes(),
+            Attribute.SERIAL_NUMBER: _der_integer(cert.serial_number),
+            Attribute.VALUE: der,
+        }
+        if trusted:
+            # CKA_CERTIFICATE_CATEGORY 2 = authority; CKA_TRUSTED may only be set by the SO.
+            attrs[Attribute.CERTIFICATE_CATEGORY] = 2
+        with self.lock, translate("store the certificate"):
+            self._session.create_object(attrs)
+        return next(c for c in self.certificates(key_id=key_id) if c.der == der)
+
+    def delete_certificate(self, key_id: bytes, der: bytes | None = None) -> int:
+        """Destroy certificates under ``key_id`` (only the one with value ``der`` if given)."""
+        n = 0
+        with self.lock, translate("delete the certificate"):
+            for o in list(self._session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id})):
+                if der is None or bytes(o[Attribute.VALUE]) == der:
+                    o.destroy()
+                    n += 1
+        return n
+
+
+def _der_integer(value: int) -> bytes:
+    body = value.to_bytes((value.bit_length() + 8) // 8 or 1, "big")
+    if len(body) < 0x80:
+        return b"\x02" + bytes([len(body)]) + body
+    length = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return b"\x02" + bytes([0x80 | len(length)]) + length + body
