@@ -50,7 +50,7 @@ class Secret:
     def __len__(self) -> int:
         return len(self._value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError(f"a {self._kind} cannot be pickled")
 
 

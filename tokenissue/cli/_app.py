@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import cert, keys, token
+from . import ca, cert, keys, lifecycle, token
 from ._common import AppState, default_state_dir
 
 app = typer.Typer(
@@ -72,3 +72,8 @@ app.add_typer(token.app, name="token")
 app.add_typer(keys.app, name="keys")
 app.command("csr", help="Make a CSR signed inside the token by one of its keys.")(keys.csr)
 app.add_typer(cert.app, name="cert")
+app.command("enroll", help="One command: key on the token, CSR signed in it, certificate from the CA, written back.")(lifecycle.enroll)
+app.command("status", help="Certificates on a token: days left, valid / expiring / expired / revoked.")(lifecycle.status)
+app.command("renew", help="Renew certificates that are due (same key, or --rekey).")(lifecycle.renew)
+app.command("revoke", help="Revoke a token's certificate, or all certificates of a lost token.")(lifecycle.revoke)
+app.add_typer(ca.app, name="ca")

@@ -7,7 +7,7 @@ import os
 import stat
 import sys
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -200,3 +200,28 @@ ProtectedAuthOpt = Annotated[
     bool,
     typer.Option("--protected-auth", help="Enter the PIN on the token's own PIN pad."),
 ]
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30d', '12h', '2w' or a plain number of days."""
+    text = text.strip().lower()
+    units = {"d": 1.0, "w": 7.0, "h": 1 / 24}
+    try:
+        if text and text[-1] in units:
+            return timedelta(days=float(text[:-1]) * units[text[-1]])
+        return timedelta(days=float(text))
+    except ValueError:
+        raise UsageError(f"'{text}' is not a duration like 30d, 12h or 2w.") from None
+
+
+CaPinFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-pin-file",
+        help="Read the CA token's PIN from this file (chmod 600). Default: $TOKENISSUE_CA_PIN, else a prompt.",
+    ),
+]
+
+
+def ca_pin_source(ca_pin_file: Path | None) -> PinSource:
+    return PinSource("TOKENISSUE_CA_PIN", "CA PIN", pin_file=ca_pin_file)

@@ -48,7 +48,7 @@ def generate(
     ],
     key_type: Annotated[
         KeyTypeChoice, typer.Option("--type", help="Key type. EC P-256 is fast and widely accepted.")
-    ] = KeyTypeChoice("ec-p256"),  # type: ignore[assignment]  # noqa: B008
+    ] = KeyTypeChoice("ec-p256"),  # noqa: B008
     key_id: Annotated[
         str | None,
         typer.Option(
@@ -97,7 +97,7 @@ def list_keys(
 
     pin = _pin(pin_file, pin_env, protected_auth).get()
     with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
-        rows = [key_dict(k, s.info.label) for k in s.keys()]  # noqa: SIM118 - TokenSession.keys, not a dict
+        rows = [key_dict(k, s.info.label) for k in s.list_keys()]
     if json_out:
         emit_json(rows)
         return

@@ -26,6 +26,12 @@ _SECRET_WORDS = frozenset(
     {"pin", "pins", "sopin", "userpin", "puk", "code", "codes", "otp", "secret", "secrets",
      "password", "passwords", "passwd", "passphrase", "pwd"}
 )
+# A secret word followed by one of these names a property of the secret, not the secret:
+# "pin_state", "pin_count_low", "code_length" are fine to log.
+_HARMLESS_NEXT = frozenset(
+    {"state", "status", "policy", "length", "len", "count", "source", "locked", "tries",
+     "retries", "left", "low", "final", "min", "max", "type", "hint", "pad", "required"}
+)
 # Substrings that mean a secret wherever they appear ("dbpassword", "client_secret_x").
 _SECRET_PARTS = ("password", "passphrase", "secret")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -61,8 +67,11 @@ def _is_secret_name(key: str) -> bool:
     lowered = key.lower()
     if any(part in lowered for part in _SECRET_PARTS):
         return True
-    words = _SPLIT.split(_CAMEL.sub("_", key).lower())
-    return any(word in _SECRET_WORDS for word in words)
+    words = [w for w in _SPLIT.split(_CAMEL.sub("_", key).lower()) if w]
+    for i, word in enumerate(words):
+        if word in _SECRET_WORDS and not (i + 1 < len(words) and words[i + 1] in _HARMLESS_NEXT):
+            return True
+    return False
 
 
 def check_no_secrets(value: object, where: str) -> None:

@@ -145,14 +145,34 @@ class Inventory:
         ``url_or_path`` is a SQLAlchemy URL (``sqlite:////abs/path.db``,
         ``postgresql://...``) or a plain filesystem path, which means SQLite.
         """
-        url, path = _resolve_url(url_or_path)
+        try:
+            url, path = _resolve_url(url_or_path)
+        except (sa_exc.ArgumentError, ValueError) as e:
+            # The text is not echoed: a mistyped URL may still contain a password.
+            raise InventoryError(
+                "Cannot open the inventory: the location is neither a path nor a database "
+                "URL; give a file path, sqlite:////abs/path.db or postgresql://..."
+            ) from e
         where = str(path) if path is not None else url.render_as_string(hide_password=True)
         engine: Engine | None = None
         try:
             with translate("open", where):
                 if path is not None:
                     _secure_file(path)
-                engine = create_engine(url)
+                try:
+                    engine = create_engine(url)
+                except ImportError as e:
+                    raise InventoryError(
+                        f"Cannot open the inventory at {where}: the database driver "
+                        f"{e.name or ''} is not installed; install it (e.g. psycopg for "
+                        "PostgreSQL)."
+                    ) from e
+                except sa_exc.NoSuchModuleError as e:
+                    raise InventoryError(
+                        f"Cannot open the inventory at {where}: tokenissue does not know the "
+                        f"database kind {url.drivername!r}; use a path, sqlite:// or "
+                        "postgresql://."
+                    ) from e
                 if url.get_backend_name() == "sqlite":
                     _configure_sqlite(engine)
                 inv = cls(engine, where)

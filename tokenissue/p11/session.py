@@ -178,7 +178,7 @@ class TokenSession:
                 return KeyType.ED25519
         return None
 
-    def keys(self) -> list[KeyInfo]:
+    def list_keys(self) -> list[KeyInfo]:
         """Every private key on the token, with provenance flags."""
         ids = self._cert_ids()
         return [self._key_info(o, ids) for o in self._private_objects()]
@@ -376,9 +376,10 @@ class TokenSession:
             Attribute.SERIAL_NUMBER: _der_integer(cert.serial_number),
             Attribute.VALUE: der,
         }
-        if trusted:
-            # CKA_CERTIFICATE_CATEGORY 2 = authority; CKA_TRUSTED may only be set by the SO.
-            attrs[Attribute.CERTIFICATE_CATEGORY] = 2
+        # ``trusted`` would map to CKA_CERTIFICATE_CATEGORY=2 (authority), but python-pkcs11
+        # 0.10 cannot encode that attribute, and CKA_TRUSTED needs an SO session. A CA
+        # certificate is recognised by its basicConstraints instead.
+        del trusted
         with self.lock, translate("store the certificate"):
             self._session.create_object(attrs)
         return next(c for c in self.certificates(key_id=key_id) if c.der == der)

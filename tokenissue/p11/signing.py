@@ -163,7 +163,7 @@ class TokenRSAPrivateKey(rsa.RSAPrivateKey):
         self._signer = signer
         self._public = public
 
-    def sign(self, data: bytes, padding: padding.AsymmetricPadding, algorithm: Any) -> bytes:  # type: ignore[override]
+    def sign(self, data: bytes, padding: padding.AsymmetricPadding, algorithm: Any) -> bytes:
         from cryptography.hazmat.primitives.asymmetric import padding as pad
 
         name, prehashed = _hash_of(algorithm)
@@ -183,9 +183,9 @@ class TokenRSAPrivateKey(rsa.RSAPrivateKey):
     def key_size(self) -> int:
         return self._public.key_size
 
-    decrypt = _no_export  # type: ignore[assignment]
-    private_numbers = _no_export  # type: ignore[assignment]
-    private_bytes = _no_export  # type: ignore[assignment]
+    decrypt = _no_export
+    private_numbers = _no_export
+    private_bytes = _no_export
 
     def __copy__(self) -> TokenRSAPrivateKey:
         return self
@@ -218,9 +218,9 @@ class TokenECPrivateKey(ec.EllipticCurvePrivateKey):
     def key_size(self) -> int:
         return self._public.key_size
 
-    exchange = _no_export  # type: ignore[assignment]
-    private_numbers = _no_export  # type: ignore[assignment]
-    private_bytes = _no_export  # type: ignore[assignment]
+    exchange = _no_export
+    private_numbers = _no_export
+    private_bytes = _no_export
 
     def __copy__(self) -> TokenECPrivateKey:
         return self
@@ -242,8 +242,8 @@ class TokenEd25519PrivateKey(ed25519.Ed25519PrivateKey):
     def public_key(self) -> ed25519.Ed25519PublicKey:
         return self._public
 
-    private_bytes = _no_export  # type: ignore[assignment]
-    private_bytes_raw = _no_export  # type: ignore[assignment]
+    private_bytes = _no_export
+    private_bytes_raw = _no_export
 
     def __copy__(self) -> TokenEd25519PrivateKey:
         return self

@@ -235,15 +235,37 @@ def issue_certificate(
 _JUNK = "The data is not a PEM bundle, a DER certificate or a PKCS#7 (p7b) certificate bundle."
 
 
+def _chain_order(certs: list[x509.Certificate]) -> list[x509.Certificate]:
+    """``certs`` leaf first, root last when they form one chain by name; else unchanged.
+
+    PKCS#7 keeps certificates in a DER SET OF, which is sorted by encoding, so a p7b never
+    says which certificate is the leaf. Callers expect the PEM convention (leaf first).
+    """
+    issuers = {c.issuer for c in certs if c.issuer != c.subject}
+    leaves = [c for c in certs if c.subject not in issuers]
+    if len(leaves) != 1:
+        return certs
+    ordered = [leaves[0]]
+    while len(ordered) < len(certs):
+        current = ordered[-1]
+        nxt = [c for c in certs if c.subject == current.issuer and c not in ordered]
+        if current.issuer == current.subject or len(nxt) != 1:
+            return certs
+        ordered.append(nxt[0])
+    return ordered
+
+
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """Read certificates from PEM (one or many), DER, or PKCS#7 in PEM or DER.
 
+    PEM keeps the file's order. A PKCS#7 bundle has no order of its own, so when its
+    certificates form one chain they are returned leaf first, root last.
     Raise :class:`UsageError` when nothing in ``data`` is a certificate.
     """
     certs: list[x509.Certificate]
     try:
         if b"-----BEGIN PKCS7-----" in data:
-            certs = pkcs7.load_pem_pkcs7_certificates(data)
+            certs = _chain_order(pkcs7.load_pem_pkcs7_certificates(data))
         elif b"-----BEGIN" in data:
             # Other PEM blocks (a key, a CSR) are skipped; only certificates count.
             certs = x509.load_pem_x509_certificates(data)
@@ -251,7 +273,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             try:
                 certs = [x509.load_der_x509_certificate(data)]
             except ValueError:
-                certs = pkcs7.load_der_pkcs7_certificates(data)
+                certs = _chain_order(pkcs7.load_der_pkcs7_certificates(data))
     except (ValueError, UnsupportedAlgorithm):
         raise UsageError(_JUNK) from None
     if not certs:

@@ -16,14 +16,34 @@ from ..errors import UsageError
 
 __all__ = ["format_san", "parse_san", "parse_subject"]
 
-_EXTRA_ATTRS = {
-    "SERIALNUMBER": NameOID.SERIAL_NUMBER,
-    "GIVENNAME": NameOID.GIVEN_NAME,
+# Attribute names beyond cryptography's own (CN, L, ST, O, OU, C, STREET, DC, UID), in the
+# spellings of RFC 4519 and OpenSSL. cryptography looks names up case-sensitively although
+# RFC 4514 names are case-insensitive, so every spelling is offered as written, in upper and
+# in lower case: "serialNumber", "SERIALNUMBER" and "serialnumber" all work, and so does "cn".
+_NAMES = {
+    "CN": NameOID.COMMON_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "C": NameOID.COUNTRY_NAME,
+    "STREET": NameOID.STREET_ADDRESS,
+    "DC": NameOID.DOMAIN_COMPONENT,
+    "UID": NameOID.USER_ID,
+    "serialNumber": NameOID.SERIAL_NUMBER,
+    "GN": NameOID.GIVEN_NAME,
+    "givenName": NameOID.GIVEN_NAME,
     "SN": NameOID.SURNAME,
-    "TITLE": NameOID.TITLE,
-    "EMAIL": NameOID.EMAIL_ADDRESS,
-    "EMAILADDRESS": NameOID.EMAIL_ADDRESS,
-    "ORGANIZATIONIDENTIFIER": NameOID.ORGANIZATION_IDENTIFIER,
+    "surname": NameOID.SURNAME,
+    "title": NameOID.TITLE,
+    "email": NameOID.EMAIL_ADDRESS,
+    "emailAddress": NameOID.EMAIL_ADDRESS,
+    "organizationIdentifier": NameOID.ORGANIZATION_IDENTIFIER,
+}
+_EXTRA_ATTRS = {
+    spelling: oid
+    for name, oid in _NAMES.items()
+    for spelling in (name, name.upper(), name.lower())
 }
 
 
@@ -31,11 +51,15 @@ def parse_subject(text: str) -> x509.Name:
     """Parse an RFC 4514 subject; raise :class:`UsageError` with the reason when it is bad."""
     text = text.strip()
     if text.startswith("/"):
-        raise UsageError(f"Subject '{text}' is in OpenSSL's /A=B/ form; write it as 'CN=...,O=...,C=KR'.")
+        raise UsageError(
+            f"Subject '{text}' is in OpenSSL's /A=B/ form; write it as 'CN=...,O=...,C=KR'."
+        )
     try:
         name = x509.Name.from_rfc4514_string(text, _EXTRA_ATTRS)
     except ValueError as e:
-        raise UsageError(f"Subject '{text}' is not an RFC 4514 name ({e}).") from None
+        # cryptography raises a bare ValueError for an unknown attribute name.
+        reason = str(e) or "an unknown attribute name or a syntax error"
+        raise UsageError(f"Subject '{text}' is not an RFC 4514 name ({reason}).") from None
     if not list(name):
         raise UsageError("The subject is empty; give at least CN=...")
     for attr in name:

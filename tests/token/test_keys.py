@@ -1,0 +1,236 @@
+"""Keys born on a real SoftHSM token, and CSRs signed inside it (no mock of the PKCS#11 layer)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pkcs11.exceptions as px
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import NameOID
+from pkcs11 import Attribute, ObjectClass
+
+from conftest import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
+from tokenissue import p11
+from tokenissue.credentials import Pin
+from tokenissue.errors import ObjectExists, PinIncorrect
+from tokenissue.models import KeyType
+
+SEL = p11.TokenSelector(label="test")
+ALL_TYPES = pytest.mark.parametrize("key_type", list(KeyType), ids=[k.value for k in KeyType])
+# The attribute that holds the secret half of each key type; reading it must be refused.
+_SECRET_ATTR = {"rsa": Attribute.PRIVATE_EXPONENT, "ec": Attribute.VALUE, "ed25519": Attribute.VALUE}
+
+
+def _check_signature(private_key: object, public: object) -> None:
+    """Sign with the token key and verify in software: the public key belongs to the private one."""
+    msg = os.urandom(48)
+    if isinstance(public, rsa.RSAPublicKey):
+        sig = private_key.sign(msg, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[attr-defined]
+        public.verify(sig, msg, padding.PKCS1v15(), hashes.SHA256())
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        sig = private_key.sign(msg, ec.ECDSA(hashes.SHA256()))  # type: ignore[attr-defined]
+        public.verify(sig, msg, ec.ECDSA(hashes.SHA256()))
+    else:
+        assert isinstance(public, ed25519.Ed25519PublicKey)
+        public.verify(private_key.sign(msg), msg)  # type: ignore[attr-defined]
+
+
+@ALL_TYPES
+def test_generated_key_is_born_on_the_token(session_softhsm: SoftHSM, key_type: KeyType) -> None:
+    label = f"k-{key_type.value}"
+    with p11.open_token(SEL, Pin(USER_PIN), module=SOFTHSM_MODULE) as s:
+        info = s.generate_key(key_type, label)
+        public = s.public_key(p11.KeySelector(label=label))
+        _check_signature(s.private_key(p11.KeySelector(label=label)), public)
+        listed = s.list_keys()
+
+    assert info.key_type is key_type
+    assert info.born_on_token
+    assert [(k.id, k.label) for k in listed] == [(info.id, label)]
+    # CKA_ID is the SubjectKeyIdentifier (RFC 5280 method 1) of the public key.
+    assert info.id == x509.SubjectKeyIdentifier.from_public_key(public).digest
+    if key_type.algorithm.value == "rsa":
+        assert isinstance(public, rsa.RSAPublicKey)
+        assert public.key_size == key_type.bits
+    elif key_type.algorithm.value == "ec":
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        assert public.curve.name == key_type.curve
+    else:
+        assert isinstance(public, ed25519.Ed25519PublicKey)
+
+    # Read the attributes straight from the token, not through tokenissue's KeyInfo.
+    mod = p11.load_module(SOFTHSM_MODULE)
+    with mod.session(SEL, Pin(USER_PIN)) as raw:
+        privs = list(raw.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label}))
+        pubs = list(raw.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label}))
+        assert len(privs) == 1
+        assert len(pubs) == 1
+        priv, pub = privs[0], pubs[0]
+        for attr in (Attribute.LOCAL, Attribute.NEVER_EXTRACTABLE, Attribute.ALWAYS_SENSITIVE,
+                     Attribute.SENSITIVE, Attribute.TOKEN, Attribute.PRIVATE, Attribute.SIGN):
+            assert priv[attr] is True, attr
+        for attr in (Attribute.EXTRACTABLE, Attribute.DECRYPT, Attribute.UNWRAP):
+            assert priv[attr] is False, attr
+        assert pub[Attribute.VERIFY] is True
+        assert pub[Attribute.ENCRYPT] is False
+        assert pub[Attribute.WRAP] is False
+        assert bytes(priv[Attribute.ID]) == info.id
+        assert bytes(pub[Attribute.ID]) == info.id
+        with pytest.raises(px.AttributeSensitive):
+            priv[_SECRET_ATTR[key_type.algorithm.value]]
+        # A sensitive, non-extractable key cannot be made extractable afterwards.
+        with pytest.raises(px.PKCS11Error):
+            priv[Attribute.EXTRACTABLE] = True
+        assert priv[Attribute.EXTRACTABLE] is False
+
+
+def test_explicit_id_is_honoured_in_process(session_softhsm: SoftHSM) -> None:
+    with p11.open_token(SEL, Pin(USER_PIN), module=SOFTHSM_MODULE) as s:
+        info = s.generate_key(KeyType.EC_P256, "with-id", key_id=b"\xc0\x01")
+        assert info.id == b"\xc0\x01"
+        assert s.key(p11.KeySelector(id=b"\xc0\x01")).label == "with-id"
+        with pytest.raises(ObjectExists):
+            s.generate_key(KeyType.EC_P256, "other-label", key_id=b"\xc0\x01")
+        with pytest.raises(ObjectExists):
+            s.generate_key(KeyType.EC_P256, "with-id")
+        assert [k.label for k in s.list_keys()] == ["with-id"]
+
+
+def test_explicit_id_via_cli_and_duplicates_exit_4(softhsm: SoftHSM) -> None:
+    gen = softhsm.run("keys", "generate", "-t", "test", "-l", "card", "--id", "c0:01", "--json", check=True)
+    assert json.loads(gen.stdout)["id"] == "c001"
+    assert "%c0%01" in json.loads(gen.stdout)["uri"]
+
+    dup_label = softhsm.run("keys", "generate", "-t", "test", "-l", "card")
+    assert dup_label.returncode == 4, dup_label.stderr
+    assert "card" in dup_label.stderr
+    assert "Traceback" not in dup_label.stderr
+    dup_id = softhsm.run("keys", "generate", "-t", "test", "-l", "card2", "--id", "C001")
+    assert dup_id.returncode == 4, dup_id.stderr
+
+    keys = json.loads(softhsm.run("keys", "list", "-t", "test", "--json", check=True).stdout)
+    assert [(k["label"], k["id"]) for k in keys] == [("card", "c001")]
+
+    bad = softhsm.run("keys", "generate", "-t", "test", "-l", "x", "--id", "zz")
+    assert bad.returncode == 2
+
+
+def _openssl_verify(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", "req", "-in", str(path), "-noout", "-verify"],
+                          capture_output=True, text=True, check=False)
+
+
+@ALL_TYPES
+def test_csr_per_key_type_verifies(softhsm: SoftHSM, key_type: KeyType) -> None:
+    gen = softhsm.run("keys", "generate", "-t", "test", "-l", "k", "--type", key_type.value, "--json", check=True)
+    kid = json.loads(gen.stdout)["id"]
+    out = softhsm.root / "req.pem"
+    softhsm.run("csr", "-t", "test", "-k", "k", "-s", f"CN=csr {key_type.value}", "-o", str(out), check=True)
+
+    proc = _openssl_verify(out)
+    assert proc.returncode == 0, proc.stderr
+    assert "verify OK" in proc.stdout + proc.stderr
+
+    csr = x509.load_pem_x509_csr(out.read_bytes())
+    assert csr.is_signature_valid
+    assert x509.SubjectKeyIdentifier.from_public_key(csr.public_key()).digest.hex() == kid
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"csr {key_type.value}"
+    expected_hash = {KeyType.EC_P384: "sha384", KeyType.ED25519: None}.get(key_type, "sha256")
+    got_hash = csr.signature_hash_algorithm.name if csr.signature_hash_algorithm else None
+    assert got_hash == expected_hash
+
+    # The same check must fail for a tampered CSR, or it proves nothing.
+    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x01
+    bad = softhsm.root / "bad.der"
+    bad.write_bytes(bytes(der))
+    proc = subprocess.run(["openssl", "req", "-inform", "DER", "-in", str(bad), "-noout", "-verify"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 or "verify OK" not in proc.stdout + proc.stderr
+
+
+def test_korean_subject_and_all_san_kinds(softhsm: SoftHSM) -> None:
+    softhsm.run("keys", "generate", "-t", "test", "-l", "hong", check=True)
+    proc = softhsm.run(
+        "csr", "-t", "test", "-k", "hong", "-s", "CN=홍길동,O=우리은행,C=KR",
+        "--san", "dns:www.example.kr", "--san", "email:hong@example.kr",
+        "--san", "uri:https://example.kr/hong", "--san", "ip:192.0.2.7", "--san", "ip:2001:db8::7",
+        check=True,
+    )
+    assert proc.stdout.startswith("-----BEGIN CERTIFICATE REQUEST-----")
+    csr = x509.load_pem_x509_csr(proc.stdout.encode())
+    assert csr.is_signature_valid
+
+    # RFC 4514 lists the most significant RDN last: the DER order is C, O, CN.
+    assert [(a.oid, a.value) for a in csr.subject] == [
+        (NameOID.COUNTRY_NAME, "KR"),
+        (NameOID.ORGANIZATION_NAME, "우리은행"),
+        (NameOID.COMMON_NAME, "홍길동"),
+    ]
+    assert csr.subject.rfc4514_string() == "CN=홍길동,O=우리은행,C=KR"
+    assert {a.value for a in csr.subject if a.oid != NameOID.COUNTRY_NAME} == {"우리은행", "홍길동"}
+    # UTF8String, so the bytes of the name are exactly the UTF-8 of the Korean text.
+    subject_der = csr.subject.public_bytes()
+    assert "홍길동".encode() in subject_der
+    assert "우리은행".encode() in subject_der
+
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["www.example.kr"]
+    assert san.get_values_for_type(x509.RFC822Name) == ["hong@example.kr"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["https://example.kr/hong"]
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("192.0.2.7"), ipaddress.ip_address("2001:db8::7")
+    ]
+
+    path = softhsm.root / "hong.pem"
+    path.write_text(proc.stdout)
+    shown = subprocess.run(
+        ["openssl", "req", "-in", str(path), "-noout", "-verify", "-subject", "-nameopt", "utf8"],
+        capture_output=True, check=False, env={**os.environ, "LC_ALL": "C.UTF-8"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    subject_line = next(line for line in shown.stdout.decode("utf-8").splitlines() if line.startswith("subject="))
+    assert subject_line == "subject=C=KR, O=우리은행, CN=홍길동"
+    text = subprocess.run(["openssl", "req", "-in", str(path), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    for needle in ("DNS:www.example.kr", "email:hong@example.kr", "URI:https://example.kr/hong",
+                   "IP Address:192.0.2.7", "IP Address:2001:DB8:0:0:0:0:0:7"):
+        assert needle in text
+
+
+def test_csr_der_output_and_unknown_key(softhsm: SoftHSM) -> None:
+    softhsm.run("keys", "generate", "-t", "test", "-l", "k", check=True)
+    out = softhsm.root / "req.der"
+    softhsm.run("csr", "-t", "test", "-k", "k", "-s", "CN=der", "--format", "der", "-o", str(out), check=True)
+    assert x509.load_der_x509_csr(out.read_bytes()).is_signature_valid
+    no_output = softhsm.run("csr", "-t", "test", "-k", "k", "-s", "CN=der", "--format", "der")
+    assert no_output.returncode == 2
+    missing = softhsm.run("csr", "-t", "test", "-k", "nope", "-s", "CN=x")
+    assert missing.returncode == 4
+    assert "nope" in missing.stderr
+    bad_subject = softhsm.run("csr", "-t", "test", "-k", "k", "-s", "/CN=x/O=y")
+    assert bad_subject.returncode == 2
+
+
+def test_wrong_pin_does_not_leak_a_session_in_process(session_softhsm: SoftHSM) -> None:
+    """FACTS: a failed C_Login used to leave its session open, so a later SO login failed with
+    SessionReadOnlyExists. In one process: wrong PIN, then SO login (unblock), then the new PIN."""
+    with pytest.raises(PinIncorrect) as exc:
+        with p11.open_token(SEL, Pin("000000-wrong"), module=SOFTHSM_MODULE):
+            pass
+    assert exc.value.exit_code == 5
+    assert "000000-wrong" not in str(exc.value)
+    with p11.open_token(SEL, Pin(SO_PIN), module=SOFTHSM_MODULE, so=True) as so:
+        so.init_user_pin(Pin("135791"))
+    with p11.open_token(SEL, Pin("135791"), module=SOFTHSM_MODULE) as s:
+        assert s.list_keys() == []
+    with pytest.raises(PinIncorrect):
+        with p11.open_token(SEL, Pin(USER_PIN), module=SOFTHSM_MODULE):
+            pass

@@ -1,0 +1,395 @@
+"""The certificate authority: a CA directory, its key on a token, its inventory and profiles.
+
+A CA directory holds::
+
+    ca.toml        CAConfig: token and key selectors, CRL settings
+    ca.pem         the CA certificate (chain.pem: its issuers, for an intermediate)
+    ca.db          the inventory (SQLite, mode 0600) unless ca.toml names a database
+    profiles.toml  optional: extra or overriding certificate profiles
+    crl.pem        the latest CRL
+
+Every action that changes what the CA vouches for (init, issue, revoke, CRL) is appended to
+the inventory's hash-chained audit log in the same breath as the change is recorded.
+
+Issuance is idempotent per ``request_id``: an enrollment that died after the CA signed asks
+again with the same ID and receives the same certificate, so a certificate is never issued
+twice for one request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..config import CAConfig, write_private_file
+from ..credentials import Pin, ProtectedAuth
+from ..errors import CAUnavailable, NotFound, RequestRejected, UsageError
+from ..inventory import DuplicateRequest, Inventory
+from ..models import CertRecord, CertStatus, KeyType, RevocationReason
+from ..p11 import KeySelector, TokenSelector, open_token
+from ..pkix.certs import (
+    dump_certificates,
+    fingerprint_sha256,
+    issue_certificate,
+    load_certificates,
+    random_serial,
+    self_signed_ca,
+)
+from ..pkix.crl import build_crl
+from ..pkix.csr import verify_csr
+from ..pkix.names import parse_subject
+from .profiles import Profile, check_request, eku_for, get_profile, key_usage_for, load_profiles
+
+__all__ = ["CertificateAuthority", "Issued"]
+
+CERT_FILE, CHAIN_FILE, DB_FILE, CRL_FILE, PROFILES_FILE, CSR_FILE = (
+    "ca.pem",
+    "chain.pem",
+    "ca.db",
+    "crl.pem",
+    "profiles.toml",
+    "ca.csr",
+)
+# Certificates start a few minutes in the past so a relying party with a slow clock accepts them.
+_BACKDATE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Issued:
+    """What the CA hands back: the certificate, its record, and the chain up to the root."""
+
+    certificate: x509.Certificate
+    record: CertRecord
+    chain: list[x509.Certificate]
+
+
+class CertificateAuthority:
+    """A CA directory opened for use. Open with :meth:`open`, create with :meth:`init`."""
+
+    def __init__(self, ca_dir: Path, config: CAConfig, inventory: Inventory, *, module: str | None = None) -> None:
+        self.dir = ca_dir
+        self.config = config
+        self.inventory = inventory
+        self.module = config.module or module
+        self._profiles: dict[str, Profile] | None = None
+
+    # -- opening and creating ----------------------------------------------------------------
+    @classmethod
+    def open(cls, ca_dir: Path, *, module: str | None = None) -> CertificateAuthority:
+        config = CAConfig.load(ca_dir)
+        inv = Inventory.open(config.database or ca_dir / DB_FILE)
+        return cls(ca_dir, config, inv, module=module)
+
+    def close(self) -> None:
+        self.inventory.close()
+
+    def __enter__(self) -> CertificateAuthority:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @classmethod
+    def init(
+        cls,
+        ca_dir: Path,
+        *,
+        subject: str,
+        days: int,
+        pin: Pin | ProtectedAuth | None,
+        token: str | None,
+        key_type: KeyType = KeyType.EC_P256,
+        label: str = "tokenissue-ca",
+        module: str | None = None,
+        crl_url: str | None = None,
+        csr_out: bool = False,
+        insecure_file_key: bool = False,
+    ) -> CertificateAuthority:
+        """Create a CA: key on the token (or, explicitly insecure, in a file), then a self-signed
+        root, or a CSR for a parent CA when ``csr_out`` (finish with :meth:`install_certificate`)."""
+        name = parse_subject(subject)
+        if (ca_dir / "ca.toml").exists():
+            raise UsageError(f"'{ca_dir}' is a CA directory already; choose an empty directory.")
+        if days <= 0:
+            raise UsageError("--days must be positive.")
+        ca_dir.mkdir(parents=True, exist_ok=True)
+        ca_dir.chmod(0o700)
+        if insecure_file_key:
+            from cryptography.hazmat.primitives.asymmetric import ec
+
+            key: Any = ec.generate_private_key(ec.SECP256R1() if key_type is not KeyType.EC_P384 else ec.SECP384R1())
+            write_private_file(
+                ca_dir / "ca-key.pem",
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                ),
+            )
+            config = CAConfig(subject=subject, insecure_key_file="ca-key.pem", crl_url=crl_url)
+            cert_or_csr = cls._make_root_or_csr(key, name, days, csr_out)
+        else:
+            if token is None:
+                raise UsageError("Name the token for the CA key with --token (or use --insecure-file-key).")
+            with open_token(TokenSelector.parse(token), pin, module=module) as s:
+                info = s.generate_key(key_type, label)
+                config = CAConfig(
+                    subject=subject,
+                    token=f"serial:{s.info.serial}",
+                    key=f"id:{info.id.hex()}",
+                    module=module,
+                    crl_url=crl_url,
+                )
+                cert_or_csr = cls._make_root_or_csr(s.private_key(KeySelector(id=info.id)), name, days, csr_out)
+        pem = cert_or_csr.public_bytes(serialization.Encoding.PEM)
+        (ca_dir / (CSR_FILE if csr_out else CERT_FILE)).write_bytes(pem)
+        config.save(ca_dir)
+        ca = cls.open(ca_dir, module=module)
+        ca.inventory.audit_append(
+            "ca-init",
+            {"subject": subject, "key_type": key_type.value, "on_token": not insecure_file_key, "csr": csr_out},
+        )
+        return ca
+
+    @staticmethod
+    def _make_root_or_csr(key: Any, name: x509.Name, days: int, csr_out: bool) -> Any:
+        if csr_out:
+            from ..pkix.csr import build_csr
+
+            return build_csr(key, name)
+        return self_signed_ca(key, name, days)
+
+    def install_certificate(self, cert_data: bytes, chain_data: bytes | None = None) -> x509.Certificate:
+        """Install the certificate a parent CA issued for our CSR (intermediate CA)."""
+        certs = load_certificates(cert_data)
+        cert = certs[0]
+        chain = certs[1:] + (load_certificates(chain_data) if chain_data else [])
+        csr_path = self.dir / CSR_FILE
+        if csr_path.exists():
+            from ..pkix.csr import load_csr
+
+            csr = load_csr(csr_path.read_bytes())
+            if csr.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ) != cert.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ):
+                raise RequestRejected("That certificate is not for this CA's key.")
+        try:
+            if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                raise RequestRejected("That certificate is not a CA certificate (basicConstraints CA:FALSE).")
+        except x509.ExtensionNotFound:
+            raise RequestRejected("That certificate has no basicConstraints; it cannot be a CA.") from None
+        if chain:
+            from ..pkix.certs import verify_chain
+
+            verify_chain(cert, chain)
+            (self.dir / CHAIN_FILE).write_bytes(dump_certificates(chain, "pem"))
+        (self.dir / CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        csr_path.unlink(missing_ok=True)
+        self.inventory.audit_append("ca-install-cert", {"subject": cert.subject.rfc4514_string()})
+        return cert
+
+    # -- what the CA is ----------------------------------------------------------------------
+    @property
+    def certificate(self) -> x509.Certificate:
+        path = self.dir / CERT_FILE
+        if not path.exists():
+            if (self.dir / CSR_FILE).exists():
+                raise CAUnavailable(
+                    "This CA waits for its certificate; install it with 'tokenissue ca install-cert'."
+                )
+            raise CAUnavailable(f"The CA certificate {path} is missing.")
+        return x509.load_pem_x509_certificate(path.read_bytes())
+
+    def chain(self) -> list[x509.Certificate]:
+        """The CA certificate followed by its issuers (empty tail for a root)."""
+        extra = self.dir / CHAIN_FILE
+        return [self.certificate] + (load_certificates(extra.read_bytes()) if extra.exists() else [])
+
+    @property
+    def profiles(self) -> dict[str, Profile]:
+        if self._profiles is None:
+            extra = self.dir / PROFILES_FILE
+            self._profiles = load_profiles(extra if extra.exists() else None)
+        return self._profiles
+
+    def profile(self, name: str) -> Profile:
+        return get_profile(self.profiles, name)
+
+    @contextmanager
+    def signing_key(self, pin: Pin | ProtectedAuth | None) -> Iterator[Any]:
+        """The CA key as a cryptography private key (signing happens on the CA token)."""
+        if self.config.insecure_key_file:
+            data = (self.dir / self.config.insecure_key_file).read_bytes()
+            yield serialization.load_pem_private_key(data, password=None)
+            return
+        if self.config.token is None or self.config.key is None:
+            raise CAUnavailable(f"{self.dir / 'ca.toml'} names no CA token and key.")
+        with open_token(TokenSelector.parse(self.config.token), pin, module=self.module) as s:
+            yield s.private_key(KeySelector.parse(self.config.key))
+
+    @property
+    def needs_pin(self) -> bool:
+        return self.config.insecure_key_file is None
+
+    def _check_usable(self, now: datetime) -> x509.Certificate:
+        cert = self.certificate
+        if now > cert.not_valid_after_utc:
+            raise CAUnavailable(
+                f"The CA certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}; "
+                "renew the CA before issuing or publishing CRLs."
+            )
+        if now < cert.not_valid_before_utc - _BACKDATE:
+            raise CAUnavailable("The CA certificate is not valid yet; check the clock.")
+        return cert
+
+    # -- issuing -----------------------------------------------------------------------------
+    def sign(
+        self,
+        csr: x509.CertificateSigningRequest,
+        profile_name: str,
+        *,
+        pin: Pin | ProtectedAuth | None,
+        request_id: str | None = None,
+        subject: x509.Name | None = None,
+        token_serial: str | None = None,
+        key_id: bytes | None = None,
+        label: str | None = None,
+        replaces: int | None = None,
+    ) -> Issued:
+        """Check ``csr`` against the profile and issue, or return the earlier answer to ``request_id``.
+
+        ``subject`` overrides the CSR's subject (a registration fixes it: the requester cannot
+        widen it). Nothing is recorded unless the certificate is issued.
+        """
+        if request_id is not None:
+            earlier = self.inventory.find_by_request(request_id)
+            if earlier is not None:
+                cert = x509.load_der_x509_certificate(earlier.der)
+                if _spki(cert.public_key()) != _spki(csr.public_key()):
+                    raise RequestRejected(f"Request {request_id} was already answered for another key.")
+                return Issued(cert, earlier, self.chain())
+        verify_csr(csr)
+        profile = self.profile(profile_name)
+        now = datetime.now(UTC)
+        ca_cert = self._check_usable(now)
+        name = subject if subject is not None else csr.subject
+        try:
+            san = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            san = []
+        public_key = csr.public_key()
+        check_request(profile, subject=name, san=san, public_key=public_key)
+        not_before = now - _BACKDATE
+        not_after = min(now + timedelta(days=profile.days), ca_cert.not_valid_after_utc)
+        serial = random_serial()
+        while self.inventory.serial_exists(serial):  # 2**-64 odds, but cheap to rule out
+            serial = random_serial()
+        with self.signing_key(pin) as ca_key:
+            cert = issue_certificate(
+                ca_key,
+                ca_cert,
+                public_key=public_key,
+                subject=name,
+                san=san,
+                serial=serial,
+                not_before=not_before,
+                not_after=not_after,
+                key_usage=key_usage_for(profile, public_key),
+                extended_key_usage=eku_for(profile),
+                policies=profile.policies,
+                crl_url=self.config.crl_url,
+            )
+        record = CertRecord(
+            serial=cert.serial_number,
+            subject=name.rfc4514_string(),
+            issuer=ca_cert.subject.rfc4514_string(),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            sha256=fingerprint_sha256(cert),
+            profile=profile.name,
+            der=cert.public_bytes(serialization.Encoding.DER),
+            token_serial=token_serial,
+            key_id=key_id,
+            label=label,
+            request_id=request_id,
+            replaces=replaces,
+        )
+        try:
+            self.inventory.add_certificate(record)
+        except DuplicateRequest:
+            # Another process answered the same request meanwhile: hand out its certificate,
+            # and let ours (never recorded, never delivered) go.
+            earlier = self.inventory.find_by_request(request_id or "")
+            if earlier is None:
+                raise
+            return Issued(x509.load_der_x509_certificate(earlier.der), earlier, self.chain())
+        self.inventory.audit_append(
+            "issue",
+            {
+                "serial": format(record.serial, "x"),
+                "subject": record.subject,
+                "profile": record.profile,
+                "sha256": record.sha256,
+                "request_id": request_id,
+                "replaces": format(replaces, "x") if replaces else None,
+            },
+        )
+        return Issued(cert, record, self.chain())
+
+    # -- revocation --------------------------------------------------------------------------
+    def revoke(self, serial: int, reason: RevocationReason = RevocationReason.UNSPECIFIED) -> CertRecord:
+        rec = self.inventory.get_certificate(serial)
+        if rec is None:
+            raise NotFound(f"This CA issued no certificate with serial {serial:x}.")
+        if rec.status is CertStatus.REVOKED:
+            return rec
+        rec = self.inventory.revoke(serial, reason, datetime.now(UTC))
+        self.inventory.audit_append("revoke", {"serial": format(serial, "x"), "reason": reason.value})
+        return rec
+
+    def revoke_token(self, token_serial: str, reason: RevocationReason) -> list[CertRecord]:
+        """Revoke every valid certificate whose key is on the token ``token_serial`` (a lost token)."""
+        out = []
+        for rec in self.inventory.list_certificates(status=CertStatus.VALID, token_serial=token_serial):
+            out.append(self.revoke(rec.serial, reason))
+        return out
+
+    def crl(self, pin: Pin | ProtectedAuth | None) -> x509.CertificateRevocationList:
+        """Sign a new CRL over every revoked certificate and publish it as crl.pem."""
+        now = datetime.now(UTC)
+        ca_cert = self._check_usable(now)
+        revoked = [
+            (r.serial, r.revoked_at or now, r.revocation_reason or RevocationReason.UNSPECIFIED)
+            for r in self.inventory.list_certificates(status=CertStatus.REVOKED)
+        ]
+        with self.signing_key(pin) as ca_key:
+            number = self.inventory.next_crl_number()
+            crl = build_crl(
+                ca_key,
+                ca_cert,
+                revoked,
+                number=number,
+                this_update=now - _BACKDATE,
+                next_update=now + timedelta(days=self.config.crl_days),
+            )
+        write_private_file(self.dir / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM))
+        with suppress(OSError):
+            (self.dir / CRL_FILE).chmod(0o644)  # a CRL is public
+        self.inventory.audit_append("crl", {"number": number, "revoked": len(revoked)})
+        return crl
+
+    def list(self, *, expiring_within: timedelta | None = None, status: CertStatus | None = None) -> list[CertRecord]:
+        before = datetime.now(UTC) + expiring_within if expiring_within is not None else None
+        return self.inventory.list_certificates(status=status, expiring_before=before)
+
+
+def _spki(public_key: Any) -> bytes:
+    der: bytes = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der

@@ -1,0 +1,242 @@
+"""``tokenissue ca ...``: run a CA whose key lives on a token."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import UsageError
+from ..models import KeyType, RevocationReason
+from ._common import (
+    CaPinFileOpt,
+    JsonOpt,
+    ca_pin_source,
+    console,
+    emit_json,
+    err_console,
+    parse_duration,
+    state,
+)
+
+app = typer.Typer(help="Run a certificate authority whose key lives on a token.", no_args_is_help=True)
+audit_app = typer.Typer(help="The CA's append-only, hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+CaDirOpt = Annotated[Path, typer.Option("--ca-dir", "-d", help="The CA directory (ca.toml, ca.pem, ca.db).", envvar="TOKENISSUE_CA_DIR")]
+Reason = enum.Enum("Reason", {r.name: r.value for r in RevocationReason}, type=str)  # type: ignore[misc]
+KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
+
+
+def _open(ctx: typer.Context, ca_dir: Path) -> Any:
+    from ..ca.authority import CertificateAuthority
+
+    return CertificateAuthority.open(ca_dir, module=state(ctx).module)
+
+
+def record_dict(r: Any) -> dict[str, Any]:
+    return {
+        "serial": format(r.serial, "x"),
+        "subject": r.subject,
+        "profile": r.profile,
+        "not_before": r.not_before,
+        "not_after": r.not_after,
+        "status": r.status.value,
+        "revoked_at": r.revoked_at,
+        "reason": r.revocation_reason.value if r.revocation_reason else None,
+        "token_serial": r.token_serial,
+        "key_id": r.key_id.hex() if r.key_id else None,
+        "sha256": r.sha256,
+    }
+
+
+@app.command("init")
+def init(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    subject: Annotated[str, typer.Option("--subject", "-s", help="The CA's subject, e.g. 'CN=Example Root CA,O=Example,C=KR'.")],
+    token: Annotated[str | None, typer.Option("--token", "-t", help="Token for the CA key (label, serial:XXXX or pkcs11: URI).")] = None,
+    key_type: Annotated[KeyTypeChoice, typer.Option("--type", help="CA key type.")] = KeyTypeChoice("ec-p256"),  # noqa: B008
+    days: Annotated[int, typer.Option("--days", help="Lifetime of the self-signed CA certificate.")] = 3650,
+    label: Annotated[str, typer.Option("--label", help="Label of the CA key on the token.")] = "tokenissue-ca",
+    crl_url: Annotated[str | None, typer.Option("--crl-url", help="CRL distribution point put into issued certificates.")] = None,
+    csr_out: Annotated[
+        Path | None,
+        typer.Option("--csr-out", help="Make an intermediate: write a CSR here for the parent CA, then 'ca install-cert'."),
+    ] = None,
+    insecure_file_key: Annotated[
+        bool, typer.Option("--insecure-file-key", help="Keep the CA key in a file in the CA dir. Throwaway CAs only.")
+    ] = False,
+    ca_pin_file: CaPinFileOpt = None,
+) -> None:
+    """Create a CA: its key is generated on the token, then a self-signed root (or a CSR)."""
+    from ..ca.authority import CSR_FILE, CertificateAuthority
+
+    pin = None if insecure_file_key else ca_pin_source(ca_pin_file).get()
+    ca = CertificateAuthority.init(
+        ca_dir,
+        subject=subject,
+        days=days,
+        pin=pin,
+        token=token,
+        key_type=KeyType(key_type.value),
+        label=label,
+        module=state(ctx).module,
+        crl_url=crl_url,
+        csr_out=csr_out is not None,
+        insecure_file_key=insecure_file_key,
+    )
+    with ca:
+        if csr_out is not None:
+            csr_out.write_bytes((ca_dir / CSR_FILE).read_bytes())
+            console().print(f"CA key made; CSR written to {csr_out}. Install the certificate with 'tokenissue ca install-cert'.")
+        else:
+            cert = ca.certificate
+            console().print(
+                f"CA '{cert.subject.rfc4514_string()}' ready in {ca_dir}, valid until {cert.not_valid_after_utc:%Y-%m-%d}."
+            )
+    if insecure_file_key:
+        err_console().print("[yellow]Warning:[/] the CA key is in a file (--insecure-file-key); use it only for tests.")
+
+
+@app.command("install-cert")
+def install_cert(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    cert_file: Annotated[Path, typer.Argument(help="The CA certificate the parent issued (PEM/DER).", exists=True)],
+    chain: Annotated[Path | None, typer.Option("--chain", help="The parent's chain up to the root (PEM).", exists=True)] = None,
+) -> None:
+    """Install an intermediate CA's certificate after 'ca init --csr-out'."""
+    with _open(ctx, ca_dir) as ca:
+        cert = ca.install_certificate(cert_file.read_bytes(), chain.read_bytes() if chain else None)
+    console().print(f"Installed CA certificate '{cert.subject.rfc4514_string()}'.")
+
+
+@app.command("sign")
+def sign(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    csr_file: Annotated[Path, typer.Argument(help="The CSR (PEM or DER).", exists=True, dir_okay=False)],
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Certificate type: personal, personal-banking, tls-client, tls-server, smime, code-signing, or one from the CA's profiles.toml.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the certificate here (PEM) instead of stdout.")] = None,
+    ca_pin_file: CaPinFileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a CSR against a profile and issue the certificate."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ..pkix.csr import load_csr
+
+    csr = load_csr(csr_file.read_bytes())
+    with _open(ctx, ca_dir) as ca:
+        ca.profile(profile)  # an unknown profile fails before any PIN is asked
+        pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
+        issued = ca.sign(csr, profile, pin=pin)
+    pem = issued.certificate.public_bytes(serialization.Encoding.PEM)
+    if output:
+        output.write_bytes(pem)
+    if json_out:
+        emit_json(record_dict(issued.record))
+    elif output is None:
+        typer.echo(pem.decode(), nl=False)
+    else:
+        err_console().print(f"Issued serial {issued.record.serial:x} to {issued.record.subject}; written to {output}.")
+
+
+@app.command("list")
+def list_issued(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    expiring: Annotated[str | None, typer.Option("--expiring", help="Only certificates expiring within this time, e.g. 30d.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List what the CA issued, with status."""
+    within = parse_duration(expiring) if expiring else None
+    with _open(ctx, ca_dir) as ca:
+        from ..models import CertStatus
+
+        rows = [record_dict(r) for r in ca.list(expiring_within=within, status=CertStatus.VALID if within else None)]
+    if json_out:
+        emit_json(rows)
+        return
+    if not rows:
+        err_console().print("Nothing to list.")
+        return
+    from rich.table import Table
+
+    table = Table("Serial", "Subject", "Profile", "Not after", "Status", "Token")
+    for r in rows:
+        colour = "red" if r["status"] == "revoked" else "green"
+        table.add_row(r["serial"], r["subject"], r["profile"], f"{r['not_after']:%Y-%m-%d}", f"[{colour}]{r['status']}[/]", r["token_serial"] or "-")
+    console().print(table)
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    serial: Annotated[str | None, typer.Argument(help="Serial number in hex, as 'ca list' shows it.")] = None,
+    token_serial: Annotated[str | None, typer.Option("--token-serial", help="Revoke every certificate whose key is on this (lost) token.")] = None,
+    reason: Annotated[Reason, typer.Option("--reason", help="RFC 5280 revocation reason.")] = Reason("unspecified"),  # noqa: B008
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke a certificate by serial, or all of a lost token's certificates."""
+    if (serial is None) == (token_serial is None):
+        raise UsageError("Give either a SERIAL or --token-serial.")
+    why = RevocationReason(reason.value)
+    with _open(ctx, ca_dir) as ca:
+        if serial is not None:
+            try:
+                recs = [ca.revoke(int(serial.replace(":", ""), 16), why)]
+            except ValueError:
+                raise UsageError(f"'{serial}' is not a hex serial number.") from None
+        else:
+            recs = ca.revoke_token(token_serial, why)
+    if json_out:
+        emit_json([record_dict(r) for r in recs])
+    elif not recs:
+        console().print(f"No valid certificate is recorded for token {token_serial}; nothing to revoke.")
+    else:
+        for r in recs:
+            console().print(f"Revoked {r.serial:x} ({r.subject}). Publish a CRL with 'tokenissue ca crl'.")
+
+
+@app.command("crl")
+def crl(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the CRL here (PEM).")] = None,
+    ca_pin_file: CaPinFileOpt = None,
+) -> None:
+    """Sign and publish a new CRL (written to crl.pem in the CA directory)."""
+    from cryptography.hazmat.primitives import serialization
+
+    with _open(ctx, ca_dir) as ca:
+        pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
+        c = ca.crl(pin)
+    pem = c.public_bytes(serialization.Encoding.PEM)
+    if output:
+        output.write_bytes(pem)
+    err_console().print(f"CRL with {len(list(c))} revoked certificate(s), valid until {c.next_update_utc:%Y-%m-%d %H:%M} UTC.")
+
+
+@audit_app.command("verify")
+def audit_verify(ctx: typer.Context, ca_dir: CaDirOpt) -> None:
+    """Check the hash chain of the audit log; any altered, removed or inserted entry fails."""
+    with _open(ctx, ca_dir) as ca:
+        n = ca.inventory.audit_verify()
+    console().print(f"Audit log intact: {n} entries verified.")
+
+
+@audit_app.command("list")
+def audit_list(ctx: typer.Context, ca_dir: CaDirOpt, json_out: JsonOpt = False) -> None:
+    """Show the audit log."""
+    with _open(ctx, ca_dir) as ca:
+        entries = ca.inventory.audit_entries()
+    if json_out:
+        emit_json([{"seq": e.seq, "at": e.at, "action": e.action, "details": e.details, "hash": e.hash} for e in entries])
+        return
+    for e in entries:
+        console().print(f"{e.seq:>5} {e.at:%Y-%m-%d %H:%M:%S} {e.action:<10} {e.details}")

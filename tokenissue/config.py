@@ -1,0 +1,86 @@
+"""Typed configuration files (TOML) as frozen dataclasses.
+
+Only files are read here: environment variables and prompts belong to the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["CA_CONFIG_NAME", "CAConfig", "write_private_file"]
+
+CA_CONFIG_NAME = "ca.toml"
+
+
+@dataclass(frozen=True)
+class CAConfig:
+    """``ca.toml`` in a CA directory: where the CA key is and how the CA behaves."""
+
+    subject: str
+    """The CA's subject, RFC 4514."""
+    token: str | None = None
+    """Selector of the token holding the CA key (``serial:XXXX`` is written at init)."""
+    key: str | None = None
+    """Selector of the CA key on that token (``id:HEX``)."""
+    module: str | None = None
+    """PKCS#11 module path; empty means the one given on the command line or found."""
+    insecure_key_file: str | None = None
+    """Only for throwaway CAs made with --insecure-file-key: PEM key file in the CA dir."""
+    crl_url: str | None = None
+    """Put into issued certificates as the CRL distribution point, when set."""
+    crl_days: int = 7
+    """How long a CRL is valid (nextUpdate - thisUpdate)."""
+    database: str | None = None
+    """Inventory URL; default: SQLite file ca.db in the CA directory."""
+
+    @classmethod
+    def load(cls, ca_dir: Path) -> CAConfig:
+        path = ca_dir / CA_CONFIG_NAME
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"'{ca_dir}' is not a CA directory (no {CA_CONFIG_NAME}); create one with 'tokenissue ca init'."
+            ) from None
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"Cannot read {path}: {e}.") from None
+        section = raw.get("ca")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path} has no [ca] table.")
+        known = {f.name for f in fields(cls)}
+        unknown = set(section) - known
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}.")
+        try:
+            return cls(**section)
+        except TypeError as e:
+            raise ConfigError(f"{path}: {e}.") from None
+
+    def save(self, ca_dir: Path) -> None:
+        lines = ["# tokenissue CA configuration", "[ca]"]
+        for k, v in asdict(self).items():
+            if v is None:
+                continue
+            lines.append(f"{k} = {json.dumps(v, ensure_ascii=False)}")
+        write_private_file(ca_dir / CA_CONFIG_NAME, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically to ``path`` with mode 0600 (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,60 @@
+"""Enrollment against a CA directory on this machine (the embedded default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+
+from ..ca.authority import CertificateAuthority
+from ..credentials import Pin, ProtectedAuth
+from ..models import CertStatus, RevocationReason
+from .base import EnrollResult
+
+__all__ = ["LocalCA"]
+
+
+class LocalCA:
+    """A :class:`CertificateAuthority` used in-process. The CA PIN is only used to sign."""
+
+    def __init__(self, ca_dir: Path, *, ca_pin: Pin | ProtectedAuth | None, module: str | None = None) -> None:
+        self.location = str(ca_dir.resolve())
+        self._ca = CertificateAuthority.open(ca_dir, module=module)
+        self.ca_pin = ca_pin
+        self.needs_ca_pin = self._ca.needs_pin
+
+    def request(
+        self,
+        csr: x509.CertificateSigningRequest,
+        *,
+        profile: str,
+        request_id: str,
+        token_serial: str | None,
+        key_id: bytes | None,
+        label: str | None,
+        replaces: int | None = None,
+    ) -> EnrollResult:
+        issued = self._ca.sign(
+            csr,
+            profile,
+            pin=self.ca_pin,
+            request_id=request_id,
+            token_serial=token_serial,
+            key_id=key_id,
+            label=label,
+            replaces=replaces,
+        )
+        return EnrollResult(issued.certificate, issued.chain)
+
+    def check_profile(self, profile: str) -> None:
+        self._ca.profile(profile)
+
+    def revoke(self, serial: int, reason: RevocationReason) -> None:
+        self._ca.revoke(serial, reason)
+
+    def status(self, serial: int) -> CertStatus | None:
+        rec = self._ca.inventory.get_certificate(serial)
+        return rec.status if rec else None
+
+    def close(self) -> None:
+        self._ca.close()

@@ -1,0 +1,450 @@
+"""Use-cases of a certificate's life on a token: enroll, resume, renew, status, revoke.
+
+Enrollment is a journaled state machine, so that a process killed at any point leaves work
+that the next run finishes, and nothing half-done::
+
+    started ─ key generated ─► key ─ CSR signed in token ─► csr ─ CA issues ─► issued
+            ─ certificate (and chain) written to the token ─► written ─ recorded ─► done
+
+* The journal entry is written before each step's effect is relied on. The key's label is
+  journaled *before* the key is generated, so a key made just before a crash is found again
+  by label (and must still prove its provenance) instead of being orphaned.
+* The CA is asked with the journal ID as request ID; the CA records the certificate before it
+  answers and answers a repeated request with the same certificate, so a crash after issuance
+  never issues a second certificate.
+* A failure before issuance (the CA refuses, the profile forbids the key) deletes the key this
+  enrollment generated and closes the entry as "aborted". After issuance nothing is deleted:
+  the work is finished on the next run.
+* Writing certificates to the token is idempotent (an identical object is not written twice).
+
+Running the same ``enroll`` command again resumes an unfinished entry with the same
+parameters; ``enroll --resume`` resumes every unfinished one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .credentials import Pin, ProtectedAuth
+from .enroll import Enroller
+from .errors import ObjectExists, ProvenanceError, TokenIssueError, UsageError
+from .inventory import Inventory
+from .models import CertObject, CertRecord, CertStatus, KeyInfo, KeyType, RevocationReason
+from .p11 import KeySelector, TokenSelector, TokenSession, open_token
+from .pkix.certs import fingerprint_sha256, load_certificates, verify_chain
+from .pkix.csr import build_csr, load_csr
+from .pkix.names import format_san, parse_san, parse_subject
+from .pkix.proof import prove_possession
+
+__all__ = [
+    "CertStatusReport",
+    "EnrollOutcome",
+    "EnrollParams",
+    "certificate_status",
+    "enroll",
+    "find_due",
+    "revoke_on_token",
+]
+
+StepHook = Callable[[str], None]
+
+
+def _nothing(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class EnrollParams:
+    """What the user asked for; equal parameters identify the same unfinished enrollment."""
+
+    token_serial: str  #: the token, by serial (labels can repeat)
+    subject: str  #: RFC 4514
+    profile: str
+    key_type: str  #: KeyType value
+    ca: str  #: CA location (directory or URL)
+    label: str | None = None  #: requested key label; None: generated and journaled
+    san: tuple[str, ...] = ()
+    reuse_key_id: str | None = None  #: renew with this existing key (hex CKA_ID) instead of a new one
+    replaces: str | None = None  #: hex serial of the certificate this renews
+
+    def as_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d["san"] = list(self.san)
+        return d
+
+
+@dataclass(frozen=True)
+class EnrollOutcome:
+    journal_id: str
+    token_label: str
+    token_serial: str
+    key_id: bytes
+    label: str
+    certificate: x509.Certificate
+    profile: str
+    resumed: bool
+    replaced: int | None = None
+    steps: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        c = self.certificate
+        return {
+            "token": self.token_label,
+            "token_serial": self.token_serial,
+            "key_id": self.key_id.hex(),
+            "label": self.label,
+            "serial": format(c.serial_number, "x"),
+            "subject": c.subject.rfc4514_string(),
+            "issuer": c.issuer.rfc4514_string(),
+            "not_before": c.not_valid_before_utc.isoformat(),
+            "not_after": c.not_valid_after_utc.isoformat(),
+            "sha256": fingerprint_sha256(c),
+            "profile": self.profile,
+            "journal_id": self.journal_id,
+            "resumed": self.resumed,
+            "replaces": format(self.replaced, "x") if self.replaced else None,
+        }
+
+
+def _default_label(profile: str) -> str:
+    return f"{profile}-{datetime.now(UTC):%Y%m%d}-{os.urandom(3).hex()}"
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _find_open(state: Inventory, params: EnrollParams) -> str | None:
+    want = params.as_json()
+    for entry in state.journal_open("enroll"):
+        if entry.params == want:
+            return entry.id
+    return None
+
+
+def enroll(
+    params: EnrollParams,
+    *,
+    token: TokenSelector,
+    pin: Pin | ProtectedAuth | None,
+    enroller: Enroller,
+    state: Inventory,
+    module: str | None = None,
+    journal_id: str | None = None,
+    on_step: StepHook = _nothing,
+) -> EnrollOutcome:
+    """Run (or resume) one enrollment. See the module docstring for the guarantees."""
+    name = parse_subject(params.subject)
+    sans = parse_san(list(params.san))
+    KeyType(params.key_type)  # validated early: a bad type must not leave a journal entry
+    resumed = True
+    jid = journal_id or _find_open(state, params)
+    if jid is None:
+        resumed = False
+        jid = state.journal_start("enroll", params.as_json()).id
+        on_step("started")
+    entry = state.journal_get(jid)
+    assert entry is not None
+    data: dict[str, Any] = dict(entry.data)
+    st = entry.state
+    with open_token(token, pin, module=module) as s:
+        if s.info.serial != params.token_serial:
+            raise UsageError(f"Journal entry {jid} belongs to token serial {params.token_serial}, not {s.info.serial}.")
+        try:
+            if st == "started":
+                key = _key_step(s, params, state, jid, data)
+                on_step("key-generated")
+                entry = state.journal_update(jid, "key", key_id=key.id.hex(), label=key.label)
+                data, st = dict(entry.data), entry.state
+                on_step("key-recorded")
+            kid = bytes.fromhex(str(data["key_id"]))
+            key = s.key(KeySelector(id=kid))
+            if not key.born_on_token:
+                raise ProvenanceError(
+                    f"Key '{key.label}' does not prove it was generated on the token and never left it "
+                    "(CKA_LOCAL, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE); refusing to certify it."
+                )
+            private = s.private_key(KeySelector(id=kid))
+            if st == "key":
+                csr = build_csr(private, name, sans)
+                entry = state.journal_update(jid, "csr", csr=csr.public_bytes(serialization.Encoding.PEM).decode())
+                data, st = dict(entry.data), entry.state
+                on_step("csr")
+            if st == "csr":
+                result = enroller.request(
+                    load_csr(str(data["csr"]).encode()),
+                    profile=params.profile,
+                    request_id=jid,
+                    token_serial=s.info.serial,
+                    key_id=kid,
+                    label=key.label,
+                    replaces=int(params.replaces, 16) if params.replaces else None,
+                )
+                on_step("issued")
+                entry = state.journal_update(
+                    jid, "issued", cert=_pem(result.certificate), chain=[_pem(c) for c in result.chain]
+                )
+                data, st = dict(entry.data), entry.state
+                on_step("issued-recorded")
+        except TokenIssueError:
+            if st in ("started", "key", "csr"):
+                _abort(s, state, jid, data, params)
+            raise
+        cert = load_certificates(str(data["cert"]).encode())[0]
+        chain = [load_certificates(p.encode())[0] for p in data.get("chain", [])]
+        if st == "issued":
+            prove_possession(private, cert)
+            verify_chain(cert, chain)
+            s.write_certificate(cert, key_id=kid, label=key.label)
+            for ca in chain:
+                ski = x509.SubjectKeyIdentifier.from_public_key(ca.public_key()).digest
+                if not any(c.der == ca.public_bytes(serialization.Encoding.DER) for c in s.certificates(key_id=ski)):
+                    s.write_certificate(ca, key_id=ski, label=_cn(ca), trusted=True)
+            on_step("written")
+            entry = state.journal_update(jid, "written")
+            st = entry.state
+        replaced = int(params.replaces, 16) if params.replaces else None
+        if st == "written":
+            _record(state, cert, params, s.info.serial, kid, key.label, jid, replaced)
+            if replaced is not None:
+                _retire(s, replaced, keep_key_id=kid)
+            state.journal_finish(jid, "done")
+            on_step("done")
+        return EnrollOutcome(
+            journal_id=jid,
+            token_label=s.info.label,
+            token_serial=s.info.serial,
+            key_id=kid,
+            label=key.label,
+            certificate=cert,
+            profile=params.profile,
+            resumed=resumed,
+            replaced=replaced,
+        )
+
+
+def _key_step(s: TokenSession, params: EnrollParams, state: Inventory, jid: str, data: dict[str, Any]) -> KeyInfo:
+    if params.reuse_key_id:
+        return s.key(KeySelector(id=bytes.fromhex(params.reuse_key_id)))
+    label = str(data.get("label") or params.label or _default_label(params.profile))
+    existing = [k for k in s.list_keys() if k.label == label]
+    if data.get("generated"):
+        # An earlier run journaled this label and may have generated the key before it died:
+        # adopt that key (its provenance is still checked) rather than orphan it.
+        if existing:
+            return existing[0]
+    else:
+        if existing:
+            raise ObjectExists(f"Token '{s.info.label}' already has a key labelled '{label}'; choose another --label.")
+        # Journal the label before generating, so a key made just before a crash is found again.
+        state.journal_update(jid, "started", label=label, generated=True)
+        data.update(label=label, generated=True)
+    return s.generate_key(KeyType(params.key_type), label)
+
+
+def _abort(s: TokenSession, state: Inventory, jid: str, data: dict[str, Any], params: EnrollParams) -> None:
+    """Undo an enrollment that failed before issuance: remove the key it generated."""
+    if not params.reuse_key_id and data.get("generated"):
+        label = str(data.get("label"))
+        for k in s.list_keys():
+            if k.label == label and not k.has_certificate:
+                s.delete_key(KeySelector(id=k.id))
+    state.journal_finish(jid, "aborted")
+
+
+def _record(
+    state: Inventory,
+    cert: x509.Certificate,
+    params: EnrollParams,
+    token_serial: str,
+    kid: bytes,
+    label: str,
+    jid: str,
+    replaced: int | None,
+) -> None:
+    if state.get_certificate(cert.serial_number) is not None:
+        return
+    try:
+        sans = [
+            format_san(n) for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ]
+    except x509.ExtensionNotFound:
+        sans = []
+    del sans  # kept in the certificate itself; the record indexes it
+    state.add_certificate(
+        CertRecord(
+            serial=cert.serial_number,
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            sha256=fingerprint_sha256(cert),
+            profile=params.profile,
+            der=cert.public_bytes(serialization.Encoding.DER),
+            token_serial=token_serial,
+            key_id=kid,
+            label=label,
+            request_id=jid,
+            replaces=replaced,
+        )
+    )
+
+
+def _retire(s: TokenSession, old_serial: int, *, keep_key_id: bytes) -> None:
+    """After a renewal is on the token: remove the old certificate (and its key, if re-keyed)."""
+    for c in s.certificates():
+        if c.serial == old_serial and not c.is_ca:
+            if c.id == keep_key_id:
+                s.delete_certificate(c.id, c.der)
+            else:
+                s.delete_key(KeySelector(id=c.id), with_certificates=True)
+
+
+def _cn(cert: x509.Certificate) -> str:
+    from cryptography.x509.oid import NameOID
+
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else cert.subject.rfc4514_string()
+
+
+# -- status ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CertStatusReport:
+    cert: CertObject
+    state: str  # valid | expiring | expired | revoked
+    days_left: int
+    renew_due: bool
+    record: CertRecord | None
+    ca: str | None
+
+    def as_json(self) -> dict[str, object]:
+        c = self.cert
+        return {
+            "key_id": c.id.hex(),
+            "label": c.label,
+            "subject": c.subject,
+            "issuer": c.issuer,
+            "serial": format(c.serial, "x"),
+            "not_before": c.not_before.isoformat(),
+            "not_after": c.not_after.isoformat(),
+            "days_left": self.days_left,
+            "state": self.state,
+            "renew_due": self.renew_due,
+            "profile": self.record.profile if self.record else None,
+            "ca": self.ca,
+        }
+
+
+def ca_of(state: Inventory, record: CertRecord | None) -> str | None:
+    """Where the holder enrolled a certificate (from the journal entry that asked for it)."""
+    if record is None or record.request_id is None:
+        return None
+    entry = state.journal_get(record.request_id)
+    ca = entry.params.get("ca") if entry else None
+    return str(ca) if ca else None
+
+
+def certificate_status(
+    s: TokenSession,
+    state: Inventory,
+    *,
+    within: timedelta = timedelta(days=30),
+    ask_ca: Callable[[str, int], CertStatus | None] | None = None,
+    now: datetime | None = None,
+) -> list[CertStatusReport]:
+    """Every end-entity certificate on the token that has its key, with its state."""
+    now = now or datetime.now(UTC)
+    out = []
+    for c in s.certificates():
+        if c.is_ca or not c.has_key:
+            continue
+        rec = state.get_certificate(c.serial)
+        ca = ca_of(state, rec)
+        revoked = rec is not None and rec.status is CertStatus.REVOKED
+        if not revoked and ask_ca is not None and ca is not None:
+            revoked = ask_ca(ca, c.serial) is CertStatus.REVOKED
+        secs = (c.not_after - now).total_seconds()
+        days_left = int(secs // 86400)
+        if revoked:
+            st = "revoked"
+        elif secs <= 0:
+            st = "expired"
+        elif c.not_after - now <= within:
+            st = "expiring"
+        else:
+            st = "valid"
+        out.append(CertStatusReport(c, st, days_left, st != "valid", rec, ca))
+    return out
+
+
+def find_due(reports: list[CertStatusReport], key: KeySelector | None, kid: bytes | None) -> list[CertStatusReport]:
+    """The certificates to renew: those due (or all of one key's when it is named)."""
+    if kid is not None:
+        return [r for r in reports if r.cert.id == kid]
+    return [r for r in reports if r.renew_due]
+
+
+def renewal_params(report: CertStatusReport, *, token_serial: str, rekey: bool, ca: str, profile: str) -> EnrollParams:
+    """Enrollment parameters that renew ``report``'s certificate: same subject, SANs and profile."""
+    cert = x509.load_der_x509_certificate(report.cert.der)
+    try:
+        sans = tuple(format_san(n) for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        sans = ()
+    kt = _key_type_of(cert.public_key())
+    return EnrollParams(
+        token_serial=token_serial,
+        subject=cert.subject.rfc4514_string(),
+        profile=profile,
+        key_type=kt.value,
+        ca=ca,
+        label=None,
+        san=sans,
+        reuse_key_id=None if rekey else report.cert.id.hex(),
+        replaces=format(report.cert.serial, "x"),
+    )
+
+
+def _key_type_of(pub: Any) -> KeyType:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    from .models import KeyAlgorithm
+
+    if isinstance(pub, rsa.RSAPublicKey):
+        return KeyType.from_parts(KeyAlgorithm.RSA, pub.key_size)
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        return KeyType.from_parts(KeyAlgorithm.EC, pub.key_size)
+    if isinstance(pub, ed25519.Ed25519PublicKey):
+        return KeyType.ED25519
+    raise UsageError("The certificate's key type is not supported.")
+
+
+def revoke_on_token(
+    s: TokenSession, state: Inventory, key: KeySelector, enroller_for: Callable[[str], Enroller],
+    reason: RevocationReason, ca: str | None = None,
+) -> list[CertRecord]:
+    """Revoke the certificates of one key on a present token, at their CA, and remember it."""
+    kid = s.key(key).id
+    out = []
+    for c in s.certificates(key_id=kid):
+        if c.is_ca:
+            continue
+        rec = state.get_certificate(c.serial)
+        where = ca or ca_of(state, rec)
+        if where is None:
+            raise UsageError(f"tokenissue did not enroll certificate {c.serial:x}; name its CA with --ca.")
+        enroller = enroller_for(where)
+        try:
+            enroller.revoke(c.serial, reason)
+        finally:
+            enroller.close()
+        if rec is not None:
+            out.append(state.revoke(c.serial, reason, datetime.now(UTC)))
+    return out
