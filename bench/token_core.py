@@ -311,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     elapsed = time.perf_counter() - started
 
+    load = os.getloadavg()
     print(f"\ntoken_core: SoftHSM on {base}, {args.runs} interleaved runs per command, "
-          f"medians of whole processes ({platform.python_version()}, {os.cpu_count()} CPUs)\n")
+          f"medians of whole processes (Python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, load average at end {load[0]:.2f})\n")
     print(_fmt_table(rows))
     by_op = {r["operation"]: r for r in rows}
     print("\npython-pkcs11 in-process floor (one process, one logged-in session):")
@@ -325,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         if cli is not None:
             ti_ms = float(str(cli["tokenissue_ms"]))
             extra = f"; tokenissue CLI {ti_ms:.1f} ms -> fixed per-process cost {ti_ms - k:.1f} ms"
+        if kind.startswith("rsa"):
+            extra += " (RSA keygen time varies a lot: random prime search)"
         print(f"  keygen {kind}: {k:.1f} ms median{extra}")
     print(f"\n(total {elapsed:.0f} s)")
     if args.json:
@@ -332,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "token_core", "runs": args.runs, "tmpfs": str(base),
             "python": platform.python_version(), "cpus": os.cpu_count(),
             "rows": rows, "inprocess_floor_ms": floor, "samples_ms": raw,
-            "elapsed_s": elapsed,
+            "elapsed_s": elapsed, "loadavg_end": load,
         }, indent=2) + "\n")
         print(f"saved {args.json}", file=sys.stderr)
     return 0

@@ -515,3 +515,29 @@ def test_settings_round_trip(inv: Inventory) -> None:
 def test_settings_reserved_prefix(inv: Inventory) -> None:
     with pytest.raises(ValueError, match="reserved"):
         inv.set_setting("inventory.audit_head", "{}")
+
+
+def test_head_revision_constant_matches_alembic() -> None:
+    """The fast path that skips importing Alembic trusts HEAD_REVISION; it must be the real head."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from tokenissue.inventory._migrate import HEAD_REVISION, MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(cfg).get_heads() == [HEAD_REVISION]
+
+
+def test_reopen_at_head_does_not_import_alembic(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    db = tmp_path / "x.db"
+    Inventory.open(db).close()
+    code = (
+        "import sys; from tokenissue.inventory import Inventory; "
+        f"Inventory.open({str(db)!r}).close(); print('alembic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

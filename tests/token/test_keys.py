@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pkcs11.exceptions as px
 import pytest
+from conftest import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, ObjectClass
 
-from conftest import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 from tokenissue import p11
 from tokenissue.credentials import Pin
 from tokenissue.errors import ObjectExists, PinIncorrect
@@ -222,15 +222,13 @@ def test_csr_der_output_and_unknown_key(softhsm: SoftHSM) -> None:
 def test_wrong_pin_does_not_leak_a_session_in_process(session_softhsm: SoftHSM) -> None:
     """FACTS: a failed C_Login used to leave its session open, so a later SO login failed with
     SessionReadOnlyExists. In one process: wrong PIN, then SO login (unblock), then the new PIN."""
-    with pytest.raises(PinIncorrect) as exc:
-        with p11.open_token(SEL, Pin("000000-wrong"), module=SOFTHSM_MODULE):
-            pass
+    with pytest.raises(PinIncorrect) as exc, p11.open_token(SEL, Pin("000000-wrong"), module=SOFTHSM_MODULE):
+        pass
     assert exc.value.exit_code == 5
     assert "000000-wrong" not in str(exc.value)
     with p11.open_token(SEL, Pin(SO_PIN), module=SOFTHSM_MODULE, so=True) as so:
         so.init_user_pin(Pin("135791"))
     with p11.open_token(SEL, Pin("135791"), module=SOFTHSM_MODULE) as s:
         assert s.list_keys() == []
-    with pytest.raises(PinIncorrect):
-        with p11.open_token(SEL, Pin(USER_PIN), module=SOFTHSM_MODULE):
-            pass
+    with pytest.raises(PinIncorrect), p11.open_token(SEL, Pin(USER_PIN), module=SOFTHSM_MODULE):
+        pass

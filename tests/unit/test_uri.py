@@ -12,7 +12,7 @@ def test_format_then_parse_round_trip() -> None:
     uri = format_uri(token="my token;x", serial="0a1b2c", object="키 라벨/1", id=b"\x00\xc0\x01\xff", type="private")
     attrs = parse_uri(uri)
     assert attrs == {
-        "token": "my token;x".encode(),
+        "token": b"my token;x",
         "serial": b"0a1b2c",
         "object": "키 라벨/1".encode(),
         "id": b"\x00\xc0\x01\xff",

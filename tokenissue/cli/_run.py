@@ -1,4 +1,4 @@
-"""Run the app and map every outcome to an exit status (see docs/exit-codes.md)."""
+"""Run the app and map every outcome to an exit status (see the README's exit codes)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def run(args: list[str], *, debug: bool) -> int:
+    # typer is pinned below 0.26, which uses click itself (not a vendored copy), so click's
+    # exception classes are the ones raised. A test checks that a usage error exits 2.
     import typer
 
     from ._app import app

@@ -184,9 +184,12 @@ class Inventory:
             raise
 
     def _migrate(self) -> None:
-        from alembic.util import CommandError
+        from ._migrate import at_head, upgrade_to_head
 
-        from ._migrate import upgrade_to_head
+        with self._tx("check the schema version", write=False) as conn:
+            if at_head(conn):
+                return
+        from alembic.util import CommandError
 
         try:
             with self._tx("migrate", write=True) as conn:

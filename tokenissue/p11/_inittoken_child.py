@@ -36,8 +36,13 @@ def main() -> int:
     if slot is None:
         print(json.dumps({"error": "noslot"}))
         return 4
+    # CK_TOKEN_INFO.label is exactly 32 bytes, blank-padded (PKCS#11 §3.2). PyKCS11 hands the
+    # string's buffer straight to C_InitToken, which reads 32 bytes: an unpadded label comes out
+    # NUL-padded ("test\0\0..."), and tools that compare all 32 bytes (p11tool, RFC 7512 URIs
+    # with token=test) then never find the token. Pad to 32 UTF-8 bytes with spaces.
+    label = req["label"] + " " * max(0, 32 - len(req["label"].encode("utf-8")))
     try:
-        lib.initToken(slot, req["so_pin"], req["label"])
+        lib.initToken(slot, req["so_pin"], label)
         session = lib.openSession(slot, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
         session.login(req["so_pin"], PyKCS11.CKU_SO)
         session.initPin(req["user_pin"])

@@ -1,0 +1,107 @@
+"""The enrollment journal under SIGKILL: whatever step the process dies after, running the same
+command again finishes the work, and the CA never issues twice for one enrollment.
+
+TOKENISSUE_FAILPOINT=STEP makes the CLI SIGKILL itself right after STEP (tokenissue/cli/
+lifecycle.py), exactly as a power cut would; the tokens are real SoftHSM tokens on tmpfs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import pytest
+
+from conftest import SoftHSM
+from lifecycle_support import TokenCA, make_token_ca
+
+STEPS = ["started", "key-generated", "key-recorded", "csr", "issued", "issued-recorded", "written", "done"]
+SUBJECT = "CN=Crash Test,O=tokenissue tests,C=KR"
+
+
+@pytest.fixture
+def token_ca(softhsm: SoftHSM) -> TokenCA:
+    return make_token_ca(softhsm)
+
+
+def _crash(ca: TokenCA, args: list[str], step: str) -> None:
+    proc = ca.run(*args, env={"TOKENISSUE_FAILPOINT": step})
+    assert proc.returncode == -signal.SIGKILL, (step, proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == "", "a killed enrollment must not have reported success"
+
+
+def _assert_enrolled_once(ca: TokenCA, label: str | None) -> dict[str, Any]:
+    """One certificate at the CA, one key on the token with its certificate, status valid."""
+    issued = [r for r in ca.issued() if r["subject"] == SUBJECT]
+    assert len(issued) == 1, f"the CA issued {len(issued)} certificates for one enrollment: {issued}"
+    rec = issued[0]
+    assert rec["status"] == "valid"
+
+    keys = ca.keys()
+    mine = [k for k in keys if label is None or k["label"] == label]
+    assert len(keys) == 1, f"expected exactly one private key on the token, found {keys}"
+    assert len(mine) == 1
+    key = mine[0]
+    assert key["has_certificate"] is True
+    assert key["id"] == rec["key_id"]
+
+    # The certificate is on the token under the key's CKA_ID, once (status lists every
+    # end-entity certificate object whose key is on the token).
+    st = ca.status()
+    assert [(s["key_id"], s["serial"], s["state"]) for s in st] == [(key["id"], rec["serial"], "valid")]
+    return {"key": key, "record": rec}
+
+
+def _nothing_to_resume(ca: TokenCA) -> None:
+    proc = ca.run("enroll", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to do" in proc.stdout
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_crash_then_same_command_finishes_once(token_ca: TokenCA, step: str) -> None:
+    args = [*token_ca.enroll_args(SUBJECT, "--label", "crash"), "--json"]
+    _crash(token_ca, args, step)
+
+    again = token_ca.run(*args)
+    assert again.returncode == 0, (step, again.stdout, again.stderr)
+    out = json.loads(again.stdout)
+    assert out["label"] == "crash"
+    # Every step leaves an entry that the same command resumes; after 'done' nothing is left.
+    assert out["resumed"] is (step != "done")
+
+    state = _assert_enrolled_once(token_ca, "crash")
+    assert out["serial"] == state["record"]["serial"]
+    assert out["key_id"] == state["key"]["id"]
+    _nothing_to_resume(token_ca)
+
+
+@pytest.mark.parametrize("step", ["key-generated", "issued"])
+def test_crash_then_resume_alone_finishes(token_ca: TokenCA, step: str) -> None:
+    # No --label: the generated label is journaled before the key is made, so the key made
+    # just before the crash is adopted, not orphaned next to a second one.
+    args = token_ca.enroll_args(SUBJECT)
+    _crash(token_ca, args, step)
+
+    proc = token_ca.run("enroll", "--resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["resumed"] is True
+    assert out["subject"] == SUBJECT
+    state = _assert_enrolled_once(token_ca, out["label"])
+    assert out["serial"] == state["record"]["serial"]
+    _nothing_to_resume(token_ca)
+
+
+def test_refusal_before_issuance_leaves_nothing(token_ca: TokenCA) -> None:
+    # tls-server needs a dns or ip SAN: the CA refuses after the key was generated and the CSR
+    # signed, so the enrollment must delete that key and close its journal entry.
+    proc = token_ca.run(*token_ca.enroll_args("CN=server.example", "--profile", "tls-server", "--label", "srv"))
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    assert "requires at least one SAN" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert token_ca.keys() == []
+    assert token_ca.issued() == []
+    assert [e["action"] for e in token_ca.audit()] == ["ca-init"]
+    _nothing_to_resume(token_ca)
