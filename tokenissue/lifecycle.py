@@ -144,19 +144,20 @@ def enroll(
     name = parse_subject(params.subject)
     sans = parse_san(list(params.san))
     KeyType(params.key_type)  # validated early: a bad type must not leave a journal entry
-    resumed = True
-    jid = journal_id or _find_open(state, params)
-    if jid is None:
-        resumed = False
-        jid = state.journal_start("enroll", params.as_json()).id
-        on_step("started")
-    entry = state.journal_get(jid)
-    assert entry is not None
-    data: dict[str, Any] = dict(entry.data)
-    st = entry.state
+    # Log in before journaling anything: a refused PIN must not leave an entry behind.
     with open_token(token, pin, module=module) as s:
         if s.info.serial != params.token_serial:
-            raise UsageError(f"Journal entry {jid} belongs to token serial {params.token_serial}, not {s.info.serial}.")
+            raise UsageError(f"This enrollment belongs to token serial {params.token_serial}, not {s.info.serial}.")
+        resumed = True
+        jid = journal_id or _find_open(state, params)
+        if jid is None:
+            resumed = False
+            jid = state.journal_start("enroll", params.as_json()).id
+            on_step("started")
+        entry = state.journal_get(jid)
+        assert entry is not None
+        data: dict[str, Any] = dict(entry.data)
+        st = entry.state
         try:
             if st == "started":
                 key = _key_step(s, params, state, jid, data)
