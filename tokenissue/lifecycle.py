@@ -235,7 +235,7 @@ def _key_step(s: TokenSession, params: EnrollParams, state: Inventory, jid: str,
     if params.reuse_key_id:
         return s.key(KeySelector(id=bytes.fromhex(params.reuse_key_id)))
     label = str(data.get("label") or params.label or _default_label(params.profile))
-    existing = [k for k in s.list_keys() if k.label == label]
+    existing = s.find_keys(label)
     if data.get("generated"):
         # An earlier run journaled this label and may have generated the key before it died:
         # adopt that key (its provenance is still checked) rather than orphan it.
@@ -254,8 +254,8 @@ def _abort(s: TokenSession, state: Inventory, jid: str, data: dict[str, Any], pa
     """Undo an enrollment that failed before issuance: remove the key it generated."""
     if not params.reuse_key_id and data.get("generated"):
         label = str(data.get("label"))
-        for k in s.list_keys():
-            if k.label == label and not k.has_certificate:
+        for k in s.find_keys(label):
+            if not k.has_certificate:
                 s.delete_key(KeySelector(id=k.id))
     state.journal_finish(jid, "aborted")
 

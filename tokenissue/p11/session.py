@@ -129,6 +129,16 @@ class TokenSession:
             raise UsageError(f"{len(found)} keys match '{sel}' on token '{self.info.label}'; name one by id:HEX.")
         return found[0]
 
+    def _has_object(self, cls: Any, kid: bytes) -> bool:
+        """Whether an object of class ``cls`` has CKA_ID ``kid`` (a search, not a scan:
+        tokens slow down linearly with the objects they hold)."""
+        with self.lock, translate("search the token"):
+            return any(True for _ in self._session.get_objects({Attribute.CLASS: cls, Attribute.ID: kid}))
+
+    def find_keys(self, label: str) -> list[KeyInfo]:
+        """Private keys labelled ``label`` (normally none or one)."""
+        return [self._key_info(o) for o in self._private_objects(KeySelector(label=label))]
+
     def _cert_ids(self) -> set[bytes]:
         with self.lock, translate("list certificates"):
             return {
@@ -151,7 +161,7 @@ class TokenSession:
             )
             kid = bytes(a.get(Attribute.ID) or b"")
         key_type = self._key_type(obj)
-        ids = self._cert_ids() if cert_ids is None else cert_ids
+        has_cert = kid in cert_ids if cert_ids is not None else self._has_object(ObjectClass.CERTIFICATE, kid)
         return KeyInfo(
             id=kid,
             label=a.get(Attribute.LABEL) or "",
@@ -162,7 +172,7 @@ class TokenSession:
             sensitive=bool(a.get(Attribute.SENSITIVE)),
             extractable=bool(a.get(Attribute.EXTRACTABLE)),
             can_decrypt=bool(a.get(Attribute.DECRYPT)),
-            has_certificate=kid in ids,
+            has_certificate=has_cert,
         )
 
     def _key_type(self, obj: Any) -> KeyType | None:
@@ -330,9 +340,13 @@ class TokenSession:
                 (bytes(o[Attribute.ID]), o[Attribute.LABEL] or "", bytes(o[Attribute.VALUE]))
                 for o in self._session.get_objects(attrs)
             ]
-            key_ids = {
-                bytes(o[Attribute.ID]) for o in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
-            }
+            if key_id is not None:
+                key_ids = {key_id} if self._has_object(ObjectClass.PRIVATE_KEY, key_id) else set()
+            else:
+                key_ids = {
+                    bytes(o[Attribute.ID])
+                    for o in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+                }
         out = []
         for kid, label, der in objs:
             cert = x509.load_der_x509_certificate(der)
