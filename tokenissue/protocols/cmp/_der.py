@@ -68,6 +68,8 @@ DECODE_ERRORS: Final = (
     UnicodeError,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
+    x509.InvalidVersion,  # found by the fuzz test: a certificate with version field 3
+    UnsupportedAlgorithm,
 )
 
 _SUPPORTED_PVNO: Final = (2, 3)
