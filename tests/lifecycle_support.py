@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conftest import SO_PIN, USER_PIN, SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import SO_PIN, USER_PIN, SoftHSM
 from tokenissue.inventory import Inventory
 from tokenissue.models import CertRecord
 
-__all__ = ["TokenCA", "add_token_fast", "make_token_ca", "openssl"]
+USER_TOKEN = "test"  # the token the softhsm fixtures make
+CA_TOKEN = "ca"  # the token make_token_ca adds for the CA key
+
+__all__ = ["USER_TOKEN", "TokenCA", "add_token_fast", "make_token_ca", "openssl"]
 
 
 def openssl(*args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -60,10 +63,10 @@ class TokenCA:
         proc = self.run(*args, "--json", env=env, check=True)
         return json.loads(proc.stdout)
 
-    def enroll_args(self, subject: str, *extra: str, token: str = "test") -> list[str]:
+    def enroll_args(self, subject: str, *extra: str, token: str = USER_TOKEN) -> list[str]:
         return ["enroll", "--token", token, "--ca", str(self.dir), "--subject", subject, *extra]
 
-    def enroll(self, subject: str, *extra: str, token: str = "test") -> dict[str, Any]:
+    def enroll(self, subject: str, *extra: str, token: str = USER_TOKEN) -> dict[str, Any]:
         out: dict[str, Any] = self.json(*self.enroll_args(subject, *extra, token=token))
         return out
 
@@ -76,19 +79,19 @@ class TokenCA:
         rows: list[dict[str, Any]] = self.json("ca", "audit", "list", "--ca-dir", str(self.dir))
         return rows
 
-    def keys(self, token: str = "test") -> list[dict[str, Any]]:
+    def private_keys(self, token: str = USER_TOKEN) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.json("keys", "list", "-t", token)
         return rows
 
-    def token_certs(self, token: str = "test") -> list[dict[str, Any]]:
+    def token_certs(self, token: str = USER_TOKEN) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.json("cert", "list", "-t", token)
         return rows
 
-    def status(self, token: str = "test") -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self.json("status", "-t", token)
+    def status(self, token: str = USER_TOKEN, *extra: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.json("status", "-t", token, *extra)
         return rows
 
-    def export(self, key: str, out: Path, token: str = "test", *, chain: bool = False) -> list[x509.Certificate]:
+    def export(self, key: str, out: Path, token: str = USER_TOKEN, *, chain: bool = False) -> list[x509.Certificate]:
         """``cert export`` of the key's certificate (and with ``chain`` its CA certificates found on
         the token) into a PEM file; the leaf alone is written to ``out``, for ``openssl verify``."""
         full = out.with_suffix(".chain.pem")
@@ -120,7 +123,7 @@ def add_token_fast(hsm: SoftHSM, label: str) -> None:
 
 
 def make_token_ca(
-    hsm: SoftHSM, *, token: str = "ca", subject: str = "CN=Test Token CA,O=tokenissue tests,C=KR",
+    hsm: SoftHSM, *, token: str = CA_TOKEN, subject: str = "CN=Test Token CA,O=tokenissue tests,C=KR",
     profiles: str | None = None,
 ) -> TokenCA:
     """A fresh CA (EC P-256 key generated on a new token ``token``) in ``hsm.root / 'ca'``."""

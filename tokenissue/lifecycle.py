@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,6 +73,7 @@ class EnrollParams:
     san: tuple[str, ...] = ()
     reuse_key_id: str | None = None  #: renew with this existing key (hex CKA_ID) instead of a new one
     replaces: str | None = None  #: hex serial of the certificate this renews
+    final_label: str | None = None  #: re-key: the label the new key takes once the old one is gone
 
     def as_json(self) -> dict[str, object]:
         d = asdict(self)
@@ -91,7 +92,7 @@ class EnrollOutcome:
     profile: str
     resumed: bool
     replaced: int | None = None
-    steps: list[str] = field(default_factory=list)
+    already_done: bool = False  #: an identical enrollment had finished; nothing was done now
 
     def as_json(self) -> dict[str, object]:
         c = self.certificate
@@ -109,6 +110,7 @@ class EnrollOutcome:
             "profile": self.profile,
             "journal_id": self.journal_id,
             "resumed": self.resumed,
+            "already_done": self.already_done,
             "replaces": format(self.replaced, "x") if self.replaced else None,
         }
 
@@ -126,6 +128,43 @@ def _find_open(state: Inventory, params: EnrollParams) -> str | None:
     for entry in state.journal_open("enroll"):
         if entry.params == want:
             return entry.id
+    return None
+
+
+def _find_done(s: TokenSession, state: Inventory, params: EnrollParams) -> EnrollOutcome | None:
+    """The outcome of a finished enrollment with the same parameters whose certificate is
+    still on the token, valid and not revoked.
+
+    This makes ``enroll`` idempotent: a process killed after it finished (so the user never
+    saw the result) and run again reports the certificate it made instead of enrolling a
+    second key. Asking for another certificate means asking for something different
+    (another ``--label``), or ``renew``.
+    """
+    want = params.as_json()
+    now = datetime.now(UTC)
+    for entry in state.journal_finished("enroll"):
+        if entry.params != want or "cert" not in entry.data or "key_id" not in entry.data:
+            continue
+        cert = load_certificates(str(entry.data["cert"]).encode())[0]
+        kid = bytes.fromhex(str(entry.data["key_id"]))
+        der = cert.public_bytes(serialization.Encoding.DER)
+        rec = state.get_certificate(cert.serial_number)
+        if rec is not None and rec.status is CertStatus.REVOKED:
+            continue
+        if cert.not_valid_after_utc <= now or not any(c.der == der for c in s.certificates(key_id=kid)):
+            continue
+        return EnrollOutcome(
+            journal_id=entry.id,
+            token_label=s.info.label,
+            token_serial=s.info.serial,
+            key_id=kid,
+            label=str(entry.data.get("label", "")),
+            certificate=cert,
+            profile=params.profile,
+            resumed=True,
+            replaced=int(params.replaces, 16) if params.replaces else None,
+            already_done=True,
+        )
     return None
 
 
@@ -150,6 +189,10 @@ def enroll(
             raise UsageError(f"This enrollment belongs to token serial {params.token_serial}, not {s.info.serial}.")
         resumed = True
         jid = journal_id or _find_open(state, params)
+        if jid is None:
+            done = _find_done(s, state, params)
+            if done is not None:
+                return done
         if jid is None:
             resumed = False
             jid = state.journal_start("enroll", params.as_json()).id
@@ -216,6 +259,11 @@ def enroll(
             _record(state, cert, params, s.info.serial, kid, key.label, jid, replaced)
             if replaced is not None:
                 _retire(s, replaced, keep_key_id=kid)
+            if params.final_label and key.label != params.final_label:
+                # The old key held this label until _retire removed it; a crash in between
+                # resumes here, so the label is never lost nor doubled.
+                s.relabel(kid, params.final_label)
+                key = s.key(KeySelector(id=kid))
             state.journal_finish(jid, "done")
             on_step("done")
         return EnrollOutcome(
@@ -343,6 +391,14 @@ class CertStatusReport:
         }
 
 
+DEFAULT_RENEWAL_WINDOW = timedelta(days=30)
+
+
+def default_renewal_window(cert: CertObject) -> timedelta:
+    """30 days, or a third of the certificate's lifetime when that is shorter."""
+    return min(DEFAULT_RENEWAL_WINDOW, (cert.not_after - cert.not_before) / 3)
+
+
 def ca_of(state: Inventory, record: CertRecord | None) -> str | None:
     """Where the holder enrolled a certificate (from the journal entry that asked for it)."""
     if record is None or record.request_id is None:
@@ -356,11 +412,16 @@ def certificate_status(
     s: TokenSession,
     state: Inventory,
     *,
-    within: timedelta = timedelta(days=30),
+    within: timedelta | None = None,
     ask_ca: Callable[[str, int], CertStatus | None] | None = None,
     now: datetime | None = None,
 ) -> list[CertStatusReport]:
-    """Every end-entity certificate on the token that has its key, with its state."""
+    """Every end-entity certificate on the token that has its key, with its state.
+
+    A certificate is ``expiring`` (and renewal due) once ``within`` of its life is left; by
+    default 30 days or a third of its lifetime, whichever is shorter, so that a 10-day
+    certificate is not renewed again on every daily run.
+    """
     now = now or datetime.now(UTC)
     out = []
     for c in s.certificates():
@@ -377,7 +438,7 @@ def certificate_status(
             st = "revoked"
         elif secs <= 0:
             st = "expired"
-        elif c.not_after - now <= within:
+        elif c.not_after - now <= (within if within is not None else default_renewal_window(c)):
             st = "expiring"
         else:
             st = "valid"
@@ -410,6 +471,7 @@ def renewal_params(report: CertStatusReport, *, token_serial: str, rekey: bool, 
         san=sans,
         reuse_key_id=None if rekey else report.cert.id.hex(),
         replaces=format(report.cert.serial, "x"),
+        final_label=report.cert.label if rekey else None,
     )
 
 

@@ -12,7 +12,6 @@ import signal
 from typing import Any
 
 import pytest
-
 from conftest import SoftHSM
 from lifecycle_support import TokenCA, make_token_ca
 
@@ -38,7 +37,7 @@ def _assert_enrolled_once(ca: TokenCA, label: str | None) -> dict[str, Any]:
     rec = issued[0]
     assert rec["status"] == "valid"
 
-    keys = ca.keys()
+    keys = ca.private_keys()
     mine = [k for k in keys if label is None or k["label"] == label]
     assert len(keys) == 1, f"expected exactly one private key on the token, found {keys}"
     assert len(mine) == 1
@@ -68,13 +67,23 @@ def test_crash_then_same_command_finishes_once(token_ca: TokenCA, step: str) -> 
     assert again.returncode == 0, (step, again.stdout, again.stderr)
     out = json.loads(again.stdout)
     assert out["label"] == "crash"
-    # Every step leaves an entry that the same command resumes; after 'done' nothing is left.
-    assert out["resumed"] is (step != "done")
+    assert out["resumed"] is True
+    # Killed after the entry was closed, the run had finished: the same command reports the
+    # certificate it made instead of enrolling again.
+    assert out["already_done"] is (step == "done")
 
     state = _assert_enrolled_once(token_ca, "crash")
     assert out["serial"] == state["record"]["serial"]
     assert out["key_id"] == state["key"]["id"]
     _nothing_to_resume(token_ca)
+
+
+def test_rerun_after_crash_at_done_without_label_does_not_enroll_twice(token_ca: TokenCA) -> None:
+    args = token_ca.enroll_args(SUBJECT)
+    _crash(token_ca, args, "done")
+    again = token_ca.run(*args)
+    assert again.returncode == 0, again.stderr
+    _assert_enrolled_once(token_ca, None)
 
 
 @pytest.mark.parametrize("step", ["key-generated", "issued"])
@@ -101,7 +110,7 @@ def test_refusal_before_issuance_leaves_nothing(token_ca: TokenCA) -> None:
     assert proc.returncode == 6, proc.stdout + proc.stderr
     assert "requires at least one SAN" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert token_ca.keys() == []
+    assert token_ca.private_keys() == []
     assert token_ca.issued() == []
     assert [e["action"] for e in token_ca.audit()] == ["ca-init"]
     _nothing_to_resume(token_ca)

@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from conftest import SoftHSM
 from lifecycle_support import TokenCA, make_token_ca, openssl
+
 from tokenissue.models import KeyType
 
 HEX = re.compile(r"^[0-9a-f]+$")
@@ -59,7 +59,7 @@ def _check_enrolled(ca: TokenCA, out: dict[str, object], key_type: KeyType, labe
     assert timedelta(days=364) < not_after - now <= timedelta(days=366)
 
     # The key: exactly one, born on the token, with its certificate next to it.
-    keys = ca.keys()
+    keys = ca.private_keys()
     assert [k["label"] for k in keys] == [label]
     key = keys[0]
     assert key["id"] == out["key_id"]

@@ -20,9 +20,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import HealthCheck, given, settings
-
-# CI replays a fixed sequence (a red build must be reproducible); local runs explore anew.
-_IN_CI = bool(os.environ.get("CI"))
 from hypothesis import strategies as st
 
 from tokenissue.credentials import Secret
@@ -64,6 +61,8 @@ from tokenissue.protocols.cmp import (
     verify_protection,
 )
 
+# CI replays a fixed sequence (a red build must be reproducible); local runs explore anew.
+_IN_CI = bool(os.environ.get("CI"))
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "cmp"
 MESSAGES = ["ir", "ip", "certConf", "pkiConf", "genm", "genp"]
 KEY_TYPES = ["ec-p256", "rsa-2048", "ed25519"]

@@ -147,7 +147,7 @@ def _report(results: list[dict[str, Any]], json_out: bool) -> None:
         emit_json(results[0] if len(results) == 1 else results)
         return
     for r in results:
-        how = "Resumed and finished" if r["resumed"] else "Enrolled"
+        how = "Already enrolled" if r.get("already_done") else ("Resumed and finished" if r["resumed"] else "Enrolled")
         console().print(
             f"{how}: [bold]{r['subject']}[/] serial {r['serial']} on token '{r['token']}' "
             f"(key {r['label']}, id {r['key_id'][:16]}…), valid until {r['not_after'][:10]}."
@@ -157,7 +157,14 @@ def _report(results: list[dict[str, Any]], json_out: bool) -> None:
 def status(
     ctx: typer.Context,
     token: Annotated[str, typer.Option("--token", "-t", help="The token: label, serial:XXXX or pkcs11: URI.", envvar="TOKENISSUE_TOKEN")],
-    within: Annotated[str, typer.Option("--within", help="Call a certificate 'expiring' this long before it expires.")] = "30d",
+    within: Annotated[
+        str | None,
+        typer.Option(
+            "--within",
+            help="Call a certificate 'expiring' this long before it expires. "
+            "Default: 30 days or a third of its lifetime, whichever is shorter.",
+        ),
+    ] = None,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
@@ -169,7 +176,7 @@ def status(
 
     pin = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth).get()
     with _state_db(ctx) as db, p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
-        reports = certificate_status(s, db, within=parse_duration(within), ask_ca=_ask_ca(ctx))
+        reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
         label = s.info.label
     if json_out:
         emit_json([r.as_json() for r in reports])
@@ -213,7 +220,14 @@ def renew(
     ctx: typer.Context,
     token: Annotated[str, typer.Option("--token", "-t", help="The token: label, serial:XXXX or pkcs11: URI.", envvar="TOKENISSUE_TOKEN")],
     key: Annotated[str | None, typer.Option("--key", "-k", help="Renew this key's certificate now, due or not.")] = None,
-    within: Annotated[str, typer.Option("--within", help="Renew certificates expiring within this time.")] = "30d",
+    within: Annotated[
+        str | None,
+        typer.Option(
+            "--within",
+            help="Renew certificates expiring within this time. "
+            "Default: 30 days or a third of the certificate's lifetime, whichever is shorter.",
+        ),
+    ] = None,
     rekey: Annotated[bool, typer.Option("--rekey", help="Generate a new key (the old key and certificate are removed once the new one is on the token).")] = False,
     ca: CaOpt = None,
     profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile, when tokenissue did not enroll the certificate.")] = None,
@@ -233,7 +247,7 @@ def renew(
     sel = p11.TokenSelector.parse(token)
     with _state_db(ctx) as db:
         with p11.open_token(sel, pin, module=mod) as s:
-            reports = certificate_status(s, db, within=parse_duration(within), ask_ca=_ask_ca(ctx))
+            reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
             kid = s.key(p11.KeySelector.parse(key)).id if key else None
             token_serial = s.info.serial
         todo = [r for r in reports if r.cert.id == kid] if kid is not None else [r for r in reports if r.renew_due]
@@ -243,7 +257,8 @@ def renew(
             if json_out:
                 emit_json([])
             else:
-                console().print(f"Nothing due: no certificate expires within {within}.")
+                horizon = within or "30 days (or a third of its lifetime)"
+                console().print(f"Nothing due: no certificate expires within {horizon}.")
             return
         results = []
         for r in todo:

@@ -469,6 +469,17 @@ class Inventory:
             rows = conn.execute(query).all()
         return [self._row_to_journal(row) for row in rows]
 
+    def journal_finished(self, kind: str, state: str = "done") -> list[JournalEntry]:
+        """Finished operations of ``kind`` that ended in ``state``, newest first."""
+        query = (
+            select(journal)
+            .where(journal.c.finished.is_(True), journal.c.kind == kind, journal.c.state == state)
+            .order_by(journal.c.updated_at.desc(), journal.c.id)
+        )
+        with self._tx("read", write=False) as conn:
+            rows = conn.execute(query).all()
+        return [self._row_to_journal(row) for row in rows]
+
     def journal_finish(self, id: str, state: str = "done") -> JournalEntry:
         """Close an operation. Finishing a finished entry returns it unchanged."""
         with self._tx("write to", write=True) as conn:

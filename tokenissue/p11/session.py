@@ -398,6 +398,13 @@ class TokenSession:
             self._session.create_object(attrs)
         return next(c for c in self.certificates(key_id=key_id) if c.der == der)
 
+    def relabel(self, key_id: bytes, label: str) -> None:
+        """Give the key pair and the certificates under ``key_id`` the label ``label``."""
+        with self.lock, translate("relabel the key"):
+            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE):
+                for o in list(self._session.get_objects({Attribute.CLASS: cls, Attribute.ID: key_id})):
+                    o[Attribute.LABEL] = label
+
     def delete_certificate(self, key_id: bytes, der: bytes | None = None) -> int:
         """Destroy certificates under ``key_id`` (only the one with value ``der`` if given)."""
         n = 0
