@@ -105,6 +105,27 @@ def _token_info(token: Any, module: str) -> TokenInfo:
     )
 
 
+def _attribute_mapper() -> Any:
+    """python-pkcs11's attribute mapper, taught the two attributes it cannot encode.
+
+    CKA_ALLOWED_MECHANISMS (an array of CK_MECHANISM_TYPE) segfaults python-pkcs11 0.10 when
+    given a list, and CKA_CERTIFICATE_CATEGORY raises NotImplementedError; both matter here.
+    """
+    import array
+
+    from pkcs11 import Attribute
+    from pkcs11.attributes import AttributeMapper, handle_ulong
+
+    mapper = AttributeMapper()
+    mapper.register_handler(
+        Attribute.ALLOWED_MECHANISMS,
+        lambda v: array.array("L", [int(m) for m in v]).tobytes(),
+        lambda b: list(array.array("L", b)),
+    )
+    mapper.register_handler(Attribute.CERTIFICATE_CATEGORY, *handle_ulong)
+    return mapper
+
+
 def _serial(token: Any) -> str:
     raw = token.serial
     if isinstance(raw, bytes):
@@ -221,7 +242,7 @@ class Module:
                         entry[0].close()
 
     def _open(self, token: Any, pin: Pin | ProtectedAuth | None, so: bool) -> Any:
-        kwargs: dict[str, Any] = {"rw": True}
+        kwargs: dict[str, Any] = {"rw": True, "attribute_mapper": _attribute_mapper()}
         if isinstance(pin, ProtectedAuth):
             kwargs["so_pin" if so else "user_pin"] = pkcs11.PROTECTED_AUTH
         elif pin is not None:

@@ -19,7 +19,7 @@ import pkcs11.exceptions as px
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from pkcs11 import Attribute, CertificateType, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, CertificateType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import KeyType as P11KeyType
 
 from ..credentials import Pin, ProtectedAuth
@@ -205,7 +205,7 @@ class TokenSession:
         if key_id is not None and self._private_objects(KeySelector(id=key_id)):
             raise ObjectExists(f"Token '{self.info.label}' already has a key with id {key_id.hex()}; choose another.")
         provisional = key_id if key_id is not None else os.urandom(20)
-        private_template = {
+        private_template: dict[Any, Any] = {
             Attribute.TOKEN: True,
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: True,
@@ -214,11 +214,17 @@ class TokenSession:
             Attribute.DECRYPT: False,
             Attribute.UNWRAP: False,
             Attribute.DERIVE: False,
+            # A raw RSA "signature" (CKM_RSA_X_509, or sign-recover) is a decryption: without
+            # these two, a sign-only RSA key still decrypts. ALLOWED_MECHANISMS pins the key to
+            # the signature mechanisms; SoftHSM also makes it read-only from then on.
+            Attribute.SIGN_RECOVER: False,
+            Attribute.ALLOWED_MECHANISMS: self._signing_mechanisms(key_type.algorithm),
         }
         public_template: dict[Any, Any] = {
             Attribute.TOKEN: True,
             Attribute.PRIVATE: False,
             Attribute.VERIFY: True,
+            Attribute.VERIFY_RECOVER: False,
             Attribute.ENCRYPT: False,
             Attribute.WRAP: False,
         }
@@ -233,16 +239,13 @@ class TokenSession:
             p11_type = P11KeyType.EC_EDWARDS
             public_template[Attribute.EC_PARAMS] = _ED25519_PARAMS[0]
         with self.lock, translate(f"generate a {key_type.value} key"):
-            pub, priv = self._session.generate_keypair(
-                p11_type,
-                id=provisional,
-                label=label,
-                store=True,
-                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                public_template=public_template,
-                private_template=private_template,
-                **kwargs,
-            )
+            try:
+                pub, priv = self._generate(p11_type, provisional, label, public_template, private_template, kwargs)
+            except (px.AttributeTypeInvalid, px.AttributeValueInvalid, px.TemplateInconsistent):
+                # Tokens older than PKCS#11 v2.40 may not know CKA_ALLOWED_MECHANISMS; the
+                # key is then limited by CKA_DECRYPT/SIGN_RECOVER alone.
+                private_template.pop(Attribute.ALLOWED_MECHANISMS)
+                pub, priv = self._generate(p11_type, provisional, label, public_template, private_template, kwargs)
         if key_id is None:
             ski = x509.SubjectKeyIdentifier.from_public_key(self._public_from(pub, priv)).digest
             with self.lock:
@@ -256,6 +259,35 @@ class TokenSession:
                 except px.PKCS11Error:
                     pass  # This token will not relabel; the random provisional ID stays.
         return self._key_info(priv)
+
+    def _generate(
+        self, p11_type: Any, kid: bytes, label: str, public: dict[Any, Any], private: dict[Any, Any], kwargs: dict[str, Any]
+    ) -> tuple[Any, Any]:
+        return tuple(
+            self._session.generate_keypair(
+                p11_type,
+                id=kid,
+                label=label,
+                store=True,
+                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                public_template=public,
+                private_template=private,
+                **kwargs,
+            )
+        )
+
+    def _signing_mechanisms(self, algorithm: KeyAlgorithm) -> list[Any]:
+        """The signature mechanisms a new key may use: those of its algorithm the token offers."""
+        wanted = {
+            KeyAlgorithm.RSA: (
+                Mechanism.RSA_PKCS, Mechanism.SHA256_RSA_PKCS, Mechanism.SHA384_RSA_PKCS,
+                Mechanism.SHA512_RSA_PKCS, Mechanism.RSA_PKCS_PSS, Mechanism.SHA256_RSA_PKCS_PSS,
+                Mechanism.SHA384_RSA_PKCS_PSS, Mechanism.SHA512_RSA_PKCS_PSS,
+            ),
+            KeyAlgorithm.EC: (Mechanism.ECDSA, Mechanism.ECDSA_SHA256, Mechanism.ECDSA_SHA384, Mechanism.ECDSA_SHA512),
+            KeyAlgorithm.ED25519: (Mechanism.EDDSA,),
+        }[algorithm]
+        return [m for m in wanted if m in self.mechanisms]
 
     def delete_key(self, sel: KeySelector, *, with_certificates: bool = True) -> KeyInfo:
         """Destroy the private key, its public key and (by default) certificates under its ID."""
@@ -390,10 +422,9 @@ class TokenSession:
             Attribute.SERIAL_NUMBER: _der_integer(cert.serial_number),
             Attribute.VALUE: der,
         }
-        # ``trusted`` would map to CKA_CERTIFICATE_CATEGORY=2 (authority), but python-pkcs11
-        # 0.10 cannot encode that attribute, and CKA_TRUSTED needs an SO session. A CA
-        # certificate is recognised by its basicConstraints instead.
-        del trusted
+        if trusted:
+            # CKA_CERTIFICATE_CATEGORY 2 = authority (CKA_TRUSTED itself needs an SO session).
+            attrs[Attribute.CERTIFICATE_CATEGORY] = 2
         with self.lock, translate("store the certificate"):
             self._session.create_object(attrs)
         return next(c for c in self.certificates(key_id=key_id) if c.der == der)

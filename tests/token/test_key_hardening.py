@@ -1,0 +1,51 @@
+"""A signing key made by tokenissue must not be usable to decrypt, by any route.
+
+A raw RSA signature (CKM_RSA_X_509, or C_SignRecover) *is* RSA decryption, so CKA_DECRYPT=False
+alone leaves a decryption oracle; CKA_ALLOWED_MECHANISMS and SIGN_RECOVER=False close it.
+Found by review: before the fix, C_Sign(CKM_RSA_X_509) returned the plaintext.
+"""
+
+from __future__ import annotations
+
+import pkcs11
+import pkcs11.exceptions as px
+import pytest
+from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from tokenissue import p11
+from tokenissue.credentials import Pin
+from tokenissue.models import KeyType
+
+
+def _raw(session: p11.TokenSession, label: str) -> object:
+    return next(iter(session._session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY, pkcs11.Attribute.LABEL: label})))
+
+
+def test_rsa_sign_only_key_cannot_decrypt_through_raw_signing(session_softhsm: SoftHSM) -> None:
+    with p11.open_token(p11.TokenSelector(label="test"), Pin(USER_PIN), module=SOFTHSM_MODULE) as s:
+        s.generate_key(KeyType.RSA_2048, "oracle")
+        public = s.public_key(p11.KeySelector(label="oracle"))
+        ciphertext = public.encrypt(b"top secret session key", padding.PKCS1v15())
+        priv = _raw(s, "oracle")
+        with pytest.raises(px.PKCS11Error):
+            priv.sign(ciphertext, mechanism=pkcs11.Mechanism.RSA_X_509)  # type: ignore[attr-defined]
+        # python-pkcs11 does not even offer decrypt() on a key whose CKA_DECRYPT is false.
+        with pytest.raises((px.PKCS11Error, AttributeError)):
+            priv.decrypt(ciphertext, mechanism=pkcs11.Mechanism.RSA_PKCS)  # type: ignore[attr-defined]
+        # The restriction cannot be lifted afterwards.
+        with pytest.raises(px.PKCS11Error):
+            priv[pkcs11.Attribute.ALLOWED_MECHANISMS] = [pkcs11.Mechanism.RSA_X_509]  # type: ignore[index]
+        # ...and ordinary signing still works.
+        assert s.private_key(p11.KeySelector(label="oracle")).sign(b"x", padding.PKCS1v15(), hashes.SHA256())
+
+
+@pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.ED25519, KeyType.RSA_2048])
+def test_allowed_mechanisms_are_signature_mechanisms_only(session_softhsm: SoftHSM, key_type: KeyType) -> None:
+    with p11.open_token(p11.TokenSelector(label="test"), Pin(USER_PIN), module=SOFTHSM_MODULE) as s:
+        s.generate_key(key_type, "k")
+        allowed = {pkcs11.Mechanism(m) for m in _raw(s, "k")[pkcs11.Attribute.ALLOWED_MECHANISMS]}  # type: ignore[index]
+        assert allowed, "the key must carry CKA_ALLOWED_MECHANISMS"
+        assert all("RSA_X_509" not in m.name and ("SHA" in m.name or m.name in ("RSA_PKCS", "RSA_PKCS_PSS", "ECDSA", "EDDSA")) for m in allowed), allowed
+        assert _raw(s, "k")[pkcs11.Attribute.SIGN_RECOVER] is False  # type: ignore[index]
