@@ -7,15 +7,18 @@ Found by review: before the fix, C_Sign(CKM_RSA_X_509) returned the plaintext.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pkcs11
 import pkcs11.exceptions as px
 import pytest
 from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 from tokenissue import p11
 from tokenissue.credentials import Pin
+from tokenissue.errors import MechanismUnsupported, ObjectExists
 from tokenissue.models import KeyType
 
 
@@ -49,3 +52,46 @@ def test_allowed_mechanisms_are_signature_mechanisms_only(session_softhsm: SoftH
         assert allowed, "the key must carry CKA_ALLOWED_MECHANISMS"
         assert all("RSA_X_509" not in m.name and ("SHA" in m.name or m.name in ("RSA_PKCS", "RSA_PKCS_PSS", "ECDSA", "EDDSA")) for m in allowed), allowed
         assert _raw(s, "k")[pkcs11.Attribute.SIGN_RECOVER] is False  # type: ignore[index]
+
+
+def test_pss_max_length_salt_signs_validly(session_softhsm: SoftHSM) -> None:
+    """Found by review: PSS.MAX_LENGTH was treated as the digest length, so signatures failed."""
+    with p11.open_token(p11.TokenSelector(label="test"), Pin(USER_PIN), module=SOFTHSM_MODULE) as s:
+        s.generate_key(KeyType.RSA_2048, "pss")
+        key = s.private_key(p11.KeySelector(label="pss"))
+        for salt in (padding.PSS.MAX_LENGTH, padding.PSS.DIGEST_LENGTH, 20):
+            pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=salt)
+            sig = key.sign(b"message", pss, hashes.SHA256())
+            key.public_key().verify(sig, b"message", pss, hashes.SHA256())
+        with pytest.raises(MechanismUnsupported):
+            key.sign(b"m", padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO), hashes.SHA256())
+
+
+def test_explicit_id_of_an_orphan_certificate_is_refused(session_softhsm: SoftHSM, software_ca: Any) -> None:
+    """Found by review: --id checked only keys, so a certificate left under that ID (keys delete
+    --keep-certificate) was paired with the new, unrelated key."""
+    other = ec.generate_private_key(ec.SECP256R1())
+    cert = software_ca.issue(other.public_key(), "Dave")
+    with p11.open_token(p11.TokenSelector(label="test"), Pin(USER_PIN), module=SOFTHSM_MODULE) as s:
+        s.write_certificate(cert, key_id=b"\x0d\xa7\x0e", label="dave")
+        with pytest.raises(ObjectExists):
+            s.generate_key(KeyType.EC_P256, "eve", b"\x0d\xa7\x0e")
+        assert s.find_keys("eve") == []
+
+
+def test_an_unparsable_certificate_object_does_not_break_listing(session_softhsm: SoftHSM, software_ca: Any) -> None:
+    """Found by review: one garbage CKO_CERTIFICATE made cert list / status exit 1."""
+    with p11.open_token(p11.TokenSelector(label="test"), Pin(USER_PIN), module=SOFTHSM_MODULE) as s:
+        s.generate_key(KeyType.EC_P256, "good")
+        pub = s.public_key(p11.KeySelector(label="good"))
+        s.write_certificate(software_ca.issue(pub, "Good"), key_id=s.key(p11.KeySelector(label="good")).id, label="good")
+        s._session.create_object({
+            pkcs11.Attribute.CLASS: pkcs11.ObjectClass.CERTIFICATE,
+            pkcs11.Attribute.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509,
+            pkcs11.Attribute.TOKEN: True,
+            pkcs11.Attribute.ID: b"\x01",
+            pkcs11.Attribute.LABEL: "junk",
+            pkcs11.Attribute.SUBJECT: b"\x30\x00",
+            pkcs11.Attribute.VALUE: b"\x30\x03\x02\x01\x00 not a certificate",
+        })
+        assert [c.label for c in s.certificates()] == ["good"]

@@ -30,8 +30,11 @@ from ..credentials import PROTECTED_AUTH, Pin, ProtectedAuth
 from ..errors import (
     AmbiguousToken,
     ConfigError,
+    PinError,
     PinIncorrect,
+    PinLocked,
     TokenError,
+    TokenIssueError,
     TokenNotFound,
 )
 from ..models import TokenInfo
@@ -143,6 +146,7 @@ class Module:
         # token serial -> [session, user kind ("user"/"so"), reference count]
         self._sessions: dict[str, list[Any]] = {}
         self._pid = os.getpid()
+        self._dirty = False  # a failed login left a session open that only a refresh closes
 
     # -- loading ---------------------------------------------------------------------------
     @property
@@ -165,6 +169,7 @@ class Module:
         """Re-initialise the module: see tokens made by other processes, drop all sessions."""
         with self.lock:
             self._sessions.clear()
+            self._dirty = False
             if self._lib is not None:
                 with translate("re-initialise the module"):
                     self._lib.reinitialize()
@@ -240,6 +245,8 @@ class Module:
                     # The token may be gone; then there is nothing left to log out.
                     with suppress(px.PKCS11Error):
                         entry[0].close()
+                    if self._dirty and not self._sessions:
+                        self.refresh()  # a failed login left a session behind; see _after_failed_login
 
     def _open(self, token: Any, pin: Pin | ProtectedAuth | None, so: bool) -> Any:
         kwargs: dict[str, Any] = {"rw": True, "attribute_mapper": _attribute_mapper()}
@@ -248,25 +255,51 @@ class Module:
         elif pin is not None:
             kwargs["so_pin" if so else "user_pin"] = pin.reveal()
         try:
-            with translate("open a session"):
-                return token.open(**kwargs)
-        except px.PinIncorrect:
-            # python-pkcs11 left the session it opened for C_Login open. Finalising the module
-            # is the only way to close it; our cached sessions die with it.
-            serial = _serial(token)
-            self.refresh()
-            raise self._pin_incorrect(serial, so) from None
-        except px.UserAlreadyLoggedIn as e:
-            raise TokenError(f"Token '{token.label}' is already logged in by this process.") from e
-        except (px.ArgumentsBad, px.FunctionNotSupported) as e:
-            if pin is PROTECTED_AUTH:
-                raise TokenError(
-                    f"Token '{token.label}' has no PIN pad (protected authentication path); "
-                    "give the PIN instead of --protected-auth."
-                ) from e
-            raise
+            return token.open(**kwargs)
+        except px.PKCS11Error as e:
+            if pin is not None:
+                self._after_failed_login()
+            err = self._login_error(e, token, pin, so)
+            raise err from (None if isinstance(e, px.PinIncorrect) else e)
 
-    def _pin_incorrect(self, serial: str, so: bool) -> PinIncorrect:
+    def _after_failed_login(self) -> None:
+        """Close the session python-pkcs11 opened for a C_Login that failed.
+
+        Only finalising the module closes it, and that closes every session of this process;
+        when another token's session is in use (a CA token and a holder token in one
+        enrollment), the clean-up waits until the last session is closed.
+        """
+        if self._sessions:
+            self._dirty = True
+        else:
+            self.refresh()
+
+    def _login_error(self, e: Exception, token: Any, pin: Pin | ProtectedAuth | None, so: bool) -> Exception:
+        label = token.label
+        who = "SO PIN" if so else "PIN"
+        if isinstance(e, px.PinIncorrect):
+            return self._pin_incorrect(_serial(token), so, label)
+        if isinstance(e, px.PinLocked):
+            return PinLocked(
+                f"The {who} of token '{label}' is locked; unblock it with 'tokenissue token pin unblock' "
+                "(needs the SO PIN)."
+            )
+        if isinstance(e, px.UserPinNotInitialized):
+            return PinError(f"Token '{label}' has no user PIN yet; set one with 'tokenissue token pin unblock'.")
+        if isinstance(e, px.UserAlreadyLoggedIn):
+            return TokenError(f"Token '{label}' is already logged in by this process.")
+        if isinstance(e, px.ArgumentsBad | px.FunctionNotSupported) and pin is PROTECTED_AUTH:
+            return TokenError(
+                f"Token '{label}' has no PIN pad (protected authentication path); "
+                "give the PIN instead of --protected-auth."
+            )
+        try:
+            with translate(f"open a session on token '{label}'"):
+                raise e
+        except TokenIssueError as mapped:
+            return mapped
+
+    def _pin_incorrect(self, serial: str, so: bool, label: str = "") -> PinIncorrect:
         # Token flags are cached by python-pkcs11; a fresh token object reads them anew.
         info = None
         for t in self._raw_tokens():
@@ -284,8 +317,9 @@ class Module:
             tail = "the token reports that few tries are left."
         else:
             tail = "the token reports no low-tries warning."
+        whose = f" of token '{label}'" if label else ""
         return PinIncorrect(
-            f"The {who} was refused and was not retried; {tail}",
+            f"The {who}{whose} was refused and was not retried; {tail}",
             count_low=low,
             final_try=final,
         )

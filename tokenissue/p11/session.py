@@ -135,6 +135,10 @@ class TokenSession:
         with self.lock, translate("search the token"):
             return any(True for _ in self._session.get_objects({Attribute.CLASS: cls, Attribute.ID: kid}))
 
+    def _has_id(self, kid: bytes) -> bool:
+        with self.lock, translate("search the token"):
+            return any(True for _ in self._session.get_objects({Attribute.ID: kid}))
+
     def find_keys(self, label: str) -> list[KeyInfo]:
         """Private keys labelled ``label`` (normally none or one)."""
         return [self._key_info(o) for o in self._private_objects(KeySelector(label=label))]
@@ -202,8 +206,12 @@ class TokenSession:
             raise UsageError("A key needs a label (--label).")
         if self._private_objects(KeySelector(label=label)):
             raise ObjectExists(f"Token '{self.info.label}' already has a key labelled '{label}'; choose another label.")
-        if key_id is not None and self._private_objects(KeySelector(id=key_id)):
-            raise ObjectExists(f"Token '{self.info.label}' already has a key with id {key_id.hex()}; choose another.")
+        if key_id is not None and self._has_id(key_id):
+            # Any object, not only keys: a certificate left under this ID would otherwise be
+            # paired with the new key by every tool that matches by CKA_ID.
+            raise ObjectExists(
+                f"Token '{self.info.label}' already has objects with id {key_id.hex()}; choose another."
+            )
         provisional = key_id if key_id is not None else os.urandom(20)
         private_template: dict[Any, Any] = {
             Attribute.TOKEN: True,
@@ -381,11 +389,17 @@ class TokenSession:
                 }
         out = []
         for kid, label, der in objs:
-            cert = x509.load_der_x509_certificate(der)
+            # Tokens often carry certificates other tools wrote; one that cannot be parsed is
+            # left alone rather than breaking every listing.
             try:
-                is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-            except x509.ExtensionNotFound:
-                is_ca = False
+                cert = x509.load_der_x509_certificate(der)
+                try:
+                    is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+                except x509.ExtensionNotFound:
+                    is_ca = False
+                not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+            except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+                continue
             out.append(
                 CertObject(
                     id=kid,
@@ -394,8 +408,8 @@ class TokenSession:
                     subject=cert.subject.rfc4514_string(),
                     issuer=cert.issuer.rfc4514_string(),
                     serial=cert.serial_number,
-                    not_before=cert.not_valid_before_utc,
-                    not_after=cert.not_valid_after_utc,
+                    not_before=not_before,
+                    not_after=not_after,
                     is_ca=is_ca,
                     has_key=kid in key_ids,
                 )

@@ -171,7 +171,15 @@ class TokenRSAPrivateKey(rsa.RSAPrivateKey):
         if isinstance(padding, pad.PSS):
             raw_salt = padding._salt_length
             digest_len = _HASHES[name]().digest_size if name in _HASHES else 32
-            salt = raw_salt if isinstance(raw_salt, int) else digest_len
+            if isinstance(raw_salt, int):
+                salt = raw_salt
+            elif isinstance(raw_salt, pad._MaxLength):
+                # RFC 8017 §9.1.1: emLen - hLen - 2, with emLen = ceil((modBits - 1) / 8).
+                salt = (self.key_size - 1 + 7) // 8 - digest_len - 2
+            elif isinstance(raw_salt, pad._DigestLength):
+                salt = digest_len
+            else:
+                raise MechanismUnsupported("PSS with an automatic salt length cannot be signed on a token.")
         elif not isinstance(padding, pad.PKCS1v15):
             raise MechanismUnsupported("Only PKCS#1 v1.5 and PSS signatures are made on the token.")
         return self._signer.sign(data, name, prehashed=prehashed, pss_salt=salt)
