@@ -99,8 +99,21 @@ def test_personal_banking_carries_the_example_policy(profiles: dict[str, Profile
 
 
 @pytest.mark.parametrize("name", ["tls-server", "smime"])
-def test_key_encipherment_only_for_rsa(profiles: dict[str, Profile], name: str) -> None:
-    p = profiles[name]
+def test_builtin_profiles_certify_no_key_transport(profiles: dict[str, Profile], name: str) -> None:
+    """tokenissue's token keys cannot decrypt, so no built-in profile may say they can."""
+    for kind in ("rsa-2048", "ec-p256", "ec-p384", "ed25519"):
+        usage = key_usage_for(profiles[name], pub(kind))
+        assert usage.digital_signature and not usage.key_encipherment
+
+
+def test_key_encipherment_only_for_rsa(tmp_path: Path) -> None:
+    f = tmp_path / "profiles.toml"
+    f.write_text(
+        '[profiles.enc]\ndescription = "x"\ndays = 30\n'
+        'key_usage = ["digital_signature", "key_encipherment"]\n'
+        'allowed_key_types = ["rsa-2048", "ec-p256", "ec-p384", "ed25519"]\n'
+    )
+    p = load_profiles(f)["enc"]
     assert key_usage_for(p, pub("rsa-2048")).key_encipherment
     for kind in ("ec-p256", "ec-p384", "ed25519"):
         usage = key_usage_for(p, pub(kind))
