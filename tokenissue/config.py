@@ -57,10 +57,17 @@ class CAConfig:
         unknown = set(section) - known
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}.")
-        try:
-            return cls(**section)
-        except TypeError as e:
-            raise ConfigError(f"{path}: {e}.") from None
+        for f in fields(cls):
+            if f.name in section:
+                want = int if f.name == "crl_days" else str
+                value = section[f.name]
+                if not isinstance(value, want) or isinstance(value, bool):
+                    raise ConfigError(f"{path}: '{f.name}' must be a {want.__name__}, not {value!r}.")
+        if "subject" not in section:
+            raise ConfigError(f"{path}: the [ca] table needs 'subject'.")
+        if not 1 <= section.get("crl_days", 7) <= 3650:
+            raise ConfigError(f"{path}: 'crl_days' must be between 1 and 3650.")
+        return cls(**section)
 
     def save(self, ca_dir: Path) -> None:
         lines = ["# tokenissue CA configuration", "[ca]"]

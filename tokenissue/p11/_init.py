@@ -36,15 +36,19 @@ def init_token(
             "user_pin": user_pin.reveal(),
             "serial": serial,
         }
-        proc = subprocess.run(
-            [sys.executable, "-m", "tokenissue.p11._inittoken_child"],
-            input=json.dumps(req),
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        del req
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "tokenissue.p11._inittoken_child"],
+                input=json.dumps(req),
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=120,
+            )
+        except subprocess.TimeoutExpired:
+            raise TokenError("The token did not finish initialising within 2 minutes; check it and retry.") from None
+        finally:
+            del req
         mod.refresh()  # make the new token visible to this process
     try:
         out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -147,4 +147,9 @@ class KeySelector:
 
 
 def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("utf-8")
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("A pkcs11: URI label must be UTF-8 once percent-decoded.") from None
