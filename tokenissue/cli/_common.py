@@ -205,11 +205,12 @@ ProtectedAuthOpt = Annotated[
 def parse_duration(text: str) -> timedelta:
     """'30d', '12h', '2w' or a plain number of days."""
     text = text.strip().lower()
-    units = {"d": 1.0, "w": 7.0, "h": 1 / 24}
+    units = {"d": 1.0, "w": 7.0, "h": 1 / 24, "s": 1 / 86400}
     try:
-        if text and text[-1] in units:
-            return timedelta(days=float(text[:-1]) * units[text[-1]])
-        return timedelta(days=float(text))
+        days = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+        if not 0 <= days <= 36500:  # also refuses inf and nan
+            raise ValueError(text)
+        return timedelta(days=days)
     except ValueError:
         raise UsageError(f"'{text}' is not a duration like 30d, 12h or 2w.") from None
 
