@@ -151,7 +151,7 @@ class SoftwareCA:
         return bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, public_key: Any, cn: str, *, days: int = 30, ca: bool = False,
-              not_before: Any = None, not_after: Any = None) -> Any:
+              not_before: Any = None, not_after: Any = None, serial: int | None = None) -> Any:
         """A certificate for ``public_key`` signed by this CA (valid ``days`` from now by default)."""
         from datetime import UTC, datetime, timedelta
 
@@ -165,7 +165,7 @@ class SoftwareCA:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
-            .serial_number(x509.random_serial_number())
+            .serial_number(serial or x509.random_serial_number())
             .not_valid_before(not_before or now - timedelta(minutes=1))
             .not_valid_after(not_after or now + timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)

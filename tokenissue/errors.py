@@ -23,6 +23,7 @@ Hierarchy (exit status in brackets)::
     ├── CAError [6]
     │   ├── RequestRejected       CSR signature, profile, subject, key type, ...
     │   ├── CAUnavailable         CA expired, not initialised, unreachable
+    │   │   └── CAOutcomeUnknown  the request may have reached the CA, no answer came back
     │   └── NotFound              serial / enrollment unknown to the CA
     └── InventoryError [7]        the database cannot be opened, migrated or written
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 __all__ = [
     "AmbiguousToken",
     "CAError",
+    "CAOutcomeUnknown",
     "CAUnavailable",
     "ConfigError",
     "InventoryError",
@@ -135,6 +137,12 @@ class RequestRejected(CAError):
 
 class CAUnavailable(CAError):
     pass
+
+
+class CAOutcomeUnknown(CAUnavailable):
+    """The request may have reached the CA (a timeout, a lost connection, a 5xx, "waiting"), so
+    a certificate may exist: an enrollment is kept open and resumed with the same request ID,
+    which the CA recognises, instead of being aborted."""
 
 
 class NotFound(CAError):

@@ -14,7 +14,11 @@ that the next run finishes, and nothing half-done::
   never issues a second certificate.
 * A failure before issuance (the CA refuses, the profile forbids the key) deletes the key this
   enrollment generated and closes the entry as "aborted". After issuance nothing is deleted:
-  the work is finished on the next run.
+  the work is finished on the next run. When the CA may have issued without the answer
+  arriving (:class:`~tokenissue.errors.CAOutcomeUnknown`: a timeout, a lost connection), the
+  entry stays open too, and the next run asks again with the same request ID.
+* A renewal of a valid certificate whose key is on the token goes through the enroller's
+  ``renew`` when it has one (CMP kur, authenticated by the current key); otherwise ``request``.
 * Writing certificates to the token is idempotent (an identical object is not written twice).
 
 Running the same ``enroll`` command again resumes an unfinished entry with the same
@@ -23,8 +27,10 @@ parameters; ``enroll --resume`` resumes every unfinished one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,8 +39,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .credentials import Pin, ProtectedAuth
-from .enroll import Enroller
-from .errors import ObjectExists, ProvenanceError, TokenIssueError, UsageError
+from .enroll import Enroller, EnrollResult, KeyUpdater
+from .errors import (
+    CAOutcomeUnknown,
+    KeyNotFound,
+    ObjectExists,
+    ProvenanceError,
+    RequestRejected,
+    TokenIssueError,
+    UsageError,
+)
 from .inventory import Inventory
 from .models import CertObject, CertRecord, CertStatus, KeyInfo, KeyType, RevocationReason
 from .p11 import KeySelector, TokenSelector, TokenSession, open_token
@@ -73,11 +87,17 @@ class EnrollParams:
     san: tuple[str, ...] = ()
     reuse_key_id: str | None = None  #: renew with this existing key (hex CKA_ID) instead of a new one
     replaces: str | None = None  #: hex serial of the certificate this renews
+    replaces_sha256: str | None = None  #: its fingerprint: serials are unique per CA only
+    old_key_id: str | None = None  #: hex CKA_ID of the key that certificate is under
     final_label: str | None = None  #: re-key: the label the new key takes once the old one is gone
+    ref: str | None = None  #: CMP: the reference (senderKID) that goes with the authorization code
 
     def as_json(self) -> dict[str, object]:
         d = asdict(self)
         d["san"] = list(self.san)
+        if d["ref"] is None:
+            # Journal entries written before CMP have no "ref"; equal parameters must still match.
+            del d["ref"]
         return d
 
 
@@ -222,23 +242,21 @@ def enroll(
                 data, st = dict(entry.data), entry.state
                 on_step("csr")
             if st == "csr":
-                result = enroller.request(
-                    load_csr(str(data["csr"]).encode()),
-                    profile=params.profile,
-                    request_id=jid,
-                    token_serial=s.info.serial,
-                    key_id=kid,
-                    label=key.label,
-                    replaces=int(params.replaces, 16) if params.replaces else None,
-                )
+                result = _ask_ca(s, state, enroller, params, load_csr(str(data["csr"]).encode()), private, jid, kid, key.label)
                 on_step("issued")
                 entry = state.journal_update(
                     jid, "issued", cert=_pem(result.certificate), chain=[_pem(c) for c in result.chain]
                 )
                 data, st = dict(entry.data), entry.state
                 on_step("issued-recorded")
-        except TokenIssueError:
-            if st in ("started", "key", "csr"):
+        except CAOutcomeUnknown:
+            raise  # The CA may have issued: keep the entry, so the next run asks again with this ID.
+        except TokenIssueError as e:
+            # Before the CA is asked ("started", "key") a failure is final: remove the key.
+            # Once it has been asked ("csr"), only a definite refusal is; anything else (the
+            # CA's database busy, its chain file unreadable, ...) may follow an issuance, so
+            # the entry stays open and the next run asks again with the same request ID.
+            if st in ("started", "key") or (st == "csr" and isinstance(e, RequestRejected)):
                 _abort(s, state, jid, data, params)
             raise
         cert = load_certificates(str(data["cert"]).encode())[0]
@@ -257,8 +275,8 @@ def enroll(
         replaced = int(params.replaces, 16) if params.replaces else None
         if st == "written":
             _record(state, cert, params, s.info.serial, kid, key.label, jid, replaced)
-            if replaced is not None:
-                _retire(s, replaced, keep_key_id=kid)
+            if params.replaces_sha256 and params.old_key_id:
+                _retire(s, params.replaces_sha256, bytes.fromhex(params.old_key_id), keep_key_id=kid)
             if params.final_label and key.label != params.final_label:
                 # The old key held this label until _retire removed it; a crash in between
                 # resumes here, so the label is never lost nor doubled.
@@ -277,6 +295,64 @@ def enroll(
             resumed=resumed,
             replaced=replaced,
         )
+
+
+def _ask_ca(
+    s: TokenSession,
+    state: Inventory,
+    enroller: Enroller,
+    params: EnrollParams,
+    csr: x509.CertificateSigningRequest,
+    private: Any,
+    jid: str,
+    kid: bytes,
+    label: str,
+) -> EnrollResult:
+    """The CA step: ``renew`` with the current key when the enroller offers it and the
+    certificate being replaced can still authenticate (on the token with its key, valid, not
+    revoked); else ``request``."""
+    replaces = int(params.replaces, 16) if params.replaces else None
+    if replaces is not None and params.replaces_sha256 and isinstance(enroller, KeyUpdater):
+        current = _current_certificate(s, state, replaces, params.replaces_sha256)
+        if current is not None:
+            cert, current_kid = current
+            return enroller.renew(
+                csr,
+                new_key=private,
+                current_cert=cert,
+                current_key=s.private_key(KeySelector(id=current_kid)),
+                profile=params.profile,
+                request_id=jid,
+                token_serial=s.info.serial,
+                key_id=kid,
+                label=label,
+                replaces=replaces,
+            )
+    return enroller.request(
+        csr, profile=params.profile, request_id=jid, token_serial=s.info.serial, key_id=kid, label=label,
+        replaces=replaces,
+    )  # fmt: skip
+
+
+def _current_certificate(
+    s: TokenSession, state: Inventory, serial: int, sha256: str
+) -> tuple[x509.Certificate, bytes] | None:
+    """The certificate being replaced (by fingerprint) and its key's ID, if it is on the token
+    with its key and can still vouch for its holder (within its validity, not known revoked)."""
+    rec = state.get_certificate(serial)
+    if rec is not None and rec.status is CertStatus.REVOKED:
+        return None
+    now = datetime.now(UTC)
+    for c in s.certificates():
+        if (
+            c.serial == serial
+            and hashlib.sha256(c.der).hexdigest() == sha256
+            and not c.is_ca
+            and c.has_key
+            and c.not_before <= now < c.not_after
+        ):
+            return x509.load_der_x509_certificate(c.der), c.id
+    return None
 
 
 def _key_step(s: TokenSession, params: EnrollParams, state: Inventory, jid: str, data: dict[str, Any]) -> KeyInfo:
@@ -346,14 +422,20 @@ def _record(
     )
 
 
-def _retire(s: TokenSession, old_serial: int, *, keep_key_id: bytes) -> None:
-    """After a renewal is on the token: remove the old certificate (and its key, if re-keyed)."""
-    for c in s.certificates():
-        if c.serial == old_serial and not c.is_ca:
-            if c.id == keep_key_id:
-                s.delete_certificate(c.id, c.der)
-            else:
-                s.delete_key(KeySelector(id=c.id), with_certificates=True)
+def _retire(s: TokenSession, old_sha256: str, old_key_id: bytes, *, keep_key_id: bytes) -> None:
+    """After a renewal is on the token: remove the certificate it replaces, and after a re-key
+    the old key too, but only once no other certificate needs it.
+
+    The old certificate is identified by its fingerprint under its key's ID, never by serial
+    alone (serials are unique per CA only: another CA's certificate may share one). Every step
+    tolerates what an interrupted earlier run already removed, so a resume can repeat it.
+    """
+    for c in s.certificates(key_id=old_key_id):
+        if not c.is_ca and hashlib.sha256(c.der).hexdigest() == old_sha256:
+            s.delete_certificate(c.id, c.der)
+    if old_key_id != keep_key_id and not [c for c in s.certificates(key_id=old_key_id) if not c.is_ca]:
+        with suppress(KeyNotFound):
+            s.delete_key(KeySelector(id=old_key_id), with_certificates=False)
 
 
 def _cn(cert: x509.Certificate) -> str:
@@ -401,11 +483,20 @@ def default_renewal_window(cert: CertObject) -> timedelta:
 
 def ca_of(state: Inventory, record: CertRecord | None) -> str | None:
     """Where the holder enrolled a certificate (from the journal entry that asked for it)."""
+    return _enrolled_with(state, record, "ca")
+
+
+def ref_of(state: Inventory, record: CertRecord | None) -> str | None:
+    """The CMP reference the holder enrolled a certificate with, if any."""
+    return _enrolled_with(state, record, "ref")
+
+
+def _enrolled_with(state: Inventory, record: CertRecord | None, name: str) -> str | None:
     if record is None or record.request_id is None:
         return None
     entry = state.journal_get(record.request_id)
-    ca = entry.params.get("ca") if entry else None
-    return str(ca) if ca else None
+    value = entry.params.get(name) if entry else None
+    return str(value) if value else None
 
 
 def certificate_status(
@@ -453,7 +544,9 @@ def find_due(reports: list[CertStatusReport], key: KeySelector | None, kid: byte
     return [r for r in reports if r.renew_due]
 
 
-def renewal_params(report: CertStatusReport, *, token_serial: str, rekey: bool, ca: str, profile: str) -> EnrollParams:
+def renewal_params(
+    report: CertStatusReport, *, token_serial: str, rekey: bool, ca: str, profile: str, ref: str | None = None
+) -> EnrollParams:
     """Enrollment parameters that renew ``report``'s certificate: same subject, SANs and profile."""
     cert = x509.load_der_x509_certificate(report.cert.der)
     try:
@@ -471,7 +564,10 @@ def renewal_params(report: CertStatusReport, *, token_serial: str, rekey: bool, 
         san=sans,
         reuse_key_id=None if rekey else report.cert.id.hex(),
         replaces=format(report.cert.serial, "x"),
+        replaces_sha256=hashlib.sha256(report.cert.der).hexdigest(),
+        old_key_id=report.cert.id.hex(),
         final_label=report.cert.label if rekey else None,
+        ref=ref,
     )
 
 
@@ -505,7 +601,10 @@ def revoke_on_token(
             raise UsageError(f"tokenissue did not enroll certificate {c.serial:x}; name its CA with --ca.")
         enroller = enroller_for(where)
         try:
-            enroller.revoke(c.serial, reason)
+            # The certificate and its key go along: CMP authenticates a revocation by that key.
+            enroller.revoke(
+                c.serial, reason, cert=x509.load_der_x509_certificate(c.der), key=s.private_key(KeySelector(id=kid))
+            )
         finally:
             enroller.close()
         if rec is not None:

@@ -11,6 +11,7 @@ from datetime import datetime
 
 __all__ = [
     "AuditEntry",
+    "CMPTransaction",
     "CertObject",
     "CertRecord",
     "CertStatus",
@@ -18,8 +19,12 @@ __all__ = [
     "KeyAlgorithm",
     "KeyInfo",
     "KeyType",
+    "Registration",
+    "RegistrationStatus",
     "RevocationReason",
     "TokenInfo",
+    "TransactionKind",
+    "TransactionState",
 ]
 
 
@@ -201,3 +206,70 @@ class AuditEntry:
     details: dict[str, object]
     prev_hash: str
     hash: str
+
+
+class RegistrationStatus(enum.Enum):
+    """Where a registration stands. Only an OPEN one (and not expired) can be enrolled with."""
+
+    OPEN = "open"
+    USED = "used"  # a certificate was issued with it; a code is good for one certificate
+    CANCELLED = "cancelled"  # the RA officer withdrew it
+    LOCKED = "locked"  # too many wrong codes
+
+
+@dataclass(frozen=True)
+class Registration:
+    """An identity an RA officer checked out of band, waiting for its holder to enroll.
+
+    The authorization code is deliberately not a field: it is derived from the RA key, the
+    reference and the nonce (see :mod:`tokenissue.ca.registration`) and stored nowhere.
+    """
+
+    ref: str  # the reference number handed to the holder (10 digits); CMP's senderKID
+    subject: str  # RFC 4514; the certificate gets exactly this subject
+    profile: str
+    nonce: bytes = field(repr=False)  # random per registration, an input to the code
+    created_at: datetime
+    expires_at: datetime
+    status: RegistrationStatus = RegistrationStatus.OPEN
+    failures: int = 0  # wrong codes so far
+    max_failures: int = 5  # the registration locks when failures reaches this
+    used_at: datetime | None = None
+    serial: int | None = None  # the certificate issued with it
+    san: tuple[str, ...] = ()  # SAN entries ("dns:...", "email:...") the holder may have
+
+    def is_expired(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+
+class TransactionKind(enum.Enum):
+    """The CMP request body that opened a transaction (RFC 4210 PKIBody names)."""
+
+    IR = "ir"
+    CR = "cr"
+    P10CR = "p10cr"
+    KUR = "kur"
+    RR = "rr"
+    GENM = "genm"
+
+
+class TransactionState(enum.Enum):
+    WAITING_CONFIRM = "waiting-confirm"  # a certificate was sent; certConf is awaited
+    DONE = "done"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class CMPTransaction:
+    """The server's memory of one CMP transaction (RFC 4210 transactionID), across replicas."""
+
+    transaction_id: bytes
+    kind: TransactionKind
+    state: TransactionState
+    sender_nonce: bytes  # the client's last senderNonce
+    our_nonce: bytes  # the senderNonce we last sent: the client must echo it as recipNonce
+    pbm: bool  # protected by a password-based MAC (a registration code) rather than a signature
+    created_at: datetime
+    updated_at: datetime
+    ref: str | None = None  # the registration, for PBM-protected transactions
+    serial: int | None = None  # the certificate issued in it

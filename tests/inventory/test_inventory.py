@@ -16,6 +16,7 @@ import pytest
 
 from tokenissue.errors import InventoryError, NotFound
 from tokenissue.inventory import DuplicateRequest, Inventory, audit_hash
+from tokenissue.inventory._migrate import HEAD_REVISION
 from tokenissue.models import CertRecord, CertStatus, RevocationReason
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -147,7 +148,7 @@ def test_migration_rerun_is_noop(db_path: Path) -> None:
         assert inv.get_certificate(1) is not None
         assert inv.audit_verify() == 1
     assert raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
-    assert raw(db_path, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert raw(db_path, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
 
 
 def test_migration_matches_schema_module(db_path: Path, inv: Inventory) -> None:

@@ -114,3 +114,18 @@ def test_refusal_before_issuance_leaves_nothing(token_ca: TokenCA) -> None:
     assert token_ca.issued() == []
     assert [e["action"] for e in token_ca.audit()] == ["ca-init"]
     _nothing_to_resume(token_ca)
+
+
+def test_wrong_ca_pin_keeps_the_enrollment_for_a_rerun(token_ca: TokenCA) -> None:
+    """Found by review: a refused CA PIN used to finalise the PKCS#11 module under the holder's
+    open session, which then failed with SessionHandleInvalid (exit 4). Now: exit 5 naming the
+    CA token, the holder's key stays, and the same command with the right PIN finishes once."""
+    args = [*token_ca.enroll_args(SUBJECT, "--label", "capin"), "--json"]
+    bad = token_ca.run(*args, env={"TOKENISSUE_CA_PIN": "000000"})
+    assert bad.returncode == 5, (bad.stdout, bad.stderr)
+    assert "token 'ca'" in bad.stderr
+    assert "Traceback" not in bad.stderr and "Exception ignored" not in bad.stderr
+    good = token_ca.run(*args)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["resumed"] is True
+    _assert_enrolled_once(token_ca, "capin")

@@ -210,3 +210,38 @@ def test_audit_log_detects_tampering(token_ca: TokenCA) -> None:
     assert bad.returncode == 7, bad.stdout + bad.stderr
     assert "audit log entry 2 was altered" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_rekey_never_touches_another_cas_certificate_with_the_same_serial(token_ca: TokenCA, tmp_path: Path) -> None:
+    """Serials are unique per CA only. Found by review: re-keying retired "the old certificate"
+    by serial alone and destroyed an unrelated key whose certificate, from another CA, shared it."""
+    from conftest import make_software_ca
+    from cryptography.hazmat.primitives import serialization
+
+    software_ca = make_software_ca(tmp_path / "other-ca")
+    work = token_ca.enroll("CN=Work", "--label", "work")
+    token_ca.run("keys", "generate", "--token", "test", "--label", "bank", check=True)
+    csr = token_ca.run("csr", "--token", "test", "--key", "bank", "--subject", "CN=Bank", check=True).stdout
+    bank_cert = software_ca.issue(x509.load_pem_x509_csr(csr.encode()).public_key(), "Bank", serial=int(work["serial"], 16))
+    pem = tmp_path / "bank.pem"
+    pem.write_bytes(bank_cert.public_bytes(serialization.Encoding.PEM))
+    token_ca.run("cert", "import", "--token", "test", str(pem), check=True)
+
+    [renewed] = token_ca.json("renew", "--token", "test", "--key", "work", "--rekey")
+    assert renewed["replaces"] == work["serial"]
+
+    keys = {k["label"]: k for k in token_ca.private_keys()}
+    assert set(keys) == {"work", "bank"}
+    assert keys["bank"]["has_certificate"] is True
+    assert keys["work"]["id"] == renewed["key_id"] != work["key_id"]
+    leaves = {(c["label"], c["serial"]) for c in _leaves(token_ca)}
+    assert leaves == {("work", renewed["serial"]), ("bank", work["serial"])}
+
+
+def test_revoke_does_not_need_the_ca_pin(token_ca: TokenCA) -> None:
+    """Revocation signs nothing, so the CA PIN is never asked for (review finding): a wrong one
+    in the environment is simply not used."""
+    token_ca.enroll("CN=No PIN Needed", "--label", "nopin")
+    proc = token_ca.run("revoke", "--token", "test", "--key", "nopin", "--json", env={"TOKENISSUE_CA_PIN": "wrong-0000"})
+    assert proc.returncode == 0, proc.stderr
+    assert [r["status"] for r in json.loads(proc.stdout)] == ["revoked"]

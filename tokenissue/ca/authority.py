@@ -262,38 +262,85 @@ class CertificateAuthority:
         key_id: bytes | None = None,
         label: str | None = None,
         replaces: int | None = None,
+        ca_key: Any = None,
     ) -> Issued:
         """Check ``csr`` against the profile and issue, or return the earlier answer to ``request_id``.
 
         ``subject`` overrides the CSR's subject (a registration fixes it: the requester cannot
-        widen it). Nothing is recorded unless the certificate is issued.
+        widen it). Nothing is recorded unless the certificate is issued. ``ca_key``: see
+        :meth:`issue`.
         """
         if request_id is not None:
-            earlier = self.inventory.find_by_request(request_id)
+            earlier = self._earlier_answer(request_id, csr.public_key())
             if earlier is not None:
-                cert = x509.load_der_x509_certificate(earlier.der)
-                if _spki(cert.public_key()) != _spki(csr.public_key()):
-                    raise RequestRejected(f"Request {request_id} was already answered for another key.")
-                return Issued(cert, earlier, self.chain())
+                return earlier
         verify_csr(csr)
-        profile = self.profile(profile_name)
-        now = datetime.now(UTC)
-        ca_cert = self._check_usable(now)
-        name = subject if subject is not None else csr.subject
         try:
             san = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             san = []
-        public_key = csr.public_key()
+        return self.issue(
+            csr.public_key(),
+            profile_name,
+            subject=subject if subject is not None else csr.subject,
+            san=san,
+            pin=pin,
+            request_id=request_id,
+            token_serial=token_serial,
+            key_id=key_id,
+            label=label,
+            replaces=replaces,
+            ca_key=ca_key,
+        )
+
+    def _earlier_answer(self, request_id: str, public_key: Any) -> Issued | None:
+        earlier = self.inventory.find_by_request(request_id)
+        if earlier is None:
+            return None
+        cert = x509.load_der_x509_certificate(earlier.der)
+        if _spki(cert.public_key()) != _spki(public_key):
+            raise RequestRejected(f"Request {request_id} was already answered for another key.")
+        return Issued(cert, earlier, self.chain())
+
+    def issue(
+        self,
+        public_key: Any,
+        profile_name: str,
+        *,
+        subject: x509.Name,
+        san: list[x509.GeneralName],
+        pin: Pin | ProtectedAuth | None,
+        request_id: str | None = None,
+        token_serial: str | None = None,
+        key_id: bytes | None = None,
+        label: str | None = None,
+        replaces: int | None = None,
+        ca_key: Any = None,
+    ) -> Issued:
+        """Issue a certificate for ``public_key`` whose possession the caller has checked.
+
+        :meth:`sign` checks a CSR's self-signature and calls this; a CMP server checks the
+        CRMF proof of possession (which has no CSR) and calls it directly. ``ca_key`` is a CA
+        signing key the caller already holds open (from :meth:`signing_key`), so a server
+        logs in to the CA token once rather than per request; ``None`` opens it with ``pin``.
+        """
+        if request_id is not None:
+            earlier = self._earlier_answer(request_id, public_key)
+            if earlier is not None:
+                return earlier
+        profile = self.profile(profile_name)
+        now = datetime.now(UTC)
+        ca_cert = self._check_usable(now)
+        name = subject
         check_request(profile, subject=name, san=san, public_key=public_key)
         not_before = now - _BACKDATE
         not_after = min(now + timedelta(days=profile.days), ca_cert.not_valid_after_utc)
         serial = random_serial()
         while self.inventory.serial_exists(serial):  # 2**-64 odds, but cheap to rule out
             serial = random_serial()
-        with self.signing_key(pin) as ca_key:
+        with self._key(pin, ca_key) as key:
             cert = issue_certificate(
-                ca_key,
+                key,
                 ca_cert,
                 public_key=public_key,
                 subject=name,
@@ -326,10 +373,10 @@ class CertificateAuthority:
         except DuplicateRequest:
             # Another process answered the same request meanwhile: hand out its certificate,
             # and let ours (never recorded, never delivered) go.
-            earlier = self.inventory.find_by_request(request_id or "")
-            if earlier is None:
+            answered = self.inventory.find_by_request(request_id or "")
+            if answered is None:
                 raise
-            return Issued(x509.load_der_x509_certificate(earlier.der), earlier, self.chain())
+            return Issued(x509.load_der_x509_certificate(answered.der), answered, self.chain())
         self.inventory.audit_append(
             "issue",
             {
@@ -342,6 +389,14 @@ class CertificateAuthority:
             },
         )
         return Issued(cert, record, self.chain())
+
+    @contextmanager
+    def _key(self, pin: Pin | ProtectedAuth | None, ca_key: Any) -> Iterator[Any]:
+        if ca_key is not None:
+            yield ca_key
+            return
+        with self.signing_key(pin) as key:
+            yield key
 
     # -- revocation --------------------------------------------------------------------------
     def revoke(self, serial: int, reason: RevocationReason = RevocationReason.UNSPECIFIED) -> CertRecord:

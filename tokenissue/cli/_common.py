@@ -136,7 +136,12 @@ class PinSource:
         value = os.environ.get(self.env_default)
         if value is not None:
             return Pin(value)
-        return Pin(prompt_secret(self.what, confirm=confirm, hint=self.env_default))
+        return Pin(prompt_secret(self.what, confirm=confirm, hint=f"{self.env_default} or use {self.file_option}"))
+
+    @property
+    def file_option(self) -> str:
+        """The option that names a file for this secret, for messages."""
+        return _FILE_OPTIONS.get(self.env_default, "--pin-file")
 
     def get_value(self, *, confirm: bool = False) -> Pin:
         got = self.get(confirm=confirm)
@@ -171,17 +176,25 @@ def read_secret_file(path: Path, what: str) -> str:
     return lines[0]
 
 
+_FILE_OPTIONS = {
+    "TOKENISSUE_PIN": "--pin-file",
+    "TOKENISSUE_SO_PIN": "--so-pin-file",
+    "TOKENISSUE_NEW_PIN": "--new-pin-file",
+    "TOKENISSUE_CA_PIN": "--ca-pin-file",
+    "TOKENISSUE_AUTH_CODE": "--auth-code-file",
+}
+
+
 def prompt_secret(what: str, *, confirm: bool = False, hint: str = "") -> str:
     if not sys.stdin.isatty():
-        raise PinError(f"No {what} given and no terminal to ask on; set {hint} or use --pin-file.")
+        raise PinError(f"No {what} given and no terminal to ask on; set {hint}.")
     value: str = typer.prompt(f"{what}", hide_input=True, confirmation_prompt=confirm)
     return value
 
 
-def pin_options(
-    pin_file: Path | None, pin_env: str | None, protected_auth: bool, *, env: str = "TOKENISSUE_PIN", what: str = "PIN"
-) -> PinSource:
-    return PinSource(env_default=env, what=what, pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth)
+def user_pin_source(pin_file: Path | None, pin_env: str | None, protected_auth: bool) -> PinSource:
+    """The token holder's PIN from the usual options (--pin-file, --pin-env, --protected-auth)."""
+    return PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth)
 
 
 PinFileOpt = Annotated[

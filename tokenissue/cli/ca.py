@@ -240,3 +240,63 @@ def audit_list(ctx: typer.Context, ca_dir: CaDirOpt, json_out: JsonOpt = False) 
         return
     for e in entries:
         console().print(f"{e.seq:>5} {e.at:%Y-%m-%d %H:%M:%S} {e.action:<10} {e.details}")
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6); a host is required, never implied."""
+    host, sep, port_text = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(
+            f"--listen '{listen}' must be HOST:PORT with an explicit host, e.g. 127.0.0.1:8080 "
+            "(0.0.0.0:8080 to listen on every interface)."
+        )
+    return host, int(port_text)
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to listen on, e.g. 127.0.0.1:8080; the host is required.")],
+    path: Annotated[str, typer.Option("--path", help="The CMP path (RFC 6712), e.g. /pkix/.")] = "/pkix/",
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate chain (PEM).", exists=True, dir_okay=False)] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The TLS private key (PEM) for --tls-cert.", exists=True, dir_okay=False)] = None,
+    max_body: Annotated[int, typer.Option("--max-body", help="Largest CMP message accepted, in bytes.")] = 64 * 1024,
+    ca_pin_file: CaPinFileOpt = None,
+) -> None:
+    """Serve the CA over CMP (RFC 4210/9483 over HTTP, RFC 6712): enrollment with registration codes,
+    key update, revocation. One JSON access-log line per request goes to stderr."""
+    host, port = _parse_listen(listen)
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("Give both --tls-cert and --tls-key, or neither.")
+    if max_body < 1024:
+        raise UsageError("--max-body must be at least 1024 bytes.")
+    with _open(ctx, ca_dir) as ca:
+        subject = ca.certificate.subject.rfc4514_string()
+        pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
+        # Log in once now, so a wrong PIN or a missing token is one sentence before the server
+        # starts rather than a failed start-up in the server's log.
+        with ca.signing_key(pin):
+            pass
+    import uvicorn
+
+    from ..server.app import create_app
+
+    web = create_app(ca_dir, ca_pin=pin, module=state(ctx).module, cmp_path=path, max_body=max_body)
+    scheme = "https" if tls_cert else "http"
+    shown_host = f"[{host}]" if ":" in host else host
+    shown_path = "/" + path.strip("/") + "/" if path.strip("/") else "/"
+    typer.echo(f"Serving CMP at {scheme}://{shown_host}:{port}{shown_path} for CA '{subject}'", err=True)
+    uvicorn.run(
+        web,
+        host=host,
+        port=port,
+        workers=1,
+        log_level="warning",
+        access_log=False,  # ours is the structured one
+        timeout_keep_alive=5,
+        limit_concurrency=64,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )

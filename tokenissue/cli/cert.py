@@ -13,13 +13,13 @@ from ._common import (
     JsonOpt,
     PinEnvOpt,
     PinFileOpt,
-    PinSource,
     ProtectedAuthOpt,
     TokenOpt,
     console,
     emit_json,
     err_console,
     state,
+    user_pin_source,
 )
 from ._render import cert_dict
 
@@ -31,9 +31,6 @@ class ExportFormat(str, enum.Enum):
     DER = "der"
     P7B = "p7b"
 
-
-def _pin(pin_file: Path | None, pin_env: str | None, protected_auth: bool) -> PinSource:
-    return PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth)
 
 
 def _is_ca(cert: object) -> bool:
@@ -101,7 +98,7 @@ def import_cert(
         raise UsageError(f"{file} holds only CA certificates; import them with --ca-cert.")
     if key is not None and len(leaves) != 1:
         raise UsageError("--key goes with a file holding exactly one end-entity certificate.")
-    pin = _pin(pin_file, pin_env, protected_auth).get()
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     stored = []
     with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
         plans = []
@@ -147,7 +144,7 @@ def list_certs(
     """List certificates with their validity and whether their key is on the token."""
     from .. import p11
 
-    pin = None if public else _pin(pin_file, pin_env, protected_auth).get()
+    pin = None if public else user_pin_source(pin_file, pin_env, protected_auth).get()
     with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
         rows = [cert_dict(c) for c in s.certificates()]
     if json_out:
@@ -193,7 +190,7 @@ def export(
     from .. import p11
     from ..pkix.certs import dump_certificates
 
-    pin = _pin(pin_file, pin_env, protected_auth).get()
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
         sel = p11.KeySelector.parse(key)
         kid = s.key(sel).id

@@ -15,13 +15,13 @@ from ._common import (
     KeyOpt,
     PinEnvOpt,
     PinFileOpt,
-    PinSource,
     ProtectedAuthOpt,
     TokenOpt,
     console,
     emit_json,
     err_console,
     state,
+    user_pin_source,
 )
 from ._render import key_dict, yesno
 
@@ -34,9 +34,6 @@ class Format(str, enum.Enum):
     PEM = "pem"
     DER = "der"
 
-
-def _pin(pin_file: Path | None, pin_env: str | None, protected_auth: bool) -> PinSource:
-    return PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth)
 
 
 @app.command("generate")
@@ -73,7 +70,7 @@ def generate(
         if not kid:
             raise UsageError("--id must not be empty.")
     sel = p11.TokenSelector.parse(token)
-    pin = _pin(pin_file, pin_env, protected_auth).get()
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     with p11.open_token(sel, pin, module=state(ctx).module) as s:
         info = s.generate_key(KeyType(key_type.value), label, kid)
         data = key_dict(info, s.info.label)
@@ -95,7 +92,7 @@ def list_keys(
     """List private keys with the attributes that prove where they came from."""
     from .. import p11
 
-    pin = _pin(pin_file, pin_env, protected_auth).get()
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
         rows = [key_dict(k, s.info.label) for k in s.list_keys()]
     if json_out:
@@ -136,7 +133,7 @@ def delete(
     """Delete a key pair (and, unless kept, its certificates). This cannot be undone."""
     from .. import p11
 
-    pin = _pin(pin_file, pin_env, protected_auth).get()
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
         sel = p11.KeySelector.parse(key)
         info = s.key(sel)
@@ -174,7 +171,7 @@ def csr(
     sans = parse_san(san or [])
     if fmt is Format.DER and output is None:
         raise UsageError("DER is binary; give --output FILE with --format der.")
-    pin = _pin(pin_file, pin_env, protected_auth).get()
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
         req = build_csr(s.private_key(p11.KeySelector.parse(key)), name, sans)
     enc = serialization.Encoding.PEM if fmt is Format.PEM else serialization.Encoding.DER

@@ -5,26 +5,31 @@ from __future__ import annotations
 import enum
 import os
 import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..errors import UsageError
+from ..credentials import Secret
+from ..errors import PinError, UsageError
 from ..models import KeyType, RevocationReason
 from ._common import (
     CaPinFileOpt,
     JsonOpt,
     PinEnvOpt,
     PinFileOpt,
-    PinSource,
     ProtectedAuthOpt,
     ca_pin_source,
     console,
     emit_json,
     err_console,
     parse_duration,
+    read_secret_file,
     state,
+    user_pin_source,
 )
 
 KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
@@ -36,8 +41,92 @@ TokenOptional = Annotated[
 ]
 CaOpt = Annotated[
     str | None,
-    typer.Option("--ca", help="The CA: a CA directory made by 'tokenissue ca init' (CA URLs come later).", envvar="TOKENISSUE_CA"),
+    typer.Option(
+        "--ca",
+        help="The CA: a CA directory made by 'tokenissue ca init', or a CMP server as "
+        "cmp+http://HOST:PORT/PATH or cmp+https://HOST/PATH.",
+        envvar="TOKENISSUE_CA",
+    ),
 ]
+RefOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ref",
+        help="CMP: the reference the CA gave with the authorization code (sent as senderKID). "
+        "Renewals default to the one the certificate was enrolled with.",
+    ),
+]
+AuthCodeFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--auth-code-file",
+        help="CMP: read the authorization code (the secret that goes with --ref) from this file's "
+        "first line (must be chmod 600); '-' reads stdin. Default: $TOKENISSUE_AUTH_CODE, else a hidden prompt.",
+    ),
+]
+CaTrustOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-trust",
+        help="CMP: PEM file of CA certificates to trust: the root of the issued chain, the signer of "
+        "the server's signed answers, and for cmp+https the server's TLS certificate "
+        "(default: the system's trust store).",
+        envvar="TOKENISSUE_CA_TRUST",
+    ),
+]
+
+AUTH_CODE_ENV = "TOKENISSUE_AUTH_CODE"
+
+
+@dataclass
+class AuthCodeSource:
+    """Where the CMP authorization code comes from: --auth-code-file, $TOKENISSUE_AUTH_CODE or a
+    hidden prompt, never argv. Read once, when first needed, then kept for this process."""
+
+    file: Path | None
+    why: str = "Enrolling at a CMP server"  #: what needs it, for the message when it is missing
+    _value: Secret | None = field(default=None, repr=False)
+
+    def __call__(self) -> Secret:
+        if self._value is None:
+            self._value = self._read()
+        return self._value
+
+    def _read(self) -> Secret:
+        if self.file is not None:
+            return Secret(read_secret_file(self.file, "authorization code"))
+        value = os.environ.get(AUTH_CODE_ENV)
+        if value:
+            return Secret(value)
+        if not sys.stdin.isatty():
+            raise PinError(
+                f"{self.why} needs the authorization code: set {AUTH_CODE_ENV} or give --auth-code-file."
+            )
+        code: str = typer.prompt("Authorization code", hide_input=True)
+        return Secret(code)
+
+
+@dataclass(frozen=True)
+class CmpArgs:
+    """The CMP options of one command, passed to every enroller it opens."""
+
+    ref: str | None = None
+    auth_code: Callable[[], Secret] | Secret | None = None
+    trust_file: Path | None = None
+
+    def trust(self) -> list[Any]:
+        if self.trust_file is None:
+            return []
+        from ..pkix.certs import load_certificates
+
+        try:
+            data = self.trust_file.read_bytes()
+        except OSError:
+            raise UsageError(f"Cannot read the --ca-trust file '{self.trust_file}'.") from None
+        try:
+            return load_certificates(data)
+        except UsageError:
+            raise UsageError(f"The --ca-trust file '{self.trust_file}' holds no certificates.") from None
 
 
 def _state_db(ctx: typer.Context) -> Any:
@@ -63,14 +152,27 @@ def _step_hook() -> Any:
     return hook
 
 
-def _enroller(ctx: typer.Context, location: str, ca_pin_file: Path | None) -> Any:
-    from ..enroll import open_enroller
+def _enroller(ctx: typer.Context, location: str, ca_pin_file: Path | None, cmp: CmpArgs | None = None) -> Any:
+    from ..enroll import is_cmp_location, open_enroller
     from ..enroll.local import LocalCA
 
-    enroller = open_enroller(location, module=state(ctx).module)
+    if cmp is not None and is_cmp_location(location):
+        enroller = open_enroller(location, ref=cmp.ref, auth_code=cmp.auth_code, trust=cmp.trust())
+    else:
+        enroller = open_enroller(location, module=state(ctx).module)
     if isinstance(enroller, LocalCA) and enroller.needs_ca_pin:
-        enroller.ca_pin = ca_pin_source(ca_pin_file).get()
+        # Asked for only when the CA signs, and once per command however many CAs it opens.
+        enroller.ca_pin_provider = lambda: _ca_pin_once(ca_pin_file)
     return enroller
+
+
+_CA_PINS: dict[Path | None, Any] = {}
+
+
+def _ca_pin_once(ca_pin_file: Path | None) -> Any:
+    if ca_pin_file not in _CA_PINS:
+        _CA_PINS[ca_pin_file] = ca_pin_source(ca_pin_file).get()
+    return _CA_PINS[ca_pin_file]
 
 
 def enroll(
@@ -83,6 +185,9 @@ def enroll(
     label: Annotated[str | None, typer.Option("--label", "-l", help="Label for the new key and certificate. Default: PROFILE-DATE-RANDOM.")] = None,
     san: Annotated[list[str] | None, typer.Option("--san", help="dns:NAME, email:ADDR, uri:URI or ip:ADDR (repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Finish every unfinished enrollment in the journal, then stop.")] = False,
+    ref: RefOpt = None,
+    auth_code_file: AuthCodeFileOpt = None,
+    ca_trust: CaTrustOpt = None,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
@@ -93,12 +198,14 @@ def enroll(
 
     Every step is journaled: if the process dies, run the same command again (or
     'enroll --resume') to finish; a failure before issuance removes the key it made.
+    With a CMP server (--ca cmp+http(s)://...) the CA's reference (--ref) and authorization
+    code authenticate the request; resuming needs the code again.
     """
     from .. import p11
     from ..lifecycle import EnrollParams
     from ..lifecycle import enroll as run_enroll
 
-    pin_src = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth)
+    pin_src = user_pin_source(pin_file, pin_env, protected_auth)
     mod = state(ctx).module
     with _state_db(ctx) as db:
         if resume:
@@ -107,10 +214,12 @@ def enroll(
                 console().print("No unfinished enrollment; nothing to do.")
                 return
             pin = pin_src.get()
+            code = AuthCodeSource(auth_code_file, why="Resuming an enrollment at a CMP server")
             results = []
             for e in entries:
                 params = EnrollParams(**{**e.params, "san": tuple(e.params.get("san") or ())})
-                enroller = _enroller(ctx, params.ca, ca_pin_file)
+                cmp = CmpArgs(ref=params.ref, auth_code=code, trust_file=ca_trust)
+                enroller = _enroller(ctx, params.ca, ca_pin_file, cmp)
                 try:
                     out = run_enroll(
                         params, token=p11.TokenSelector(serial=params.token_serial), pin=pin, enroller=enroller,
@@ -127,14 +236,22 @@ def enroll(
 
         parse_subject(subject)
         parse_san(san or [])
+        from ..enroll import is_cmp_location
+
+        fresh: CmpArgs | None = None
+        if is_cmp_location(ca):
+            if not ref:
+                raise UsageError("Enrolling at a CMP server needs --ref, the reference the CA gave with the authorization code.")
+            # Asked for now, before a key is made, and kept out of the journal.
+            fresh = CmpArgs(ref=ref, auth_code=AuthCodeSource(auth_code_file)(), trust_file=ca_trust)
         sel = p11.TokenSelector.parse(token)
         token_serial = p11.load_module(mod).token_info(sel).serial
-        enroller = _enroller(ctx, ca, ca_pin_file)
+        enroller = _enroller(ctx, ca, ca_pin_file, fresh)
         try:
             enroller.check_profile(profile)  # before any key is made
             params = EnrollParams(
                 token_serial=token_serial, subject=subject, profile=profile, key_type=key_type.value,
-                ca=enroller.location, label=label, san=tuple(san or ()),
+                ca=enroller.location, label=label, san=tuple(san or ()), ref=fresh.ref if fresh else None,
             )
             out = run_enroll(params, token=sel, pin=pin_src.get(), enroller=enroller, state=db, module=mod, on_step=_step_hook())
         finally:
@@ -174,7 +291,7 @@ def status(
     from .. import p11
     from ..lifecycle import certificate_status
 
-    pin = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth).get()
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     with _state_db(ctx) as db, p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
         reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
         label = s.info.label
@@ -231,18 +348,25 @@ def renew(
     rekey: Annotated[bool, typer.Option("--rekey", help="Generate a new key (the old key and certificate are removed once the new one is on the token).")] = False,
     ca: CaOpt = None,
     profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile, when tokenissue did not enroll the certificate.")] = None,
+    ref: RefOpt = None,
+    auth_code_file: AuthCodeFileOpt = None,
+    ca_trust: CaTrustOpt = None,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
     ca_pin_file: CaPinFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Renew certificates before they expire (same key, or a new one with --rekey); revoked ones are re-issued with --rekey."""
+    """Renew certificates before they expire (same key, or a new one with --rekey); revoked ones are re-issued with --rekey.
+
+    At a CMP server a valid certificate is renewed with a key update request signed by its own
+    key; an expired or revoked one needs the authorization code again (asked for only then).
+    """
     from .. import p11
-    from ..lifecycle import certificate_status, renewal_params
+    from ..lifecycle import certificate_status, ref_of, renewal_params
     from ..lifecycle import enroll as run_enroll
 
-    pin = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth).get()
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     mod = state(ctx).module
     sel = p11.TokenSelector.parse(token)
     with _state_db(ctx) as db:
@@ -268,8 +392,10 @@ def renew(
             prof = profile or (r.record.profile if r.record else None)
             if where is None or prof is None:
                 raise UsageError(f"tokenissue did not enroll '{r.cert.label}'; give --ca and --profile to renew it.")
-            params = renewal_params(r, token_serial=token_serial, rekey=rekey, ca=where, profile=prof)
-            enroller = _enroller(ctx, where, ca_pin_file)
+            cmp_ref = ref or ref_of(db, r.record)
+            params = renewal_params(r, token_serial=token_serial, rekey=rekey, ca=where, profile=prof, ref=cmp_ref)
+            code = AuthCodeSource(auth_code_file, why="Renewing an expired or revoked certificate at a CMP server")
+            enroller = _enroller(ctx, where, ca_pin_file, CmpArgs(ref=cmp_ref, auth_code=code, trust_file=ca_trust))
             try:
                 out = run_enroll(params, token=sel, pin=pin, enroller=enroller, state=db, module=mod, on_step=_step_hook())
             finally:
@@ -291,22 +417,32 @@ def revoke(
     ] = None,
     ca: CaOpt = None,
     reason: Annotated[Reason, typer.Option("--reason", help="RFC 5280 reason; lost tokens default to key-compromise.")] = None,  # type: ignore[assignment]
+    ca_trust: CaTrustOpt = None,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
     ca_pin_file: CaPinFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Revoke a certificate on a token, or every certificate of a lost token (by its serial)."""
+    """Revoke a certificate on a token, or every certificate of a lost token (by its serial).
+
+    At a CMP server the revocation request is signed with the certificate's own key on the token.
+    """
     from datetime import UTC, datetime
 
     from .. import p11
+    from ..enroll import is_cmp_location
     from ..lifecycle import revoke_on_token
     from .ca import record_dict
 
     if token_serial is not None:
         if ca is None:
             raise UsageError("A lost token is revoked at its CA: give --ca.")
+        if is_cmp_location(ca):
+            raise UsageError(
+                "A lost token's certificates cannot be revoked over CMP, which needs each certificate's key "
+                "(RFC 9483 §4.2); ask the CA's operator to revoke them."
+            )
         why = RevocationReason(reason.value) if reason else RevocationReason.KEY_COMPROMISE
         from ..ca.authority import CertificateAuthority
 
@@ -320,9 +456,10 @@ def revoke(
         if token is None or key is None:
             raise UsageError("Give --token and --key, or --token-serial and --ca for a lost token.")
         why = RevocationReason(reason.value) if reason else RevocationReason.UNSPECIFIED
-        pin = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file, pin_env=pin_env, protected_auth=protected_auth).get()
+        pin = user_pin_source(pin_file, pin_env, protected_auth).get()
         with _state_db(ctx) as db, p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
-            recs = revoke_on_token(s, db, p11.KeySelector.parse(key), lambda where: _enroller(ctx, where, ca_pin_file), why, ca)
+            cmp = CmpArgs(trust_file=ca_trust)
+            recs = revoke_on_token(s, db, p11.KeySelector.parse(key), lambda where: _enroller(ctx, where, ca_pin_file, cmp), why, ca)
     if json_out:
         emit_json([record_dict(r) for r in recs])
     elif not recs:

@@ -1,25 +1,56 @@
-"""Clients that turn a CSR into a certificate. Today: a local CA directory. The interface is
-what CMP, EST and ACME clients will implement too: they take a CSR (never a key), which is
-exactly what a token can give them.
+"""Clients that turn a CSR into a certificate: a local CA directory, or a CMP server. They take
+a CSR (never a key), which is exactly what a token can give them; renewing and revoking over
+CMP also use the current certificate's key, which the lifecycle passes in from the token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
 
 from ..credentials import Pin, ProtectedAuth
 from ..errors import UsageError
-from .base import Enroller, EnrollResult
+from .base import Enroller, EnrollResult, KeyUpdater
 from .local import LocalCA
 
-__all__ = ["EnrollResult", "Enroller", "LocalCA", "open_enroller"]
+if TYPE_CHECKING:
+    from .cmp import AuthCodeSource
+
+__all__ = ["EnrollResult", "Enroller", "KeyUpdater", "LocalCA", "is_cmp_location", "open_enroller"]
+
+_CMP_SCHEMES = ("cmp+http", "cmp+https")
 
 
-def open_enroller(location: str, *, ca_pin: Pin | ProtectedAuth | None = None, module: str | None = None) -> Enroller:
-    """The enroller for ``--ca LOCATION``: a CA directory now; cmp+http(s):// and acme+https:// later."""
+def is_cmp_location(location: str) -> bool:
+    """Whether ``--ca LOCATION`` names a CMP server (cmp+http:// or cmp+https://)."""
+    return location.split("://", 1)[0].lower() in _CMP_SCHEMES if "://" in location else False
+
+
+def open_enroller(
+    location: str,
+    *,
+    ca_pin: Pin | ProtectedAuth | None = None,
+    module: str | None = None,
+    ref: str | None = None,
+    auth_code: AuthCodeSource | None = None,
+    trust: Sequence[x509.Certificate] = (),
+) -> Enroller:
+    """The enroller for ``--ca LOCATION``: a CA directory, or cmp+http(s)://HOST[:PORT]/PATH.
+
+    ``ref``, ``auth_code`` and ``trust`` are for CMP (see :class:`CMPEnroller`); ``ca_pin`` and
+    ``module`` for a local CA whose key is on a token.
+    """
     scheme = location.split("://", 1)[0] if "://" in location else ""
+    if scheme.lower() in _CMP_SCHEMES:
+        # Imported here: httpx and pyasn1 cost start-up time that local-CA commands need not pay.
+        from .cmp import CMPEnroller
+
+        return CMPEnroller(location, ref=ref, auth_code=auth_code, trust=trust)
     if scheme:
         raise UsageError(
-            f"CA URLs ({scheme}://) are not supported yet; give a local CA directory (tokenissue ca init)."
+            f"CA URLs with {scheme}:// are not supported; give cmp+http(s)://HOST:PORT/PATH or a local CA directory."
         )
     return LocalCA(Path(location), ca_pin=ca_pin, module=module)

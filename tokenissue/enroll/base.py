@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 
 from ..models import CertStatus, RevocationReason
 
-__all__ = ["EnrollResult", "Enroller"]
+__all__ = ["EnrollResult", "Enroller", "KeyUpdater"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,46 @@ class Enroller(Protocol):
         """Raise when the CA is known not to offer ``profile`` (checked before a key is made)."""
         ...
 
-    def revoke(self, serial: int, reason: RevocationReason) -> None: ...
+    def revoke(
+        self, serial: int, reason: RevocationReason, *, cert: x509.Certificate | None = None, key: Any = None
+    ) -> None:
+        """Revoke certificate ``serial``. ``cert`` and ``key`` (a token key: only ``sign()`` and
+        ``public_key()`` are called) are the certificate itself and its private key, when the
+        holder has them; a protocol that authenticates revocation by that key (CMP, RFC 9483
+        §4.2) needs them, a local CA ignores them."""
+        ...
 
     def status(self, serial: int) -> CertStatus | None:
         """What the CA says of the certificate, or None when it cannot be asked."""
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class KeyUpdater(Protocol):
+    """An enroller that renews a certificate by proving possession of the current one (CMP kur).
+
+    The lifecycle uses :meth:`renew` instead of :meth:`Enroller.request` when it renews a
+    certificate that is still valid and whose key is on the token; otherwise it asks with
+    ``request`` as for a first enrollment.
+    """
+
+    def renew(
+        self,
+        csr: x509.CertificateSigningRequest,
+        *,
+        new_key: Any,
+        current_cert: x509.Certificate,
+        current_key: Any,
+        profile: str,
+        request_id: str,
+        token_serial: str | None,
+        key_id: bytes | None,
+        label: str | None,
+        replaces: int | None = None,
+    ) -> EnrollResult:
+        """Certify ``new_key`` (the CSR's key; it may be the current key) for the CSR's subject and
+        extensions, authenticated by ``current_key``, the key of ``current_cert``. Asking again
+        with the same ``request_id`` returns the same answer."""
+        ...

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -14,14 +16,35 @@ from .base import EnrollResult
 __all__ = ["LocalCA"]
 
 
-class LocalCA:
-    """A :class:`CertificateAuthority` used in-process. The CA PIN is only used to sign."""
+PinProvider = Callable[[], Pin | ProtectedAuth | None]
 
-    def __init__(self, ca_dir: Path, *, ca_pin: Pin | ProtectedAuth | None, module: str | None = None) -> None:
+
+class LocalCA:
+    """A :class:`CertificateAuthority` used in-process.
+
+    The CA PIN is needed only to sign. Give it as ``ca_pin``, or as ``ca_pin_provider``, which
+    is called the first time a signature is needed (revoking, for one, signs nothing, and a
+    resumed enrollment past issuance needs no CA at all).
+    """
+
+    def __init__(
+        self,
+        ca_dir: Path,
+        *,
+        ca_pin: Pin | ProtectedAuth | None,
+        module: str | None = None,
+        ca_pin_provider: PinProvider | None = None,
+    ) -> None:
         self.location = str(ca_dir.resolve())
         self._ca = CertificateAuthority.open(ca_dir, module=module)
         self.ca_pin = ca_pin
+        self.ca_pin_provider = ca_pin_provider
         self.needs_ca_pin = self._ca.needs_pin
+
+    def _pin(self) -> Pin | ProtectedAuth | None:
+        if self.ca_pin is None and self.needs_ca_pin and self.ca_pin_provider is not None:
+            self.ca_pin = self.ca_pin_provider()
+        return self.ca_pin
 
     def request(
         self,
@@ -37,7 +60,7 @@ class LocalCA:
         issued = self._ca.sign(
             csr,
             profile,
-            pin=self.ca_pin,
+            pin=self._pin(),
             request_id=request_id,
             token_serial=token_serial,
             key_id=key_id,
@@ -49,7 +72,10 @@ class LocalCA:
     def check_profile(self, profile: str) -> None:
         self._ca.profile(profile)
 
-    def revoke(self, serial: int, reason: RevocationReason) -> None:
+    def revoke(
+        self, serial: int, reason: RevocationReason, *, cert: x509.Certificate | None = None, key: Any = None
+    ) -> None:
+        del cert, key  # The CA is in this process: it needs no proof from the holder.
         self._ca.revoke(serial, reason)
 
     def status(self, serial: int) -> CertStatus | None:

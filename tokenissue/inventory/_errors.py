@@ -9,7 +9,7 @@ from sqlalchemy import exc as sa_exc
 
 from ..errors import InventoryError, TokenIssueError
 
-__all__ = ["DuplicateRequest", "translate"]
+__all__ = ["DuplicateRegistration", "DuplicateRequest", "DuplicateTransaction", "translate"]
 
 
 class DuplicateRequest(InventoryError):
@@ -22,6 +22,26 @@ class DuplicateRequest(InventoryError):
     def __init__(self, message: str, *, request_id: str) -> None:
         super().__init__(message)
         self.request_id = request_id
+
+
+class DuplicateRegistration(InventoryError):
+    """A registration with this reference number already exists; draw another reference."""
+
+    def __init__(self, message: str, *, ref: str) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
+class DuplicateTransaction(InventoryError):
+    """A CMP transaction with this transactionID already exists.
+
+    The primary key refuses it, so two server replicas that receive the same first message
+    cannot both start the transaction; the loser answers with an error (RFC 4210 transactionIdInUse).
+    """
+
+    def __init__(self, message: str, *, transaction_id: bytes) -> None:
+        super().__init__(message)
+        self.transaction_id = transaction_id
 
 
 def _reason(err: BaseException) -> str:

@@ -26,7 +26,16 @@ from sqlalchemy import (
 
 from ._types import UTCDateTime
 
-__all__ = ["audit", "certificates", "counters", "journal", "metadata", "settings"]
+__all__ = [
+    "audit",
+    "certificates",
+    "cmp_transactions",
+    "counters",
+    "journal",
+    "metadata",
+    "registrations",
+    "settings",
+]
 
 # Named constraints make future migrations (and SQLite batch migrations) able to refer to them.
 metadata = MetaData(
@@ -100,4 +109,43 @@ counters = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
+)
+
+# Registrations an RA officer made: one per identity checked out of band. The authorization
+# code is not here in any form; it is derived from the RA key (a file in the CA directory),
+# the ref and the nonce, so this table alone reveals no code.
+registrations = Table(
+    "registrations",
+    metadata,
+    Column("ref", String(32), primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("profile", String(128), nullable=False),
+    Column("nonce", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("max_failures", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    Column("serial", String(64), nullable=True),
+    Column("san", Text, nullable=False),
+    Index("ix_registrations_status", "status"),
+)
+
+# CMP transactions, so that any server replica can continue one another replica started.
+# The primary key is what refuses a second transaction with the same transactionID.
+cmp_transactions = Table(
+    "cmp_transactions",
+    metadata,
+    Column("transaction_id", String(128), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("ref", String(32), nullable=True),
+    Column("state", String(32), nullable=False),
+    Column("sender_nonce", String(128), nullable=False),
+    Column("our_nonce", String(128), nullable=False),
+    Column("serial", String(64), nullable=True),
+    Column("pbm", Boolean(create_constraint=False), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_cmp_transactions_ref", "ref"),
 )

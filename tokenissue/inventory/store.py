@@ -1,4 +1,5 @@
-"""The inventory store: certificates, the resumable journal, the audit log and settings.
+"""The inventory store: certificates, the resumable journal, the audit log, settings, the
+RA's registrations and the CMP server's transactions.
 
 One :class:`Inventory` wraps one SQLAlchemy engine. Every public method is one transaction;
 on SQLite a writing transaction starts with ``BEGIN IMMEDIATE`` so concurrent writers
@@ -19,16 +20,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, create_engine, event, func, insert, select, update
+from sqlalchemy import and_, case, create_engine, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import InventoryError, NotFound
-from ..models import AuditEntry, CertRecord, CertStatus, JournalEntry, RevocationReason
+from ..models import (
+    AuditEntry,
+    CertRecord,
+    CertStatus,
+    CMPTransaction,
+    JournalEntry,
+    Registration,
+    RegistrationStatus,
+    RevocationReason,
+    TransactionKind,
+    TransactionState,
+)
 from ._audit import GENESIS_HASH, audit_hash, canonical_json, check_no_secrets
-from ._errors import DuplicateRequest, translate
-from ._schema import audit, certificates, counters, journal, settings
+from ._errors import DuplicateRegistration, DuplicateRequest, DuplicateTransaction, translate
+from ._schema import audit, certificates, cmp_transactions, counters, journal, registrations, settings
 from ._types import utc
 
 __all__ = ["Inventory"]
@@ -45,6 +57,10 @@ _WRITE_OPTION = "tokenissue_write"
 # A serial is a positive integer of at most 20 octets (RFC 5280); String(64) leaves room
 # for the odd non-conforming certificate a holder may have enrolled elsewhere.
 _MAX_SERIAL = 1 << 256
+# Column widths (hex doubles the length): RFC 4210 recommends 128-bit transactionIDs and
+# nonces; 64 bytes leaves room for clients that use more.
+_MAX_CMP_OCTETS = 64
+_MAX_REG_NONCE = 32
 
 
 def _now() -> datetime:
@@ -55,6 +71,12 @@ def _serial_hex(serial: int) -> str:
     if not isinstance(serial, int) or isinstance(serial, bool) or not 0 <= serial < _MAX_SERIAL:
         raise ValueError(f"certificate serial must be an integer in [0, 2**256), not {serial!r}")
     return format(serial, "x")
+
+
+def _octets_hex(value: bytes, name: str, limit: int) -> str:
+    if not isinstance(value, bytes | bytearray) or not 0 < len(value) <= limit:
+        raise ValueError(f"{name} must be 1 to {limit} bytes")
+    return bytes(value).hex()
 
 
 def _json_dict(text: str) -> dict[str, object]:
@@ -668,6 +690,276 @@ class Inventory:
         result = conn.execute(update(settings).where(settings.c.key == key).values(value=value))
         if result.rowcount == 0:
             conn.execute(insert(settings).values(key=key, value=value))
+
+    # -- registrations (RA) -------------------------------------------------------------
+    #
+    # Every state change is one conditional UPDATE: the database, not a process lock, decides
+    # which of several concurrent requests (possibly on different server replicas) wins.
+
+    def add_registration(self, reg: Registration) -> Registration:
+        """Record a new registration and return it as stored.
+
+        Raises DuplicateRegistration if ``reg.ref`` is taken (draw another reference).
+        """
+        if not reg.ref or len(reg.ref) > 32:
+            raise ValueError("registration ref must be 1 to 32 characters")
+        if reg.max_failures < 1 or reg.failures < 0:
+            raise ValueError("registration failures must be >= 0 and max_failures >= 1")
+        if not all(isinstance(item, str) for item in reg.san):
+            raise ValueError("registration san must be a sequence of strings")
+        row = {
+            "ref": reg.ref,
+            "subject": reg.subject,
+            "profile": reg.profile,
+            "nonce": _octets_hex(reg.nonce, "registration nonce", _MAX_REG_NONCE),
+            "status": reg.status.value,
+            "failures": reg.failures,
+            "max_failures": reg.max_failures,
+            "created_at": utc(reg.created_at, "created_at"),
+            "expires_at": utc(reg.expires_at, "expires_at"),
+            "used_at": None if reg.used_at is None else utc(reg.used_at, "used_at"),
+            "serial": None if reg.serial is None else _serial_hex(reg.serial),
+            "san": canonical_json(list(reg.san)),
+        }
+        try:
+            with self._tx("write to", write=True) as conn:
+                conn.execute(insert(registrations).values(**row))
+                stored = conn.execute(select(registrations).where(registrations.c.ref == reg.ref)).one()
+        except InventoryError as e:
+            # The primary key is the only constraint on the table.
+            if isinstance(e.__cause__, sa_exc.IntegrityError):
+                raise DuplicateRegistration(
+                    f"Registration {reg.ref} already exists; register again with a new reference.",
+                    ref=reg.ref,
+                ) from e.__cause__
+            raise
+        return self._row_to_registration(stored)
+
+    def get_registration(self, ref: str) -> Registration | None:
+        """The registration with this reference, or None."""
+        with self._tx("read", write=False) as conn:
+            row = conn.execute(select(registrations).where(registrations.c.ref == ref)).first()
+        return None if row is None else self._row_to_registration(row)
+
+    def list_registrations(self, status: RegistrationStatus | None = None) -> list[Registration]:
+        """Registrations, oldest first; only those in ``status`` when given.
+
+        An expired registration keeps the status ``open``: expiry is a property of time,
+        checked against ``expires_at`` (see :meth:`Registration.is_expired`).
+        """
+        query = select(registrations).order_by(registrations.c.created_at, registrations.c.ref)
+        if status is not None:
+            query = query.where(registrations.c.status == status.value)
+        with self._tx("read", write=False) as conn:
+            rows = conn.execute(query).all()
+        return [self._row_to_registration(row) for row in rows]
+
+    def registration_failed(self, ref: str) -> Registration:
+        """Count one wrong code and return the registration afterwards.
+
+        The increment and the lock are one UPDATE (SQL evaluates every SET expression against
+        the row as it was), so concurrent failures are never lost and the registration locks
+        on exactly the ``max_failures``-th. Only an open registration becomes locked: a used
+        or cancelled one keeps its status. Raises NotFound for an unknown reference.
+        """
+        r = registrations.c
+        with self._tx("write to", write=True) as conn:
+            result = conn.execute(
+                update(registrations)
+                .where(r.ref == ref)
+                .values(
+                    failures=r.failures + 1,
+                    status=case(
+                        (
+                            and_(
+                                r.status == RegistrationStatus.OPEN.value,
+                                r.failures + 1 >= r.max_failures,
+                            ),
+                            RegistrationStatus.LOCKED.value,
+                        ),
+                        else_=r.status,
+                    ),
+                )
+            )
+            if result.rowcount != 1:
+                raise self._no_registration(ref)
+            row = conn.execute(select(registrations).where(r.ref == ref)).one()
+        return self._row_to_registration(row)
+
+    def registration_consume(self, ref: str, serial: int, now: datetime) -> bool:
+        """Mark an open, unexpired registration used by certificate ``serial``.
+
+        True iff this call changed it. The condition is in the UPDATE itself, so of any
+        number of concurrent callers (threads, processes, replicas) at most one gets True:
+        this is what makes a code good for one certificate only.
+        """
+        key = _serial_hex(serial)
+        now = utc(now, "now")
+        r = registrations.c
+        with self._tx("write to", write=True) as conn:
+            result = conn.execute(
+                update(registrations)
+                .where(
+                    r.ref == ref,
+                    r.status == RegistrationStatus.OPEN.value,
+                    r.expires_at > now,
+                )
+                .values(status=RegistrationStatus.USED.value, used_at=now, serial=key)
+            )
+            return result.rowcount == 1
+
+    def registration_cancel(self, ref: str) -> Registration:
+        """Cancel an open or locked registration and return it.
+
+        A used registration stays used (its certificate exists; revoke that instead), and
+        cancelling a cancelled one changes nothing; both are returned as they are, so the
+        caller can tell. Raises NotFound for an unknown reference.
+        """
+        r = registrations.c
+        with self._tx("write to", write=True) as conn:
+            conn.execute(
+                update(registrations)
+                .where(
+                    r.ref == ref,
+                    r.status.in_([RegistrationStatus.OPEN.value, RegistrationStatus.LOCKED.value]),
+                )
+                .values(status=RegistrationStatus.CANCELLED.value)
+            )
+            row = conn.execute(select(registrations).where(r.ref == ref)).first()
+            if row is None:
+                raise self._no_registration(ref)
+        return self._row_to_registration(row)
+
+    def _no_registration(self, ref: str) -> NotFound:
+        return NotFound(
+            f"No registration {ref} is in the inventory at {self._where}; "
+            "check the reference with 'tokenissue ra list'."
+        )
+
+    @staticmethod
+    def _row_to_registration(row: Row[Any]) -> Registration:
+        san = json.loads(row.san)
+        assert isinstance(san, list)
+        return Registration(
+            ref=row.ref,
+            subject=row.subject,
+            profile=row.profile,
+            nonce=bytes.fromhex(row.nonce),
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            status=RegistrationStatus(row.status),
+            failures=int(row.failures),
+            max_failures=int(row.max_failures),
+            used_at=row.used_at,
+            serial=None if row.serial is None else int(row.serial, 16),
+            san=tuple(str(item) for item in san),
+        )
+
+    # -- CMP transactions ---------------------------------------------------------------
+
+    def transaction_begin(
+        self,
+        tid: bytes,
+        kind: TransactionKind,
+        ref: str | None,
+        sender_nonce: bytes,
+        our_nonce: bytes,
+        pbm: bool,
+        *,
+        state: TransactionState = TransactionState.WAITING_CONFIRM,
+    ) -> CMPTransaction:
+        """Start CMP transaction ``tid`` and return it.
+
+        Raises DuplicateTransaction if ``tid`` is already known: the primary key decides, so
+        of two replicas receiving the same transactionID only one starts it.
+        """
+        key = _octets_hex(tid, "transaction id", _MAX_CMP_OCTETS)
+        now = _now()
+        values = {
+            "transaction_id": key,
+            "kind": TransactionKind(kind).value,
+            "ref": ref,
+            "state": TransactionState(state).value,
+            "sender_nonce": _octets_hex(sender_nonce, "sender nonce", _MAX_CMP_OCTETS),
+            "our_nonce": _octets_hex(our_nonce, "our nonce", _MAX_CMP_OCTETS),
+            "serial": None,
+            "pbm": bool(pbm),
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self._tx("write to", write=True) as conn:
+                conn.execute(insert(cmp_transactions).values(**values))
+                row = conn.execute(
+                    select(cmp_transactions).where(cmp_transactions.c.transaction_id == key)
+                ).one()
+        except InventoryError as e:
+            if isinstance(e.__cause__, sa_exc.IntegrityError):
+                raise DuplicateTransaction(
+                    f"CMP transaction {key} is already in use; start a new transaction with a "
+                    "fresh transactionID.",
+                    transaction_id=bytes(tid),
+                ) from e.__cause__
+            raise
+        return self._row_to_transaction(row)
+
+    def transaction_get(self, tid: bytes) -> CMPTransaction | None:
+        """The CMP transaction ``tid``, or None."""
+        key = _octets_hex(tid, "transaction id", _MAX_CMP_OCTETS)
+        with self._tx("read", write=False) as conn:
+            row = conn.execute(
+                select(cmp_transactions).where(cmp_transactions.c.transaction_id == key)
+            ).first()
+        return None if row is None else self._row_to_transaction(row)
+
+    def transaction_update(
+        self,
+        tid: bytes,
+        *,
+        state: TransactionState | None = None,
+        sender_nonce: bytes | None = None,
+        our_nonce: bytes | None = None,
+        serial: int | None = None,
+    ) -> CMPTransaction:
+        """Change the given fields of transaction ``tid`` (and ``updated_at``) and return it.
+
+        Raises NotFound for an unknown transaction.
+        """
+        key = _octets_hex(tid, "transaction id", _MAX_CMP_OCTETS)
+        values: dict[str, object] = {"updated_at": _now()}
+        if state is not None:
+            values["state"] = TransactionState(state).value
+        if sender_nonce is not None:
+            values["sender_nonce"] = _octets_hex(sender_nonce, "sender nonce", _MAX_CMP_OCTETS)
+        if our_nonce is not None:
+            values["our_nonce"] = _octets_hex(our_nonce, "our nonce", _MAX_CMP_OCTETS)
+        if serial is not None:
+            values["serial"] = _serial_hex(serial)
+        t = cmp_transactions.c
+        with self._tx("write to", write=True) as conn:
+            result = conn.execute(update(cmp_transactions).where(t.transaction_id == key).values(**values))
+            if result.rowcount != 1:
+                raise NotFound(
+                    f"No CMP transaction {key} is in the inventory at {self._where}; "
+                    "the client must start a new transaction."
+                )
+            row = conn.execute(select(cmp_transactions).where(t.transaction_id == key)).one()
+        return self._row_to_transaction(row)
+
+    @staticmethod
+    def _row_to_transaction(row: Row[Any]) -> CMPTransaction:
+        return CMPTransaction(
+            transaction_id=bytes.fromhex(row.transaction_id),
+            kind=TransactionKind(row.kind),
+            state=TransactionState(row.state),
+            sender_nonce=bytes.fromhex(row.sender_nonce),
+            our_nonce=bytes.fromhex(row.our_nonce),
+            pbm=bool(row.pbm),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            ref=row.ref,
+            serial=None if row.serial is None else int(row.serial, 16),
+        )
 
     # -- introspection for tests and diagnostics ----------------------------------------
 

@@ -1,0 +1,259 @@
+"""``tokenissue ra``: registrations through the real CLI, and the RegistrationAuthority on the
+CA directory the CLI made. The code is shown once and found nowhere afterwards (output, files,
+database bytes, audit log); it locks after five wrong tries and is good for one certificate.
+
+The CA is made with ``ca init --insecure-file-key``: registration never touches the CA key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SoftHSM, make_softhsm
+
+from tokenissue.ca.authority import CertificateAuthority
+from tokenissue.ca.registration import CODE_ALPHABET, RegistrationAuthority, parse_code
+from tokenissue.credentials import Secret
+from tokenissue.errors import NotFound, PinIncorrect, PinLocked, RequestRejected, UsageError
+from tokenissue.models import RegistrationStatus
+
+SUBJECT = "CN=Hong Gildong,serialNumber=850101,C=KR"
+
+
+@pytest.fixture
+def cli(hsm_root: Path) -> SoftHSM:
+    """The real CLI in a subprocess with a clean environment (no token is needed here)."""
+    return make_softhsm(hsm_root)
+
+
+@pytest.fixture
+def ca_dir(cli: SoftHSM) -> Path:
+    d = cli.root / "ca"
+    cli.run("ca", "init", "--ca-dir", str(d), "--subject", "CN=Test RA CA,C=KR", "--insecure-file-key", check=True)
+    return d
+
+
+@pytest.fixture
+def ra(ca_dir: Path) -> Iterator[RegistrationAuthority]:
+    with CertificateAuthority.open(ca_dir) as ca:
+        yield RegistrationAuthority(ca)
+
+
+def register(cli: SoftHSM, ca_dir: Path, *extra: str, subject: str = SUBJECT, profile: str = "personal") -> dict[str, Any]:
+    proc = cli.run("ra", "register", "--ca-dir", str(ca_dir), "--subject", subject, "--profile", profile, "--json", *extra)
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
+def spellings(code: str) -> set[str]:
+    """Every way a code might be written down: grouped or compact, upper or lower case."""
+    compact = code.replace("-", "")
+    return {code, compact, code.lower(), compact.lower()}
+
+
+def forms(code: str) -> list[bytes]:
+    """Every spelling of a code as bytes someone might store: UTF-8 or UTF-16."""
+    return [t.encode(enc) for t in spellings(code) for enc in ("utf-8", "utf-16-le")]
+
+
+def files_containing(root: Path, code: str) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            if any(f in data for f in forms(code)):
+                hits.append(str(path))
+    return hits
+
+
+def one_error_line(proc: Any) -> str:
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("Error: ") and lines[0].rstrip().endswith("."), lines[0]
+    return lines[0]
+
+
+def test_register_shows_code_once_and_stores_it_nowhere(cli: SoftHSM, ca_dir: Path) -> None:
+    human = cli.run("ra", "register", "--ca-dir", str(ca_dir), "--subject", SUBJECT, "--profile", "personal")
+    assert human.returncode == 0, human.stderr
+    assert "separate channels" in human.stdout
+    ref_line = next(line for line in human.stdout.splitlines() if "Reference number:" in line)
+    code_line = next(line for line in human.stdout.splitlines() if "Authorization code:" in line)
+    human_ref = ref_line.split("Reference number:")[1].strip(" │")
+    human_code = code_line.split("Authorization code:")[1].strip(" │")
+
+    shown = register(cli, ca_dir, "--san", "email:hong@example.kr", subject="CN=Hong Gildong,C=KR", profile="smime")
+    assert set(shown) == {"ref", "code", "subject", "profile", "expires_at"}
+    assert shown["profile"] == "smime" and shown["subject"] == "CN=Hong Gildong,C=KR"
+    for ref, code in ((human_ref, human_code), (shown["ref"], shown["code"])):
+        assert len(ref) == 10 and ref.isdigit()
+        groups = code.split("-")
+        assert [len(g) for g in groups] == [5, 5, 5, 5]
+        assert all(c in CODE_ALPHABET for c in "".join(groups))
+    assert human_ref != shown["ref"] and human_code != shown["code"]
+
+    listed = cli.run("ra", "list", "--ca-dir", str(ca_dir), "--json", check=True)
+    rows = json.loads(listed.stdout)
+    assert {r["ref"] for r in rows} == {human_ref, shown["ref"]}
+    assert all(r["status"] == "open" for r in rows)
+    assert next(r for r in rows if r["ref"] == shown["ref"])["san"] == ["email:hong@example.kr"]
+    table = cli.run("ra", "list", "--ca-dir", str(ca_dir), check=True)
+    assert shown["ref"] in table.stdout
+    audit = cli.run("ca", "audit", "list", "--ca-dir", str(ca_dir), "--json", check=True)
+    actions = [e["action"] for e in json.loads(audit.stdout)]
+    assert actions.count("ra-register") == 2
+    cli.run("ca", "audit", "verify", "--ca-dir", str(ca_dir), check=True)
+
+    for code in (human_code, shown["code"]):
+        for text in spellings(code):
+            for out in (listed, table, audit):
+                assert text not in out.stdout and text not in out.stderr
+        assert files_containing(ca_dir, code) == []
+        assert files_containing(cli.root, code) == []
+
+    key = ca_dir / "ra.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(key.read_bytes()) == 32
+
+
+def test_server_api_recomputes_the_code_and_consumes_once(cli: SoftHSM, ca_dir: Path, ra: RegistrationAuthority) -> None:
+    shown = register(cli, ca_dir)
+    assert ra.code_for(shown["ref"]) == Secret(shown["code"])
+    assert repr(ra.code_for(shown["ref"])) == "<Secret ***>"
+    assert ra.check_usable(shown["ref"]).subject == SUBJECT
+    ra.consume(shown["ref"], 0x1234)
+    with pytest.raises(RequestRejected, match="already used"):
+        ra.consume(shown["ref"], 0x5678)
+    with pytest.raises(RequestRejected, match="already used"):
+        ra.check_usable(shown["ref"])
+    got = ra.list(RegistrationStatus.USED)
+    assert [(r.ref, r.serial) for r in got] == [(shown["ref"], 0x1234)]
+    with pytest.raises(NotFound):
+        ra.check_usable("0000000000")
+    with pytest.raises(NotFound):
+        ra.code_for("0000000000")
+
+
+def test_cancel(cli: SoftHSM, ca_dir: Path, ra: RegistrationAuthority) -> None:
+    shown = register(cli, ca_dir)
+    proc = cli.run("ra", "cancel", "--ca-dir", str(ca_dir), shown["ref"])
+    assert proc.returncode == 0, proc.stderr
+    assert "cancelled" in proc.stdout
+    with pytest.raises(RequestRejected, match="cancelled"):
+        ra.check_usable(shown["ref"])
+    with pytest.raises(RequestRejected, match="cancelled"):
+        ra.consume(shown["ref"], 1)
+    with pytest.raises(RequestRejected, match="cancelled"):
+        ra.verify_code(shown["ref"], shown["code"])
+    rows = json.loads(cli.run("ra", "list", "--ca-dir", str(ca_dir), "--json", check=True).stdout)
+    assert [r["status"] for r in rows] == ["cancelled"]
+
+    unknown = cli.run("ra", "cancel", "--ca-dir", str(ca_dir), "0000000000")
+    assert unknown.returncode == 6
+    assert "0000000000" in one_error_line(unknown)
+
+    used = register(cli, ca_dir)
+    ra.consume(used["ref"], 0xABC)
+    refused = cli.run("ra", "cancel", "--ca-dir", str(ca_dir), used["ref"])
+    assert refused.returncode == 6
+    assert "revoke" in one_error_line(refused)
+
+
+def test_expired(cli: SoftHSM, ca_dir: Path, ra: RegistrationAuthority) -> None:
+    shown = register(cli, ca_dir, "--valid", "1s")
+    time.sleep(2)
+    with pytest.raises(RequestRejected, match="expired"):
+        ra.check_usable(shown["ref"])
+    with pytest.raises(RequestRejected, match="expired"):
+        ra.verify_code(shown["ref"], shown["code"])
+    with pytest.raises(RequestRejected, match="expired"):
+        ra.consume(shown["ref"], 1)
+    rows = json.loads(cli.run("ra", "list", "--ca-dir", str(ca_dir), "--json", check=True).stdout)
+    assert [r["status"] for r in rows] == ["expired"]
+
+
+def test_verify_code_locks_after_five_wrong_codes(cli: SoftHSM, ca_dir: Path, ra: RegistrationAuthority) -> None:
+    shown = register(cli, ca_dir)
+    ref, code = shown["ref"], shown["code"]
+    # Any case, no dashes, spaces, and O/I/L misread for 0/1 are all the same code.
+    sloppy = " ".join(code.replace("-", "").lower().replace("0", "o").replace("1", "l"))
+    assert ra.verify_code(ref, sloppy).ref == ref
+    assert parse_code(sloppy) == Secret(code)
+
+    wrong = "".join(CODE_ALPHABET[(CODE_ALPHABET.index(c) + 1) % 32] if c != "-" else c for c in code)
+    for left in (4, 3, 2, 1):
+        with pytest.raises(PinIncorrect, match=f"{left} tr") as info:
+            ra.verify_code(ref, wrong)
+        assert info.value.final_try == (left == 1)
+        assert info.value.exit_code == 5
+    with pytest.raises(PinLocked, match="locked"):
+        ra.verify_code(ref, "not even a code")  # malformed counts too
+    with pytest.raises(RequestRejected, match="locked after 5 wrong codes"):
+        ra.verify_code(ref, code)  # the right code, too late
+    reg = ra.ca.inventory.get_registration(ref)
+    assert reg is not None and (reg.status, reg.failures) == (RegistrationStatus.LOCKED, 5)
+
+    entries = json.loads(cli.run("ca", "audit", "list", "--ca-dir", str(ca_dir), "--json", check=True).stdout)
+    actions = [e["action"] for e in entries]
+    assert actions.count("ra-code-failure") == 5
+    assert actions.count("ra-locked") == 1
+    assert [e["details"]["failures"] for e in entries if e["action"] == "ra-code-failure"] == [1, 2, 3, 4, 5]
+    dumped = json.dumps(entries, ensure_ascii=False)
+    assert all(text not in dumped for text in spellings(code))
+
+
+def test_record_failure_is_what_the_server_calls(cli: SoftHSM, ca_dir: Path, ra: RegistrationAuthority) -> None:
+    shown = register(cli, ca_dir)
+    statuses = [ra.record_failure(shown["ref"]).status for _ in range(5)]
+    assert statuses == [RegistrationStatus.OPEN] * 4 + [RegistrationStatus.LOCKED]
+    with pytest.raises(RequestRejected, match="locked after 5 wrong codes"):
+        ra.check_usable(shown["ref"])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--subject", SUBJECT, "--profile", "no-such-profile"], "no profile 'no-such-profile'"),
+        (["--subject", "/CN=openssl style", "--profile", "personal"], "OpenSSL"),
+        (["--subject", "CN=server", "--profile", "tls-server"], "requires at least one SAN"),
+        (["--subject", "CN=x,street=Main St", "--profile", "personal"], "does not allow"),
+        (["--subject", SUBJECT, "--profile", "personal", "--valid", "soon"], "duration"),
+        (["--subject", SUBJECT, "--profile", "personal", "--san", "nonsense"], "SAN"),
+    ],
+)
+def test_bad_registration_is_usage_error_and_changes_nothing(cli: SoftHSM, ca_dir: Path, args: list[str], words: str) -> None:
+    proc = cli.run("ra", "register", "--ca-dir", str(ca_dir), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert words in one_error_line(proc)
+    rows = json.loads(cli.run("ra", "list", "--ca-dir", str(ca_dir), "--json", check=True).stdout)
+    assert rows == []
+
+
+def test_loose_ra_key_is_refused(cli: SoftHSM, ca_dir: Path) -> None:
+    register(cli, ca_dir)
+    os.chmod(ca_dir / "ra.key", 0o644)
+    proc = cli.run("ra", "register", "--ca-dir", str(ca_dir), "--subject", SUBJECT, "--profile", "personal")
+    assert proc.returncode == 3
+    assert "chmod 600" in one_error_line(proc)
+
+
+def test_not_a_ca_dir_is_config_error(cli: SoftHSM) -> None:
+    proc = cli.run("ra", "list", "--ca-dir", str(cli.root / "nothing"))
+    assert proc.returncode == 3
+    one_error_line(proc)
+
+
+def test_parse_code_rejects_wrong_shapes() -> None:
+    for bad in ("", "ABCDE-ABCDE-ABCDE", "ABCDE-ABCDE-ABCDE-ABCDU", "ABCDE-ABCDE-ABCDE-ABCDE-A"):
+        with pytest.raises(UsageError) as info:
+            parse_code(bad)
+        assert bad == "" or bad not in str(info.value)

@@ -1,0 +1,183 @@
+"""Helpers for the CMP server tests: an in-process app on a real SoftHSM CA token, a client
+that builds and protects requests with the CMP message layer, and ``tokenissue ca serve``
+started as a subprocess on 127.0.0.1 and stopped by its PID.
+
+The holder keys here are software keys: what is under test is the server, whose CA key is on
+the SoftHSM token (no mock anywhere). The openssl interop tests use token keys on the holder
+side too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from lifecycle_support import TokenCA
+
+from tokenissue.ca.authority import CertificateAuthority
+from tokenissue.ca.registration import RegistrationAuthority
+from tokenissue.credentials import Secret
+from tokenissue.protocols.cmp import (
+    CMPResponse,
+    build_cert_conf,
+    decode_message,
+    encode_message,
+    parse_response,
+    protect_pbm,
+    protect_signature,
+)
+
+CMP_TYPE = "application/pkixcmp"
+
+__all__ = ["CMP_TYPE", "Registered", "free_port", "new_key", "register", "response_of", "served", "snapshot"]
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@dataclass
+class Registered:
+    ref: str
+    code: Secret
+    subject: x509.Name
+
+    @property
+    def kid(self) -> bytes:
+        return self.ref.encode("ascii")
+
+    def protect(self, msg: Any, **kw: Any) -> bytes:
+        return encode_message(protect_pbm(msg, self.code, sender_kid=self.kid, **kw))
+
+
+def register(
+    ca_dir: Path, subject: str, profile: str = "personal", *, san: tuple[str, ...] = (), valid: timedelta | None = None
+) -> Registered:
+    """A registration made in-process (the RA officer's step), with its code."""
+    with CertificateAuthority.open(ca_dir, module=SOFTHSM_MODULE) as ca:
+        ra = RegistrationAuthority(ca)
+        kw: dict[str, Any] = {"san": san}
+        if valid is not None:
+            kw["valid"] = valid
+        reg, code = ra.register(subject, profile, **kw)
+    return Registered(reg.ref, code, x509.Name.from_rfc4514_string(reg.subject))
+
+
+def response_of(body: bytes) -> CMPResponse:
+    return parse_response(decode_message(body))
+
+
+def confirm(resp: CMPResponse, *, accepted: bool = True, cert: x509.Certificate | None = None, **kw: Any) -> Any:
+    """A certConf for the certificate in ``resp`` (or ``cert``), in resp's transaction."""
+    assert resp.transaction_id is not None and resp.sender_nonce is not None
+    target = cert or resp.certificate
+    assert target is not None
+    return build_cert_conf(
+        target, resp.cert_req_id or 0, accepted=accepted, transaction_id=resp.transaction_id,
+        recip_nonce=kw.pop("recip_nonce", resp.sender_nonce), **kw,
+    )  # fmt: skip
+
+
+def signed(msg: Any, key: Any, cert: x509.Certificate) -> bytes:
+    return encode_message(protect_signature(msg, key, cert))
+
+
+def snapshot(ca_dir: Path) -> dict[str, Any]:
+    """What must not change when a request is refused: certificates, statuses, audit, registrations."""
+    with CertificateAuthority.open(ca_dir, module=SOFTHSM_MODULE) as ca:
+        inv = ca.inventory
+        return {
+            "certs": sorted((r.serial, r.status.value) for r in inv.list_certificates()),
+            "count": inv.certificate_count(),
+            "audit": [(e.action, e.details) for e in inv.audit_entries()],
+            "registrations": sorted((r.ref, r.status.value, r.serial) for r in inv.list_registrations()),
+        }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Served:
+    """A ``tokenissue ca serve`` subprocess."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def access_log(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stderr().splitlines() if line.startswith("{")]
+
+
+@contextmanager
+def served(ca: TokenCA, *extra: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """Start ``tokenissue ca serve`` on a free 127.0.0.1 port; wait for /health; kill by PID after."""
+    port = free_port()
+    stderr_path = ca.hsm.root / f"serve-{port}.log"
+    full_env = {**ca.hsm.env, **ca.env, **(env or {})}
+    with stderr_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenissue.cli", "ca", "serve", "--ca-dir", str(ca.dir),
+             "--listen", f"127.0.0.1:{port}", *extra],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=full_env,
+        )  # fmt: skip
+    server = Served(f"http://127.0.0.1:{port}", proc, stderr_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"ca serve exited {proc.returncode}: {server.stderr()}")
+            try:
+                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ca serve did not answer /health: {server.stderr()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)
+
+
+def in_process_app(hsm: SoftHSM, ca: TokenCA, **kw: Any) -> tuple[Any, io.StringIO]:
+    """The app for ``ca``, with python-pkcs11 in this process switched to ``hsm`` and refreshed
+    (the CA token was made by a subprocess after the module was loaded)."""
+    from tokenissue import p11
+    from tokenissue.credentials import Pin
+    from tokenissue.server.app import create_app
+
+    assert os.environ.get("SOFTHSM2_CONF") == str(hsm.conf), "use the session_softhsm fixture"
+    p11.load_module(SOFTHSM_MODULE).refresh()
+    log = io.StringIO()
+    return create_app(ca.dir, ca_pin=Pin(USER_PIN), module=SOFTHSM_MODULE, access_log=log, **kw), log

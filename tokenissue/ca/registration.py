@@ -1,0 +1,339 @@
+"""The registration authority: reference numbers and authorization codes for enrollment.
+
+An RA officer checks a holder's identity out of band and registers it: the subject and
+profile the certificate will have, a **reference** (10 random digits, like a bank reference;
+CMP's senderKID) and an **authorization code** (20 characters, shown ``XXXXX-XXXXX-XXXXX-XXXXX``).
+The holder later enrolls over CMP with password-based MAC protection keyed by the code.
+
+The code is stored nowhere, not even hashed: PBM needs the server to know the code, so a hash
+could not serve. It is derived instead::
+
+    code = format(HMAC-SHA256(K_ra, b"tokenissue-ra-v1\\0" + ref + b"\\0" + nonce))
+
+where ``K_ra`` is 32 random bytes in ``ra.key`` in the CA directory (mode 0600, created on
+first use; refused when group or world can read it) and ``nonce`` is random per registration
+and kept in the inventory. The database alone therefore reveals no code; the key file alone
+reveals none either without the nonces.
+
+The code's canonical form, which is also the PBM shared secret on the wire, is the grouped
+upper-case form exactly as shown to the officer (:func:`format_code`); :func:`parse_code`
+turns what a person typed (any case, dashes or spaces anywhere, ``O``/``I``/``L`` read as
+``0``/``1``, as in Crockford's base32) into it.
+
+A registration is usable while it is open and unexpired. Each wrong code counts; the fifth
+locks it. Issuing a certificate consumes it (:meth:`RegistrationAuthority.consume`), which
+the database guarantees happens at most once even with several server replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from cryptography.x509.oid import NameOID
+
+from ..config import write_private_file
+from ..credentials import Secret
+from ..errors import ConfigError, NotFound, PinIncorrect, PinLocked, RequestRejected, UsageError
+from ..inventory import DuplicateRegistration
+from ..models import Registration, RegistrationStatus
+from ..pkix.names import format_san, parse_san, parse_subject
+from .profiles import _check_san, _check_subject
+
+if TYPE_CHECKING:
+    from .authority import CertificateAuthority
+
+__all__ = [
+    "CODE_ALPHABET",
+    "CODE_LENGTH",
+    "RA_KEY_FILE",
+    "RegistrationAuthority",
+    "derive_code",
+    "format_code",
+    "parse_code",
+]
+
+RA_KEY_FILE = "ra.key"
+_KEY_BYTES = 32
+_DOMAIN = b"tokenissue-ra-v1\0"
+#: Crockford's base32: digits and letters without I, L, O and U, so nothing reads as another.
+CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CODE_LENGTH = 20  # 100 bits
+_GROUP = 5
+_READ_AS = str.maketrans({"O": "0", "I": "1", "L": "1"})
+_REF_DIGITS = 10
+_NONCE_BYTES = 16
+_REF_TRIES = 20
+# cryptography writes attributes it has no short name for as dotted OIDs (2.5.4.5=...); the
+# stored subject is read by people (ra list) and parsed back by parse_subject, which knows these.
+_SUBJECT_NAMES = {
+    NameOID.SERIAL_NUMBER: "serialNumber",
+    NameOID.GIVEN_NAME: "GN",
+    NameOID.SURNAME: "SN",
+    NameOID.TITLE: "title",
+    NameOID.EMAIL_ADDRESS: "emailAddress",
+    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
+}
+DEFAULT_VALIDITY = timedelta(days=7)
+MAX_FAILURES = 5
+
+
+def format_code(digest: bytes) -> Secret:
+    """The first 100 bits of ``digest`` as a grouped code ``XXXXX-XXXXX-XXXXX-XXXXX``."""
+    bits = CODE_LENGTH * 5
+    value = int.from_bytes(digest[: (bits + 7) // 8], "big") >> (8 * ((bits + 7) // 8) - bits)
+    chars = [CODE_ALPHABET[(value >> (5 * i)) & 31] for i in reversed(range(CODE_LENGTH))]
+    return Secret("-".join("".join(chars[i : i + _GROUP]) for i in range(0, CODE_LENGTH, _GROUP)))
+
+
+def parse_code(typed: str | Secret) -> Secret:
+    """The canonical form of a code a person typed; UsageError if it cannot be one.
+
+    Case, dashes and spaces do not matter, and O, I and L are read as 0, 1 and 1. The message
+    never repeats what was typed.
+    """
+    text = typed.reveal() if isinstance(typed, Secret) else typed
+    compact = "".join(text.split()).replace("-", "").upper().translate(_READ_AS)
+    if len(compact) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in compact):
+        raise UsageError(
+            f"An authorization code has {CODE_LENGTH} letters and digits (XXXXX-XXXXX-XXXXX-XXXXX); "
+            "check what was typed."
+        )
+    return Secret("-".join(compact[i : i + _GROUP] for i in range(0, CODE_LENGTH, _GROUP)))
+
+
+def derive_code(key: bytes, ref: str, nonce: bytes) -> Secret:
+    """The authorization code of registration ``ref`` with ``nonce`` under the RA key."""
+    mac = hmac.new(key, _DOMAIN + ref.encode("ascii") + b"\0" + nonce, hashlib.sha256).digest()
+    return format_code(mac)
+
+
+def _new_ref() -> str:
+    return "".join(secrets.choice("0123456789") for _ in range(_REF_DIGITS))
+
+
+class RegistrationAuthority:
+    """Registrations of one CA: make, check, count failures, consume, cancel.
+
+    Every method is one or a few inventory transactions; nothing is cached between calls, so
+    several processes (server replicas, the officer's CLI) can share one CA at once.
+    """
+
+    def __init__(self, ca: CertificateAuthority) -> None:
+        self.ca = ca
+        self._inv = ca.inventory
+        self._key: bytes | None = None
+
+    # -- the RA key -------------------------------------------------------------------------
+    def _ra_key(self) -> bytes:
+        """K_ra from ``ra.key``, creating it (mode 0600) if there is none yet."""
+        if self._key is None:
+            path = self.ca.dir / RA_KEY_FILE
+            if not path.exists():
+                self._create_key()
+            try:
+                st = path.stat()
+                data = path.read_bytes()
+            except OSError as e:
+                raise ConfigError(f"Cannot read the RA key {path}: {e.strerror or e}.") from None
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigError(
+                    f"The RA key {path} is readable by others; chmod 600 it, and cancel and "
+                    "re-register the open registrations if others may have read it."
+                )
+            if len(data) != _KEY_BYTES:
+                raise ConfigError(f"The RA key {path} is damaged (not {_KEY_BYTES} bytes); restore it from a backup.")
+            self._key = data
+        return self._key
+
+    def _create_key(self) -> None:
+        path = self.ca.dir / RA_KEY_FILE
+        # Written under a private name, then hard-linked into place: link() refuses to replace
+        # an existing file, so two processes creating the key at once agree on one key instead
+        # of the second silently invalidating the codes the first handed out.
+        tmp = path.with_name(f".{RA_KEY_FILE}.new{os.getpid()}.{secrets.token_hex(4)}")
+        write_private_file(tmp, secrets.token_bytes(_KEY_BYTES))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise ConfigError(f"Cannot create the RA key {path}: {e.strerror or e}.") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- registering ------------------------------------------------------------------------
+    def register(
+        self,
+        subject: str,
+        profile: str,
+        *,
+        valid: timedelta = DEFAULT_VALIDITY,
+        san: Sequence[str] = (),
+    ) -> tuple[Registration, Secret]:
+        """Register a checked identity; return the registration and its code (show it once).
+
+        UsageError (exit 2) for a bad subject or SAN, an unknown profile, one the subject or
+        SANs do not fit, or a validity that is not positive.
+        """
+        name = parse_subject(subject)
+        prof = self.ca.profile(profile)
+        general_names = parse_san(list(san))
+        try:
+            # Checked now, at the officer's desk, rather than when the holder enrolls: the
+            # certificate gets this subject and at most these SANs, so a profile that needs a
+            # SAN needs it here.
+            _check_subject(prof, name)
+            _check_san(prof, general_names)
+        except RequestRejected as e:
+            raise UsageError(e.message) from None
+        if valid <= timedelta(0):
+            raise UsageError("The registration's validity must be positive, e.g. 7d.")
+        key = self._ra_key()
+        now = datetime.now(UTC)
+        for _ in range(_REF_TRIES):
+            reg = Registration(
+                ref=_new_ref(),
+                subject=name.rfc4514_string(_SUBJECT_NAMES),
+                profile=prof.name,
+                nonce=secrets.token_bytes(_NONCE_BYTES),
+                created_at=now,
+                expires_at=now + valid,
+                max_failures=MAX_FAILURES,
+                san=tuple(format_san(g) for g in general_names),
+            )
+            try:
+                reg = self._inv.add_registration(reg)
+            except DuplicateRegistration:
+                continue
+            break
+        else:  # pragma: no cover - 10**10 references; only a nearly full table gets here
+            raise RequestRejected("No free reference number was found; try again.")
+        self._inv.audit_append(
+            "ra-register",
+            {
+                "ref": reg.ref,
+                "subject": reg.subject,
+                "profile": reg.profile,
+                "san": list(reg.san),
+                "expires_at": reg.expires_at.isoformat(),
+            },
+        )
+        return reg, derive_code(key, reg.ref, reg.nonce)
+
+    # -- what the CMP server calls ----------------------------------------------------------
+    def code_for(self, ref: str) -> Secret:
+        """The code of registration ``ref`` (canonical form: the PBM secret). NotFound if unknown.
+
+        This does not check that the registration is usable; call :meth:`check_usable` too.
+        """
+        reg = self._get(ref)
+        return derive_code(self._ra_key(), reg.ref, reg.nonce)
+
+    def check_usable(self, ref: str, *, now: datetime | None = None) -> Registration:
+        """The registration, if a certificate may still be issued with it.
+
+        NotFound for an unknown reference; RequestRejected with one sentence when it is
+        cancelled, already used, locked or expired.
+        """
+        reg = self._get(ref)
+        now = now or datetime.now(UTC)
+        if reg.status is RegistrationStatus.CANCELLED:
+            raise RequestRejected(f"Registration {ref} was cancelled; ask the RA officer for a new one.")
+        if reg.status is RegistrationStatus.USED:
+            raise RequestRejected(
+                f"Registration {ref} was already used; a code is good for one certificate, so ask for a new one."
+            )
+        if reg.status is RegistrationStatus.LOCKED:
+            raise RequestRejected(
+                f"Registration {ref} is locked after {reg.max_failures} wrong codes; ask the RA officer for a new one."
+            )
+        if reg.is_expired(now):
+            raise RequestRejected(
+                f"Registration {ref} expired on {reg.expires_at:%Y-%m-%d %H:%M} UTC; ask the RA officer for a new one."
+            )
+        return reg
+
+    def record_failure(self, ref: str) -> Registration:
+        """Count one wrong code (a PBM that did not verify); the registration afterwards.
+
+        The registration locks on the ``max_failures``-th failure, atomically in the database.
+        """
+        reg = self._inv.registration_failed(ref)
+        self._inv.audit_append("ra-code-failure", {"ref": ref, "failures": reg.failures})
+        if reg.status is RegistrationStatus.LOCKED and reg.failures == reg.max_failures:
+            self._inv.audit_append("ra-locked", {"ref": ref, "failures": reg.failures})
+        return reg
+
+    def consume(self, ref: str, serial: int) -> None:
+        """Mark the registration used by certificate ``serial``; at most one caller ever succeeds.
+
+        RequestRejected when it was not open and unexpired at that instant (used by a
+        concurrent request, expired, cancelled or locked meanwhile).
+        """
+        now = datetime.now(UTC)
+        if not self._inv.registration_consume(ref, serial, now):
+            self.check_usable(ref, now=now)  # raises with the reason
+            raise RequestRejected(f"Registration {ref} could not be used; ask the RA officer for a new one.")
+        self._inv.audit_append("ra-used", {"ref": ref, "serial": format(serial, "x")})
+
+    def verify_code(self, ref: str, typed: str | Secret) -> Registration:
+        """Check a typed code (for uses without PBM); return the registration if it is right.
+
+        A wrong or malformed code counts as a failure: PinIncorrect (exit 5) while tries
+        remain, PinLocked on the one that locks it. The comparison is constant-time.
+        """
+        reg = self.check_usable(ref)
+        expected = derive_code(self._ra_key(), reg.ref, reg.nonce)
+        try:
+            given = parse_code(typed)
+        except UsageError:
+            given = Secret("")
+        if hmac.compare_digest(given.reveal().encode(), expected.reveal().encode()):
+            return reg
+        after = self.record_failure(ref)
+        if after.status is RegistrationStatus.LOCKED:
+            raise PinLocked(
+                f"Wrong authorization code; registration {ref} is now locked after "
+                f"{after.max_failures} wrong codes, so ask the RA officer for a new one."
+            )
+        left = after.max_failures - after.failures
+        raise PinIncorrect(
+            f"Wrong authorization code for registration {ref}; {left} {'try' if left == 1 else 'tries'} "
+            "left before it locks.",
+            count_low=left <= 2,
+            final_try=left == 1,
+        )
+
+    # -- officer's housekeeping -------------------------------------------------------------
+    def cancel(self, ref: str) -> Registration:
+        """Withdraw a registration so its code can no longer be used; return it.
+
+        Cancelling a cancelled one is a no-op; a used one cannot be cancelled (RequestRejected):
+        revoke its certificate instead.
+        """
+        before = self._get(ref)
+        reg = self._inv.registration_cancel(ref)
+        if reg.status is RegistrationStatus.USED:
+            serial = "" if reg.serial is None else f" for certificate {reg.serial:x}"
+            raise RequestRejected(f"Registration {ref} was already used{serial}; revoke that certificate instead.")
+        if before.status is not RegistrationStatus.CANCELLED:
+            self._inv.audit_append("ra-cancel", {"ref": ref})
+        return reg
+
+    def _get(self, ref: str) -> Registration:
+        reg = self._inv.get_registration(ref)
+        if reg is None:
+            raise NotFound(f"There is no registration {ref}; check the reference with 'tokenissue ra list'.")
+        return reg
+
+    # Last, so that the name ``list`` means the builtin everywhere above.
+    def list(self, status: RegistrationStatus | None = None) -> list[Registration]:
+        """Registrations, oldest first (never their codes)."""
+        return self._inv.list_registrations(status)

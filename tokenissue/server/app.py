@@ -1,0 +1,195 @@
+"""The ASGI app: CMP over HTTP (RFC 6712) plus the CA certificate, the CRL and a health check.
+
+Routes::
+
+    POST {cmp_path}             application/pkixcmp in and out; also {cmp_path} without the
+                                trailing slash and {cmp_path}<label> (RFC 9483 §3.6 style)
+    GET  /ca.pem                the CA certificate and its issuers (PEM)
+    GET  /crl.pem               the CA directory's current crl.pem (404 when none was published)
+    GET  /health                {"status": "ok", "ca": subject, "not_after": ISO time}
+
+Transport checks happen before any CMP parsing: a wrong Content-Type gets 415, a body over
+``max_body`` octets 413 (the body is read incrementally and reading stops at the limit;
+Content-Length is not trusted), each with an unprotected CMP error body so CMP clients can show
+a reason. The CMP work runs in a worker thread (:class:`~.cmp_service.CMPService` is
+synchronous and talks to the token and the database).
+
+The CA key stays logged in on its token while the app runs: the lifespan holds one
+``ca.signing_key(pin)`` open (the PKCS#11 session is re-entrant and reference-counted), so no
+request logs in. Each request writes one JSON line to the access log (stderr by default) with
+time, client, method, path, status, bytes in and out, milliseconds, and for CMP the body type,
+transactionID, reference and failure info; never a code, PIN or key material.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..ca.authority import CRL_FILE, CertificateAuthority
+from ..ca.registration import RegistrationAuthority
+from ..credentials import Pin, ProtectedAuth
+from ..pkix.certs import dump_certificates
+from ..protocols.cmp import FailureInfo, build_error, encode_message
+from .cmp_service import CMPService
+
+__all__ = ["CMP_CONTENT_TYPE", "create_app"]
+
+CMP_CONTENT_TYPE = "application/pkixcmp"
+_LOG_KEY = "tokenissue.access"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _Runtime:
+    """What the lifespan opens and the handlers use."""
+
+    service: CMPService
+    ca: CertificateAuthority
+
+
+def _cmp_error(status: int, failure: FailureInfo, text: str, fields: dict[str, Any]) -> Response:
+    fields["failure_info"] = failure
+    body = encode_message(build_error(None, failure, text))
+    return Response(body, status_code=status, media_type=CMP_CONTENT_TYPE)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it grows past ``limit`` (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    ca_dir: Path,
+    *,
+    ca_pin: Pin | ProtectedAuth | None,
+    module: str | None = None,
+    cmp_path: str = "/pkix/",
+    max_body: int = 64 * 1024,
+    access_log: TextIO | None = None,
+) -> Starlette:
+    """The CMP server for the CA in ``ca_dir``; ``access_log`` defaults to stderr."""
+    base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
+    runtime = _Runtime()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            ca = stack.enter_context(CertificateAuthority.open(ca_dir, module=module))
+            pin = ca_pin if ca.needs_pin else None
+            # One logged-in CA session for the server's lifetime; every signature reuses it.
+            key = stack.enter_context(ca.signing_key(pin))
+            runtime.ca = ca
+            runtime.service = CMPService(ca, RegistrationAuthority(ca), pin, ca_key=key, max_size=max_body)
+            yield
+
+    async def cmp_endpoint(request: Request) -> Response:
+        fields: dict[str, Any] = request.scope[_LOG_KEY]
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != CMP_CONTENT_TYPE:
+            return _cmp_error(415, "badDataFormat", f"Send CMP messages as {CMP_CONTENT_TYPE}.", fields)
+        body = await _read_limited(request, max_body)
+        if body is None:
+            return _cmp_error(413, "badRequest", f"The CMP message exceeds {max_body} bytes.", fields)
+        fields["bytes_in"] = len(body)
+        status, der, service_fields = await run_in_threadpool(runtime.service.handle, body)
+        fields.update(service_fields)
+        return Response(der, status_code=status, media_type=CMP_CONTENT_TYPE)
+
+    async def ca_pem(request: Request) -> Response:
+        return Response(dump_certificates(runtime.ca.chain(), "pem"), media_type="application/x-pem-file")
+
+    async def crl_pem(request: Request) -> Response:
+        path = runtime.ca.dir / CRL_FILE
+        try:
+            data = await run_in_threadpool(path.read_bytes)
+        except FileNotFoundError:
+            return PlainTextResponse("No CRL has been published yet.\n", status_code=404)
+        return Response(data, media_type="application/x-pem-file")
+
+    async def health(request: Request) -> Response:
+        cert = runtime.ca.certificate
+        return JSONResponse(
+            {"status": "ok", "ca": cert.subject.rfc4514_string(), "not_after": cert.not_valid_after_utc.isoformat()}
+        )
+
+    cmp_paths = dict.fromkeys([base, base.rstrip("/") or "/", base + "{label}"])
+    routes = [Route(p, cmp_endpoint, methods=["POST"]) for p in cmp_paths]
+    routes += [
+        Route("/ca.pem", ca_pem, methods=["GET"]),
+        Route("/crl.pem", crl_pem, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.router.redirect_slashes = False
+    app.add_middleware(_AccessLog, stream=access_log)
+    return app
+
+
+class _AccessLog:
+    """Pure ASGI middleware: one JSON line per HTTP request, written after the response."""
+
+    def __init__(self, app: ASGIApp, stream: TextIO | None = None) -> None:
+        self.app = app
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        fields: dict[str, Any] = {}
+        scope[_LOG_KEY] = fields
+        seen = {"status": 500, "out": 0}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = int(message["status"])
+            elif message["type"] == "http.response.body":
+                seen["out"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            client = scope.get("client")
+            line = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "client": client[0] if client else None,
+                "method": scope.get("method"),
+                "path": scope.get("path"),
+                "status": seen["status"],
+                "bytes_in": fields.pop("bytes_in", 0),
+                "bytes_out": seen["out"],
+                "ms": round((time.perf_counter() - start) * 1000, 1),
+                **fields,
+            }
+            stream = self.stream or sys.stderr
+            try:
+                stream.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+                stream.flush()
+            except (OSError, ValueError):  # a closed stderr must not take the request down
+                pass

@@ -1,0 +1,585 @@
+"""The CA's CMP policy: which request is answered how (RFC 4210, Lightweight CMP RFC 9483).
+
+:class:`CMPService` takes one DER request and returns the HTTP status, the DER response and
+fields for the access log. It is synchronous; the ASGI app runs it in a worker thread.
+
+What is accepted, and how it must be protected:
+
+======================  =====================================================================
+ir / cr / p10cr + MAC   PasswordBasedMac (or PBMAC1) keyed by a registration's authorization
+                        code; senderKID is the reference. Wrong MAC: the failure counts, the
+                        fifth locks the registration. The certificate gets the **registered**
+                        subject and profile. A template or CSR subject must be empty or name
+                        the same attributes (in any order); anything else is refused with
+                        badCertTemplate rather than silently replaced, so the holder learns
+                        the request was wrong. SANs must be among the registered ones; none
+                        requested means all registered ones. The registration is consumed;
+                        the answer is MAC-protected with the same code (RFC 4210 §5.1.3.1).
+cr + signature          Re-enrollment by the holder of a valid certificate this CA issued:
+                        same subject, SANs among the old ones, the old certificate's profile.
+                        ir and p10cr signed by a certificate are refused (notAuthorized).
+kur                     Signed with the key of the certificate being updated (valid, issued
+                        here, not revoked, matching oldCertID when present); the new
+                        certificate keeps subject, SANs and profile and records ``replaces``.
+rr                      Signed with the key of the certificate being revoked.
+certConf                Must continue an open transaction (recipNonce = our senderNonce),
+                        protected like its request; certHash must match. A rejection revokes
+                        the certificate (RFC 4210 §5.3.18).
+genm                    id-it-caCerts and id-it-rootCaCert, unprotected or protected.
+======================  =====================================================================
+
+A certificate signed by a revoked certificate is refused with certRevoked. A new ir, cr,
+p10cr, kur or rr whose transactionID was seen before is refused with transactionIdInUse, and
+nothing is issued. Responses are MAC-protected after a MAC-protected request that
+authenticated, otherwise signed by the CA key (which stays logged in on its token for the
+server's lifetime: see ``ca_key``). Requests that cannot be decoded get HTTP 400 and an
+unprotected error; refusals are CMP error messages with HTTP 200, as RFC 6712 §3.3 has them;
+an internal fault is logged and answered with systemFailure and HTTP 500, without details.
+
+State lives in the CA's inventory (certificates, registrations, transactions), so replicas
+can share one database; within one process a lock serialises the requests, because an
+:class:`~tokenissue.inventory.Inventory` is not shared between threads and every token call
+is serialised by the PKCS#11 module lock anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..ca.authority import CertificateAuthority, Issued
+from ..ca.profiles import check_request
+from ..ca.registration import RegistrationAuthority
+from ..credentials import Pin, ProtectedAuth, Secret
+from ..errors import CAError, NotFound, RequestRejected, TokenIssueError, UsageError
+from ..inventory import DuplicateTransaction
+from ..models import (
+    CertRecord,
+    CertStatus,
+    Registration,
+    RegistrationStatus,
+    RevocationReason,
+    TransactionKind,
+    TransactionState,
+)
+from ..pkix.names import parse_san, parse_subject
+from ..protocols.cmp import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ID_IT_CA_CERTS,
+    ID_IT_ROOT_CA_CERT,
+    PBM_OID,
+    PBMAC1_OID,
+    CMPError,
+    CMPRequest,
+    FailureInfo,
+    StatusInfo,
+    build_cp,
+    build_error,
+    build_genp,
+    build_ip,
+    build_kup,
+    build_pkiconf,
+    build_rp,
+    decode_message,
+    encode_message,
+    parse_header,
+    parse_request,
+    protect_pbm,
+    protect_signature,
+    verify_cert_hash,
+    verify_pop,
+    verify_protection,
+)
+
+__all__ = ["CMPService", "Reply"]
+
+log = logging.getLogger("tokenissue.server")
+
+_MAC_OIDS: Final = (PBM_OID, PBMAC1_OID)
+_NEW_TRANSACTION: Final = ("ir", "cr", "p10cr", "kur", "rr")
+# CRLReason as CMP carries it → what the inventory records. removeFromCRL and aACompromise
+# make no sense from a holder and are refused.
+_REASONS: Final = {
+    x509.ReasonFlags.unspecified: RevocationReason.UNSPECIFIED,
+    x509.ReasonFlags.key_compromise: RevocationReason.KEY_COMPROMISE,
+    x509.ReasonFlags.affiliation_changed: RevocationReason.AFFILIATION_CHANGED,
+    x509.ReasonFlags.superseded: RevocationReason.SUPERSEDED,
+    x509.ReasonFlags.cessation_of_operation: RevocationReason.CESSATION_OF_OPERATION,
+    x509.ReasonFlags.certificate_hold: RevocationReason.CERTIFICATE_HOLD,
+    x509.ReasonFlags.privilege_withdrawn: RevocationReason.PRIVILEGE_WITHDRAWN,
+}
+_INTERNAL_TEXT: Final = "The CA could not process the request; try again later or ask the CA operator."
+
+Reply = tuple[int, bytes, dict[str, Any]]
+
+
+@dataclass
+class _Context:
+    """How the current request authenticated: decides how its answer (or error) is protected."""
+
+    request: CMPRequest
+    fields: dict[str, Any]
+    #: The registration code, once a MAC-protected request verified with it.
+    secret: Secret | None = None
+    ref: str | None = None
+
+
+class CMPService:
+    """Answers CMP requests for one CA. ``handle`` is thread-safe (requests are serialised)."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        ra: RegistrationAuthority,
+        ca_pin: Pin | ProtectedAuth | None,
+        *,
+        ca_key: Any = None,
+        max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        """``ca_key`` is the CA's signing key held open by the caller (``ca.signing_key``) for
+        the server's lifetime; without it every signature opens the CA token with ``ca_pin``."""
+        self.ca = ca
+        self.ra = ra
+        self._pin = ca_pin
+        self._ca_key = ca_key
+        self.max_size = max_size
+        self._lock = threading.Lock()
+        self._ca_cert = ca.certificate
+        self._chain = ca.chain()
+
+    # -- entry point -------------------------------------------------------------------------
+    def handle(self, der: bytes) -> Reply:
+        """(HTTP status, DER response, access-log fields) for one request. Never raises."""
+        fields: dict[str, Any] = {}
+        msg: Any = None
+        try:
+            msg = decode_message(der, max_size=self.max_size)
+            request = parse_request(msg)
+        except CMPError as e:
+            fields["failure_info"] = e.failure_info
+            return 400, self._bad_input(msg, e), fields
+        except Exception:  # hostile input must never surface as a traceback
+            log.exception("Undecodable CMP request")
+            fields["failure_info"] = "badDataFormat"
+            return 400, self._bad_input(msg, CMPError("badDataFormat", "The CMP request cannot be decoded.")), fields
+        fields["cmp_body"] = request.body_type
+        if request.transaction_id is not None:
+            fields["transaction_id"] = request.transaction_id.hex()
+        ctx = _Context(request, fields)
+        try:
+            with self._lock:
+                return 200, self._dispatch(ctx), fields
+        except CMPError as e:
+            return self._refuse(ctx, e)
+        except CAError as e:
+            # The CA's own refusals (profile, validity, registration) carry safe sentences.
+            return self._refuse(ctx, CMPError(_failure_for(e), e.message))
+        except Exception:  # the catch-all that keeps details off the wire
+            log.exception("CMP request failed inside the CA (transaction %s)", fields.get("transaction_id"))
+            fields["failure_info"] = "systemFailure"
+            try:
+                body = self._protect(ctx, build_error(request, "systemFailure", _INTERNAL_TEXT, sender=self._sender))
+            except Exception:  # e.g. the token itself failed: answer unprotected
+                body = encode_message(build_error(request, "systemFailure", _INTERNAL_TEXT))
+            return 500, body, fields
+
+    def _bad_input(self, msg: Any, error: CMPError) -> bytes:
+        """An unprotected error, echoing transactionID and nonce when the header was readable."""
+        header = None
+        if msg is not None:
+            with suppress(Exception):  # best effort: the error is sent either way
+                header = parse_header(msg["header"])
+        return encode_message(build_error(header, error.failure_info, str(error)))
+
+    def _refuse(self, ctx: _Context, error: CMPError) -> Reply:
+        ctx.fields["failure_info"] = error.failure_info
+        msg = build_error(ctx.request, error.failure_info, str(error), sender=self._sender)
+        return 200, self._protect(ctx, msg), ctx.fields
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _dispatch(self, ctx: _Context) -> bytes:
+        req = ctx.request
+        kind = req.body_type
+        if kind in _NEW_TRANSACTION:
+            tid = _tid(req)
+            if self.ca.inventory.transaction_get(tid) is not None:
+                raise CMPError("transactionIdInUse", "This transactionID was used before; start over with a new one.")
+        if kind == "certConf":
+            return self._cert_conf(ctx)
+        if kind == "genm":
+            return self._genm(ctx)
+        if kind == "pollReq":
+            raise CMPError("badRequest", "This CA answers at once; there is nothing to poll for.")
+        if _is_mac(req):
+            if kind not in ("ir", "cr", "p10cr"):
+                raise CMPError("notAuthorized", f"A {kind} must be signed with the key of the certificate concerned.")
+            return self._enroll_registered(ctx)
+        if req.protection_alg is None:
+            raise CMPError("badMessageCheck", "The CMP request is not protected.")
+        if kind == "rr":
+            return self._revoke(ctx)
+        if kind == "kur":
+            return self._update(ctx)
+        if kind == "cr":
+            return self._reenroll(ctx)
+        raise CMPError(
+            "notAuthorized",
+            f"A {kind} must be MAC-protected with a registration code; signed requests may only be cr or kur.",
+        )
+
+    # -- authentication ----------------------------------------------------------------------
+    def _authenticate_mac(self, ctx: _Context, *, count_failures: bool = True) -> Registration:
+        req = ctx.request
+        ref = _ref(req)
+        ctx.ref = ctx.fields["ref"] = ref
+        try:
+            reg = self.ra.check_usable(ref)
+        except NotFound:
+            raise CMPError("badMessageCheck", "No registration has this reference (senderKID).") from None
+        except RequestRejected as e:
+            raise CMPError("notAuthorized", e.message) from None
+        code = self.ra.code_for(ref)
+        try:
+            verify_protection(req.message, secret=code)
+        except CMPError as e:
+            if e.failure_info == "badMessageCheck" and count_failures:
+                after = self.ra.record_failure(ref)
+                if after.status is RegistrationStatus.LOCKED:
+                    raise CMPError(
+                        "badMessageCheck",
+                        f"Wrong authorization code; registration {ref} is now locked. Ask the RA officer for a new one.",
+                    ) from None
+                left = after.max_failures - after.failures
+                raise CMPError(
+                    "badMessageCheck", f"Wrong authorization code for registration {ref}; {left} tries left."
+                ) from None
+            raise
+        ctx.secret = code
+        return reg
+
+    def _authenticate_signature(self, ctx: _Context) -> tuple[x509.Certificate, CertRecord]:
+        """The protection certificate, which must be one this CA issued and has not revoked."""
+        signer = verify_protection(ctx.request.message, trusted_signers=[self._ca_cert], extra_certs=self._chain[1:])
+        if signer is None:  # pragma: no cover - a MAC never reaches here
+            raise CMPError("badMessageCheck", "The CMP request is not signed.")
+        rec = self.ca.inventory.get_certificate(signer.serial_number)
+        if rec is None or rec.der != signer.public_bytes(serialization.Encoding.DER):
+            raise CMPError("signerNotTrusted", "The protection certificate is not one this CA issued.")
+        ctx.fields["signer_serial"] = format(rec.serial, "x")
+        if rec.status is CertStatus.REVOKED:
+            raise CMPError("certRevoked", f"The protection certificate {rec.serial:x} is revoked.")
+        return signer, rec
+
+    # -- enrollment --------------------------------------------------------------------------
+    def _enroll_registered(self, ctx: _Context) -> bytes:
+        req = ctx.request
+        reg = self._authenticate_mac(ctx)
+        assert ctx.ref is not None and ctx.secret is not None
+        _check_pop(req)
+        subject = _registered_subject(reg, req.subject)
+        san = _allowed_san(list(parse_san(list(reg.san))), req.sans, "the registration")
+        issued = self._issue(ctx, reg.profile, subject, san, replaces=None, kind=_kind(req))
+        try:
+            self.ra.consume(ctx.ref, issued.record.serial)
+        except RequestRejected as e:
+            # Someone used the code meanwhile (another replica, a race): the certificate we just
+            # made must not stand, or one code would have bought two certificates.
+            self.ca.revoke(issued.record.serial, RevocationReason.PRIVILEGE_WITHDRAWN)
+            self.ca.inventory.transaction_update(_tid(req), state=TransactionState.REJECTED)
+            raise CMPError("notAuthorized", e.message) from None
+        return self._answer_issued(ctx, issued)
+
+    def _reenroll(self, ctx: _Context) -> bytes:
+        req = ctx.request
+        signer, rec = self._authenticate_signature(ctx)
+        _check_pop(req)
+        subject = _same_subject(signer.subject, req.subject, "the protection certificate")
+        san = _allowed_san(_sans(signer), req.sans, "the protection certificate")
+        issued = self._issue(ctx, rec.profile, subject, san, replaces=None, kind=TransactionKind.CR)
+        return self._answer_issued(ctx, issued)
+
+    def _update(self, ctx: _Context) -> bytes:
+        req = ctx.request
+        signer, rec = self._authenticate_signature(ctx)
+        if req.old_cert_id is not None:
+            issuer, serial = req.old_cert_id
+            if issuer != self._ca_cert.subject or serial != signer.serial_number:
+                raise CMPError("badCertId", "oldCertID does not name the certificate that signed the request.")
+        _check_pop(req)
+        subject = _same_subject(signer.subject, req.subject, "the certificate being updated")
+        san = _allowed_san(_sans(signer), req.sans, "the certificate being updated")
+        issued = self._issue(ctx, rec.profile, subject, san, replaces=rec.serial, kind=TransactionKind.KUR)
+        return self._answer_issued(ctx, issued)
+
+    def _issue(
+        self,
+        ctx: _Context,
+        profile: str,
+        subject: x509.Name,
+        san: list[x509.GeneralName],
+        *,
+        replaces: int | None,
+        kind: TransactionKind,
+    ) -> Issued:
+        req = ctx.request
+        tid = _tid(req)
+        public_key = req.public_key
+        if public_key is None:
+            raise CMPError("badCertTemplate", "The certificate template has no public key.")
+        try:
+            # Checked before the transaction starts, so a refused request leaves no trace.
+            check_request(self.ca.profile(profile), subject=subject, san=san, public_key=public_key)
+        except RequestRejected as e:
+            raise CMPError("badCertTemplate", e.message) from None
+        self._begin(req, kind, ctx)
+        try:
+            with self._signing_key() as key:
+                issued = self.ca.issue(
+                    public_key, profile, subject=subject, san=san, pin=self._pin, request_id=tid.hex(),
+                    replaces=replaces, ca_key=key,
+                )  # fmt: skip
+        except BaseException:
+            self.ca.inventory.transaction_update(tid, state=TransactionState.REJECTED)
+            raise
+        ctx.fields["serial"] = format(issued.record.serial, "x")
+        return issued
+
+    def _answer_issued(self, ctx: _Context, issued: Issued) -> bytes:
+        req = ctx.request
+        build = {"ir": build_ip, "cr": build_cp, "p10cr": build_cp, "kur": build_kup}[req.body_type]
+        msg = build(
+            req,
+            issued.certificate,
+            self._chain,
+            cert_req_id=req.cert_req_id if req.cert_req_id is not None else 0,
+            sender=self._sender,
+            implicit_confirm=req.implicit_confirm,
+        )
+        der, nonce = self._protect_with_nonce(ctx, msg)
+        done = req.implicit_confirm
+        self.ca.inventory.transaction_update(
+            _tid(req),
+            state=TransactionState.DONE if done else TransactionState.WAITING_CONFIRM,
+            our_nonce=nonce,
+            serial=issued.record.serial,
+        )
+        return der
+
+    def _begin(self, req: CMPRequest, kind: TransactionKind, ctx: _Context) -> None:
+        assert req.sender_nonce is not None  # parse_request checked it
+        try:
+            self.ca.inventory.transaction_begin(
+                _tid(req), kind, ctx.ref, req.sender_nonce, os.urandom(16), ctx.secret is not None
+            )
+        except DuplicateTransaction:
+            raise CMPError(
+                "transactionIdInUse", "This transactionID was used before; start over with a new one."
+            ) from None
+
+    # -- revocation --------------------------------------------------------------------------
+    def _revoke(self, ctx: _Context) -> bytes:
+        req = ctx.request
+        signer, rec = self._authenticate_signature(ctx)
+        if len(req.revocations) != 1:
+            raise CMPError("badRequest", "Revoke exactly one certificate per request.")
+        target = req.revocations[0]
+        if target.issuer != self._ca_cert.subject or target.serial != signer.serial_number:
+            raise CMPError("notAuthorized", "A certificate can only be revoked with a request signed by its own key.")
+        reason = _REASONS.get(target.reason or x509.ReasonFlags.unspecified)
+        if reason is None:
+            raise CMPError("badRequest", "That revocation reason cannot be requested by the certificate holder.")
+        self._begin(req, TransactionKind.RR, ctx)
+        self.ca.revoke(rec.serial, reason)
+        ctx.fields["serial"] = format(rec.serial, "x")
+        msg = build_rp(req, [StatusInfo("accepted")], sender=self._sender)
+        der, nonce = self._protect_with_nonce(ctx, msg)
+        self.ca.inventory.transaction_update(_tid(req), state=TransactionState.DONE, our_nonce=nonce)
+        return der
+
+    # -- confirmation ------------------------------------------------------------------------
+    def _cert_conf(self, ctx: _Context) -> bytes:
+        req = ctx.request
+        tid = _tid(req)
+        tx = self.ca.inventory.transaction_get(tid)
+        if tx is None or tx.serial is None:
+            raise CMPError(
+                "badRequest", "No certificate was issued in this transaction; certConf has nothing to confirm."
+            )
+        if tx.ref is not None:
+            ctx.fields["ref"] = tx.ref
+        if tx.state is TransactionState.DONE:
+            raise CMPError("certConfirmed", "The certificate of this transaction was already confirmed.")
+        if tx.state is not TransactionState.WAITING_CONFIRM:
+            raise CMPError("badRequest", "This transaction is closed.")
+        if req.recip_nonce != tx.our_nonce:
+            raise CMPError("badRecipientNonce", "recipNonce is not the senderNonce of the CA's last message.")
+        rec = self.ca.inventory.get_certificate(tx.serial)
+        if rec is None:  # pragma: no cover - recorded in the same transaction
+            raise CMPError("systemFailure", "The issued certificate is missing from the inventory.")
+        cert = x509.load_der_x509_certificate(rec.der)
+        if tx.pbm:
+            if not _is_mac(req) or tx.ref is None:
+                raise CMPError("wrongIntegrity", "Protect certConf like the request: with the registration code.")
+            ctx.ref = tx.ref
+            code = self.ra.code_for(tx.ref)
+            verify_protection(req.message, secret=code)
+            ctx.secret = code
+        else:
+            if _is_mac(req):
+                raise CMPError("wrongIntegrity", "Sign certConf like the request.")
+            signer, _ = self._authenticate_signature(ctx)
+            if signer.subject != cert.subject:
+                raise CMPError("notAuthorized", "certConf must be signed by the holder of the certificate.")
+        if len(req.confirmations) != 1:
+            raise CMPError("badRequest", "certConf must confirm exactly the one certificate issued.")
+        confirmation = req.confirmations[0]
+        verify_cert_hash(confirmation, cert)
+        ctx.fields["serial"] = format(rec.serial, "x")
+        msg = build_pkiconf(req, sender=self._sender)
+        der, nonce = self._protect_with_nonce(ctx, msg)
+        if confirmation.accepted:
+            state = TransactionState.DONE
+        else:
+            # RFC 4210 §5.3.18: the CA may revoke a certificate its requester did not accept.
+            self.ca.revoke(rec.serial, RevocationReason.CESSATION_OF_OPERATION)
+            ctx.fields["rejected_by_client"] = True
+            state = TransactionState.REJECTED
+        self.ca.inventory.transaction_update(tid, state=state, sender_nonce=req.sender_nonce, our_nonce=nonce)
+        return der
+
+    # -- general messages --------------------------------------------------------------------
+    def _genm(self, ctx: _Context) -> bytes:
+        req = ctx.request
+        if _is_mac(req):
+            self._authenticate_mac(ctx)
+        elif req.protection_alg is not None:
+            self._authenticate_signature(ctx)
+        wants_ca_certs = ID_IT_CA_CERTS in req.info_types
+        wants_root_update = ID_IT_ROOT_CA_CERT in req.info_types
+        if not (wants_ca_certs or wants_root_update):
+            raise CMPError("badRequest", "This CA answers genm for id-it-caCerts and id-it-rootCaCert only.")
+        msg = build_genp(
+            req,
+            ca_certs=self._chain if wants_ca_certs else None,
+            answer_root_ca_update=wants_root_update,  # one root, never rolled over: "no update"
+            sender=self._sender,
+        )
+        return self._protect(ctx, msg)
+
+    # -- protection --------------------------------------------------------------------------
+    @property
+    def _sender(self) -> x509.Name:
+        return self._ca_cert.subject
+
+    @contextmanager
+    def _signing_key(self) -> Iterator[Any]:
+        if self._ca_key is not None:
+            yield self._ca_key
+            return
+        with self.ca.signing_key(self._pin) as key:
+            yield key
+
+    def _protect(self, ctx: _Context, msg: Any) -> bytes:
+        return self._protect_with_nonce(ctx, msg)[0]
+
+    def _protect_with_nonce(self, ctx: _Context, msg: Any) -> tuple[bytes, bytes]:
+        """The DER of ``msg`` protected like the request authenticated, and its senderNonce."""
+        if ctx.secret is not None and ctx.ref is not None:
+            protected = protect_pbm(msg, ctx.secret, sender_kid=ctx.ref.encode("ascii"))
+        else:
+            with self._signing_key() as key:
+                protected = protect_signature(msg, key, self._ca_cert, self._chain[1:])
+        nonce = parse_header(protected["header"]).sender_nonce
+        assert nonce is not None  # every response builder sets one
+        return encode_message(protected), nonce
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _tid(req: CMPRequest) -> bytes:
+    assert req.transaction_id is not None  # parse_request requires it
+    return req.transaction_id
+
+
+def _kind(req: CMPRequest) -> TransactionKind:
+    return TransactionKind(req.body_type)
+
+
+def _is_mac(req: CMPRequest) -> bool:
+    return req.protection_alg in _MAC_OIDS
+
+
+def _ref(req: CMPRequest) -> str:
+    kid = req.sender_kid
+    try:
+        ref = kid.decode("ascii") if kid is not None else ""
+    except UnicodeDecodeError:
+        ref = ""
+    if not ref.isprintable() or not 0 < len(ref) <= 32:
+        raise CMPError("badMessageCheck", "A MAC-protected request must carry its reference as senderKID.")
+    return ref
+
+
+def _check_pop(req: CMPRequest) -> None:
+    if not req.pop_valid:
+        verify_pop(req)  # raises badPOP with the reason
+
+
+def _attributes(name: x509.Name) -> Counter[tuple[str, str]]:
+    return Counter((a.oid.dotted_string, str(a.value)) for a in name)
+
+
+def _same_subject(fixed: x509.Name, requested: x509.Name | None, whose: str) -> x509.Name:
+    """``fixed``, if the request names no subject or the same attributes (order aside)."""
+    if requested is not None and list(requested) and _attributes(requested) != _attributes(fixed):
+        raise CMPError(
+            "badCertTemplate",
+            f"The requested subject '{requested.rfc4514_string()}' is not the subject of {whose} "
+            f"('{fixed.rfc4514_string()}'); request that subject or leave it empty.",
+        )
+    return fixed
+
+
+def _registered_subject(reg: Registration, requested: x509.Name | None) -> x509.Name:
+    try:
+        fixed = parse_subject(reg.subject)
+    except UsageError as e:  # pragma: no cover - register() parsed it before storing
+        raise CMPError("systemFailure", "The registration's subject is damaged.") from e
+    return _same_subject(fixed, requested, f"registration {reg.ref}")
+
+
+def _sans(cert: x509.Certificate) -> list[x509.GeneralName]:
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def _allowed_san(
+    allowed: list[x509.GeneralName], requested: tuple[x509.GeneralName, ...], whose: str
+) -> list[x509.GeneralName]:
+    """The requested SANs if each is allowed; all allowed ones when none are requested."""
+    if not requested:
+        return allowed
+    extra = [g for g in requested if g not in allowed]
+    if extra:
+        raise CMPError("badCertTemplate", f"{len(extra)} requested subjectAltName entries are not allowed by {whose}.")
+    return list(dict.fromkeys(requested))
+
+
+def _failure_for(error: TokenIssueError) -> FailureInfo:
+    if isinstance(error, NotFound):
+        return "badCertId"
+    if isinstance(error, RequestRejected):
+        return "badRequest"
+    return "systemUnavail"
