@@ -542,3 +542,17 @@ def test_reopen_at_head_does_not_import_alembic(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_certificate_and_its_audit_entry_are_one_transaction(inv: Inventory) -> None:
+    """An issuance is never on record without its audit entry, nor the other way round."""
+    inv.add_certificate(cert(0x51), audit=("issue", {"serial": "51"}))
+    assert inv.get_certificate(0x51) is not None
+    assert [(e.action, e.details) for e in inv.audit_entries()] == [("issue", {"serial": "51"})]
+    # An audit entry that cannot be written takes the certificate down with it.
+    with pytest.raises(ValueError):
+        inv.add_certificate(cert(0x52), audit=("issue", {"pin": "x"}))
+    assert inv.get_certificate(0x52) is None
+    inv.revoke(0x51, RevocationReason.KEY_COMPROMISE, datetime.now(UTC), audit=("revoke", {"serial": "51"}))
+    assert [e.action for e in inv.audit_entries()] == ["issue", "revoke"]
+    assert inv.audit_verify() == 2

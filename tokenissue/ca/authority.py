@@ -9,7 +9,8 @@ A CA directory holds::
     crl.pem        the latest CRL
 
 Every action that changes what the CA vouches for (init, issue, revoke, CRL) is appended to
-the inventory's hash-chained audit log in the same breath as the change is recorded.
+the inventory's hash-chained audit log; an issuance and a revocation are written in the same
+database transaction as their audit entry, so neither is ever on record without it.
 
 Issuance is idempotent per ``request_id``: an enrollment that died after the CA signed asks
 again with the same ID and receives the same certificate, so a certificate is never issued
@@ -145,7 +146,12 @@ class CertificateAuthority:
                     module=module,
                     crl_url=crl_url,
                 )
-                cert_or_csr = cls._make_root_or_csr(s.private_key(KeySelector(id=info.id)), name, days, csr_out)
+                try:
+                    cert_or_csr = cls._make_root_or_csr(s.private_key(KeySelector(id=info.id)), name, days, csr_out)
+                except BaseException:
+                    # No CA came of it: do not leave its key behind to block the next attempt.
+                    s.delete_key(KeySelector(id=info.id))
+                    raise
         pem = cert_or_csr.public_bytes(serialization.Encoding.PEM)
         (ca_dir / (CSR_FILE if csr_out else CERT_FILE)).write_bytes(pem)
         config.save(ca_dir)
@@ -165,31 +171,42 @@ class CertificateAuthority:
         return self_signed_ca(key, name, days)
 
     def install_certificate(self, cert_data: bytes, chain_data: bytes | None = None) -> x509.Certificate:
-        """Install the certificate a parent CA issued for our CSR (intermediate CA)."""
+        """Install the certificate a parent CA issued for our CSR (intermediate CA).
+
+        Everything is checked before anything is written: the certificate must be for the
+        pending CSR's key, be a CA certificate allowed to sign certificates, and chain to a
+        self-signed root through the certificates given — otherwise every enrollment would
+        later stall after issuance on a chain the holder cannot verify.
+        """
+        from ..pkix.certs import verify_chain
+        from ..pkix.csr import load_csr
+
+        csr_path = self.dir / CSR_FILE
+        if not csr_path.exists():
+            raise UsageError("This CA is not waiting for a certificate (no pending ca.csr from 'ca init --csr-out').")
         certs = load_certificates(cert_data)
         cert = certs[0]
         chain = certs[1:] + (load_certificates(chain_data) if chain_data else [])
-        csr_path = self.dir / CSR_FILE
-        if csr_path.exists():
-            from ..pkix.csr import load_csr
-
-            csr = load_csr(csr_path.read_bytes())
-            if csr.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            ) != cert.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            ):
-                raise RequestRejected("That certificate is not for this CA's key.")
+        if _spki(load_csr(csr_path.read_bytes()).public_key()) != _spki(cert.public_key()):
+            raise RequestRejected("That certificate is not for this CA's key.")
         try:
-            if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-                raise RequestRejected("That certificate is not a CA certificate (basicConstraints CA:FALSE).")
+            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         except x509.ExtensionNotFound:
             raise RequestRejected("That certificate has no basicConstraints; it cannot be a CA.") from None
-        if chain:
-            from ..pkix.certs import verify_chain
-
-            verify_chain(cert, chain)
-            (self.dir / CHAIN_FILE).write_bytes(dump_certificates(chain, "pem"))
+        if not bc.ca:
+            raise RequestRejected("That certificate is not a CA certificate (basicConstraints CA:FALSE).")
+        try:
+            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+            if not ku.key_cert_sign:
+                raise RequestRejected("That CA certificate does not allow signing certificates (keyCertSign).")
+        except x509.ExtensionNotFound:
+            pass
+        if not chain:
+            raise RequestRejected(
+                "Give the parent CA's chain up to its root with --chain; holders need it to verify certificates."
+            )
+        verify_chain(cert, chain)
+        (self.dir / CHAIN_FILE).write_bytes(dump_certificates(chain, "pem"))
         (self.dir / CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         csr_path.unlink(missing_ok=True)
         self.inventory.audit_append("ca-install-cert", {"subject": cert.subject.rfc4514_string()})
@@ -205,7 +222,10 @@ class CertificateAuthority:
                     "This CA waits for its certificate; install it with 'tokenissue ca install-cert'."
                 )
             raise CAUnavailable(f"The CA certificate {path} is missing.")
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        try:
+            return x509.load_pem_x509_certificate(path.read_bytes())
+        except ValueError:
+            raise CAUnavailable(f"The CA certificate {path} is damaged; restore it from a backup.") from None
 
     def chain(self) -> list[x509.Certificate]:
         """The CA certificate followed by its issuers (empty tail for a root)."""
@@ -368,16 +388,10 @@ class CertificateAuthority:
             request_id=request_id,
             replaces=replaces,
         )
-        try:
-            self.inventory.add_certificate(record)
-        except DuplicateRequest:
-            # Another process answered the same request meanwhile: hand out its certificate,
-            # and let ours (never recorded, never delivered) go.
-            answered = self.inventory.find_by_request(request_id or "")
-            if answered is None:
-                raise
-            return Issued(x509.load_der_x509_certificate(answered.der), answered, self.chain())
-        self.inventory.audit_append(
+        # The chain is read before anything is recorded: a broken chain file must fail the
+        # request, not strand a recorded certificate that was never handed out.
+        chain = self.chain()
+        audit = (
             "issue",
             {
                 "serial": format(record.serial, "x"),
@@ -388,7 +402,16 @@ class CertificateAuthority:
                 "replaces": format(replaces, "x") if replaces else None,
             },
         )
-        return Issued(cert, record, self.chain())
+        try:
+            self.inventory.add_certificate(record, audit=audit)
+        except DuplicateRequest:
+            # Another process answered the same request meanwhile: hand out its certificate,
+            # and let ours (never recorded, never delivered) go.
+            answered = self.inventory.find_by_request(request_id or "")
+            if answered is None:
+                raise
+            return Issued(x509.load_der_x509_certificate(answered.der), answered, chain)
+        return Issued(cert, record, chain)
 
     @contextmanager
     def _key(self, pin: Pin | ProtectedAuth | None, ca_key: Any) -> Iterator[Any]:
@@ -405,8 +428,9 @@ class CertificateAuthority:
             raise NotFound(f"This CA issued no certificate with serial {serial:x}.")
         if rec.status is CertStatus.REVOKED:
             return rec
-        rec = self.inventory.revoke(serial, reason, datetime.now(UTC))
-        self.inventory.audit_append("revoke", {"serial": format(serial, "x"), "reason": reason.value})
+        rec = self.inventory.revoke(
+            serial, reason, datetime.now(UTC), audit=("revoke", {"serial": format(serial, "x"), "reason": reason.value})
+        )
         return rec
 
     def revoke_token(self, token_serial: str, reason: RevocationReason) -> list[CertRecord]:

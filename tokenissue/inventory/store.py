@@ -63,6 +63,15 @@ _MAX_CMP_OCTETS = 64
 _MAX_REG_NONCE = 32
 
 
+def _prepare_audit(details: Mapping[str, object]) -> tuple[str, dict[str, object]]:
+    """Check and canonicalise audit details. They are round-tripped through JSON so the hash
+    covers exactly what is stored (tuples become lists, keys strings) and verifying later
+    recomputes the same value."""
+    check_no_secrets(details, "audit details")
+    details_json = canonical_json(dict(details))
+    return details_json, _json_dict(details_json)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -245,32 +254,44 @@ class Inventory:
 
     # -- certificates -------------------------------------------------------------------
 
-    def add_certificate(self, rec: CertRecord) -> None:
-        """Record an issued (or enrolled) certificate.
+    def add_certificate(self, rec: CertRecord, *, audit: tuple[str, Mapping[str, object]] | None = None) -> None:
+        """Record an issued (or enrolled) certificate, and with ``audit`` (action, details) its
+        audit entry in the same transaction: an issuance is never on record without it.
 
         Raises InventoryError if the serial is already recorded, and DuplicateRequest if a
         certificate for ``rec.request_id`` is: the caller should then return that one.
         """
         row = self._cert_to_row(rec)
-        try:
-            with self._tx("write to", write=True) as conn:
-                conn.execute(insert(certificates).values(**row))
-        except InventoryError as e:
-            if not isinstance(e.__cause__, sa_exc.IntegrityError):
-                raise
-            # Which constraint failed is spelled differently by each database, so ask.
-            if self.serial_exists(rec.serial):
-                raise InventoryError(
-                    f"Serial {rec.serial:#x} is already issued; a serial must never be "
-                    "reused, so issue the certificate again with a fresh serial."
-                ) from e.__cause__
-            if rec.request_id is not None and self.find_by_request(rec.request_id):
-                raise DuplicateRequest(
-                    f"A certificate for request {rec.request_id} is already recorded; "
-                    "return that certificate instead of issuing another.",
-                    request_id=rec.request_id,
-                ) from e.__cause__
-            raise
+        prepared = _prepare_audit(audit[1]) if audit else None
+        for attempt in range(_AUDIT_RETRIES):
+            try:
+                with self._tx("write to", write=True) as conn:
+                    conn.execute(insert(certificates).values(**row))
+                    if audit is not None and prepared is not None:
+                        self._append_audit(conn, audit[0], prepared)
+                return
+            except InventoryError as e:
+                if not isinstance(e.__cause__, sa_exc.IntegrityError):
+                    raise
+                self._explain_duplicate(rec, e)
+                if attempt + 1 == _AUDIT_RETRIES:
+                    raise
+                # Neither the serial nor the request: another writer took the audit seq.
+
+    def _explain_duplicate(self, rec: CertRecord, e: InventoryError) -> None:
+        """Raise the precise error when the serial or the request is what was duplicated."""
+        # Which constraint failed is spelled differently by each database, so ask.
+        if self.serial_exists(rec.serial):
+            raise InventoryError(
+                f"Serial {rec.serial:#x} is already issued; a serial must never be "
+                "reused, so issue the certificate again with a fresh serial."
+            ) from e.__cause__
+        if rec.request_id is not None and self.find_by_request(rec.request_id):
+            raise DuplicateRequest(
+                f"A certificate for request {rec.request_id} is already recorded; "
+                "return that certificate instead of issuing another.",
+                request_id=rec.request_id,
+            ) from e.__cause__
 
     def get_certificate(self, serial: int) -> CertRecord | None:
         """The certificate with this serial, or None."""
@@ -317,7 +338,14 @@ class Inventory:
             rows = conn.execute(query).all()
         return [self._row_to_cert(row) for row in rows]
 
-    def revoke(self, serial: int, reason: RevocationReason, at: datetime) -> CertRecord:
+    def revoke(
+        self,
+        serial: int,
+        reason: RevocationReason,
+        at: datetime,
+        *,
+        audit: tuple[str, Mapping[str, object]] | None = None,
+    ) -> CertRecord:
         """Mark a certificate revoked and return it.
 
         Revoking one that is already revoked returns it unchanged, keeping the first reason
@@ -344,6 +372,8 @@ class Inventory:
                     revocation_reason=reason.value,
                 )
             )
+            if audit is not None:
+                self._append_audit(conn, audit[0], _prepare_audit(audit[1]))
             row = conn.execute(select(certificates).where(certificates.c.serial == key)).one()
         return self._row_to_cert(row)
 
@@ -547,42 +577,34 @@ class Inventory:
         written in one transaction; if another writer took the same seq first, the primary
         key refuses ours and we start over from the new head.
         """
-        check_no_secrets(details, "audit details")
-        # Round-trip through JSON so the hash covers exactly what is stored (tuples become
-        # lists, keys become strings) and verification later recomputes the same value.
-        details_json = canonical_json(dict(details))
-        stored_details = _json_dict(details_json)
+        prepared = _prepare_audit(details)
         for attempt in range(_AUDIT_RETRIES):
             try:
                 with self._tx("write to", write=True) as conn:
-                    last = conn.execute(
-                        select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
-                    ).first()
-                    seq = 1 if last is None else last.seq + 1
-                    prev_hash = GENESIS_HASH if last is None else last.hash
-                    at = _now()
-                    digest = audit_hash(seq, at, action, stored_details, prev_hash)
-                    conn.execute(
-                        insert(audit).values(
-                            seq=seq,
-                            at=at,
-                            action=action,
-                            details=details_json,
-                            prev_hash=prev_hash,
-                            hash=digest,
-                        )
-                    )
-                    # The chain proves nothing about entries cut off its end, so the head
-                    # (count and last hash) is kept beside it and checked by audit_verify.
-                    self._put_setting(
-                        conn, _AUDIT_HEAD_KEY, canonical_json({"seq": seq, "hash": digest})
-                    )
-                return AuditEntry(seq, at, action, stored_details, prev_hash, digest)
+                    return self._append_audit(conn, action, prepared)
             except InventoryError as e:
                 if isinstance(e.__cause__, sa_exc.IntegrityError) and attempt + 1 < _AUDIT_RETRIES:
                     continue
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append_audit(self, conn: Connection, action: str, prepared: tuple[str, dict[str, object]]) -> AuditEntry:
+        """Write one audit entry inside the caller's transaction."""
+        details_json, stored_details = prepared
+        last = conn.execute(select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
+        seq = 1 if last is None else last.seq + 1
+        prev_hash = GENESIS_HASH if last is None else last.hash
+        at = _now()
+        digest = audit_hash(seq, at, action, stored_details, prev_hash)
+        conn.execute(
+            insert(audit).values(
+                seq=seq, at=at, action=action, details=details_json, prev_hash=prev_hash, hash=digest
+            )
+        )
+        # The chain proves nothing about entries cut off its end, so the head (count and last
+        # hash) is kept beside it and checked by audit_verify.
+        self._put_setting(conn, _AUDIT_HEAD_KEY, canonical_json({"seq": seq, "hash": digest}))
+        return AuditEntry(seq, at, action, stored_details, prev_hash, digest)
 
     def audit_entries(self) -> list[AuditEntry]:
         """Every audit entry in seq order."""
