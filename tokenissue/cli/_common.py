@@ -6,6 +6,8 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,6 +20,8 @@ from ..errors import PinError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ..p11 import TokenSession
 
 __all__ = [
     "AppState",
@@ -235,6 +239,18 @@ CaPinFileOpt = Annotated[
         help="Read the CA token's PIN from this file (chmod 600). Default: $TOKENISSUE_CA_PIN, else a prompt.",
     ),
 ]
+
+
+@contextmanager
+def holder_token(
+    ctx: typer.Context, token: str, pin_file: Path | None, pin_env: str | None, protected_auth: bool
+) -> Iterator[TokenSession]:
+    """The token named by --token, logged in with the holder's PIN from the usual options."""
+    from .. import p11
+
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
+    with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
+        yield s
 
 
 def ca_pin_source(ca_pin_file: Path | None) -> PinSource:

@@ -18,6 +18,7 @@ from ._common import (
     console,
     emit_json,
     err_console,
+    holder_token,
     state,
     user_pin_source,
 )
@@ -190,8 +191,7 @@ def export(
     from .. import p11
     from ..pkix.certs import dump_certificates
 
-    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
-    with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
+    with holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
         sel = p11.KeySelector.parse(key)
         kid = s.key(sel).id
         mine = s.certificates(key_id=kid)

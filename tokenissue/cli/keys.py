@@ -20,6 +20,7 @@ from ._common import (
     console,
     emit_json,
     err_console,
+    holder_token,
     state,
     user_pin_source,
 )
@@ -90,10 +91,8 @@ def list_keys(
     json_out: JsonOpt = False,
 ) -> None:
     """List private keys with the attributes that prove where they came from."""
-    from .. import p11
 
-    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
-    with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
+    with holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
         rows = [key_dict(k, s.info.label) for k in s.list_keys()]
     if json_out:
         emit_json(rows)
@@ -133,8 +132,7 @@ def delete(
     """Delete a key pair (and, unless kept, its certificates). This cannot be undone."""
     from .. import p11
 
-    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
-    with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
+    with holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
         sel = p11.KeySelector.parse(key)
         info = s.key(sel)
         if not yes:
@@ -171,8 +169,7 @@ def csr(
     sans = parse_san(san or [])
     if fmt is Format.DER and output is None:
         raise UsageError("DER is binary; give --output FILE with --format der.")
-    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
-    with p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
+    with holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
         req = build_csr(s.private_key(p11.KeySelector.parse(key)), name, sans)
     enc = serialization.Encoding.PEM if fmt is Format.PEM else serialization.Encoding.DER
     data = req.public_bytes(enc)

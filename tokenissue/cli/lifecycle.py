@@ -26,6 +26,7 @@ from ._common import (
     console,
     emit_json,
     err_console,
+    holder_token,
     parse_duration,
     read_secret_file,
     state,
@@ -288,11 +289,9 @@ def status(
     json_out: JsonOpt = False,
 ) -> None:
     """Every certificate on the token: days left and valid / expiring / expired / revoked."""
-    from .. import p11
     from ..lifecycle import certificate_status
 
-    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
-    with _state_db(ctx) as db, p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
+    with _state_db(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
         reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
         label = s.info.label
     if json_out:
@@ -456,8 +455,7 @@ def revoke(
         if token is None or key is None:
             raise UsageError("Give --token and --key, or --token-serial and --ca for a lost token.")
         why = RevocationReason(reason.value) if reason else RevocationReason.UNSPECIFIED
-        pin = user_pin_source(pin_file, pin_env, protected_auth).get()
-        with _state_db(ctx) as db, p11.open_token(p11.TokenSelector.parse(token), pin, module=state(ctx).module) as s:
+        with _state_db(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
             cmp = CmpArgs(trust_file=ca_trust)
             recs = revoke_on_token(s, db, p11.KeySelector.parse(key), lambda where: _enroller(ctx, where, ca_pin_file, cmp), why, ca)
     if json_out:
