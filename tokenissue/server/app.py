@@ -23,6 +23,7 @@ transactionID, reference and failure info; never a code, PIN or key material.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -90,8 +91,12 @@ def create_app(
     cmp_path: str = "/pkix/",
     max_body: int = 64 * 1024,
     access_log: TextIO | None = None,
+    body_timeout: float = 30.0,
 ) -> Starlette:
-    """The CMP server for the CA in ``ca_dir``; ``access_log`` defaults to stderr."""
+    """The CMP server for the CA in ``ca_dir``; ``access_log`` defaults to stderr.
+
+    Requests are limited to ``max_body`` octets and ``body_timeout`` seconds to arrive.
+    """
     base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
     runtime = _Runtime()
 
@@ -111,7 +116,11 @@ def create_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != CMP_CONTENT_TYPE:
             return _cmp_error(415, "badDataFormat", f"Send CMP messages as {CMP_CONTENT_TYPE}.", fields)
-        body = await _read_limited(request, max_body)
+        try:
+            # A client that trickles its body (slowloris) must not hold a connection forever.
+            body = await asyncio.wait_for(_read_limited(request, max_body), timeout=body_timeout)
+        except TimeoutError:
+            return _cmp_error(408, "badRequest", f"The CMP message did not arrive within {body_timeout:g} s.", fields)
         if body is None:
             return _cmp_error(413, "badRequest", f"The CMP message exceeds {max_body} bytes.", fields)
         fields["bytes_in"] = len(body)
