@@ -134,10 +134,11 @@ class Served:
 
 
 @contextmanager
-def served(ca: TokenCA, *extra: str, env: dict[str, str] | None = None) -> Iterator[Served]:
-    """Start ``tokenissue ca serve`` on a free 127.0.0.1 port; wait for /health; kill by PID after."""
-    port = free_port()
-    stderr_path = ca.hsm.root / f"serve-{port}.log"
+def served(ca: TokenCA, *extra: str, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[Served]:
+    """Start ``tokenissue ca serve`` on ``port`` (default: a free one) of 127.0.0.1; wait for
+    /health; stop it by PID after (unless it has died already, e.g. at a failpoint)."""
+    port = port or free_port()
+    stderr_path = ca.hsm.root / f"serve-{port}-{time.monotonic_ns()}.log"
     full_env = {**ca.hsm.env, **ca.env, **(env or {})}
     with stderr_path.open("wb") as err:
         proc = subprocess.Popen(

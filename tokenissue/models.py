@@ -237,6 +237,7 @@ class Registration:
     used_at: datetime | None = None
     serial: int | None = None  # the certificate issued with it
     san: tuple[str, ...] = ()  # SAN entries ("dns:...", "email:...") the holder may have
+    reserved_tid: bytes | None = None  # the CMP transaction issuing with it right now (or that died doing so)
 
     def is_expired(self, now: datetime) -> bool:
         return now >= self.expires_at
@@ -273,3 +274,4 @@ class CMPTransaction:
     updated_at: datetime
     ref: str | None = None  # the registration, for PBM-protected transactions
     serial: int | None = None  # the certificate issued in it
+    signer: int | None = None  # serial of the certificate that signed a signature-protected request

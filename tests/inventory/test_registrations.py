@@ -226,8 +226,58 @@ def test_no_code_column(db_path: Path, inv: Inventory) -> None:
         conn.close()
     assert columns == {
         "ref", "subject", "profile", "nonce", "status", "failures", "max_failures",
-        "created_at", "expires_at", "used_at", "serial", "san",
+        "created_at", "expires_at", "used_at", "serial", "san", "reserved_tid",
     }
+
+
+# -- reservations (one CMP transaction holds a registration while it issues) ---------------
+
+
+def test_reserve_is_held_by_one_transaction_until_consumed(inv: Inventory) -> None:
+    inv.add_registration(reg())
+    a, b = b"\xaa" * 16, b"\xbb" * 16
+    assert inv.registration_reserve("1234567890", a, NOW)
+    assert inv.registration_reserve("1234567890", a, NOW)  # the same transaction may retry
+    assert not inv.registration_reserve("1234567890", b, NOW)  # another may not
+    got = inv.get_registration("1234567890")
+    assert got is not None and got.reserved_tid == a and got.status is RegistrationStatus.OPEN
+    # Consuming needs the reservation: neither without a tid nor with another one.
+    assert not inv.registration_consume("1234567890", 1, NOW)
+    assert not inv.registration_consume("1234567890", 1, NOW, b)
+    # Not even after expiry is the holder refused: the code was good when it was reserved.
+    assert inv.registration_consume("1234567890", 7, NOW + timedelta(days=30), a)
+    assert not inv.registration_consume("1234567890", 7, NOW, a)  # once
+    assert not inv.registration_reserve("1234567890", a, NOW)
+    assert not inv.registration_release("1234567890", a)  # a used one stays used
+
+
+def test_release_only_by_the_holder_and_reserve_needs_open_unexpired(inv: Inventory) -> None:
+    inv.add_registration(reg("1"))
+    a, b = b"\xaa" * 16, b"\xbb" * 16
+    assert inv.registration_reserve("1", a, NOW)
+    assert not inv.registration_release("1", b)
+    assert inv.registration_release("1", a)
+    assert inv.registration_reserve("1", b, NOW)  # free again
+    inv.add_registration(reg("2", expires_at=NOW))
+    assert not inv.registration_reserve("2", a, NOW)
+    inv.add_registration(reg("3"))
+    inv.registration_cancel("3")
+    assert not inv.registration_reserve("3", a, NOW)
+    assert not inv.registration_reserve("nope", a, NOW)
+
+
+def test_reserve_race_has_one_winner(db_path: Path) -> None:
+    with Inventory.open(db_path) as first:
+        first.add_registration(reg())
+    counter = iter(range(THREADS))
+    lock = threading.Lock()
+
+    def reserve(inventory: Inventory) -> bool:
+        with lock:
+            n = next(counter)
+        return inventory.registration_reserve("1234567890", bytes([n]) * 16, datetime.now(UTC))
+
+    assert sorted(race(db_path, reserve)) == [False] * (THREADS - 1) + [True]
 
 
 # -- CMP transactions ----------------------------------------------------------------------
@@ -256,8 +306,8 @@ def test_transaction_round_trip_and_update(inv: Inventory) -> None:
 
 
 def test_transaction_signature_protected_has_no_ref(inv: Inventory) -> None:
-    t = inv.transaction_begin(TID, TransactionKind.KUR, None, b"\x01" * 16, b"\x02" * 16, False)
-    assert (t.ref, t.pbm, t.kind) == (None, False, TransactionKind.KUR)
+    t = inv.transaction_begin(TID, TransactionKind.KUR, None, b"\x01" * 16, b"\x02" * 16, False, signer=(1 << 159) + 5)
+    assert (t.ref, t.pbm, t.kind, t.signer) == (None, False, TransactionKind.KUR, (1 << 159) + 5)
     g = inv.transaction_begin(b"g" * 16, TransactionKind.GENM, None, b"\x01", b"\x02", False, state=TransactionState.DONE)
     assert g.state is TransactionState.DONE
 

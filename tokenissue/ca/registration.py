@@ -21,8 +21,12 @@ turns what a person typed (any case, dashes or spaces anywhere, ``O``/``I``/``L`
 ``0``/``1``, as in Crockford's base32) into it.
 
 A registration is usable while it is open and unexpired. Each wrong code counts; the fifth
-locks it. Issuing a certificate consumes it (:meth:`RegistrationAuthority.consume`), which
-the database guarantees happens at most once even with several server replicas.
+locks it. The CMP server first reserves it for one transactionID
+(:meth:`RegistrationAuthority.reserve`, one conditional UPDATE), then issues, then consumes
+it (:meth:`RegistrationAuthority.consume`, requiring that reservation). The database
+guarantees each step for one transaction at most, even with several server replicas, so a
+server that dies between issuing and consuming leaves the code reserved for the transaction
+that got the certificate: its retry finishes, every other request is refused.
 """
 
 from __future__ import annotations
@@ -271,17 +275,51 @@ class RegistrationAuthority:
             self._inv.audit_append("ra-locked", {"ref": ref, "failures": reg.failures})
         return reg
 
-    def consume(self, ref: str, serial: int) -> None:
-        """Mark the registration used by certificate ``serial``; at most one caller ever succeeds.
+    def reserve(self, ref: str, tid: bytes) -> Registration:
+        """Hold the registration for CMP transaction ``tid`` before a certificate is issued.
 
-        RequestRejected when it was not open and unexpired at that instant (used by a
-        concurrent request, expired, cancelled or locked meanwhile).
+        One conditional UPDATE decides (see :meth:`Inventory.registration_reserve`): the same
+        ``tid`` may reserve again (a retry), any other transaction is refused until the holder
+        is released or the registration used. RequestRejected with the reason otherwise.
         """
         now = datetime.now(UTC)
-        if not self._inv.registration_consume(ref, serial, now):
-            self.check_usable(ref, now=now)  # raises with the reason
+        if self._inv.registration_reserve(ref, tid, now):
+            reg = self._get(ref)
+            return reg
+        reg = self.check_usable(ref, now=now)  # raises when cancelled, used, locked or expired
+        if reg.reserved_tid is not None and reg.reserved_tid != tid:
+            raise RequestRejected(
+                f"Registration {ref} is in use by another request; finish that enrollment (run the "
+                "same command again) or ask the RA officer to cancel it and register again."
+            )
+        raise RequestRejected(f"Registration {ref} could not be reserved; try again.")  # pragma: no cover - a race
+
+    def release(self, ref: str, tid: bytes) -> None:
+        """Give up ``tid``'s reservation after a definite refusal, so another request may try."""
+        self._inv.registration_release(ref, tid)
+
+    def consume(self, ref: str, serial: int, *, tid: bytes | None = None) -> None:
+        """Mark the registration used by certificate ``serial``; at most one certificate ever.
+
+        With ``tid`` the registration must be reserved by that transaction (:meth:`reserve`);
+        without, open, unexpired and unreserved. Consuming again for the same ``serial`` is a
+        no-op, so a retried transaction can finish. RequestRejected when it was not usable at
+        that instant (used for another certificate, cancelled or locked meanwhile, ...).
+        """
+        now = datetime.now(UTC)
+        if not self._inv.registration_consume(ref, serial, now, tid):
+            reg = self._get(ref)
+            if reg.status is RegistrationStatus.USED and reg.serial == serial:
+                return  # this certificate consumed it already (a retry)
+            if reg.status is RegistrationStatus.OPEN and reg.reserved_tid not in (None, tid):
+                raise RequestRejected(f"Registration {ref} is in use by another request; ask the RA officer for a new one.")
+            if tid is None or reg.status is not RegistrationStatus.OPEN:
+                self.check_usable(ref, now=now)  # raises with the reason
             raise RequestRejected(f"Registration {ref} could not be used; ask the RA officer for a new one.")
-        self._inv.audit_append("ra-used", {"ref": ref, "serial": format(serial, "x")})
+        details: dict[str, object] = {"ref": ref, "serial": format(serial, "x")}
+        if tid is not None:
+            details["transaction_id"] = tid.hex()
+        self._inv.audit_append("ra-used", details)
 
     def verify_code(self, ref: str, typed: str | Secret) -> Registration:
         """Check a typed code (for uses without PBM); return the registration if it is right.

@@ -254,6 +254,27 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _server_step_hook() -> Any:
+    """The server's fault-injection point for the crash tests, like the client's TOKENISSUE_FAILPOINT.
+
+    TOKENISSUE_SERVER_FAILPOINT=STEP (after-reserve, after-issue, after-consume) kills the server
+    with SIGKILL right after STEP, in the middle of a request, as a power cut would.
+    """
+    import os
+
+    failpoint = os.environ.get("TOKENISSUE_SERVER_FAILPOINT")
+    if not failpoint:
+        return None
+
+    def hook(step: str) -> None:
+        if step == failpoint:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
 @app.command("serve")
 def serve(
     ctx: typer.Context,
@@ -283,7 +304,9 @@ def serve(
 
     from ..server.app import create_app
 
-    web = create_app(ca_dir, ca_pin=pin, module=state(ctx).module, cmp_path=path, max_body=max_body)
+    web = create_app(
+        ca_dir, ca_pin=pin, module=state(ctx).module, cmp_path=path, max_body=max_body, on_step=_server_step_hook()
+    )
     scheme = "https" if tls_cert else "http"
     shown_host = f"[{host}]" if ":" in host else host
     shown_path = "/" + path.strip("/") + "/" if path.strip("/") else "/"

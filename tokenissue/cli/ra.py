@@ -61,6 +61,8 @@ def _row(reg: Any, now: Any) -> dict[str, Any]:
         "expires_at": reg.expires_at,
         "used_at": reg.used_at,
         "serial": format(reg.serial, "x") if reg.serial is not None else None,
+        # An open registration an unfinished CMP enrollment holds (only that one can use it).
+        "reserved": reg.status.value == "open" and reg.reserved_tid is not None,
     }
 
 

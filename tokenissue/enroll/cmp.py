@@ -327,9 +327,12 @@ class CMPEnroller:
         msg = build_rr(cert.issuer, serial, _REASONS[reason], sender=cert.subject, sender_nonce=nonce)
         protection = _Protection(key=key, cert=cert, anchors=self._trust)
         rsp = self._exchange(protection.protect(msg), "rp", protection, msg, nonce)
-        for status in rsp.revocation_statuses:
-            if status.status == "rejection" and "certRevoked" in status.failure_info:
-                return  # Revoked before (perhaps by a run that died before recording it).
+        # An authenticated certRevoked (in the rp, or as the error refusing a request signed by
+        # this very certificate) means revoked before, perhaps by a run that died before
+        # recording it: done. (_exchange has raised already if the answer does not verify.)
+        for status in (*rsp.revocation_statuses, rsp.status):
+            if status is not None and status.status == "rejection" and "certRevoked" in status.failure_info:
+                return
         self._raise_for_status(rsp, protection, authenticated=True)
 
     def check_profile(self, profile: str) -> None:

@@ -129,6 +129,9 @@ registrations = Table(
     Column("used_at", UTCDateTime, nullable=True),
     Column("serial", String(64), nullable=True),
     Column("san", Text, nullable=False),
+    # The CMP transactionID (hex) that holds the registration while it issues: set by one
+    # conditional UPDATE before issuing, so only that transaction can use the code.
+    Column("reserved_tid", String(128), nullable=True),
     Index("ix_registrations_status", "status"),
 )
 
@@ -145,6 +148,9 @@ cmp_transactions = Table(
     Column("our_nonce", String(128), nullable=False),
     Column("serial", String(64), nullable=True),
     Column("pbm", Boolean(create_constraint=False), nullable=False),
+    # Serial (hex) of the certificate that signed a signature-protected request: a repeated
+    # request must come from the same signer.
+    Column("signer", String(64), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_cmp_transactions_ref", "ref"),

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, create_engine, event, func, insert, select, update
+from sqlalchemy import and_, case, create_engine, event, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
 from sqlalchemy.sql.elements import ColumnElement
@@ -742,6 +742,9 @@ class Inventory:
             "used_at": None if reg.used_at is None else utc(reg.used_at, "used_at"),
             "serial": None if reg.serial is None else _serial_hex(reg.serial),
             "san": canonical_json(list(reg.san)),
+            "reserved_tid": None
+            if reg.reserved_tid is None
+            else _octets_hex(reg.reserved_tid, "reserved transaction id", _MAX_CMP_OCTETS),
         }
         try:
             with self._tx("write to", write=True) as conn:
@@ -808,14 +811,15 @@ class Inventory:
             row = conn.execute(select(registrations).where(r.ref == ref)).one()
         return self._row_to_registration(row)
 
-    def registration_consume(self, ref: str, serial: int, now: datetime) -> bool:
-        """Mark an open, unexpired registration used by certificate ``serial``.
+    def registration_reserve(self, ref: str, tid: bytes, now: datetime) -> bool:
+        """Reserve an open, unexpired registration for CMP transaction ``tid``.
 
-        True iff this call changed it. The condition is in the UPDATE itself, so of any
-        number of concurrent callers (threads, processes, replicas) at most one gets True:
-        this is what makes a code good for one certificate only.
+        True iff it is now reserved for ``tid`` (freshly, or again: the same transaction may
+        retry). One conditional UPDATE, so of any number of concurrent transactions on any
+        number of server replicas exactly one holds the registration; a certificate is issued
+        only after this, and :meth:`registration_consume` then requires the same ``tid``.
         """
-        key = _serial_hex(serial)
+        key = _octets_hex(tid, "transaction id", _MAX_CMP_OCTETS)
         now = utc(now, "now")
         r = registrations.c
         with self._tx("write to", write=True) as conn:
@@ -825,7 +829,49 @@ class Inventory:
                     r.ref == ref,
                     r.status == RegistrationStatus.OPEN.value,
                     r.expires_at > now,
+                    or_(r.reserved_tid.is_(None), r.reserved_tid == key),
                 )
+                .values(reserved_tid=key)
+            )
+            return result.rowcount == 1
+
+    def registration_release(self, ref: str, tid: bytes) -> bool:
+        """Drop ``tid``'s reservation of an open registration (after a definite refusal).
+
+        True iff this call released it; a reservation held by another transaction, or a used
+        registration, is left alone.
+        """
+        key = _octets_hex(tid, "transaction id", _MAX_CMP_OCTETS)
+        r = registrations.c
+        with self._tx("write to", write=True) as conn:
+            result = conn.execute(
+                update(registrations)
+                .where(r.ref == ref, r.status == RegistrationStatus.OPEN.value, r.reserved_tid == key)
+                .values(reserved_tid=None)
+            )
+            return result.rowcount == 1
+
+    def registration_consume(self, ref: str, serial: int, now: datetime, tid: bytes | None = None) -> bool:
+        """Mark a registration used by certificate ``serial``.
+
+        With ``tid``: the registration must be open and reserved by that transaction (expiry
+        was checked when it was reserved, before the certificate was issued). Without: it must
+        be open, unexpired and not reserved by anyone. True iff this call changed it. The
+        condition is in the UPDATE itself, so of any number of concurrent callers (threads,
+        processes, replicas) at most one gets True: this is what makes a code good for one
+        certificate only.
+        """
+        key = _serial_hex(serial)
+        now = utc(now, "now")
+        r = registrations.c
+        if tid is None:
+            condition = and_(r.expires_at > now, r.reserved_tid.is_(None))
+        else:
+            condition = r.reserved_tid == _octets_hex(tid, "transaction id", _MAX_CMP_OCTETS)
+        with self._tx("write to", write=True) as conn:
+            result = conn.execute(
+                update(registrations)
+                .where(r.ref == ref, r.status == RegistrationStatus.OPEN.value, condition)
                 .values(status=RegistrationStatus.USED.value, used_at=now, serial=key)
             )
             return result.rowcount == 1
@@ -875,6 +921,7 @@ class Inventory:
             used_at=row.used_at,
             serial=None if row.serial is None else int(row.serial, 16),
             san=tuple(str(item) for item in san),
+            reserved_tid=None if row.reserved_tid is None else bytes.fromhex(row.reserved_tid),
         )
 
     # -- CMP transactions ---------------------------------------------------------------
@@ -889,6 +936,7 @@ class Inventory:
         pbm: bool,
         *,
         state: TransactionState = TransactionState.WAITING_CONFIRM,
+        signer: int | None = None,
     ) -> CMPTransaction:
         """Start CMP transaction ``tid`` and return it.
 
@@ -906,6 +954,7 @@ class Inventory:
             "our_nonce": _octets_hex(our_nonce, "our nonce", _MAX_CMP_OCTETS),
             "serial": None,
             "pbm": bool(pbm),
+            "signer": None if signer is None else _serial_hex(signer),
             "created_at": now,
             "updated_at": now,
         }
@@ -981,6 +1030,7 @@ class Inventory:
             updated_at=row.updated_at,
             ref=row.ref,
             serial=None if row.serial is None else int(row.serial, 16),
+            signer=None if row.signer is None else int(row.signer, 16),
         )
 
     # -- introspection for tests and diagnostics ----------------------------------------

@@ -44,7 +44,7 @@ from ..ca.registration import RegistrationAuthority
 from ..credentials import Pin, ProtectedAuth
 from ..pkix.certs import dump_certificates
 from ..protocols.cmp import FailureInfo, build_error, encode_message
-from .cmp_service import CMPService
+from .cmp_service import CMPService, StepHook
 
 __all__ = ["CMP_CONTENT_TYPE", "create_app"]
 
@@ -92,10 +92,12 @@ def create_app(
     max_body: int = 64 * 1024,
     access_log: TextIO | None = None,
     body_timeout: float = 30.0,
+    on_step: StepHook | None = None,
 ) -> Starlette:
     """The CMP server for the CA in ``ca_dir``; ``access_log`` defaults to stderr.
 
     Requests are limited to ``max_body`` octets and ``body_timeout`` seconds to arrive.
+    ``on_step`` is the crash tests' fault-injection point, passed to :class:`CMPService`.
     """
     base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
     runtime = _Runtime()
@@ -108,7 +110,9 @@ def create_app(
             # One logged-in CA session for the server's lifetime; every signature reuses it.
             key = stack.enter_context(ca.signing_key(pin))
             runtime.ca = ca
-            runtime.service = CMPService(ca, RegistrationAuthority(ca), pin, ca_key=key, max_size=max_body)
+            runtime.service = CMPService(
+                ca, RegistrationAuthority(ca), pin, ca_key=key, max_size=max_body, on_step=on_step
+            )
             yield
 
     async def cmp_endpoint(request: Request) -> Response:

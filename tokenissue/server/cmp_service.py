@@ -28,9 +28,26 @@ certConf                Must continue an open transaction (recipNonce = our send
 genm                    id-it-caCerts and id-it-rootCaCert, unprotected or protected.
 ======================  =====================================================================
 
-A certificate signed by a revoked certificate is refused with certRevoked. A new ir, cr,
-p10cr, kur or rr whose transactionID was seen before is refused with transactionIdInUse, and
-nothing is issued. Responses are MAC-protected after a MAC-protected request that
+A request signed by a revoked certificate is refused with certRevoked.
+
+Repeated transactionIDs. A client that lost an answer (or died after it) repeats its ir, cr,
+p10cr or kur with the same transactionID. If the repeat is the same kind, authenticated the
+same way (the MAC with the code of the registration recorded on the transaction, derivable
+even once the code is used, or a signature by the same certificate) and asks for the public
+key of the certificate issued in that transaction, it gets that certificate again (a fresh
+senderNonce, the new request's as recipNonce, waiting for certConf again unless
+implicitConfirm); nothing is issued or consumed again. If the transaction issued nothing yet
+(the server died or failed first), it continues. Anything else with a known transactionID is
+refused with transactionIdInUse and changes nothing; a repeat with a wrong code fails the MAC
+and counts as a wrong code only while the registration is open.
+
+Registration codes and crashes. Before issuing, the registration is reserved for the
+transactionID with one conditional UPDATE; only then is the certificate issued (recorded
+under request ID = transactionID in hex) and the registration consumed, which requires the
+same reservation. Another transactionID is refused with notAuthorized ("in use by another
+request") while it is held; a definite refusal after reserving releases it. A server dying
+between issuing and consuming therefore leaves a code only the same transaction can finish,
+with the certificate it already has. Responses are MAC-protected after a MAC-protected request that
 authenticated, otherwise signed by the CA key (which stays logged in on its token for the
 server's lifetime: see ``ca_key``). Requests that cannot be decoded get HTTP 400 and an
 unprotected error; refusals are CMP error messages with HTTP 200, as RFC 6712 §3.3 has them;
@@ -48,7 +65,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final
@@ -65,6 +82,7 @@ from ..inventory import DuplicateTransaction
 from ..models import (
     CertRecord,
     CertStatus,
+    CMPTransaction,
     Registration,
     RegistrationStatus,
     RevocationReason,
@@ -100,12 +118,14 @@ from ..protocols.cmp import (
     verify_protection,
 )
 
-__all__ = ["CMPService", "Reply"]
+__all__ = ["CMPService", "Reply", "StepHook"]
 
 log = logging.getLogger("tokenissue.server")
 
 _MAC_OIDS: Final = (PBM_OID, PBMAC1_OID)
 _NEW_TRANSACTION: Final = ("ir", "cr", "p10cr", "kur", "rr")
+# Requests a client may repeat with the same transactionID to collect what it was issued.
+_REPEATABLE: Final = ("ir", "cr", "p10cr", "kur")
 # CRLReason as CMP carries it → what the inventory records. removeFromCRL and aACompromise
 # make no sense from a holder and are refused.
 _REASONS: Final = {
@@ -120,6 +140,13 @@ _REASONS: Final = {
 _INTERNAL_TEXT: Final = "The CA could not process the request; try again later or ask the CA operator."
 
 Reply = tuple[int, bytes, dict[str, Any]]
+#: Called with a step name at the points where a crash matters ("after-reserve",
+#: "after-issue", "after-consume"); the CLI's TOKENISSUE_SERVER_FAILPOINT kills the server there.
+StepHook = Callable[[str], None]
+
+
+def _no_step(_: str) -> None:
+    return None
 
 
 @dataclass
@@ -131,6 +158,8 @@ class _Context:
     #: The registration code, once a MAC-protected request verified with it.
     secret: Secret | None = None
     ref: str | None = None
+    #: The serial of the certificate a signature-protected request verified with.
+    signer: int | None = None
 
 
 class CMPService:
@@ -144,14 +173,17 @@ class CMPService:
         *,
         ca_key: Any = None,
         max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        on_step: StepHook | None = None,
     ) -> None:
         """``ca_key`` is the CA's signing key held open by the caller (``ca.signing_key``) for
-        the server's lifetime; without it every signature opens the CA token with ``ca_pin``."""
+        the server's lifetime; without it every signature opens the CA token with ``ca_pin``.
+        ``on_step`` is the fault-injection point for crash tests (see :data:`StepHook`)."""
         self.ca = ca
         self.ra = ra
         self._pin = ca_pin
         self._ca_key = ca_key
         self.max_size = max_size
+        self._on_step = on_step or _no_step
         self._lock = threading.Lock()
         self._ca_cert = ca.certificate
         self._chain = ca.chain()
@@ -210,9 +242,9 @@ class CMPService:
         req = ctx.request
         kind = req.body_type
         if kind in _NEW_TRANSACTION:
-            tid = _tid(req)
-            if self.ca.inventory.transaction_get(tid) is not None:
-                raise CMPError("transactionIdInUse", "This transactionID was used before; start over with a new one.")
+            tx = self.ca.inventory.transaction_get(_tid(req))
+            if tx is not None:
+                return self._repeat(ctx, tx)
         if kind == "certConf":
             return self._cert_conf(ctx)
         if kind == "genm":
@@ -228,16 +260,16 @@ class CMPService:
         if kind == "rr":
             return self._revoke(ctx)
         if kind == "kur":
-            return self._update(ctx)
+            return self._update(ctx, self._authenticate_signature(ctx))
         if kind == "cr":
-            return self._reenroll(ctx)
+            return self._reenroll(ctx, self._authenticate_signature(ctx))
         raise CMPError(
             "notAuthorized",
             f"A {kind} must be MAC-protected with a registration code; signed requests may only be cr or kur.",
         )
 
     # -- authentication ----------------------------------------------------------------------
-    def _authenticate_mac(self, ctx: _Context, *, count_failures: bool = True) -> Registration:
+    def _authenticate_mac(self, ctx: _Context) -> Registration:
         req = ctx.request
         ref = _ref(req)
         ctx.ref = ctx.fields["ref"] = ref
@@ -247,24 +279,33 @@ class CMPService:
             raise CMPError("badMessageCheck", "No registration has this reference (senderKID).") from None
         except RequestRejected as e:
             raise CMPError("notAuthorized", e.message) from None
+        self._verify_mac(ctx, ref)
+        return reg
+
+    def _verify_mac(self, ctx: _Context, ref: str) -> None:
+        """Check the MAC with registration ``ref``'s code (derivable even once it is used).
+
+        A wrong MAC counts towards the lock while the registration is open; a used, cancelled
+        or locked one has nothing left to guess for.
+        """
         code = self.ra.code_for(ref)
         try:
-            verify_protection(req.message, secret=code)
+            verify_protection(ctx.request.message, secret=code)
         except CMPError as e:
-            if e.failure_info == "badMessageCheck" and count_failures:
-                after = self.ra.record_failure(ref)
-                if after.status is RegistrationStatus.LOCKED:
-                    raise CMPError(
-                        "badMessageCheck",
-                        f"Wrong authorization code; registration {ref} is now locked. Ask the RA officer for a new one.",
-                    ) from None
-                left = after.max_failures - after.failures
+            reg = self.ca.inventory.get_registration(ref)
+            if e.failure_info != "badMessageCheck" or reg is None or reg.status is not RegistrationStatus.OPEN:
+                raise
+            after = self.ra.record_failure(ref)
+            if after.status is RegistrationStatus.LOCKED:
                 raise CMPError(
-                    "badMessageCheck", f"Wrong authorization code for registration {ref}; {left} tries left."
+                    "badMessageCheck",
+                    f"Wrong authorization code; registration {ref} is now locked. Ask the RA officer for a new one.",
                 ) from None
-            raise
+            left = after.max_failures - after.failures
+            raise CMPError(
+                "badMessageCheck", f"Wrong authorization code for registration {ref}; {left} tries left."
+            ) from None
         ctx.secret = code
-        return reg
 
     def _authenticate_signature(self, ctx: _Context) -> tuple[x509.Certificate, CertRecord]:
         """The protection certificate, which must be one this CA issued and has not revoked."""
@@ -277,48 +318,169 @@ class CMPService:
         ctx.fields["signer_serial"] = format(rec.serial, "x")
         if rec.status is CertStatus.REVOKED:
             raise CMPError("certRevoked", f"The protection certificate {rec.serial:x} is revoked.")
+        ctx.signer = rec.serial
         return signer, rec
 
+    # -- a transactionID seen before -----------------------------------------------------------
+    def _repeat(self, ctx: _Context, tx: CMPTransaction) -> bytes:
+        """A request whose transactionID is known.
+
+        A client that lost the answer, or died after it (our enroller derives the
+        transactionID from its journal, so a resumed enrollment repeats it), sends the same
+        request again. If it is the same kind, authenticated the same way (the MAC with the
+        code of the transaction's registration, or a signature by the transaction's signer),
+        and asks for the same public key, it gets the certificate already issued in the
+        transaction: nothing is issued and no code is used a second time. If nothing was issued
+        yet (the server died or failed before), the transaction continues where it stopped; the
+        registration's reservation and the CA's request ID make that safe. Anything else with
+        a known transactionID is refused with transactionIdInUse and changes nothing.
+        """
+        req = ctx.request
+        in_use = CMPError("transactionIdInUse", "This transactionID was used before; start over with a new one.")
+        if (
+            req.body_type not in _REPEATABLE
+            or tx.kind.value != req.body_type
+            or tx.state is TransactionState.REJECTED
+            or tx.pbm != _is_mac(req)
+        ):
+            raise in_use
+        auth: tuple[x509.Certificate, CertRecord] | None = None
+        if tx.pbm:
+            ref = _ref(req)
+            if tx.ref is None or ref != tx.ref:
+                raise in_use
+            ctx.ref = ctx.fields["ref"] = ref
+        else:
+            auth = self._authenticate_signature(ctx)
+            if tx.signer is None or auth[1].serial != tx.signer:
+                raise in_use
+        rec = self._issued_in(tx.transaction_id, tx.serial)
+        if rec is None:
+            ctx.fields["resumed"] = True
+            if tx.pbm:
+                return self._enroll_registered(ctx, resumed=True)
+            assert auth is not None
+            if req.body_type == "kur":
+                return self._update(ctx, auth, resumed=True)
+            return self._reenroll(ctx, auth, resumed=True)
+        if tx.pbm:
+            assert ctx.ref is not None
+            self._verify_mac(ctx, ctx.ref)
+        cert = x509.load_der_x509_certificate(rec.der)
+        if req.public_key is None or _spki(req.public_key) != _spki(cert.public_key()):
+            raise in_use
+        _check_pop(req)
+        ctx.fields["serial"] = format(rec.serial, "x")
+        if rec.status is CertStatus.REVOKED:
+            raise CMPError(
+                "certRevoked",
+                f"The certificate {rec.serial:x} issued in this transaction was revoked; start a new request.",
+            )
+        if tx.pbm:
+            self._consume(ctx, rec)  # a no-op unless the server died between issuing and consuming
+        ctx.fields["repeated"] = True
+        return self._answer_issued(ctx, Issued(cert, rec, self._chain))
+
+    def _issued_in(self, tid: bytes, serial: int | None) -> CertRecord | None:
+        """The certificate issued in transaction ``tid``: by the serial recorded on it, else by the
+        request ID the CA recorded it under (the server may have died before noting the serial)."""
+        if serial is not None:
+            return self.ca.inventory.get_certificate(serial)
+        return self.ca.inventory.find_by_request(tid.hex())
+
     # -- enrollment --------------------------------------------------------------------------
-    def _enroll_registered(self, ctx: _Context) -> bytes:
+    def _enroll_registered(self, ctx: _Context, *, resumed: bool = False) -> bytes:
+        """ir/cr/p10cr with a registration code: check, reserve, issue, consume, answer.
+
+        The registration is reserved for this transactionID before anything is issued, so a
+        server dying between issuing and consuming leaves the code usable by this transaction's
+        retry only; the certificate is then found by its request ID instead of made again.
+        """
         req = ctx.request
         reg = self._authenticate_mac(ctx)
         assert ctx.ref is not None and ctx.secret is not None
-        _check_pop(req)
-        subject = _registered_subject(reg, req.subject)
-        san = _allowed_san(list(parse_san(list(reg.san))), req.sans, "the registration")
-        issued = self._issue(ctx, reg.profile, subject, san, replaces=None, kind=_kind(req))
         try:
-            self.ra.consume(ctx.ref, issued.record.serial)
+            _check_pop(req)
+            subject = _registered_subject(reg, req.subject)
+            san = _allowed_san(list(parse_san(list(reg.san))), req.sans, "the registration")
+            public_key = self._checked_key(ctx, reg.profile, subject, san)
+        except CMPError:
+            self._give_up(ctx)  # a definite refusal
+            raise
+        try:
+            self.ra.reserve(ctx.ref, _tid(req))
         except RequestRejected as e:
-            # Someone used the code meanwhile (another replica, a race): the certificate we just
-            # made must not stand, or one code would have bought two certificates.
-            self.ca.revoke(issued.record.serial, RevocationReason.PRIVILEGE_WITHDRAWN)
-            self.ca.inventory.transaction_update(_tid(req), state=TransactionState.REJECTED)
             raise CMPError("notAuthorized", e.message) from None
+        self._on_step("after-reserve")
+        issued = self._issue(ctx, reg.profile, subject, san, public_key, replaces=None, kind=_kind(req), resumed=resumed)
+        self._on_step("after-issue")
+        self._consume(ctx, issued.record)
+        self._on_step("after-consume")
         return self._answer_issued(ctx, issued)
 
-    def _reenroll(self, ctx: _Context) -> bytes:
+    def _consume(self, ctx: _Context, rec: CertRecord) -> None:
+        """Mark the registration used by ``rec``; idempotent for the same certificate."""
+        assert ctx.ref is not None
+        tid = _tid(ctx.request)
+        try:
+            self.ra.consume(ctx.ref, rec.serial, tid=tid)
+        except RequestRejected as e:
+            # The registration was cancelled or locked after it was reserved (or, against every
+            # constraint, used by someone else): the certificate must not stand.
+            self.ca.revoke(rec.serial, RevocationReason.PRIVILEGE_WITHDRAWN)
+            self.ca.inventory.transaction_update(tid, state=TransactionState.REJECTED)
+            raise CMPError("notAuthorized", e.message) from None
+
+    def _reenroll(
+        self, ctx: _Context, auth: tuple[x509.Certificate, CertRecord], *, resumed: bool = False
+    ) -> bytes:
         req = ctx.request
-        signer, rec = self._authenticate_signature(ctx)
-        _check_pop(req)
-        subject = _same_subject(signer.subject, req.subject, "the protection certificate")
-        san = _allowed_san(_sans(signer), req.sans, "the protection certificate")
-        issued = self._issue(ctx, rec.profile, subject, san, replaces=None, kind=TransactionKind.CR)
+        signer, rec = auth
+        try:
+            _check_pop(req)
+            subject = _same_subject(signer.subject, req.subject, "the protection certificate")
+            san = _allowed_san(_sans(signer), req.sans, "the protection certificate")
+            public_key = self._checked_key(ctx, rec.profile, subject, san)
+        except CMPError:
+            self._give_up(ctx)  # a definite refusal
+            raise
+        issued = self._issue(ctx, rec.profile, subject, san, public_key, replaces=None, kind=TransactionKind.CR, resumed=resumed)
         return self._answer_issued(ctx, issued)
 
-    def _update(self, ctx: _Context) -> bytes:
+    def _update(self, ctx: _Context, auth: tuple[x509.Certificate, CertRecord], *, resumed: bool = False) -> bytes:
         req = ctx.request
-        signer, rec = self._authenticate_signature(ctx)
-        if req.old_cert_id is not None:
-            issuer, serial = req.old_cert_id
-            if issuer != self._ca_cert.subject or serial != signer.serial_number:
-                raise CMPError("badCertId", "oldCertID does not name the certificate that signed the request.")
-        _check_pop(req)
-        subject = _same_subject(signer.subject, req.subject, "the certificate being updated")
-        san = _allowed_san(_sans(signer), req.sans, "the certificate being updated")
-        issued = self._issue(ctx, rec.profile, subject, san, replaces=rec.serial, kind=TransactionKind.KUR)
+        signer, rec = auth
+        try:
+            if req.old_cert_id is not None:
+                issuer, serial = req.old_cert_id
+                if issuer != self._ca_cert.subject or serial != signer.serial_number:
+                    raise CMPError("badCertId", "oldCertID does not name the certificate that signed the request.")
+            _check_pop(req)
+            subject = _same_subject(signer.subject, req.subject, "the certificate being updated")
+            san = _allowed_san(_sans(signer), req.sans, "the certificate being updated")
+            public_key = self._checked_key(ctx, rec.profile, subject, san)
+        except CMPError:
+            self._give_up(ctx)  # a definite refusal
+            raise
+        issued = self._issue(
+            ctx, rec.profile, subject, san, public_key, replaces=rec.serial, kind=TransactionKind.KUR, resumed=resumed
+        )
         return self._answer_issued(ctx, issued)
+
+    def _checked_key(self, ctx: _Context, profile: str, subject: x509.Name, san: list[x509.GeneralName]) -> Any:
+        """The requested public key, if the profile allows it with this subject and these SANs.
+
+        Checked before the transaction starts (or the registration is reserved), so a refused
+        request leaves no trace.
+        """
+        public_key = ctx.request.public_key
+        if public_key is None:
+            raise CMPError("badCertTemplate", "The certificate template has no public key.")
+        try:
+            check_request(self.ca.profile(profile), subject=subject, san=san, public_key=public_key)
+        except RequestRejected as e:
+            raise CMPError("badCertTemplate", e.message) from None
+        return public_key
 
     def _issue(
         self,
@@ -326,32 +488,48 @@ class CMPService:
         profile: str,
         subject: x509.Name,
         san: list[x509.GeneralName],
+        public_key: Any,
         *,
         replaces: int | None,
         kind: TransactionKind,
+        resumed: bool,
     ) -> Issued:
         req = ctx.request
         tid = _tid(req)
-        public_key = req.public_key
-        if public_key is None:
-            raise CMPError("badCertTemplate", "The certificate template has no public key.")
-        try:
-            # Checked before the transaction starts, so a refused request leaves no trace.
-            check_request(self.ca.profile(profile), subject=subject, san=san, public_key=public_key)
-        except RequestRejected as e:
-            raise CMPError("badCertTemplate", e.message) from None
-        self._begin(req, kind, ctx)
+        if resumed:
+            assert req.sender_nonce is not None  # parse_request checked it
+            self.ca.inventory.transaction_update(tid, sender_nonce=req.sender_nonce)
+        else:
+            self._begin(req, kind, ctx)
         try:
             with self._signing_key() as key:
                 issued = self.ca.issue(
                     public_key, profile, subject=subject, san=san, pin=self._pin, request_id=tid.hex(),
                     replaces=replaces, ca_key=key,
                 )  # fmt: skip
-        except BaseException:
-            self.ca.inventory.transaction_update(tid, state=TransactionState.REJECTED)
+        except RequestRejected:
+            # A definite refusal: close the transaction and let the code go. Anything else (the
+            # token or the database failing, the process dying) leaves both as they are, so the
+            # same transactionID can try again and nothing can be issued twice.
+            self._give_up(ctx)
             raise
+        if _spki(issued.certificate.public_key()) != _spki(public_key):
+            # Two requests with this transactionID for different keys raced; the other won.
+            raise CMPError("transactionIdInUse", "This transactionID was used before; start over with a new one.")
         ctx.fields["serial"] = format(issued.record.serial, "x")
         return issued
+
+    def _give_up(self, ctx: _Context) -> None:
+        """After a definite refusal: the transaction (if it began) is rejected and the
+        registration's reservation (if this transaction holds it) released, unless a
+        certificate was issued in it after all (then both stay, for its retry)."""
+        tid = _tid(ctx.request)
+        if self.ca.inventory.find_by_request(tid.hex()) is not None:
+            return
+        if self.ca.inventory.transaction_get(tid) is not None:
+            self.ca.inventory.transaction_update(tid, state=TransactionState.REJECTED)
+        if ctx.ref is not None and ctx.secret is not None:
+            self.ra.release(ctx.ref, tid)
 
     def _answer_issued(self, ctx: _Context, issued: Issued) -> bytes:
         req = ctx.request
@@ -369,6 +547,7 @@ class CMPService:
         self.ca.inventory.transaction_update(
             _tid(req),
             state=TransactionState.DONE if done else TransactionState.WAITING_CONFIRM,
+            sender_nonce=req.sender_nonce,
             our_nonce=nonce,
             serial=issued.record.serial,
         )
@@ -378,7 +557,7 @@ class CMPService:
         assert req.sender_nonce is not None  # parse_request checked it
         try:
             self.ca.inventory.transaction_begin(
-                _tid(req), kind, ctx.ref, req.sender_nonce, os.urandom(16), ctx.secret is not None
+                _tid(req), kind, ctx.ref, req.sender_nonce, os.urandom(16), ctx.secret is not None, signer=ctx.signer
             )
         except DuplicateTransaction:
             raise CMPError(
@@ -504,6 +683,13 @@ class CMPService:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _spki(public_key: Any) -> bytes:
+    der: bytes = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
 
 
 def _tid(req: CMPRequest) -> bytes:

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("used_at", UTCDateTime(), nullable=True),
         sa.Column("serial", sa.String(64), nullable=True),
         sa.Column("san", sa.Text(), nullable=False),
+        sa.Column("reserved_tid", sa.String(128), nullable=True),
         sa.PrimaryKeyConstraint("ref", name="pk_registrations"),
     )
     op.create_index("ix_registrations_status", "registrations", ["status"])
@@ -50,6 +51,7 @@ def upgrade() -> None:
         sa.Column("our_nonce", sa.String(128), nullable=False),
         sa.Column("serial", sa.String(64), nullable=True),
         sa.Column("pbm", sa.Boolean(create_constraint=False), nullable=False),
+        sa.Column("signer", sa.String(64), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("transaction_id", name="pk_cmp_transactions"),
