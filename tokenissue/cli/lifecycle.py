@@ -76,6 +76,55 @@ CaTrustOpt = Annotated[
     ),
 ]
 
+DomainOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--domain",
+        help="ACME: a DNS name to certify (repeatable); becomes a dns: SAN, and the CN when --subject is absent.",
+    ),
+]
+EmailOpt = Annotated[str | None, typer.Option("--email", help="ACME: contact address for a new account.")]
+EabKidOpt = Annotated[
+    str | None, typer.Option("--eab-kid", help="ACME: external account binding key ID, when the CA requires one.")
+]
+EabHmacFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--eab-hmac-file",
+        help="ACME: read the external account binding HMAC key (base64url) from this file (must be chmod 600).",
+    ),
+]
+ChallengeChoice = enum.Enum("ChallengeChoice", {"HTTP_01": "http-01", "DNS_01": "dns-01"}, type=str)
+ChallengeOpt = Annotated[
+    ChallengeChoice,
+    typer.Option("--challenge", help="ACME: prove control of the domains by http-01 (built-in responder) or dns-01 (--dns-hook)."),
+]
+Http01AddressOpt = Annotated[
+    str,
+    typer.Option(
+        "--http-01-address",
+        metavar="HOST:PORT",
+        help="ACME http-01: where the built-in responder listens while the CA validates (the CA connects to port 80 of the domain).",
+    ),
+]
+DnsHookOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dns-hook",
+        help="ACME dns-01: command run with TOKENISSUE_ACME_ACTION=present|cleanup, TOKENISSUE_ACME_DOMAIN, "
+        "TOKENISSUE_ACME_TXT_NAME and TOKENISSUE_ACME_TXT_VALUE; exit status 0 means done (docs/acme.md).",
+    ),
+]
+AcmeTrustOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--acme-trust",
+        help="ACME: CA bundle (PEM) for the ACME server's TLS certificate (default: the system's trust store). "
+        "The root of the issued chain is looked up in --ca-trust, then the system's trust store.",
+        envvar="TOKENISSUE_ACME_TRUST",
+    ),
+]
+
 AUTH_CODE_ENV = "TOKENISSUE_AUTH_CODE"
 
 
@@ -130,6 +179,45 @@ class CmpArgs:
             raise UsageError(f"The --ca-trust file '{self.trust_file}' holds no certificates.") from None
 
 
+@dataclass(frozen=True)
+class AcmeArgs:
+    """The ACME options of one command; the EAB HMAC key is read from its file only when set."""
+
+    email: str | None = None
+    eab_kid: str | None = None
+    eab_hmac_file: Path | None = None
+    challenge: str = "http-01"
+    http01_address: str = "0.0.0.0:80"
+    dns_hook: str | None = None
+    acme_trust: Path | None = None
+
+    def options(self, ctx: typer.Context, roots: list[Any]) -> Any:
+        from ..enroll.acme_options import ACMEOptions, Challenge, ExternalAccount
+
+        if (self.eab_kid is None) != (self.eab_hmac_file is None):
+            raise UsageError("External account binding needs both --eab-kid and --eab-hmac-file.")
+        eab = None
+        if self.eab_kid is not None and self.eab_hmac_file is not None:
+            eab = ExternalAccount(self.eab_kid, Secret(read_secret_file(self.eab_hmac_file, "EAB HMAC key")))
+        if self.acme_trust is not None and not self.acme_trust.is_file():
+            raise UsageError(f"Cannot read the --acme-trust file '{self.acme_trust}'.")
+        host, sep, port = self.http01_address.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--http-01-address wants HOST:PORT, not '{self.http01_address}'.")
+        challenge = Challenge(self.challenge)
+        if challenge is Challenge.DNS_01 and not self.dns_hook:
+            raise UsageError("--challenge dns-01 needs --dns-hook, the command that publishes the TXT record.")
+
+        def progress(message: str) -> None:
+            err_console().print(message, markup=False, highlight=False)
+
+        return ACMEOptions(
+            state_dir=state(ctx).state_dir, email=self.email, eab=eab, challenge=challenge,
+            http01_address=(host.strip("[]") or "0.0.0.0", int(port)), dns_hook=self.dns_hook,  # noqa: S104
+            tls_trust=self.acme_trust, roots=roots, progress=progress,
+        )  # fmt: skip
+
+
 def _state_db(ctx: typer.Context) -> Any:
     from ..inventory import Inventory
 
@@ -153,11 +241,15 @@ def _step_hook() -> Any:
     return hook
 
 
-def _enroller(ctx: typer.Context, location: str, ca_pin_file: Path | None, cmp: CmpArgs | None = None) -> Any:
-    from ..enroll import is_cmp_location, open_enroller
+def _enroller(
+    ctx: typer.Context, location: str, ca_pin_file: Path | None, cmp: CmpArgs | None = None, acme: AcmeArgs | None = None
+) -> Any:
+    from ..enroll import is_acme_location, is_cmp_location, open_enroller
     from ..enroll.local import LocalCA
 
-    if cmp is not None and is_cmp_location(location):
+    if acme is not None and is_acme_location(location):
+        enroller = open_enroller(location, acme=acme.options(ctx, cmp.trust() if cmp else []))
+    elif cmp is not None and is_cmp_location(location):
         enroller = open_enroller(location, ref=cmp.ref, auth_code=cmp.auth_code, trust=cmp.trust())
     else:
         enroller = open_enroller(location, module=state(ctx).module)
@@ -189,6 +281,14 @@ def enroll(
     ref: RefOpt = None,
     auth_code_file: AuthCodeFileOpt = None,
     ca_trust: CaTrustOpt = None,
+    domain: DomainOpt = None,
+    email: EmailOpt = None,
+    eab_kid: EabKidOpt = None,
+    eab_hmac_file: EabHmacFileOpt = None,
+    challenge: ChallengeOpt = ChallengeChoice("http-01"),  # noqa: B008
+    http01_address: Http01AddressOpt = "0.0.0.0:80",
+    dns_hook: DnsHookOpt = None,
+    acme_trust: AcmeTrustOpt = None,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
@@ -200,7 +300,8 @@ def enroll(
     Every step is journaled: if the process dies, run the same command again (or
     'enroll --resume') to finish; a failure before issuance removes the key it made.
     With a CMP server (--ca cmp+http(s)://...) the CA's reference (--ref) and authorization
-    code authenticate the request; resuming needs the code again.
+    code authenticate the request; resuming needs the code again. With an ACME server
+    (--ca acme+https://HOST/DIRECTORY) give --domain; the CA decides the profile (see docs/acme.md).
     """
     from .. import p11
     from ..lifecycle import EnrollParams
@@ -208,6 +309,19 @@ def enroll(
 
     pin_src = user_pin_source(pin_file, pin_env, protected_auth)
     mod = state(ctx).module
+    acme = AcmeArgs(
+        email=email, eab_kid=eab_kid, eab_hmac_file=eab_hmac_file, challenge=challenge.value,
+        http01_address=http01_address, dns_hook=dns_hook, acme_trust=acme_trust,
+    )  # fmt: skip
+    from ..enroll import is_acme_location
+
+    if ca is not None and is_acme_location(ca) and not resume:
+        if not domain and subject is None:
+            raise UsageError("Enrolling at an ACME server needs --domain NAME (the names the CA validates).")
+        if subject is None and domain:
+            subject = f"CN={domain[0]}"
+        san = [*(san or []), *(f"dns:{d}" for d in domain or [] if f"dns:{d}" not in (san or []))]
+        profile = "acme"  # The CA decides what it issues; this is the name in tokenissue's records.
     with _state_db(ctx) as db:
         if resume:
             entries = db.journal_open("enroll")
@@ -220,7 +334,7 @@ def enroll(
             for e in entries:
                 params = EnrollParams(**{**e.params, "san": tuple(e.params.get("san") or ())})
                 cmp = CmpArgs(ref=params.ref, auth_code=code, trust_file=ca_trust)
-                enroller = _enroller(ctx, params.ca, ca_pin_file, cmp)
+                enroller = _enroller(ctx, params.ca, ca_pin_file, cmp, acme)
                 try:
                     out = run_enroll(
                         params, token=p11.TokenSelector(serial=params.token_serial), pin=pin, enroller=enroller,
@@ -245,9 +359,11 @@ def enroll(
                 raise UsageError("Enrolling at a CMP server needs --ref, the reference the CA gave with the authorization code.")
             # Asked for now, before a key is made, and kept out of the journal.
             fresh = CmpArgs(ref=ref, auth_code=AuthCodeSource(auth_code_file)(), trust_file=ca_trust)
+        elif is_acme_location(ca):
+            fresh = CmpArgs(trust_file=ca_trust)  # --ca-trust: the roots the issued chain may end in
         sel = p11.TokenSelector.parse(token)
         token_serial = p11.load_module(mod).token_info(sel).serial
-        enroller = _enroller(ctx, ca, ca_pin_file, fresh)
+        enroller = _enroller(ctx, ca, ca_pin_file, fresh, acme)
         try:
             enroller.check_profile(profile)  # before any key is made
             params = EnrollParams(
@@ -350,6 +466,13 @@ def renew(
     ref: RefOpt = None,
     auth_code_file: AuthCodeFileOpt = None,
     ca_trust: CaTrustOpt = None,
+    email: EmailOpt = None,
+    eab_kid: EabKidOpt = None,
+    eab_hmac_file: EabHmacFileOpt = None,
+    challenge: ChallengeOpt = ChallengeChoice("http-01"),  # noqa: B008
+    http01_address: Http01AddressOpt = "0.0.0.0:80",
+    dns_hook: DnsHookOpt = None,
+    acme_trust: AcmeTrustOpt = None,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
@@ -360,6 +483,8 @@ def renew(
 
     At a CMP server a valid certificate is renewed with a key update request signed by its own
     key; an expired or revoked one needs the authorization code again (asked for only then).
+    At an ACME server a certificate is due when the CA's renewal information (ARI) says so,
+    when the server offers it; otherwise by the rule above.
     """
     from .. import p11
     from ..lifecycle import certificate_status, ref_of, renewal_params
@@ -368,11 +493,17 @@ def renew(
     pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     mod = state(ctx).module
     sel = p11.TokenSelector.parse(token)
+    acme = AcmeArgs(
+        email=email, eab_kid=eab_kid, eab_hmac_file=eab_hmac_file, challenge=challenge.value,
+        http01_address=http01_address, dns_hook=dns_hook, acme_trust=acme_trust,
+    )  # fmt: skip
     with _state_db(ctx) as db:
         with p11.open_token(sel, pin, module=mod) as s:
             reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
             kid = s.key(p11.KeySelector.parse(key)).id if key else None
             token_serial = s.info.serial
+        if kid is None and within is None:
+            reports = [_ari(ctx, r, acme, ca_trust) for r in reports]
         todo = [r for r in reports if r.cert.id == kid] if kid is not None else [r for r in reports if r.renew_due]
         if kid is not None and not todo:
             raise UsageError(f"Key '{key}' has no certificate on the token to renew.")
@@ -394,7 +525,7 @@ def renew(
             cmp_ref = ref or ref_of(db, r.record)
             params = renewal_params(r, token_serial=token_serial, rekey=rekey, ca=where, profile=prof, ref=cmp_ref)
             code = AuthCodeSource(auth_code_file, why="Renewing an expired or revoked certificate at a CMP server")
-            enroller = _enroller(ctx, where, ca_pin_file, CmpArgs(ref=cmp_ref, auth_code=code, trust_file=ca_trust))
+            enroller = _enroller(ctx, where, ca_pin_file, CmpArgs(ref=cmp_ref, auth_code=code, trust_file=ca_trust), acme)
             try:
                 out = run_enroll(params, token=sel, pin=pin, enroller=enroller, state=db, module=mod, on_step=_step_hook())
             finally:
@@ -407,6 +538,37 @@ def renew(
             console().print(f"Renewed {res['replaces']} → serial {res['serial']} (key {res['label']}), valid until {str(res['not_after'])[:10]}.")
 
 
+def _ari(ctx: typer.Context, report: Any, acme: AcmeArgs, ca_trust: Path | None) -> Any:
+    """``report`` marked due when its ACME CA's renewal information (RFC 9773) says the
+    suggested window has begun; unchanged for other CAs, for servers without ARI, and when
+    the server cannot be asked (the lifetime rule has decided already)."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+
+    from ..enroll import is_acme_location
+    from ..errors import TokenIssueError
+
+    if report.renew_due or report.ca is None or not is_acme_location(report.ca):
+        return report
+    try:
+        enroller = _enroller(ctx, report.ca, None, CmpArgs(trust_file=ca_trust), acme)
+        try:
+            start = enroller.renewal_window_start(x509.load_der_x509_certificate(report.cert.der))
+        finally:
+            enroller.close()
+    except TokenIssueError as e:
+        err_console().print(
+            f"Renewal information for {report.cert.label} is unavailable ({e}); going by the certificate's lifetime.",
+            markup=False,
+        )
+        return report
+    if start is None or datetime.now(UTC) < start:
+        return report
+    return dataclasses.replace(report, state="expiring", renew_due=True)
+
+
 def revoke(
     ctx: typer.Context,
     token: TokenOptional = None,
@@ -417,6 +579,7 @@ def revoke(
     ca: CaOpt = None,
     reason: Annotated[Reason, typer.Option("--reason", help="RFC 5280 reason; lost tokens default to key-compromise.")] = None,  # type: ignore[assignment]
     ca_trust: CaTrustOpt = None,
+    acme_trust: AcmeTrustOpt = None,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
@@ -457,7 +620,10 @@ def revoke(
         why = RevocationReason(reason.value) if reason else RevocationReason.UNSPECIFIED
         with _state_db(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
             cmp = CmpArgs(trust_file=ca_trust)
-            recs = revoke_on_token(s, db, p11.KeySelector.parse(key), lambda where: _enroller(ctx, where, ca_pin_file, cmp), why, ca)
+            acme = AcmeArgs(acme_trust=acme_trust)  # revoked with the account key the certificate was ordered with
+            recs = revoke_on_token(
+                s, db, p11.KeySelector.parse(key), lambda where: _enroller(ctx, where, ca_pin_file, cmp, acme), why, ca
+            )
     if json_out:
         emit_json([record_dict(r) for r in recs])
     elif not recs:

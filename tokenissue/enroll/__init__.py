@@ -1,4 +1,4 @@
-"""Clients that turn a CSR into a certificate: a local CA directory, or a CMP server. They take
+"""Clients that turn a CSR into a certificate: a local CA directory, a CMP or an ACME server. They take
 a CSR (never a key), which is exactly what a token can give them; renewing and revoking over
 CMP also use the current certificate's key, which the lifecycle passes in from the token.
 """
@@ -13,13 +13,23 @@ from cryptography import x509
 
 from ..credentials import Pin, ProtectedAuth
 from ..errors import UsageError
+from .acme_options import ACMEOptions, is_acme_location
 from .base import Enroller, EnrollResult, KeyUpdater
 from .local import LocalCA
 
 if TYPE_CHECKING:
     from .cmp import AuthCodeSource
 
-__all__ = ["EnrollResult", "Enroller", "KeyUpdater", "LocalCA", "is_cmp_location", "open_enroller"]
+__all__ = [
+    "ACMEOptions",
+    "EnrollResult",
+    "Enroller",
+    "KeyUpdater",
+    "LocalCA",
+    "is_acme_location",
+    "is_cmp_location",
+    "open_enroller",
+]
 
 _CMP_SCHEMES = ("cmp+http", "cmp+https")
 
@@ -37,11 +47,13 @@ def open_enroller(
     ref: str | None = None,
     auth_code: AuthCodeSource | None = None,
     trust: Sequence[x509.Certificate] = (),
+    acme: ACMEOptions | None = None,
 ) -> Enroller:
-    """The enroller for ``--ca LOCATION``: a CA directory, or cmp+http(s)://HOST[:PORT]/PATH.
+    """The enroller for ``--ca LOCATION``: a CA directory, cmp+http(s)://HOST[:PORT]/PATH or
+    acme+https://HOST/DIRECTORY-PATH.
 
-    ``ref``, ``auth_code`` and ``trust`` are for CMP (see :class:`CMPEnroller`); ``ca_pin`` and
-    ``module`` for a local CA whose key is on a token.
+    ``ref``, ``auth_code`` and ``trust`` are for CMP (see :class:`CMPEnroller`); ``acme`` for
+    ACME (see :class:`ACMEEnroller`); ``ca_pin`` and ``module`` for a local CA whose key is on a token.
     """
     scheme = location.split("://", 1)[0] if "://" in location else ""
     if scheme.lower() in _CMP_SCHEMES:
@@ -49,8 +61,16 @@ def open_enroller(
         from .cmp import CMPEnroller
 
         return CMPEnroller(location, ref=ref, auth_code=auth_code, trust=trust)
+    if is_acme_location(location):
+        if acme is None:
+            raise UsageError("This command does not talk to ACME servers.")
+        # Imported here: acme, josepy and requests cost start-up time other commands need not pay.
+        from .acme import ACMEEnroller
+
+        return ACMEEnroller(location, acme)
     if scheme:
         raise UsageError(
-            f"CA URLs with {scheme}:// are not supported; give cmp+http(s)://HOST:PORT/PATH or a local CA directory."
+            f"CA URLs with {scheme}:// are not supported; give cmp+http(s)://HOST:PORT/PATH, "
+            "acme+https://HOST/DIRECTORY or a local CA directory."
         )
     return LocalCA(Path(location), ca_pin=ca_pin, module=module)
