@@ -143,10 +143,11 @@ class Pebble:
 
 
 @contextlib.contextmanager
-def run_pebble(d: Path, *, eab: dict[str, str] | None = None) -> Iterator[Pebble]:
+def run_pebble(d: Path, *, eab: dict[str, str] | None = None, nonce_reject: int = 0) -> Iterator[Pebble]:
     """Start challtestsrv and Pebble on free 127.0.0.1 ports; stop both (by PID) on exit.
 
     ``eab``: kid → base64url HMAC key; when given, Pebble requires external account binding.
+    ``nonce_reject``: the percentage of good nonces Pebble refuses with badNonce.
     """
     d.mkdir(parents=True, exist_ok=True)
     trust, cert, key = _tls_material(d)
@@ -167,7 +168,7 @@ def run_pebble(d: Path, *, eab: dict[str, str] | None = None) -> Iterator[Pebble
         }
     }
     (d / "pebble.json").write_text(json.dumps(config))
-    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": str(nonce_reject)}
     try:
         log1 = d / "challtestsrv.log"
         with log1.open("wb") as out:

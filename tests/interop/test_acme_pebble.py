@@ -108,7 +108,7 @@ def test_enroll_http01_renew_revoke(softhsm: SoftHSM, pebble: Pebble) -> None:
     (renewed,) = json.loads(proc.stdout)
     assert renewed["key_id"] == out["key_id"] and renewed["replaces"] == out["serial"]
     assert renewed["serial"] != out["serial"]
-    leaves = [c for c in certs(softhsm) if not c.get("is_ca") and c["id"] == out["key_id"]]
+    leaves = [c for c in certs(softhsm) if not c["ca"] and c["id"] == out["key_id"]]
     assert [c["serial"] for c in leaves] == [renewed["serial"]]
 
     # Revoke with the account key; the holder's record says so.

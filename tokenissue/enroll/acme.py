@@ -16,7 +16,9 @@ handed to it. What this module adds around the library:
   Retry-After, within an overall deadline, and reports progress through a callback.
 * **resuming** — the order URL is kept in ``STATE_DIR/acme/orders/`` under the request ID, so
   asking again with the same request ID (a resumed enrollment) picks up the same order and
-  its certificate instead of ordering a second one.
+  its certificate instead of ordering a second one — also after the certificate was issued,
+  should the process die before the journal records it (the file is kept for 30 days).
+* **bad nonces** — retried up to 8 times (the library retries once).
 * **chain** — ACME servers send the chain without its root; the root is found among the
   ``roots`` given (``--ca-trust``) or the system's trust store and appended, and the
   certificate must certify the CSR's key.
@@ -76,6 +78,8 @@ __all__ = ["ACMEEnroller", "renewal_info_id"]
 FIRST_POLL: Final = 0.2
 MAX_POLL: Final = 5.0
 NETWORK_TIMEOUT: Final = 30
+BAD_NONCE_RETRIES: Final = 8
+ORDER_KEEP: Final = datetime.timedelta(days=30)
 USER_AGENT: Final = "tokenissue"
 
 # RFC 5280 CRLReason codes, which ACME's revokeCert takes.
@@ -137,6 +141,18 @@ class _ResponderHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return None  # The validator's requests are nobody's business on stderr.
+
+
+class _Network(client.ClientNetwork):
+    # The library retries badNonce once; a server may refuse any nonce (RFC 8555 §6.5), several in a row.
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        for _ in range(BAD_NONCE_RETRIES):
+            try:
+                return self._post_once(*args, **kwargs)
+            except messages.Error as e:
+                if e.code != "badNonce":
+                    raise
+        return self._post_once(*args, **kwargs)
 
 
 class ACMEEnroller:
@@ -203,7 +219,8 @@ class ACMEEnroller:
             raise RequestRejected("The ACME server issued a certificate for another key than the CSR's; it is not used.")
         chain = self._complete_chain(leaf, chain)
         self.options.progress(f"ACME: certificate issued in {time.monotonic() - started:.1f} s.")
-        self._forget_order(request_id)
+        # The order file is kept: a crash before the journal records this certificate resumes
+        # with the same request ID, and must fetch it from this order rather than order again.
         return EnrollResult(leaf, chain)
 
     def revoke(
@@ -255,7 +272,7 @@ class ACMEEnroller:
             self._jwk = JWKEC(key=self._account_key())
             # verify_ssl goes to requests as ``verify``, which also takes a CA bundle path.
             verify = cast(bool, str(self.options.tls_trust)) if self.options.tls_trust else True
-            net = client.ClientNetwork(
+            net = _Network(
                 self._jwk, alg=ES256, verify_ssl=verify, user_agent=USER_AGENT, timeout=NETWORK_TIMEOUT
             )
             net.session.hooks["response"].append(self._remember_retry_after)
@@ -339,10 +356,12 @@ class ACMEEnroller:
     def _save_order(self, request_id: str, url: str) -> None:
         f = self._order_file(request_id)
         f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        oldest = time.time() - ORDER_KEEP.total_seconds()
+        for old in f.parent.glob("*.json"):  # orders of long-finished enrollments
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < oldest:
+                    old.unlink()
         f.write_text(json.dumps({"order": url}))
-
-    def _forget_order(self, request_id: str) -> None:
-        self._order_file(request_id).unlink(missing_ok=True)
 
     def _resume_order(self, acme: client.ClientV2, request_id: str, csr_pem: bytes) -> messages.OrderResource | None:
         """The order an earlier run placed for ``request_id``, if it can still lead to the
