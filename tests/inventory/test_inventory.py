@@ -1,5 +1,5 @@
-"""The inventory on SQLite: every method round-trips, conflicts are refused, the audit chain
-detects tampering, the file is private and two writers can share it."""
+"""The inventory on SQLite and PostgreSQL: every method round-trips, conflicts are refused, the
+audit chain detects tampering and concurrent writers share it; on SQLite the file is private."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from inventory_support import raw, sa_url, schema_snapshot
 
 from tokenissue.errors import InventoryError, NotFound
 from tokenissue.inventory import DuplicateRequest, Inventory, audit_hash
 from tokenissue.inventory._migrate import HEAD_REVISION
 from tokenissue.models import CertRecord, CertStatus, RevocationReason
 
+T = TypeVar("T")
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 BIG_SERIAL = (1 << 159) + 12345  # a 160-bit-ish serial: overflows BIGINT
 
@@ -43,20 +46,11 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "inventory.db"
 
 
-@pytest.fixture
-def inv(db_path: Path) -> Iterator[Inventory]:
-    inventory = Inventory.open(db_path)
-    yield inventory
-    inventory.close()
-
-
-def raw(db_path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    """Run SQL behind the inventory's back, as an attacker or a broken tool would."""
+def sqlite_raw(db_path: Path, sql: str) -> list[tuple[object, ...]]:
+    """SQLite-only SQL (PRAGMA, sqlite_master) with the plain sqlite3 module."""
     conn = sqlite3.connect(db_path)
     try:
-        rows = conn.execute(sql, params).fetchall()
-        conn.commit()
-        return rows
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
 
@@ -89,8 +83,9 @@ def test_sqlite_url_and_missing_parent(tmp_path: Path) -> None:
         assert inv.get_setting("k") == "v"
 
 
-def test_wal_and_foreign_keys(db_path: Path, inv: Inventory) -> None:
-    assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
+def test_wal_and_foreign_keys(db_path: Path) -> None:
+    with Inventory.open(db_path):
+        assert sqlite_raw(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
 @pytest.mark.parametrize(
@@ -143,22 +138,67 @@ def test_migration_rerun_is_noop(db_path: Path) -> None:
     with Inventory.open(db_path) as inv:
         inv.add_certificate(cert(1))
         inv.audit_append("init", {"n": 1})
-    schema = raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    schema = sqlite_raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
     with Inventory.open(db_path) as inv:
         assert inv.get_certificate(1) is not None
         assert inv.audit_verify() == 1
-    assert raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
-    assert raw(db_path, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
+    assert sqlite_raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
+    assert sqlite_raw(db_path, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
 
 
-def test_migration_matches_schema_module(db_path: Path, inv: Inventory) -> None:
+def test_migration_from_empty_and_rerun_is_noop(db_url: str) -> None:
+    """On every backend: an empty database migrates to head, and opening again changes nothing."""
+    assert schema_snapshot(db_url) == {}
+    with Inventory.open(db_url) as inv:
+        inv.add_certificate(cert(1))
+        inv.audit_append("init", {"n": 1})
+    schema = schema_snapshot(db_url)
+    assert set(schema) == {
+        "alembic_version", "audit", "certificates", "cmp_transactions", "counters", "journal",
+        "registrations", "settings",
+    }
+    with Inventory.open(db_url) as inv:
+        assert inv.get_certificate(1) is not None
+        assert inv.audit_verify() == 1
+    assert schema_snapshot(db_url) == schema
+    assert raw(db_url, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
+
+
+def test_concurrent_opens_of_a_new_database_migrate_once(db_url: str, request: pytest.FixtureRequest) -> None:
+    """Several processes opening a brand-new inventory at once: one migrates, the rest wait."""
+    if "://" not in db_url:
+        # Seen about 1 run in 15: "database is locked" while checking the schema version of a
+        # file another connection is creating (the busy timeout is not honoured there,
+        # probably the switch to WAL). Not fixed yet; PostgreSQL must pass.
+        request.applymarker(pytest.mark.xfail(reason="SQLite: concurrent first open can be 'database is locked'", strict=False))
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            Inventory.open(db_url).close()
+        except BaseException as e:  # collected and asserted on below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "concurrent migrations hung"
+    assert errors == []
+    assert raw(db_url, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
+
+
+def test_migration_matches_schema_module(db_url: str, inv: Inventory) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
     from sqlalchemy import create_engine
 
     from tokenissue.inventory._schema import metadata
 
-    engine = create_engine(f"sqlite:///{db_path}")
+    engine = create_engine(sa_url(db_url))
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": False})
@@ -167,11 +207,11 @@ def test_migration_matches_schema_module(db_path: Path, inv: Inventory) -> None:
         engine.dispose()
 
 
-def test_newer_schema_is_refused(db_path: Path) -> None:
-    Inventory.open(db_path).close()
-    raw(db_path, "UPDATE alembic_version SET version_num = '9999'")
+def test_newer_schema_is_refused(db_url: str) -> None:
+    Inventory.open(db_url).close()
+    raw(db_url, "UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(InventoryError, match="newer tokenissue") as info:
-        Inventory.open(db_path)
+        Inventory.open(db_url)
     assert info.value.exit_code == 7
 
 
@@ -287,30 +327,32 @@ def test_naive_datetimes_and_bad_serials_refused(inv: Inventory) -> None:
         inv.get_certificate(-1)
 
 
-def test_crl_number_is_monotonic_and_persistent(db_path: Path) -> None:
-    with Inventory.open(db_path) as inv:
+def test_crl_number_is_monotonic_and_persistent(db_url: str) -> None:
+    with Inventory.open(db_url) as inv:
         assert [inv.next_crl_number() for _ in range(3)] == [1, 2, 3]
-    with Inventory.open(db_path) as inv:
+    with Inventory.open(db_url) as inv:
         assert inv.next_crl_number() == 4
 
 
-def test_crl_numbers_unique_across_writers(db_path: Path) -> None:
-    Inventory.open(db_path).close()
+@pytest.mark.parametrize("writers", [2, 8])
+def test_crl_numbers_unique_across_writers(db_url: str, writers: int) -> None:
+    Inventory.open(db_url).close()
     got: list[int] = []
     lock = threading.Lock()
 
     def work() -> None:
-        with Inventory.open(db_path) as mine:
+        with Inventory.open(db_url) as mine:
             numbers = [mine.next_crl_number() for _ in range(25)]
+        assert numbers == sorted(numbers)  # each writer sees its numbers only grow
         with lock:
             got.extend(numbers)
 
-    threads = [threading.Thread(target=work) for _ in range(2)]
+    threads = [threading.Thread(target=work) for _ in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(got) == list(range(1, 51))
+    assert sorted(got) == list(range(1, 25 * writers + 1))
 
 
 # -- journal -------------------------------------------------------------------------------
@@ -406,81 +448,83 @@ def test_audit_allows_ordinary_keys(inv: Inventory) -> None:
     assert inv.audit_verify() == 1
 
 
-def _chain(db_path: Path, n: int = 5) -> None:
-    with Inventory.open(db_path) as inv:
+def _chain(db_url: str, n: int = 5) -> None:
+    with Inventory.open(db_url) as inv:
         for i in range(1, n + 1):
             inv.audit_append("issue", {"serial": hex(i)})
 
 
-def _verify_error(db_path: Path) -> str:
-    with Inventory.open(db_path) as inv, pytest.raises(InventoryError) as info:
+def _verify_error(db_url: str) -> str:
+    with Inventory.open(db_url) as inv, pytest.raises(InventoryError) as info:
         inv.audit_verify()
     assert info.value.exit_code == 7
     return str(info.value)
 
 
-def test_audit_detects_altered_details(db_path: Path) -> None:
-    _chain(db_path)
-    raw(db_path, "UPDATE audit SET details = ? WHERE seq = 3", '{"serial":"0x99"}')
-    assert "entry 3 was altered" in _verify_error(db_path)
+def test_audit_detects_altered_details(db_url: str) -> None:
+    _chain(db_url)
+    raw(db_url, "UPDATE audit SET details = :d WHERE seq = 3", {"d": '{"serial":"0x99"}'})
+    assert "entry 3 was altered" in _verify_error(db_url)
 
 
-def test_audit_detects_altered_time(db_path: Path) -> None:
-    _chain(db_path)
-    raw(db_path, "UPDATE audit SET at = '2020-01-01T00:00:00.000000Z' WHERE seq = 2")
-    assert "entry 2 was altered" in _verify_error(db_path)
+def test_audit_detects_altered_time(db_url: str) -> None:
+    _chain(db_url)
+    raw(db_url, "UPDATE audit SET at = '2020-01-01T00:00:00.000000Z' WHERE seq = 2")
+    assert "entry 2 was altered" in _verify_error(db_url)
 
 
-def test_audit_detects_removed_middle_entry(db_path: Path) -> None:
-    _chain(db_path)
-    raw(db_path, "DELETE FROM audit WHERE seq = 3")
-    assert "entry 3 was removed" in _verify_error(db_path)
+def test_audit_detects_removed_middle_entry(db_url: str) -> None:
+    _chain(db_url)
+    raw(db_url, "DELETE FROM audit WHERE seq = 3")
+    assert "entry 3 was removed" in _verify_error(db_url)
 
 
-def test_audit_detects_removed_last_entry(db_path: Path) -> None:
-    _chain(db_path)
-    raw(db_path, "DELETE FROM audit WHERE seq = 5")
-    assert "entry 5 was removed" in _verify_error(db_path)
+def test_audit_detects_removed_last_entry(db_url: str) -> None:
+    _chain(db_url)
+    raw(db_url, "DELETE FROM audit WHERE seq = 5")
+    assert "entry 5 was removed" in _verify_error(db_url)
 
 
-def test_audit_detects_removed_everything(db_path: Path) -> None:
-    _chain(db_path)
-    raw(db_path, "DELETE FROM audit")
-    assert "entry 1 was removed" in _verify_error(db_path)
+def test_audit_detects_removed_everything(db_url: str) -> None:
+    _chain(db_url)
+    raw(db_url, "DELETE FROM audit")
+    assert "entry 1 was removed" in _verify_error(db_url)
 
 
-def test_audit_detects_reordering(db_path: Path) -> None:
-    _chain(db_path)
+def test_audit_detects_reordering(db_url: str) -> None:
+    _chain(db_url)
     # Swap the content of entries 2 and 3 but keep each one's own seq and hash consistent,
     # as someone who knows the hash format would: only the links betray it.
-    rows = raw(db_path, "SELECT seq, at, action, details, prev_hash FROM audit ORDER BY seq")
+    rows = raw(db_url, "SELECT seq, at, action, details, prev_hash FROM audit ORDER BY seq")
     by_seq = {r[0]: r for r in rows}
 
     def rehash(seq: int, src: tuple[object, ...]) -> None:
-        at = datetime.fromisoformat(str(src[1]))
+        # SQLite returns the stored ISO text, PostgreSQL a timestamptz.
+        at = src[1] if isinstance(src[1], datetime) else datetime.fromisoformat(str(src[1]))
         details = json.loads(str(src[3]))
         digest = audit_hash(seq, at, str(src[2]), details, str(src[4]))
-        raw(db_path, "UPDATE audit SET at=?, action=?, details=?, prev_hash=?, hash=? "
-                     "WHERE seq=?", src[1], src[2], src[3], src[4], digest, seq)
+        raw(db_url, "UPDATE audit SET at=:at, action=:action, details=:details, prev_hash=:prev, hash=:hash "
+                    "WHERE seq=:seq",
+            {"at": src[1], "action": src[2], "details": src[3], "prev": src[4], "hash": digest, "seq": seq})
 
     rehash(2, by_seq[3])
     rehash(3, by_seq[2])
-    assert "entry 2 does not follow entry 1" in _verify_error(db_path)
+    assert "entry 2 does not follow entry 1" in _verify_error(db_url)
 
 
-def test_audit_detects_removed_head(db_path: Path) -> None:
-    _chain(db_path)
-    raw(db_path, "DELETE FROM settings WHERE key = 'inventory.audit_head'")
-    assert "head record was removed" in _verify_error(db_path)
+def test_audit_detects_removed_head(db_url: str) -> None:
+    _chain(db_url)
+    raw(db_url, "DELETE FROM settings WHERE key = 'inventory.audit_head'")
+    assert "head record was removed" in _verify_error(db_url)
 
 
-def test_concurrent_audit_appends_make_one_chain(db_path: Path) -> None:
-    Inventory.open(db_path).close()
+def test_concurrent_audit_appends_make_one_chain(db_url: str) -> None:
+    Inventory.open(db_url).close()
     errors: list[BaseException] = []
 
     def work(name: str) -> None:
         try:
-            with Inventory.open(db_path) as mine:
+            with Inventory.open(db_url) as mine:
                 for i in range(50):
                     mine.audit_append("tick", {"writer": name, "i": i})
         except BaseException as e:  # collected and asserted on below
@@ -492,7 +536,7 @@ def test_concurrent_audit_appends_make_one_chain(db_path: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    with Inventory.open(db_path) as inv:
+    with Inventory.open(db_url) as inv:
         assert inv.audit_verify() == 100
         entries = inv.audit_entries()
     assert [e.seq for e in entries] == list(range(1, 101))
@@ -530,15 +574,14 @@ def test_head_revision_constant_matches_alembic() -> None:
     assert ScriptDirectory.from_config(cfg).get_heads() == [HEAD_REVISION]
 
 
-def test_reopen_at_head_does_not_import_alembic(tmp_path: Path) -> None:
+def test_reopen_at_head_does_not_import_alembic(db_url: str) -> None:
     import subprocess
     import sys
 
-    db = tmp_path / "x.db"
-    Inventory.open(db).close()
+    Inventory.open(db_url).close()
     code = (
         "import sys; from tokenissue.inventory import Inventory; "
-        f"Inventory.open({str(db)!r}).close(); print('alembic' in sys.modules)"
+        f"Inventory.open({db_url!r}).close(); print('alembic' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -556,3 +599,84 @@ def test_certificate_and_its_audit_entry_are_one_transaction(inv: Inventory) -> 
     inv.revoke(0x51, RevocationReason.KEY_COMPROMISE, datetime.now(UTC), audit=("revoke", {"serial": "51"}))
     assert [e.action for e in inv.audit_entries()] == ["issue", "revoke"]
     assert inv.audit_verify() == 2
+
+
+def _race(db_url: str, n: int, work: Callable[[Inventory, int], T]) -> list[T]:
+    """Run ``work(inventory, i)`` in n threads at once, each with its own Inventory."""
+    inventories = [Inventory.open(db_url) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    results: list[T] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            out = work(inventories[i], i)
+            with lock:
+                results.append(out)
+        except BaseException as e:  # asserted on below
+            with lock:
+                errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for inventory in inventories:
+        inventory.close()
+    assert errors == []
+    return results
+
+
+def test_concurrent_revocations_keep_the_first(db_url: str) -> None:
+    """Racing revocations of one certificate: one wins, the rest return its reason and time
+    unchanged, and only the winner writes an audit entry."""
+    with Inventory.open(db_url) as inv:
+        inv.add_certificate(cert(0x77))
+    reasons = list(RevocationReason)
+
+    def revoke(inventory: Inventory, i: int) -> CertRecord:
+        return inventory.revoke(
+            0x77, reasons[i % len(reasons)], T0 + timedelta(seconds=i), audit=("revoke", {"i": i})
+        )
+
+    results = _race(db_url, 8, revoke)
+    with Inventory.open(db_url) as inv:
+        final = inv.get_certificate(0x77)
+        entries = inv.audit_entries()
+        assert inv.audit_verify() == 1
+    assert len(entries) == 1
+    assert final is not None and final.revoked_at == T0 + timedelta(seconds=int(str(entries[0].details["i"])))
+    assert all(r == final for r in results)
+
+
+def test_concurrent_journal_updates_lose_nothing(db_url: str) -> None:
+    with Inventory.open(db_url) as inv:
+        entry = inv.journal_start("enroll", {})
+    _race(db_url, 8, lambda inventory, i: inventory.journal_update(entry.id, f"step{i}", **{f"k{i}": i}))
+    with Inventory.open(db_url) as inv:
+        got = inv.journal_get(entry.id)
+    assert got is not None and got.data == {f"k{i}": i for i in range(8)}
+
+
+def test_concurrent_writers_of_a_new_setting(db_url: str) -> None:
+    """The portable UPDATE-then-INSERT upsert must not fail when two writers create a key."""
+    _race(db_url, 8, lambda inventory, i: inventory.set_setting("ca.name", f"CA {i}"))
+    with Inventory.open(db_url) as inv:
+        assert inv.get_setting("ca.name") in {f"CA {i}" for i in range(8)}
+
+
+def test_value_too_long_for_postgresql_is_inventory_error(pg_url: str) -> None:
+    """PostgreSQL enforces column widths (SQLite does not): the error says what is wrong."""
+    with Inventory.open(pg_url) as inv, pytest.raises(InventoryError, match="does not fit its column") as info:
+        inv.journal_start("k" * 33, {})
+    assert info.value.exit_code == 7
+
+
+def test_bare_postgresql_url_uses_psycopg(pg_url: str) -> None:
+    assert pg_url.startswith("postgresql://")
+    with Inventory.open(pg_url) as inv:
+        assert inv._engine.dialect.driver == "psycopg"
+        assert "psycopg" in inv._where and "postgresql" in inv._where

@@ -1,18 +1,17 @@
-"""Registrations and CMP transactions in the inventory (SQLite): round trips, single use under
-concurrency, lock-out after exactly max_failures, duplicate transactionIDs, and migration of a
-database written at revision 0001."""
+"""Registrations and CMP transactions in the inventory (SQLite and PostgreSQL): round trips,
+single use under concurrency, lock-out after exactly max_failures, duplicate transactionIDs, and
+migration of a database written at revision 0001."""
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from inventory_support import raw, sa_url, schema_snapshot
 
 from tokenissue.errors import InventoryError, NotFound
 from tokenissue.inventory import DuplicateRegistration, DuplicateTransaction, Inventory
@@ -43,21 +42,9 @@ def reg(ref: str = "1234567890", **kw: object) -> Registration:
     return Registration(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "inventory.db"
-
-
-@pytest.fixture
-def inv(db_path: Path) -> Iterator[Inventory]:
-    inventory = Inventory.open(db_path)
-    yield inventory
-    inventory.close()
-
-
-def race(db_path: Path, work: Callable[[Inventory], T]) -> list[T]:
-    """Run ``work`` in THREADS threads at once, each with its own Inventory on the same file."""
-    inventories = [Inventory.open(db_path) for _ in range(THREADS)]
+def race(db_url: str, work: Callable[[Inventory], T]) -> list[T]:
+    """Run ``work`` in THREADS threads at once, each with its own Inventory on the same database."""
+    inventories = [Inventory.open(db_url) for _ in range(THREADS)]
     barrier = threading.Barrier(THREADS)
     results: list[T] = []
     errors: list[BaseException] = []
@@ -146,10 +133,10 @@ def test_consume_refuses_expired_cancelled_locked_unknown(inv: Inventory) -> Non
     assert inv.registration_consume("nope", 4, NOW) is False
 
 
-def test_consume_is_single_use_across_racing_writers(db_path: Path) -> None:
-    """Eight threads, each with its own Inventory (own engine, own connections) on one SQLite
-    file, consume the same registration at once: the conditional UPDATE lets exactly one win."""
-    with Inventory.open(db_path) as inv:
+def test_consume_is_single_use_across_racing_writers(db_url: str) -> None:
+    """Eight threads, each with its own Inventory (own engine, own connections) on one
+    database, consume the same registration at once: the conditional UPDATE lets exactly one win."""
+    with Inventory.open(db_url) as inv:
         inv.add_registration(reg())
     serials = iter(range(1, THREADS + 1))
     lock = threading.Lock()
@@ -159,11 +146,11 @@ def test_consume_is_single_use_across_racing_writers(db_path: Path) -> None:
             serial = next(serials)
         return serial, inventory.registration_consume("1234567890", serial, datetime.now(UTC))
 
-    results = race(db_path, consume)
+    results = race(db_url, consume)
     winners = [serial for serial, won in results if won]
     assert len(results) == THREADS
     assert len(winners) == 1
-    with Inventory.open(db_path) as inv:
+    with Inventory.open(db_url) as inv:
         got = inv.get_registration("1234567890")
     assert got is not None
     assert got.status is RegistrationStatus.USED
@@ -189,11 +176,11 @@ def test_failures_on_used_registration_do_not_relabel_it(inv: Inventory) -> None
     assert (after.failures, after.status) == (1, RegistrationStatus.USED)
 
 
-def test_concurrent_failures_are_all_counted(db_path: Path) -> None:
+def test_concurrent_failures_are_all_counted(db_url: str) -> None:
     """No lost updates: eight concurrent failures count eight, and the lock happens on the fifth."""
-    with Inventory.open(db_path) as inv:
+    with Inventory.open(db_url) as inv:
         inv.add_registration(reg())
-    results = race(db_path, lambda i: i.registration_failed("1234567890"))
+    results = race(db_url, lambda i: i.registration_failed("1234567890"))
     assert sorted(r.failures for r in results) == list(range(1, THREADS + 1))
     assert all((r.status is RegistrationStatus.LOCKED) == (r.failures >= 5) for r in results)
 
@@ -217,13 +204,11 @@ def test_cancel(inv: Inventory) -> None:
     assert inv.registration_cancel("3").status is RegistrationStatus.USED  # stays used
 
 
-def test_no_code_column(db_path: Path, inv: Inventory) -> None:
+def test_no_code_column(db_url: str, inv: Inventory) -> None:
     """The schema has nowhere to put a code or its hash."""
-    conn = sqlite3.connect(db_path)
-    try:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(registrations)")}
-    finally:
-        conn.close()
+    table = schema_snapshot(db_url)["registrations"]
+    assert isinstance(table, tuple)
+    columns = {c[0] for c in table[0]}
     assert columns == {
         "ref", "subject", "profile", "nonce", "status", "failures", "max_failures",
         "created_at", "expires_at", "used_at", "serial", "san", "reserved_tid",
@@ -266,8 +251,8 @@ def test_release_only_by_the_holder_and_reserve_needs_open_unexpired(inv: Invent
     assert not inv.registration_reserve("nope", a, NOW)
 
 
-def test_reserve_race_has_one_winner(db_path: Path) -> None:
-    with Inventory.open(db_path) as first:
+def test_reserve_race_has_one_winner(db_url: str) -> None:
+    with Inventory.open(db_url) as first:
         first.add_registration(reg())
     counter = iter(range(THREADS))
     lock = threading.Lock()
@@ -277,7 +262,7 @@ def test_reserve_race_has_one_winner(db_path: Path) -> None:
             n = next(counter)
         return inventory.registration_reserve("1234567890", bytes([n]) * 16, datetime.now(UTC))
 
-    assert sorted(race(db_path, reserve)) == [False] * (THREADS - 1) + [True]
+    assert sorted(race(db_url, reserve)) == [False] * (THREADS - 1) + [True]
 
 
 # -- CMP transactions ----------------------------------------------------------------------
@@ -321,8 +306,8 @@ def test_transaction_begin_duplicate_raises(inv: Inventory) -> None:
     assert inv.transaction_get(TID) == first  # the loser changed nothing
 
 
-def test_transaction_begin_race_has_one_winner(db_path: Path) -> None:
-    Inventory.open(db_path).close()
+def test_transaction_begin_race_has_one_winner(db_url: str) -> None:
+    Inventory.open(db_url).close()
 
     def begin(inventory: Inventory) -> bool:
         try:
@@ -331,7 +316,7 @@ def test_transaction_begin_race_has_one_winner(db_path: Path) -> None:
             return False
         return True
 
-    assert sorted(race(db_path, begin)) == [False] * (THREADS - 1) + [True]
+    assert sorted(race(db_url, begin)) == [False] * (THREADS - 1) + [True]
 
 
 def test_transaction_update_unknown_and_bad_values(inv: Inventory) -> None:
@@ -346,7 +331,7 @@ def test_transaction_update_unknown_and_bad_values(inv: Inventory) -> None:
 # -- migration from revision 0001 ------------------------------------------------------------
 
 
-def test_migrates_a_0001_database_and_keeps_its_data(db_path: Path) -> None:
+def test_migrates_a_0001_database_and_keeps_its_data(db_url: str) -> None:
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import create_engine
@@ -356,13 +341,13 @@ def test_migrates_a_0001_database_and_keeps_its_data(db_path: Path) -> None:
     assert HEAD_REVISION == "0002"
     # An inventory as tokenissue before registrations left it: schema at 0001, with data
     # written through the store's own methods (they only touch 0001 tables).
-    engine = create_engine(f"sqlite:///{db_path}")
+    engine = create_engine(sa_url(db_url))
     with engine.begin() as conn:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-    old = Inventory(engine, str(db_path))
+    old = Inventory(engine, db_url)
     record = CertRecord(
         serial=0x1234, subject="CN=old", issuer="CN=CA", not_before=NOW, not_after=NOW + timedelta(days=1),
         sha256="ab" * 32, profile="personal", der=b"\x30\x00", request_id="req-1",
@@ -371,15 +356,10 @@ def test_migrates_a_0001_database_and_keeps_its_data(db_path: Path) -> None:
     old.audit_append("ca-init", {"subject": "CN=CA"})
     old.set_setting("k", "v")
     old.close()
-    conn0 = sqlite3.connect(db_path)
-    try:
-        assert conn0.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
-        tables = {r[0] for r in conn0.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    finally:
-        conn0.close()
-    assert "registrations" not in tables
+    assert raw(db_url, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert "registrations" not in schema_snapshot(db_url)
 
-    with Inventory.open(db_path) as inv:
+    with Inventory.open(db_url) as inv:
         got = inv.get_certificate(0x1234)
         assert got is not None and dataclasses.replace(got) == record
         assert inv.find_by_request("req-1") == record
@@ -389,8 +369,4 @@ def test_migrates_a_0001_database_and_keeps_its_data(db_path: Path) -> None:
         inv.add_registration(reg())
         assert inv.registration_consume("1234567890", 5, NOW)
         inv.transaction_begin(TID, TransactionKind.IR, "1234567890", b"\x01", b"\x02", True)
-    conn1 = sqlite3.connect(db_path)
-    try:
-        assert conn1.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
-    finally:
-        conn1.close()
+    assert raw(db_url, "SELECT version_num FROM alembic_version") == [("0002",)]

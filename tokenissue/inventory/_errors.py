@@ -69,6 +69,12 @@ def translate(doing: str, where: str) -> Iterator[None]:
         else:
             hint = "check the path, its permissions and that the database is reachable"
         raise InventoryError(f"Cannot {doing} the inventory at {where}: {reason}; {hint}.") from e
+    except sa_exc.DataError as e:
+        # PostgreSQL enforces column widths and refuses NUL in text; SQLite stores either.
+        raise InventoryError(
+            f"Cannot {doing} the inventory at {where}: {_reason(e)}; "
+            "a value does not fit its column (too long, or text containing a NUL character)."
+        ) from e
     except sa_exc.IntegrityError as e:
         raise InventoryError(
             f"Cannot {doing} the inventory at {where}: {_reason(e)}; "

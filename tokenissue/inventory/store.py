@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import and_, case, create_engine, event, func, insert, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
 from sqlalchemy.sql.elements import ColumnElement
@@ -48,7 +48,8 @@ __all__ = ["Inventory"]
 # How long a SQLite writer waits for another one before giving up. Issuing a certificate
 # holds the lock for milliseconds; the generous wait covers a slow disk or a long migration.
 _BUSY_TIMEOUT_MS = 30_000
-# Concurrent audit appends on PostgreSQL can both pick seq N; the loser retries.
+# Two audit appends that both pick seq N: the loser retries. On SQLite BEGIN IMMEDIATE and on
+# PostgreSQL an advisory lock (_AUDIT_LOCK_KEY) queue appenders, so this is only a backstop.
 _AUDIT_RETRIES = 20
 # Settings under this prefix are the inventory's own bookkeeping; set_setting refuses them.
 _RESERVED_PREFIX = "inventory."
@@ -61,6 +62,10 @@ _MAX_SERIAL = 1 << 256
 # nonces; 64 bytes leaves room for clients that use more.
 _MAX_CMP_OCTETS = 64
 _MAX_REG_NONCE = 32
+# The PostgreSQL advisory lock that serialises migrations (any fixed 64-bit number will do).
+_MIGRATE_LOCK_KEY = 0x746F6B656E697373  # "tokeniss"
+# The PostgreSQL advisory lock that queues audit appenders, held until their commit.
+_AUDIT_LOCK_KEY = _MIGRATE_LOCK_KEY + 1
 
 
 def _prepare_audit(details: Mapping[str, object]) -> tuple[str, dict[str, object]]:
@@ -101,6 +106,9 @@ def _resolve_url(url_or_path: str | os.PathLike[str]) -> tuple[URL, Path | None]
         path = Path(text).expanduser().absolute()
         return URL.create("sqlite+pysqlite", database=str(path)), path
     url = make_url(text)
+    if url.drivername == "postgresql":
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; tokenissue depends on psycopg 3.
+        return url.set(drivername="postgresql+psycopg"), None
     if url.get_backend_name() != "sqlite":
         return url, None
     database = url.database
@@ -224,6 +232,11 @@ class Inventory:
 
         try:
             with self._tx("migrate", write=True) as conn:
+                if conn.dialect.name == "postgresql":
+                    # SQLite serialises migrators with BEGIN IMMEDIATE; PostgreSQL needs a lock,
+                    # or two processes opening a new database both run CREATE TABLE and one
+                    # fails. Alembic reads the version after the lock, so the second does nothing.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK_KEY})
                 upgrade_to_head(conn)
         except CommandError as e:
             # The usual cause is a database last written by a newer tokenissue, whose
@@ -355,7 +368,12 @@ class Inventory:
         key = _serial_hex(serial)
         at = utc(at, "at")
         with self._tx("write to", write=True) as conn:
-            row = conn.execute(select(certificates).where(certificates.c.serial == key)).first()
+            # FOR UPDATE (nothing on SQLite, where BEGIN IMMEDIATE already serialises): on
+            # PostgreSQL two revokers would otherwise both read "valid" and the second would
+            # overwrite the first one's reason and time and log a second audit entry.
+            row = conn.execute(
+                select(certificates).where(certificates.c.serial == key).with_for_update()
+            ).first()
             if row is None:
                 raise NotFound(
                     f"No certificate with serial {serial:#x} is in the inventory; "
@@ -546,7 +564,9 @@ class Inventory:
         return self._row_to_journal(row)
 
     def _journal_row_for_write(self, conn: Connection, id: str) -> Row[Any]:
-        row = conn.execute(select(journal).where(journal.c.id == id)).first()
+        # Locked until commit on PostgreSQL, so concurrent journal_update calls merge their
+        # data one after the other instead of the last one dropping the others' keys.
+        row = conn.execute(select(journal).where(journal.c.id == id).with_for_update()).first()
         if row is None:
             raise InventoryError(
                 f"No journal entry {id} is in the inventory at {self._where}; "
@@ -591,6 +611,12 @@ class Inventory:
     def _append_audit(self, conn: Connection, action: str, prepared: tuple[str, dict[str, object]]) -> AuditEntry:
         """Write one audit entry inside the caller's transaction."""
         details_json, stored_details = prepared
+        if conn.dialect.name == "postgresql":
+            # Under READ COMMITTED two appenders read the same head and one fails on the
+            # primary key; retrying alone can starve a writer (the other keeps winning), so
+            # appenders queue here. The audit entry is always the last write of its
+            # transaction, so waiting here while holding other row locks cannot deadlock.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
         last = conn.execute(select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
         seq = 1 if last is None else last.seq + 1
         prev_hash = GENESIS_HASH if last is None else last.hash
@@ -702,8 +728,16 @@ class Inventory:
         """
         if key.startswith(_RESERVED_PREFIX):
             raise ValueError(f"setting keys starting with {_RESERVED_PREFIX!r} are reserved")
-        with self._tx("write to", write=True) as conn:
-            self._put_setting(conn, key, value)
+        try:
+            with self._tx("write to", write=True) as conn:
+                self._put_setting(conn, key, value)
+        except InventoryError as e:
+            # On PostgreSQL two writers of a new key can both find no row to update and both
+            # insert; the loser's insert fails, and now the row exists, so its update wins.
+            if not isinstance(e.__cause__, sa_exc.IntegrityError):
+                raise
+            with self._tx("write to", write=True) as conn:
+                self._put_setting(conn, key, value)
 
     @staticmethod
     def _put_setting(conn: Connection, key: str, value: str) -> None:
