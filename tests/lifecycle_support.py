@@ -26,6 +26,14 @@ CA_TOKEN = "ca"  # the token make_token_ca adds for the CA key
 __all__ = ["USER_TOKEN", "TokenCA", "add_token_fast", "make_token_ca", "openssl"]
 
 
+#: OpenSSL's PKCS#11 engine (libengine-pkcs11-openssl), or None when it is not installed.
+ENGINE_SO = next(
+    (p for p in ("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so", "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so")
+     if Path(p).exists()),
+    None,
+)
+
+
 def openssl(*args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the system openssl (never through tokenissue) and capture its text output."""
     return subprocess.run(

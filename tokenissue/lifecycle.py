@@ -41,7 +41,6 @@ from cryptography.hazmat.primitives import serialization
 from .credentials import Pin, ProtectedAuth
 from .enroll import Enroller, EnrollResult, KeyUpdater
 from .errors import (
-    CAOutcomeUnknown,
     KeyNotFound,
     ObjectExists,
     ProvenanceError,
@@ -249,8 +248,6 @@ def enroll(
                 )
                 data, st = dict(entry.data), entry.state
                 on_step("issued-recorded")
-        except CAOutcomeUnknown:
-            raise  # The CA may have issued: keep the entry, so the next run asks again with this ID.
         except TokenIssueError as e:
             # Before the CA is asked ("started", "key") a failure is final: remove the key.
             # Once it has been asked ("csr"), only a definite refusal is; anything else (the
@@ -396,13 +393,6 @@ def _record(
 ) -> None:
     if state.get_certificate(cert.serial_number) is not None:
         return
-    try:
-        sans = [
-            format_san(n) for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        ]
-    except x509.ExtensionNotFound:
-        sans = []
-    del sans  # kept in the certificate itself; the record indexes it
     state.add_certificate(
         CertRecord(
             serial=cert.serial_number,

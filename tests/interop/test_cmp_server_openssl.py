@@ -26,18 +26,13 @@ import pytest
 from cmp_server_support import Served, served
 from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography import x509
-from lifecycle_support import TokenCA, make_token_ca
+from lifecycle_support import ENGINE_SO, TokenCA, make_token_ca
 
 pytestmark = [
     pytest.mark.interop,
     pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed"),
 ]
 
-ENGINE_SO = next(
-    (p for p in ("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so", "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so")
-     if Path(p).exists()),
-    None,
-)
 SUBJECT = "CN=Interop Holder,O=tokenissue tests,C=KR"
 
 
