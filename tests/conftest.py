@@ -255,6 +255,32 @@ class PgServer:
         # A bare postgresql:// on purpose: Inventory.open must pick the psycopg driver itself.
         return f"postgresql://postgres@/{database}?host={self.socket_dir}"
 
+    def stop(self) -> None:
+        """Stop the server now (fast shutdown: open connections are cut), for the fault tests."""
+        proc = _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "stop", "-m", "fast", "-w", "-t", "30"], _pg_user(), 40)
+        assert proc.returncode == 0, proc.stderr
+
+    def start(self) -> None:
+        """Start it again with the options it first ran with (pg_ctl keeps them in postmaster.opts)."""
+        proc = _run(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.socket_dir / "server.log"), "-w",
+             "-t", str(PG_START_TIMEOUT), "-o", _pg_options(self.socket_dir), "start"],
+            _pg_user(), PG_START_TIMEOUT + 10,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+def _pg_user() -> str | None:
+    """Who runs PostgreSQL: as root, the 'postgres' system user (initdb refuses root)."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def _pg_options(socket_dir: Path) -> str:
+    return (
+        f"-c listen_addresses='' -c unix_socket_directories='{socket_dir}' -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+
 
 def _run(cmd: list[str], user: str | None, timeout: float) -> subprocess.CompletedProcess[str]:
     if user is not None:
@@ -289,10 +315,7 @@ def _start_pg() -> tuple[PgServer | None, str]:
     if initdb.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         return None, f"initdb failed: {initdb.stderr.strip()[-500:]}"
-    options = (
-        f"-c listen_addresses='' -c unix_socket_directories='{root}' -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
+    options = _pg_options(root)
     log = root / "server.log"
     try:
         start = _run(
@@ -363,6 +386,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Where the inventory lives: a SQLite file path, or a PostgreSQL URL."""
     if request.param == "sqlite":
         return str(tmp_path / "inventory.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ca_database(request: pytest.FixtureRequest) -> str | None:
+    """The inventory of a test CA: None for the default SQLite ca.db in the CA directory, or a
+    fresh PostgreSQL database's URL (for 'ca init --db')."""
+    if request.param == "sqlite":
+        return None
     return str(request.getfixturevalue("pg_url"))
 
 

@@ -50,6 +50,8 @@ class TokenCA:
     dir: Path
     #: Token directories of SoftHSM that existed before the CA token was made (the user's).
     user_token_dirs: list[Path] = field(default_factory=list)
+    #: The inventory URL given to 'ca init --db'; None: SQLite ca.db in the CA directory.
+    database: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -111,7 +113,7 @@ class TokenCA:
 
     def records(self) -> list[CertRecord]:
         """The CA's inventory read in-process (cheaper than 'ca list' where the CLI is not the point)."""
-        with Inventory.open(self.dir / "ca.db") as inv:
+        with Inventory.open(self.database or self.dir / "ca.db") as inv:
             return inv.list_certificates()
 
     def verify(self, leaf: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -132,16 +134,18 @@ def add_token_fast(hsm: SoftHSM, label: str) -> None:
 
 def make_token_ca(
     hsm: SoftHSM, *, token: str = CA_TOKEN, subject: str = "CN=Test Token CA,O=tokenissue tests,C=KR",
-    profiles: str | None = None,
+    profiles: str | None = None, database: str | None = None,
 ) -> TokenCA:
-    """A fresh CA (EC P-256 key generated on a new token ``token``) in ``hsm.root / 'ca'``."""
+    """A fresh CA (EC P-256 key generated on a new token ``token``) in ``hsm.root / 'ca'``,
+    its inventory in ``database`` (a URL for 'ca init --db') or the default SQLite file."""
     tokens_dir = hsm.root / "tokens"
     before = sorted(p for p in tokens_dir.iterdir() if p.is_dir())
     add_token_fast(hsm, token)
     ca_dir = hsm.root / "ca"
-    ca = TokenCA(hsm=hsm, dir=ca_dir, user_token_dirs=before)
+    ca = TokenCA(hsm=hsm, dir=ca_dir, user_token_dirs=before, database=database)
+    db = ["--db", database] if database else []
     ca.run("ca", "init", "--ca-dir", str(ca_dir), "--token", token, "--subject", subject, "--type", "ec-p256",
-           check=True)
+           *db, check=True)
     if profiles is not None:
         (ca_dir / "profiles.toml").write_text(profiles, encoding="utf-8")
     return ca

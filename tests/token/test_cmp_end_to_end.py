@@ -173,8 +173,8 @@ def test_client_killed_then_same_command_finishes_once(net: Net, step: str) -> N
     _nothing_to_resume(net.ca)
 
 
-def test_server_killed_between_issuing_and_consuming(softhsm: SoftHSM) -> None:
-    ca = make_token_ca(softhsm)
+def test_server_killed_between_issuing_and_consuming(softhsm: SoftHSM, ca_database: str | None) -> None:
+    ca = make_token_ca(softhsm, database=ca_database)
     port = free_port()
     subject = "CN=Net Server Crash,O=tokenissue tests"
     with served(ca, env={"TOKENISSUE_SERVER_FAILPOINT": "after-issue"}, port=port) as dying:

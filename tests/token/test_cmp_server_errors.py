@@ -90,8 +90,8 @@ class Env:
 
 
 @pytest.fixture
-def env(session_softhsm: SoftHSM) -> Iterator[Env]:
-    ca = make_token_ca(session_softhsm)
+def env(session_softhsm: SoftHSM, ca_database: str | None) -> Iterator[Env]:
+    ca = make_token_ca(session_softhsm, database=ca_database)
     app, log = in_process_app(session_softhsm, ca)
     with TestClient(app) as client:
         yield Env(ca, client, log)

@@ -44,8 +44,8 @@ ALLOWED = {200, 400, 413, 415}
 
 
 @pytest.fixture
-def client_and_seeds(session_softhsm: SoftHSM) -> Iterator[tuple[TestClient, list[bytes]]]:
-    ca = make_token_ca(session_softhsm)
+def client_and_seeds(session_softhsm: SoftHSM, ca_database: str | None) -> Iterator[tuple[TestClient, list[bytes]]]:
+    ca = make_token_ca(session_softhsm, database=ca_database)
     app, _ = in_process_app(session_softhsm, ca, max_body=MAX_BODY)
     with TestClient(app) as client:
         reg = register(ca.dir, "CN=Fuzz Seed,O=Example")

@@ -59,10 +59,10 @@ def service(ca: TokenCA, crash_at: str | None = None) -> Iterator[Callable[[byte
 
 
 @pytest.fixture
-def ca(session_softhsm: SoftHSM) -> TokenCA:
+def ca(session_softhsm: SoftHSM, ca_database: str | None) -> TokenCA:
     from tokenissue import p11
 
-    token_ca = make_token_ca(session_softhsm)
+    token_ca = make_token_ca(session_softhsm, database=ca_database)
     p11.load_module(SOFTHSM_MODULE).refresh()  # the CA token was made by a subprocess
     return token_ca
 

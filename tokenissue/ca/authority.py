@@ -112,6 +112,7 @@ class CertificateAuthority:
         crl_url: str | None = None,
         csr_out: bool = False,
         insecure_file_key: bool = False,
+        database: str | None = None,
     ) -> CertificateAuthority:
         """Create a CA: key on the token (or, explicitly insecure, in a file), then a self-signed
         root, or a CSR for a parent CA when ``csr_out`` (finish with :meth:`install_certificate`)."""
@@ -122,6 +123,9 @@ class CertificateAuthority:
             raise UsageError("--days must be positive.")
         ca_dir.mkdir(parents=True, exist_ok=True)
         ca_dir.chmod(0o700)
+        if database is not None:
+            # Reach the database before a key is made: a wrong URL must not leave a CA key behind.
+            Inventory.open(database).close()
         if insecure_file_key:
             from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -132,7 +136,7 @@ class CertificateAuthority:
                     serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
                 ),
             )
-            config = CAConfig(subject=subject, insecure_key_file="ca-key.pem", crl_url=crl_url)
+            config = CAConfig(subject=subject, insecure_key_file="ca-key.pem", crl_url=crl_url, database=database)
             cert_or_csr = cls._make_root_or_csr(key, name, days, csr_out)
         else:
             if token is None:
@@ -145,6 +149,7 @@ class CertificateAuthority:
                     key=f"id:{info.id.hex()}",
                     module=module,
                     crl_url=crl_url,
+                    database=database,
                 )
                 try:
                     cert_or_csr = cls._make_root_or_csr(s.private_key(KeySelector(id=info.id)), name, days, csr_out)

@@ -52,6 +52,15 @@ def record_dict(r: Any) -> dict[str, Any]:
     }
 
 
+def _url_has_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
 @app.command("init")
 def init(
     ctx: typer.Context,
@@ -69,11 +78,26 @@ def init(
     insecure_file_key: Annotated[
         bool, typer.Option("--insecure-file-key", help="Keep the CA key in a file in the CA dir. Throwaway CAs only.")
     ] = False,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Inventory database shared by CA server replicas, e.g. 'postgresql://ca@db.example/ca' "
+            "(password from ~/.pgpass or PGPASSFILE, never in the URL); saved in ca.toml. "
+            "Default: SQLite file ca.db in the CA directory.",
+            envvar="TOKENISSUE_CA_DB",
+        ),
+    ] = None,
     ca_pin_file: CaPinFileOpt = None,
 ) -> None:
     """Create a CA: its key is generated on the token, then a self-signed root (or a CSR)."""
     from ..ca.authority import CSR_FILE, CertificateAuthority
 
+    if db is not None and "://" in db and _url_has_password(db):
+        raise UsageError(
+            "--db must not carry a password (it would sit in the shell history and the process list); "
+            "put it in ~/.pgpass or a PGPASSFILE, or edit 'database' in ca.toml (mode 0600)."
+        )
     pin = None if insecure_file_key else ca_pin_source(ca_pin_file).get()
     ca = CertificateAuthority.init(
         ca_dir,
@@ -87,6 +111,7 @@ def init(
         crl_url=crl_url,
         csr_out=csr_out is not None,
         insecure_file_key=insecure_file_key,
+        database=db,
     )
     with ca:
         if csr_out is not None:

@@ -17,7 +17,7 @@ non-JSON data) raise ValueError.
 from __future__ import annotations
 
 from ._audit import GENESIS_HASH, audit_hash, canonical_json
-from ._errors import DuplicateRegistration, DuplicateRequest, DuplicateTransaction
+from ._errors import DuplicateRegistration, DuplicateRequest, DuplicateTransaction, InventoryUnavailable
 from .store import Inventory
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "DuplicateRequest",
     "DuplicateTransaction",
     "Inventory",
+    "InventoryUnavailable",
     "audit_hash",
     "canonical_json",
 ]

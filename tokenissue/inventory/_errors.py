@@ -9,7 +9,29 @@ from sqlalchemy import exc as sa_exc
 
 from ..errors import InventoryError, TokenIssueError
 
-__all__ = ["DuplicateRegistration", "DuplicateRequest", "DuplicateTransaction", "translate"]
+__all__ = ["DuplicateRegistration", "DuplicateRequest", "DuplicateTransaction", "InventoryUnavailable", "translate"]
+
+
+class InventoryUnavailable(InventoryError):
+    """The database cannot be reached or is busy right now (server down or restarting, network,
+    SQLite locked by another process). Nothing was written; the same call may succeed later.
+    A CA server answers these with HTTP 503 so clients and load balancers retry."""
+
+
+def _transient(e: sa_exc.DBAPIError) -> bool:
+    if e.connection_invalidated:
+        return True
+    orig = e.orig
+    sqlite_name = getattr(orig, "sqlite_errorname", None)
+    if sqlite_name is not None:
+        return str(sqlite_name).startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is None:
+        # psycopg reports a failed or broken connection without an SQLSTATE.
+        return isinstance(e, sa_exc.OperationalError)
+    # 08 connection exception, 53 insufficient resources (too many connections), 57 operator
+    # intervention (shutting down, starting up), 40 transaction rollback (serialization, deadlock).
+    return str(sqlstate)[:2] in ("08", "53", "57", "40")
 
 
 class DuplicateRequest(InventoryError):
@@ -62,31 +84,27 @@ def translate(doing: str, where: str) -> Iterator[None]:
         yield
     except TokenIssueError:
         raise
-    except sa_exc.OperationalError as e:
-        reason = _reason(e)
-        if "locked" in reason or "busy" in reason:
-            hint = "another tokenissue process is using it; try again in a moment"
-        else:
-            hint = "check the path, its permissions and that the database is reachable"
-        raise InventoryError(f"Cannot {doing} the inventory at {where}: {reason}; {hint}.") from e
-    except sa_exc.DataError as e:
-        # PostgreSQL enforces column widths and refuses NUL in text; SQLite stores either.
-        raise InventoryError(
-            f"Cannot {doing} the inventory at {where}: {_reason(e)}; "
-            "a value does not fit its column (too long, or text containing a NUL character)."
-        ) from e
-    except sa_exc.IntegrityError as e:
-        raise InventoryError(
-            f"Cannot {doing} the inventory at {where}: {_reason(e)}; "
-            "the record conflicts with one already stored."
-        ) from e
     except sa_exc.SQLAlchemyError as e:
-        raise InventoryError(
-            f"Cannot {doing} the inventory at {where}: {_reason(e)}; "
-            "check that the database is a tokenissue inventory and is not damaged."
-        ) from e
+        raise _translated(e, doing, where) from e
     except OSError as e:
         raise InventoryError(
             f"Cannot {doing} the inventory at {where}: {e.strerror or e}; "
             "check the path and its permissions."
         ) from e
+
+
+def _translated(e: sa_exc.SQLAlchemyError, doing: str, where: str) -> InventoryError:
+    reason = _reason(e)
+    prefix = f"Cannot {doing} the inventory at {where}: {reason}"
+    if isinstance(e, sa_exc.DBAPIError) and _transient(e):
+        if "locked" in reason or "busy" in reason:
+            return InventoryUnavailable(f"{prefix}; another tokenissue process is using it; try again in a moment.")
+        return InventoryUnavailable(f"{prefix}; the database is unreachable or restarting; try again in a moment.")
+    if isinstance(e, sa_exc.OperationalError):
+        return InventoryError(f"{prefix}; check the path, its permissions and that the database is reachable.")
+    if isinstance(e, sa_exc.DataError):
+        # PostgreSQL enforces column widths and refuses NUL in text; SQLite stores either.
+        return InventoryError(f"{prefix}; a value does not fit its column (too long, or text containing a NUL character).")
+    if isinstance(e, sa_exc.IntegrityError):
+        return InventoryError(f"{prefix}; the record conflicts with one already stored.")
+    return InventoryError(f"{prefix}; check that the database is a tokenissue inventory and is not damaged.")

@@ -119,6 +119,16 @@ def _resolve_url(url_or_path: str | os.PathLike[str]) -> tuple[URL, Path | None]
     return url.set(database=str(path)), path
 
 
+def _engine_options(url: URL) -> dict[str, Any]:
+    if url.get_backend_name() != "postgresql":
+        return {}
+    # A server restart or failover leaves dead connections in the pool: test each one before
+    # use (pre-ping) rather than fail the next request, and give up connecting after a few
+    # seconds so a CA server answers "unavailable" instead of hanging its clients.
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": 5}
+    return {"pool_pre_ping": True, "connect_args": connect_args}
+
+
 def _secure_file(path: Path) -> None:
     """Create the SQLite file owner-only before SQLite does, or tighten an existing one.
 
@@ -199,7 +209,7 @@ class Inventory:
                 if path is not None:
                     _secure_file(path)
                 try:
-                    engine = create_engine(url)
+                    engine = create_engine(url, **_engine_options(url))
                 except ImportError as e:
                     raise InventoryError(
                         f"Cannot open the inventory at {where}: the database driver "
@@ -1068,6 +1078,11 @@ class Inventory:
         )
 
     # -- introspection for tests and diagnostics ----------------------------------------
+
+    def ping(self) -> None:
+        """Reach the database (one trivial query); raises InventoryUnavailable when it cannot."""
+        with self._tx("reach", write=False) as conn:
+            conn.execute(text("SELECT 1"))
 
     def certificate_count(self) -> int:
         """How many certificates are recorded."""

@@ -6,7 +6,9 @@ Routes::
                                 trailing slash and {cmp_path}<label> (RFC 9483 §3.6 style)
     GET  /ca.pem                the CA certificate and its issuers (PEM)
     GET  /crl.pem               the CA directory's current crl.pem (404 when none was published)
-    GET  /health                {"status": "ok", "ca": subject, "not_after": ISO time}
+    GET  /health                {"status": "ok", "database": "ok", "ca": subject, "not_after": ISO
+                                time}; 503 {"status": "unavailable", ...} while the database
+                                cannot be reached (for a load balancer's readiness check)
 
 Transport checks happen before any CMP parsing: a wrong Content-Type gets 415, a body over
 ``max_body`` octets 413 (the body is read incrementally and reading stops at the limit;
@@ -42,6 +44,7 @@ from starlette.routing import Route
 from ..ca.authority import CRL_FILE, CertificateAuthority
 from ..ca.registration import RegistrationAuthority
 from ..credentials import Pin, ProtectedAuth
+from ..inventory import InventoryUnavailable
 from ..pkix.certs import dump_certificates
 from ..protocols.cmp import FailureInfo, build_error, encode_message
 from .cmp_service import CMPService, StepHook
@@ -49,6 +52,8 @@ from .cmp_service import CMPService, StepHook
 __all__ = ["CMP_CONTENT_TYPE", "create_app"]
 
 CMP_CONTENT_TYPE = "application/pkixcmp"
+#: Seconds a client or load balancer should wait before repeating a request answered with 503.
+RETRY_AFTER_S = 2
 _LOG_KEY = "tokenissue.access"
 
 Scope = MutableMapping[str, Any]
@@ -130,7 +135,8 @@ def create_app(
         fields["bytes_in"] = len(body)
         status, der, service_fields = await run_in_threadpool(runtime.service.handle, body)
         fields.update(service_fields)
-        return Response(der, status_code=status, media_type=CMP_CONTENT_TYPE)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        return Response(der, status_code=status, media_type=CMP_CONTENT_TYPE, headers=headers)
 
     async def ca_pem(request: Request) -> Response:
         return Response(dump_certificates(runtime.ca.chain(), "pem"), media_type="application/x-pem-file")
@@ -144,10 +150,17 @@ def create_app(
         return Response(data, media_type="application/x-pem-file")
 
     async def health(request: Request) -> Response:
+        # Readiness for a load balancer: this replica can serve only while its database answers.
         cert = runtime.ca.certificate
-        return JSONResponse(
-            {"status": "ok", "ca": cert.subject.rfc4514_string(), "not_after": cert.not_valid_after_utc.isoformat()}
-        )
+        doc: dict[str, Any] = {"ca": cert.subject.rfc4514_string(), "not_after": cert.not_valid_after_utc.isoformat()}
+        try:
+            await run_in_threadpool(runtime.ca.inventory.ping)
+        except InventoryUnavailable:
+            return JSONResponse(
+                {"status": "unavailable", "database": "unreachable", **doc},
+                status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+        return JSONResponse({"status": "ok", "database": "ok", **doc})
 
     cmp_paths = dict.fromkeys([base, base.rstrip("/") or "/", base + "{label}"])
     routes = [Route(p, cmp_endpoint, methods=["POST"]) for p in cmp_paths]

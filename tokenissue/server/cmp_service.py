@@ -51,7 +51,10 @@ with the certificate it already has. Responses are MAC-protected after a MAC-pro
 authenticated, otherwise signed by the CA key (which stays logged in on its token for the
 server's lifetime: see ``ca_key``). Requests that cannot be decoded get HTTP 400 and an
 unprotected error; refusals are CMP error messages with HTTP 200, as RFC 6712 §3.3 has them;
-an internal fault is logged and answered with systemFailure and HTTP 500, without details.
+an internal fault is logged and answered with systemFailure and HTTP 500, without details; a
+database that cannot be reached (down, restarting, out of connections) gets systemUnavail and
+HTTP 503 with Retry-After, which load balancers and clients take as "try again" (the same
+transactionID then continues or repeats the transaction, so a retry never issues twice).
 
 State lives in the CA's inventory (certificates, registrations, transactions), so replicas
 can share one database; within one process a lock serialises the requests, because an
@@ -78,7 +81,7 @@ from ..ca.profiles import check_request
 from ..ca.registration import RegistrationAuthority
 from ..credentials import Pin, ProtectedAuth, Secret
 from ..errors import CAError, NotFound, RequestRejected, TokenIssueError, UsageError
-from ..inventory import DuplicateTransaction
+from ..inventory import DuplicateTransaction, InventoryUnavailable
 from ..models import (
     CertRecord,
     CertStatus,
@@ -138,6 +141,7 @@ _REASONS: Final = {
     x509.ReasonFlags.privilege_withdrawn: RevocationReason.PRIVILEGE_WITHDRAWN,
 }
 _INTERNAL_TEXT: Final = "The CA could not process the request; try again later or ask the CA operator."
+_UNAVAILABLE_TEXT: Final = "The CA's database is unavailable right now; send the same request again in a moment."
 
 Reply = tuple[int, bytes, dict[str, Any]]
 #: Called with a step name at the points where a crash matters ("after-reserve",
@@ -215,14 +219,23 @@ class CMPService:
         except CAError as e:
             # The CA's own refusals (profile, validity, registration) carry safe sentences.
             return self._refuse(ctx, CMPError(_failure_for(e), e.message))
+        except InventoryUnavailable as e:
+            # The database is down, restarting or out of connections: nothing this request did
+            # is on record, and the same request (same transactionID) may be sent again.
+            log.warning("CMP request deferred, database unavailable (transaction %s): %s", fields.get("transaction_id"), e)
+            return self._fault(ctx, 503, "systemUnavail", _UNAVAILABLE_TEXT)
         except Exception:  # the catch-all that keeps details off the wire
             log.exception("CMP request failed inside the CA (transaction %s)", fields.get("transaction_id"))
-            fields["failure_info"] = "systemFailure"
-            try:
-                body = self._protect(ctx, build_error(request, "systemFailure", _INTERNAL_TEXT, sender=self._sender))
-            except Exception:  # e.g. the token itself failed: answer unprotected
-                body = encode_message(build_error(request, "systemFailure", _INTERNAL_TEXT))
-            return 500, body, fields
+            return self._fault(ctx, 500, "systemFailure", _INTERNAL_TEXT)
+
+    def _fault(self, ctx: _Context, status: int, failure: FailureInfo, text: str) -> Reply:
+        ctx.fields["failure_info"] = failure
+        request = ctx.request
+        try:
+            body = self._protect(ctx, build_error(request, failure, text, sender=self._sender))
+        except Exception:  # e.g. the token itself failed: answer unprotected
+            body = encode_message(build_error(request, failure, text))
+        return status, body, ctx.fields
 
     def _bad_input(self, msg: Any, error: CMPError) -> bytes:
         """An unprotected error, echoing transactionID and nonce when the header was readable."""
