@@ -25,7 +25,9 @@ Hierarchy (exit status in brackets)::
     │   ├── CAUnavailable         CA expired, not initialised, unreachable
     │   │   └── CAOutcomeUnknown  the request may have reached the CA, no answer came back
     │   └── NotFound              serial / enrollment unknown to the CA
-    └── InventoryError [7]        the database cannot be opened, migrated or written
+    ├── InventoryError [7]        the database cannot be opened, migrated or written
+    │   └── InventoryUnavailable  (tokenissue.inventory) unreachable or busy: try again
+    └── Incomplete [8]            a batch or sweep ran, but some rows or items failed
 
 Lower-layer exceptions (python-pkcs11, SQLAlchemy, cryptography) are translated at the
 boundary of the package that imports them, with the original chained as ``__cause__``.
@@ -39,6 +41,7 @@ __all__ = [
     "CAOutcomeUnknown",
     "CAUnavailable",
     "ConfigError",
+    "Incomplete",
     "InventoryError",
     "KeyNotFound",
     "MechanismUnsupported",
@@ -151,3 +154,10 @@ class NotFound(CAError):
 
 class InventoryError(TokenIssueError):
     exit_code = 7
+
+
+class Incomplete(TokenIssueError):
+    """A batch or sweep went through every row or item, and some failed: each is reported on
+    its own, and running the same command again retries them (the finished ones are kept)."""
+
+    exit_code = 8

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import ca, cert, keys, lifecycle, ra, token
+from . import batch, ca, cert, keys, lifecycle, ra, token
 from ._common import AppState, default_state_dir
 
 app = typer.Typer(
@@ -78,3 +78,4 @@ app.command("renew", help="Renew certificates that are due (same key, or --rekey
 app.command("revoke", help="Revoke a token's certificate, or all certificates of a lost token.")(lifecycle.revoke)
 app.add_typer(ca.app, name="ca")
 app.add_typer(ra.app, name="ra")
+app.add_typer(batch.app, name="batch")

@@ -13,6 +13,8 @@ from ..models import KeyType, RevocationReason
 from ._common import (
     CaPinFileOpt,
     JsonOpt,
+    PinEnvOpt,
+    PinFileOpt,
     ca_pin_source,
     console,
     emit_json,
@@ -174,15 +176,55 @@ def sign(
 def list_issued(
     ctx: typer.Context,
     ca_dir: CaDirOpt,
-    expiring: Annotated[str | None, typer.Option("--expiring", help="Only certificates expiring within this time, e.g. 30d.")] = None,
+    expiring: Annotated[
+        str | None,
+        typer.Option(
+            "--expiring",
+            help="The expiry sweep: only valid certificates expiring within this time (e.g. 30d) that no "
+            "newer certificate replaces yet.",
+        ),
+    ] = None,
+    hook: Annotated[
+        str | None,
+        typer.Option(
+            "--hook",
+            help="With --expiring: run this command once per certificate (PEM on stdin, TOKENISSUE_SERIAL, "
+            "_SUBJECT, _NOT_AFTER, _DAYS_LEFT, _TOKEN_SERIAL, _SWEEP_ACTION... in the environment; no shell). "
+            "Exit 0 = notified.",
+        ),
+    ] = None,
+    renew: Annotated[
+        bool,
+        typer.Option(
+            "--renew",
+            help="With --expiring: renew each certificate on its token when that token is present here "
+            "(the token serial the CA recorded at enrollment), with the holder PIN options.",
+        ),
+    ] = False,
+    rekey: Annotated[bool, typer.Option("--rekey", help="With --renew: a new key instead of the same one.")] = False,
+    pin_file: PinFileOpt = None,
+    pin_env: PinEnvOpt = None,
+    ca_pin_file: CaPinFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List what the CA issued, with status."""
-    within = parse_duration(expiring) if expiring else None
-    with _open(ctx, ca_dir) as ca:
-        from ..models import CertStatus
+    """List what the CA issued, with status; with --expiring, the expiry sweep (notify or renew).
 
-        rows = [record_dict(r) for r in ca.list(expiring_within=within, status=CertStatus.VALID if within else None)]
+    Run the sweep daily. Exit status 8 when a renewal or a hook failed, or a token needed for
+    --renew is not present and no hook told its holder.
+    """
+    if expiring is None and (hook or renew or rekey):
+        raise UsageError("--hook, --renew and --rekey belong to the expiry sweep; give --expiring too (e.g. 30d).")
+    if rekey and not renew:
+        raise UsageError("--rekey goes with --renew.")
+    if expiring is None:
+        _list_all(ctx, ca_dir, json_out)
+        return
+    _sweep(ctx, ca_dir, parse_duration(expiring), hook, renew, rekey, pin_file, pin_env, ca_pin_file, json_out)
+
+
+def _list_all(ctx: typer.Context, ca_dir: Path, json_out: bool) -> None:
+    with _open(ctx, ca_dir) as ca:
+        rows = [record_dict(r) for r in ca.list()]
     if json_out:
         emit_json(rows)
         return
@@ -196,6 +238,66 @@ def list_issued(
         colour = "red" if r["status"] == "revoked" else "green"
         table.add_row(r["serial"], r["subject"], r["profile"], f"{r['not_after']:%Y-%m-%d}", f"[{colour}]{r['status']}[/]", r["token_serial"] or "-")
     console().print(table)
+
+
+def _sweep(
+    ctx: typer.Context, ca_dir: Path, within: Any, hook: str | None, renew: bool, rekey: bool,
+    pin_file: Path | None, pin_env: str | None, ca_pin_file: Path | None, json_out: bool,
+) -> None:  # fmt: skip
+    from contextlib import ExitStack
+
+    from ..errors import Incomplete
+    from ..fleet.sweep import renewer, sweep
+    from ._common import user_pin_source
+    from .lifecycle import holder_state, open_ca
+
+    with ExitStack() as stack:
+        ca = stack.enter_context(_open(ctx, ca_dir))
+        records = ca.list()
+        renew_one = None
+        if renew:
+            source = user_pin_source(pin_file, pin_env, False)
+            pins: dict[str, Any] = {}
+
+            def holder_pin() -> Any:
+                if "pin" not in pins:
+                    pins["pin"] = source.get()
+                return pins["pin"]
+
+            enroller = open_ca(ctx, str(ca_dir), ca_pin_file)
+            stack.callback(enroller.close)
+            renew_one = renewer(
+                enroller=enroller, pin=holder_pin, state=stack.enter_context(holder_state(ctx)),
+                module=state(ctx).module, rekey=rekey,
+            )  # fmt: skip
+        items = sweep(records, within=within, hook=hook, renew=renew_one)
+    if json_out:
+        emit_json(
+            [{**record_dict(i.record), "days_left": i.days_left, "action": i.action, "notified": i.notified,
+              "new_serial": format(i.new_serial, "x") if i.new_serial else None, "detail": i.detail}
+             for i in items]
+        )  # fmt: skip
+    elif not items:
+        err_console().print("Nothing expires in that time (renewed certificates are not listed).")
+    else:
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table("Serial", "Subject", "Not after", "Days", "Token", "Action", "Notified")
+        for i in items:
+            r = i.record
+            colour = "green" if i.ok else "red"
+            action = i.action + (f" → {i.new_serial:x}" if i.new_serial else "")
+            told = {None: "-", True: "yes", False: "[red]failed[/]"}[i.notified]
+            table.add_row(format(r.serial, "x"), escape(r.subject), f"{r.not_after:%Y-%m-%d}", str(i.days_left),
+                          r.token_serial or "-", f"[{colour}]{escape(action)}[/]", told)  # fmt: skip
+        console().print(table)
+        for i in items:
+            if not i.ok and i.detail:
+                err_console().print(f"{i.record.serial:x}: {escape(i.detail)}", highlight=False)
+    bad = [i for i in items if not i.ok]
+    if bad:
+        raise Incomplete(f"{len(bad)} of {len(items)} expiring certificate(s) still need attention; see above.")
 
 
 @app.command("revoke")

@@ -218,7 +218,7 @@ class AcmeArgs:
         )  # fmt: skip
 
 
-def _state_db(ctx: typer.Context) -> Any:
+def holder_state(ctx: typer.Context) -> Any:
     from ..inventory import Inventory
 
     d = state(ctx).state_dir
@@ -226,7 +226,7 @@ def _state_db(ctx: typer.Context) -> Any:
     return Inventory.open(d / "state.db")
 
 
-def _step_hook() -> Any:
+def step_hook() -> Any:
     """Progress on stderr, and a fault-injection point for the crash tests.
 
     TOKENISSUE_FAILPOINT=STEP kills this process with SIGKILL right after STEP, exactly as a
@@ -241,7 +241,7 @@ def _step_hook() -> Any:
     return hook
 
 
-def _enroller(
+def open_ca(
     ctx: typer.Context, location: str, ca_pin_file: Path | None, cmp: CmpArgs | None = None, acme: AcmeArgs | None = None
 ) -> Any:
     from ..enroll import is_acme_location, is_cmp_location, open_enroller
@@ -322,7 +322,7 @@ def enroll(
             subject = f"CN={domain[0]}"
         san = [*(san or []), *(f"dns:{d}" for d in domain or [] if f"dns:{d}" not in (san or []))]
         profile = "acme"  # The CA decides what it issues; this is the name in tokenissue's records.
-    with _state_db(ctx) as db:
+    with holder_state(ctx) as db:
         if resume:
             entries = db.journal_open("enroll")
             if not entries:
@@ -334,11 +334,11 @@ def enroll(
             for e in entries:
                 params = EnrollParams(**{**e.params, "san": tuple(e.params.get("san") or ())})
                 cmp = CmpArgs(ref=params.ref, auth_code=code, trust_file=ca_trust)
-                enroller = _enroller(ctx, params.ca, ca_pin_file, cmp, acme)
+                enroller = open_ca(ctx, params.ca, ca_pin_file, cmp, acme)
                 try:
                     out = run_enroll(
                         params, token=p11.TokenSelector(serial=params.token_serial), pin=pin, enroller=enroller,
-                        state=db, module=mod, journal_id=e.id, on_step=_step_hook(),
+                        state=db, module=mod, journal_id=e.id, on_step=step_hook(),
                     )
                 finally:
                     enroller.close()
@@ -363,14 +363,14 @@ def enroll(
             fresh = CmpArgs(trust_file=ca_trust)  # --ca-trust: the roots the issued chain may end in
         sel = p11.TokenSelector.parse(token)
         token_serial = p11.load_module(mod).token_info(sel).serial
-        enroller = _enroller(ctx, ca, ca_pin_file, fresh, acme)
+        enroller = open_ca(ctx, ca, ca_pin_file, fresh, acme)
         try:
             enroller.check_profile(profile)  # before any key is made
             params = EnrollParams(
                 token_serial=token_serial, subject=subject, profile=profile, key_type=key_type.value,
                 ca=enroller.location, label=label, san=tuple(san or ()), ref=fresh.ref if fresh else None,
             )
-            out = run_enroll(params, token=sel, pin=pin_src.get(), enroller=enroller, state=db, module=mod, on_step=_step_hook())
+            out = run_enroll(params, token=sel, pin=pin_src.get(), enroller=enroller, state=db, module=mod, on_step=step_hook())
         finally:
             enroller.close()
     _report([out.as_json()], json_out)
@@ -407,7 +407,7 @@ def status(
     """Every certificate on the token: days left and valid / expiring / expired / revoked."""
     from ..lifecycle import certificate_status
 
-    with _state_db(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
+    with holder_state(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
         reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
         label = s.info.label
     if json_out:
@@ -497,7 +497,7 @@ def renew(
         email=email, eab_kid=eab_kid, eab_hmac_file=eab_hmac_file, challenge=challenge.value,
         http01_address=http01_address, dns_hook=dns_hook, acme_trust=acme_trust,
     )  # fmt: skip
-    with _state_db(ctx) as db:
+    with holder_state(ctx) as db:
         with p11.open_token(sel, pin, module=mod) as s:
             reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
             kid = s.key(p11.KeySelector.parse(key)).id if key else None
@@ -525,9 +525,9 @@ def renew(
             cmp_ref = ref or ref_of(db, r.record)
             params = renewal_params(r, token_serial=token_serial, rekey=rekey, ca=where, profile=prof, ref=cmp_ref)
             code = AuthCodeSource(auth_code_file, why="Renewing an expired or revoked certificate at a CMP server")
-            enroller = _enroller(ctx, where, ca_pin_file, CmpArgs(ref=cmp_ref, auth_code=code, trust_file=ca_trust), acme)
+            enroller = open_ca(ctx, where, ca_pin_file, CmpArgs(ref=cmp_ref, auth_code=code, trust_file=ca_trust), acme)
             try:
-                out = run_enroll(params, token=sel, pin=pin, enroller=enroller, state=db, module=mod, on_step=_step_hook())
+                out = run_enroll(params, token=sel, pin=pin, enroller=enroller, state=db, module=mod, on_step=step_hook())
             finally:
                 enroller.close()
             results.append(out.as_json())
@@ -553,7 +553,7 @@ def _ari(ctx: typer.Context, report: Any, acme: AcmeArgs, ca_trust: Path | None)
     if report.renew_due or report.ca is None or not is_acme_location(report.ca):
         return report
     try:
-        enroller = _enroller(ctx, report.ca, None, CmpArgs(trust_file=ca_trust), acme)
+        enroller = open_ca(ctx, report.ca, None, CmpArgs(trust_file=ca_trust), acme)
         try:
             start = enroller.renewal_window_start(x509.load_der_x509_certificate(report.cert.der))
         finally:
@@ -610,7 +610,7 @@ def revoke(
 
         with CertificateAuthority.open(Path(ca), module=state(ctx).module) as authority:
             recs = authority.revoke_token(token_serial, why)
-        with _state_db(ctx) as db:
+        with holder_state(ctx) as db:
             for r in recs:
                 if db.get_certificate(r.serial) is not None:
                     db.revoke(r.serial, why, datetime.now(UTC))
@@ -618,11 +618,11 @@ def revoke(
         if token is None or key is None:
             raise UsageError("Give --token and --key, or --token-serial and --ca for a lost token.")
         why = RevocationReason(reason.value) if reason else RevocationReason.UNSPECIFIED
-        with _state_db(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
+        with holder_state(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
             cmp = CmpArgs(trust_file=ca_trust)
             acme = AcmeArgs(acme_trust=acme_trust)  # revoked with the account key the certificate was ordered with
             recs = revoke_on_token(
-                s, db, p11.KeySelector.parse(key), lambda where: _enroller(ctx, where, ca_pin_file, cmp, acme), why, ca
+                s, db, p11.KeySelector.parse(key), lambda where: open_ca(ctx, where, ca_pin_file, cmp, acme), why, ca
             )
     if json_out:
         emit_json([record_dict(r) for r in recs])

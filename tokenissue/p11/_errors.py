@@ -39,10 +39,27 @@ def translate(doing: str) -> Iterator[None]:
         raise PinPolicyError("The token refused the new PIN (length or characters); choose another.") from e
     except (px.MechanismInvalid, px.MechanismParamInvalid) as e:
         raise MechanismUnsupported(f"The token does not support the mechanism needed to {doing}.") from e
-    except (px.TokenNotPresent, px.DeviceRemoved, px.SlotIDInvalid) as e:
-        raise TokenNotFound(f"The token went away while trying to {doing}; plug it in again.") from e
+    except (px.TokenNotPresent, px.DeviceRemoved, px.SlotIDInvalid, px.SessionHandleInvalid, px.SessionClosed) as e:
+        raise TokenNotFound(
+            f"The token went away while trying to {doing}; plug it in again and run the same command again."
+        ) from e
+    except px.ObjectHandleInvalid as e:
+        # The object this session knew is gone: the token was removed and put back, or
+        # another program deleted the object.
+        raise TokenError(
+            f"The key or certificate went away while trying to {doing} (the token was removed, or another "
+            "program changed it); run the same command again."
+        ) from e
     except (px.DeviceMemory, px.HostMemory) as e:
         raise TokenError(f"The token is out of memory while trying to {doing}; delete unused objects.") from e
+    except (px.FunctionFailed, px.GeneralError, px.DeviceError) as e:
+        # SoftHSM says FunctionFailed when its token directory is full, GeneralError when the
+        # directory vanished; USB tokens say DeviceError when pulled mid-operation.
+        raise TokenError(
+            f"The token could not {doing} ({type(e).__name__}): it may be full, failing or removed. "
+            "Check it with 'tokenissue tokens' and 'tokenissue keys list', delete unused keys if it is full, "
+            "then run the same command again."
+        ) from e
     except px.TemplateInconsistent as e:
         raise TokenError(f"The token refused the attributes needed to {doing}.") from e
     except px.PKCS11Error as e:

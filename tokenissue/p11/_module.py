@@ -176,8 +176,19 @@ class Module:
 
     # -- tokens ----------------------------------------------------------------------------
     def _raw_tokens(self) -> list[Any]:
-        with self.lock, translate("list tokens"):
-            return [slot.get_token() for slot in self.lib.get_slots(token_present=True)]
+        with self.lock:
+            try:
+                with translate("list tokens"):
+                    return [slot.get_token() for slot in self.lib.get_slots(token_present=True)]
+            except TokenError as e:
+                # A token pulled out (for SoftHSM: its directory removed) can leave the module
+                # failing every listing with GeneralError until it is re-initialised. Do that
+                # when no session of ours is open (a re-initialise would close it) and try once more.
+                if self._sessions or not isinstance(e.__cause__, px.GeneralError | px.DeviceError | px.DeviceRemoved):
+                    raise
+                self.refresh()
+            with translate("list tokens"):
+                return [slot.get_token() for slot in self.lib.get_slots(token_present=True)]
 
     def tokens(self, *, include_uninitialized: bool = False) -> list[TokenInfo]:
         """Every token present, as :class:`TokenInfo`."""
@@ -188,12 +199,12 @@ class Module:
     def find_token(self, selector: TokenSelector) -> Any:
         """The python-pkcs11 Token matching ``selector``; exactly one must match."""
         with self.lock:
-            found = [
-                t
-                for t in self._raw_tokens()
-                if (t.flags & TokenFlag.TOKEN_INITIALIZED)
-                and selector.matches(t.label, _serial(t), t.manufacturer_id, t.model)
-            ]
+            found = self._matching(selector)
+            if not found and not self._sessions and self._lib is not None:
+                # A token inserted (or, for SoftHSM, made by another process) since the module
+                # was initialised is seen only after a re-initialise; safe with no session open.
+                self.refresh()
+                found = self._matching(selector)
         if not found:
             raise TokenNotFound(f"No token '{selector}' found; 'tokenissue tokens' lists the tokens present.")
         if len(found) > 1:
@@ -201,6 +212,13 @@ class Module:
                 f"{len(found)} tokens match '{selector}'; name one by serial:XXXX (see 'tokenissue tokens')."
             )
         return found[0]
+
+    def _matching(self, selector: TokenSelector) -> list[Any]:
+        return [
+            t
+            for t in self._raw_tokens()
+            if (t.flags & TokenFlag.TOKEN_INITIALIZED) and selector.matches(t.label, _serial(t), t.manufacturer_id, t.model)
+        ]
 
     def token_info(self, selector: TokenSelector) -> TokenInfo:
         with self.lock:

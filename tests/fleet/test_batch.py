@@ -1,0 +1,246 @@
+"""``tokenissue batch enroll``: a tray of real SoftHSM tokens provisioned from one CSV file.
+
+Checked after every run, from the tokens and the CA's inventory, not from what the command
+says: each finished row has exactly one private key and its certificate on its token; the CA
+recorded exactly one certificate per finished row; no enrollment is left open in the journal
+once the batch has finished it. Faults: a missing token, a bad file, a wrong PIN, the process
+killed mid-row, a token pulled out (its SoftHSM directory moved away) between issuance and
+write-back, a full token.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
+from lifecycle_support import TokenCA, add_token_fast, make_token_ca
+
+from tokenissue.credentials import Pin
+
+pytestmark = pytest.mark.slow
+
+TRAY = ("tray-01", "tray-02", "tray-03")
+
+
+@pytest.fixture
+def tray(softhsm: SoftHSM) -> TokenCA:
+    ca = make_token_ca(softhsm)
+    for label in TRAY:
+        add_token_fast(softhsm, label)
+    return ca
+
+
+def _csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _rows(*extra: dict[str, str]) -> list[dict[str, str]]:
+    names = ("홍길동", "김철수", "이영희")
+    base = [{"token": t, "subject": f"CN={n},O=Example Bank,C=KR", "profile": "", "key_type": ""} for t, n in zip(TRAY, names, strict=True)]
+    base[1]["profile"], base[1]["key_type"] = "personal-banking", "rsa-2048"
+    return [*base, *extra]
+
+
+def _batch(ca: TokenCA, csv_file: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return ca.run("batch", "enroll", str(csv_file), "--ca", str(ca.dir), *extra, env=env)
+
+
+def _results(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _token_state(ca: TokenCA, token: str) -> tuple[int, list[str]]:
+    """(private keys on the token, serials of end-entity certificates with their key)."""
+    keys = ca.private_keys(token)
+    certs = [c["serial"] for c in ca.token_certs(token) if not c["ca"] and c["has_key"]]
+    return len(keys), certs
+
+
+def _open_journal(ca: TokenCA) -> list[Any]:
+    from tokenissue.inventory import Inventory
+
+    with Inventory.open(ca.hsm.root / "state" / "state.db") as db:
+        return db.journal_open("enroll")
+
+
+def test_tray_enrolls_reports_and_reruns_idempotently(tray: TokenCA, tmp_path: Path) -> None:
+    rows = _rows({"token": "tray-99", "subject": "CN=Absent,O=Example Bank,C=KR", "profile": "", "key_type": ""})
+    src = _csv(tmp_path / "tray.csv", rows)
+    out = tmp_path / "results.csv"
+    first = _batch(tray, src, "--results", str(out))
+    assert first.returncode == 8, first.stderr  # one row failed, the others finished
+    assert "line 5" in first.stderr and "No token 'tray-99' found" in first.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    results = _results(out)
+    assert [r["status"] for r in results] == ["enrolled", "enrolled", "enrolled", "failed"]
+    assert results[3]["exit_code"] == "4"
+    issued = {r["serial"] for r in tray.issued()}
+    assert issued == {r["serial"] for r in results[:3]}
+    for label, r in zip(TRAY, results, strict=False):
+        n_keys, certs = _token_state(tray, label)
+        assert (n_keys, certs) == (1, [r["serial"]])
+    # The RSA row got an RSA key, the banking row its profile; checked by openssl, not by us.
+    leaf = tmp_path / "kim.pem"
+    tray.export(results[1]["label"], leaf, token="tray-02")
+    from lifecycle_support import openssl
+
+    text = openssl("x509", "-in", str(leaf), "-noout", "-text").stdout
+    assert "rsaEncryption" in text and "2048 bit" in text
+    assert tray.verify(leaf).returncode == 0
+
+    # Same file again: nothing new at the CA, finished rows say so, JSON on stdout.
+    again = _batch(tray, src, "--json")
+    assert again.returncode == 8
+    doc = json.loads(again.stdout)
+    assert [r["status"] for r in doc] == ["already-done"] * 3 + ["failed"]
+    assert {r["serial"] for r in tray.issued()} == issued
+    assert _open_journal(tray) == []
+
+
+def test_a_bad_file_is_refused_before_any_token_is_touched(tray: TokenCA, tmp_path: Path) -> None:
+    rows = _rows(
+        {"token": "tray-01", "subject": "CN=Bad Type,O=Example Bank,C=KR", "profile": "", "key_type": "dsa-1024"},
+        {"token": "tray-02", "subject": "not a subject", "profile": "", "key_type": ""},
+    )
+    rows.append(dict(rows[0]))  # an exact repeat of line 2
+    res = _batch(tray, _csv(tmp_path / "bad.csv", rows))
+    assert res.returncode == 2, res.stderr
+    for line in ("line 5", "line 6", "line 7: repeats line 2"):
+        assert line in res.stderr, res.stderr
+    assert "nothing was done" in res.stderr
+    assert all(_token_state(tray, t) == (0, []) for t in TRAY)
+    assert tray.issued() == []
+    header = _batch(tray, _csv(tmp_path / "header.csv", [{"token": "tray-01", "subjekt": "CN=x"}]))
+    assert header.returncode == 2 and "unknown: subjekt" in header.stderr and "missing: subject" in header.stderr
+
+
+def test_a_refused_pin_stops_the_batch(tray: TokenCA, tmp_path: Path) -> None:
+    res = _batch(tray, _csv(tmp_path / "tray.csv", _rows()), "--json", env={"TOKENISSUE_PIN": "000000"})
+    assert res.returncode == 8
+    doc = json.loads(res.stdout)
+    assert [(r["status"], r["exit_code"]) for r in doc] == [("failed", 5), ("skipped", 5), ("skipped", 5)]
+    assert "do not spend a PIN try" in doc[1]["error"]
+    assert "000000" not in res.stdout + res.stderr
+
+
+def test_killed_mid_row_the_same_command_finishes_without_issuing_twice(tray: TokenCA, tmp_path: Path) -> None:
+    src = _csv(tmp_path / "tray.csv", _rows())
+    out = tmp_path / "results.jsonl"
+    # SIGKILL right after the CA issued row 1's certificate, before it reached the token.
+    killed = _batch(tray, src, "--results", str(out), env={"TOKENISSUE_FAILPOINT": "issued-recorded"})
+    assert killed.returncode == -9, killed.stderr
+    assert out.read_text() == ""  # no row had finished
+    assert len(tray.issued()) == 1
+    assert len(_open_journal(tray)) == 1
+    done = _batch(tray, src, "--results", str(out))
+    assert done.returncode == 0, done.stderr
+    assert [r["status"] for r in _results(out)] == ["resumed", "enrolled", "enrolled"]
+    assert len(tray.issued()) == 3  # row 1 was not issued again
+    assert all(_token_state(tray, t)[0] == 1 for t in TRAY)
+    assert _open_journal(tray) == []
+
+
+def _token_dir(hsm: SoftHSM, label: str) -> Path:
+    for obj in (hsm.root / "tokens").glob("*/token.object"):
+        if label.encode() in obj.read_bytes():
+            return obj.parent
+    raise AssertionError(f"no token directory for {label}")
+
+
+def _run_in_process(hsm: SoftHSM, ca: TokenCA, rows: list[Any], on_step: Any = None) -> list[Any]:
+    from tokenissue.enroll.local import LocalCA
+    from tokenissue.fleet import run_batch
+    from tokenissue.inventory import Inventory
+
+    (hsm.root / "state").mkdir(exist_ok=True)
+    local = LocalCA(ca.dir, ca_pin=Pin(USER_PIN), module=SOFTHSM_MODULE)
+    try:
+        with Inventory.open(hsm.root / "state" / "state.db") as db:
+            return run_batch(
+                rows, pin=Pin(USER_PIN), enroller_for=lambda _row: local, state=db, module=SOFTHSM_MODULE, on_step=on_step
+            )
+    finally:
+        local.close()
+
+
+def test_token_pulled_between_issuance_and_write_back(session_softhsm: SoftHSM, tmp_path: Path) -> None:
+    from tokenissue import p11
+    from tokenissue.fleet import read_rows
+
+    hsm = session_softhsm
+    ca = make_token_ca(hsm)
+    for label in TRAY:
+        add_token_fast(hsm, label)
+    p11.load_module(SOFTHSM_MODULE).refresh()
+    text = (_csv(tmp_path / "tray.csv", _rows())).read_text(encoding="utf-8")
+    rows = read_rows(text, default_profile="personal")
+    victim = _token_dir(hsm, "tray-02")
+    away = tmp_path / "pulled-token"
+    seen: list[str] = []
+
+    def pull_at_row_2(step: str) -> None:
+        seen.append(step)
+        if step == "issued-recorded" and seen.count("issued-recorded") == 2:
+            shutil.move(str(victim), str(away))  # the token leaves the reader
+
+    results = _run_in_process(hsm, ca, rows, on_step=pull_at_row_2)
+    assert [r.status for r in results] == ["enrolled", "failed", "enrolled"], [r.error for r in results]
+    assert "went away" in (results[1].error or ""), results[1].error
+    assert len(ca.records()) == 3  # row 2's certificate was issued, and is not lost:
+    shutil.move(str(away), str(victim))  # plugged in again
+    again = _run_in_process(hsm, ca, rows)
+    assert [r.status for r in again] == ["already-done", "resumed", "already-done"], [r.error for r in again]
+    assert len(ca.records()) == 3  # ... it was written back, not issued again
+    assert again[1].serial in {format(r.serial, "x") for r in ca.records()}
+    assert _token_state(ca, "tray-02") == (1, [again[1].serial])
+    assert _open_journal(ca) == []
+
+
+def test_a_full_token_fails_its_row_cleanly_and_finishes_once_freed(tray: TokenCA, tmp_path: Path) -> None:
+    """The token's directory on a tiny tmpfs, so key generation hits a full device."""
+    hsm = tray.hsm
+    victim = _token_dir(hsm, "tray-02")
+    saved = tmp_path / "tray-02-saved"
+    shutil.copytree(victim, saved)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k,mode=0700", "tmpfs", str(victim)],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        shutil.copytree(saved, victim, dirs_exist_ok=True)
+        src = _csv(tmp_path / "tray.csv", _rows())
+        res = _batch(tray, src, "--json")
+        assert res.returncode == 8, res.stderr
+        doc = json.loads(res.stdout)
+        assert [r["status"] for r in doc] == ["enrolled", "failed", "enrolled"]
+        assert "may be full" in doc[1]["error"], doc[1]["error"]
+        assert _token_state(tray, "tray-02") == (0, [])  # no key left behind without its certificate
+        # ... nor half a key pair: pkcs11-tool (OpenSC) sees no object at all on the token.
+        objects = subprocess.run(
+            ["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", "tray-02", "--login", "--pin", USER_PIN, "-O"],
+            capture_output=True, text=True, env=hsm.env, check=False,
+        )  # fmt: skip
+        assert objects.returncode == 0 and "Object" not in objects.stdout, objects.stdout + objects.stderr
+        assert len(tray.issued()) == 2
+        # Free the space: the token moves back to the roomy directory, as if emptied.
+        shutil.copytree(victim, saved, dirs_exist_ok=True)
+    finally:
+        subprocess.run(["umount", str(victim)], check=False)
+    shutil.copytree(saved, victim, dirs_exist_ok=True)
+    res = _batch(tray, src, "--json")
+    assert res.returncode == 0, res.stderr
+    assert [r["status"] for r in json.loads(res.stdout)] == ["already-done", "enrolled", "already-done"]
+    assert _token_state(tray, "tray-02")[0] == 1 and len(tray.issued()) == 3

@@ -1,0 +1,272 @@
+"""``tokenissue batch enroll FILE.csv``: provision a tray of tokens, one CSV row per token."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..errors import Incomplete, PinError, UsageError
+from ._common import (
+    CaPinFileOpt,
+    JsonOpt,
+    PinEnvOpt,
+    PinFileOpt,
+    ProtectedAuthOpt,
+    emit_json,
+    err_console,
+    state,
+    user_pin_source,
+)
+from .lifecycle import CmpArgs, holder_state, open_ca, step_hook
+
+if TYPE_CHECKING:
+    from ..credentials import Secret
+    from ..enroll.base import Enroller
+    from ..fleet.batch import BatchRow, RowResult
+
+app = typer.Typer(help="Work on many tokens at once.", no_args_is_help=True)
+
+
+@app.command("enroll")
+def enroll(
+    ctx: typer.Context,
+    csv_file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with a header row; columns token, subject (required), profile, key_type, label, san "
+            "(';'-separated), ref (CMP). See docs/batch.md.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    ca: Annotated[
+        str,
+        typer.Option(
+            "--ca",
+            help="The CA for every row: a CA directory, or a CMP server cmp+http(s)://HOST/PATH "
+            "(then each row needs a ref, and --auth-codes the codes).",
+            envvar="TOKENISSUE_CA",
+        ),
+    ],
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Certificate type for rows without a profile.")] = "personal",
+    results: Annotated[
+        Path | None,
+        typer.Option(
+            "--results",
+            "-o",
+            help="Write one result per row here as it finishes (mode 0600): CSV, or JSON Lines when the name "
+            "ends in .json or .jsonl.",
+        ),
+    ] = None,
+    auth_codes: Annotated[
+        Path | None,
+        typer.Option(
+            "--auth-codes",
+            help="CMP: file of 'REF CODE' lines, one per registration (must be chmod 600); '#' starts a comment.",
+        ),
+    ] = None,
+    ca_trust: Annotated[
+        Path | None,
+        typer.Option("--ca-trust", help="CMP: PEM file of CA certificates to trust (default: the system's).", envvar="TOKENISSUE_CA_TRUST"),
+    ] = None,
+    pin_file: PinFileOpt = None,
+    pin_env: PinEnvOpt = None,
+    protected_auth: ProtectedAuthOpt = False,
+    ca_pin_file: CaPinFileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Enroll every row: key on its token, CSR signed in it, certificate from the CA, written back.
+
+    The whole file is checked before any token is touched.
+
+    A failed row is reported and the batch goes on; a refused PIN stops it (each token would spend a try).
+
+    Every row is journaled: after a crash or Ctrl-C, run the same command on the same file.
+    Finished rows are reported already-done; interrupted ones finish with the same request to the CA.
+
+    All tokens of a batch take the same user PIN. Exit status 8 when some rows did not finish.
+    """
+    from ..enroll import is_acme_location, is_cmp_location
+    from ..fleet.batch import read_rows, run_batch
+
+    try:
+        text = csv_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"Cannot read {csv_file} as UTF-8 text ({e.__class__.__name__}).") from None
+    rows = read_rows(text, default_profile=profile, source=str(csv_file))
+    if is_acme_location(ca):
+        raise UsageError("Batch enrollment works with a CA directory or a CMP server, not ACME.")
+    cmp = is_cmp_location(ca)
+    codes: dict[str, Secret] = {}
+    if cmp:
+        no_ref = [r.line for r in rows if not r.ref]
+        if no_ref:
+            raise UsageError(f"Enrolling at a CMP server needs a ref on every row; lines {_lines(no_ref)} have none.")
+        if auth_codes is None:
+            raise UsageError("Enrolling at a CMP server needs --auth-codes, the file of 'REF CODE' lines.")
+        codes = _read_codes(auth_codes)
+        missing = [r.line for r in rows if r.ref not in codes]
+        if missing:
+            raise UsageError(f"--auth-codes has no code for the ref on lines {_lines(missing)}.")
+    elif any(r.ref for r in rows):
+        raise UsageError("The ref column is for CMP servers; this CA is a directory.")
+    pin = user_pin_source(pin_file, pin_env, protected_auth).get()
+    with ExitStack() as stack:
+        db = stack.enter_context(holder_state(ctx))
+        enrollers = stack.enter_context(_Enrollers(ctx, ca, ca_pin_file, codes, ca_trust))
+        sink = stack.enter_context(_results_sink(results))
+        view = stack.enter_context(_Progress(len(rows)))
+
+        def on_result(result: RowResult) -> None:
+            sink(result)
+            view.done(result)
+
+        done = run_batch(
+            rows, pin=pin, enroller_for=enrollers.get, state=db, module=state(ctx).module,
+            on_start=view.start, on_result=on_result, on_step=step_hook(),
+        )  # fmt: skip
+    counts = {s: sum(1 for r in done if r.status == s) for s in ("enrolled", "resumed", "already-done", "failed", "skipped")}
+    if json_out:
+        emit_json([r.as_json() for r in done])
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("enrolled", "failed"))
+    err_console().print(f"Batch of {len(rows)} row(s): {summary}." + (f" Results in {results}." if results else ""))
+    bad = [r for r in done if not r.ok]
+    if bad:
+        raise Incomplete(
+            f"{len(bad)} of {len(done)} row(s) did not finish (first: line {bad[0].line}: {(bad[0].error or '').rstrip('.')}). "
+            "Fix what they say and run the same command again; finished rows are kept."
+        )
+
+
+def _lines(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:10])
+    return shown + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+
+
+def _read_codes(path: Path) -> dict[str, Secret]:
+    from ..credentials import Secret
+    from ._common import read_secret_file
+
+    read_secret_file(path, "authorization codes")  # the mode check, and a readable first line
+    codes: dict[str, Secret] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        ref, _, code = line.partition(" ")
+        if not code.strip():
+            # The line is not echoed: it may hold a code.
+            raise PinError(f"{path} line {n} is not 'REF CODE'.")
+        codes[ref] = Secret(code.strip())
+    return codes
+
+
+class _Enrollers:
+    """One enroller per CA location (local CA: one for the whole batch, the CA PIN asked once);
+    for CMP one per row, since each row has its own reference and code."""
+
+    def __init__(self, ctx: typer.Context, ca: str, ca_pin_file: Path | None, codes: dict[str, Secret], trust: Path | None) -> None:
+        self.ctx, self.ca, self.ca_pin_file, self.codes, self.trust = ctx, ca, ca_pin_file, codes, trust
+        self._shared: Enroller | None = None
+        self._last: Enroller | None = None
+
+    def get(self, row: BatchRow) -> Enroller:
+        if not self.codes:
+            if self._shared is None:
+                # Asks for the CA PIN only when the CA first signs, once for the whole batch.
+                self._shared = open_ca(self.ctx, self.ca, self.ca_pin_file)
+            return self._shared
+        if self._last is not None:
+            self._last.close()
+        assert row.ref is not None
+        cmp = CmpArgs(ref=row.ref, auth_code=self.codes[row.ref], trust_file=self.trust)
+        self._last = open_ca(self.ctx, self.ca, self.ca_pin_file, cmp)
+        return self._last
+
+    def __enter__(self) -> _Enrollers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for e in (self._shared, self._last):
+            if e is not None:
+                e.close()
+
+
+@contextmanager
+def _results_sink(path: Path | None) -> Iterator[Any]:
+    """A function that appends one result to ``path`` and flushes it, so a crash keeps the rows
+    already done; the file is (re)created 0600 for each run."""
+    if path is None:
+        yield lambda _result: None
+        return
+    from ..fleet.batch import FIELDS
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        as_json = path.suffix.lower() in (".json", ".jsonl")
+        writer = None if as_json else csv.DictWriter(f, fieldnames=FIELDS)
+        if writer is not None:
+            writer.writeheader()
+
+        def write(result: RowResult) -> None:
+            if writer is None:
+                f.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
+            else:
+                writer.writerow(result.as_json())
+            f.flush()
+            os.fsync(f.fileno())
+
+        yield write
+
+
+class _Progress:
+    """A progress bar on a terminal; one line per row otherwise (logs, CI)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.count = 0
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                console=err_console(), transient=False,
+            )  # fmt: skip
+            self._bar.__enter__()
+            self._task = self._bar.add_task("Enrolling", total=self.total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    def start(self, row: BatchRow) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"line {row.line}: {row.token}")
+
+    def done(self, result: RowResult) -> None:
+        from rich.markup import escape
+
+        self.count += 1
+        colour = "green" if result.ok else "red"
+        what = f"serial {result.serial}" if result.ok else escape(result.error or "")
+        line = f"[{self.count}/{self.total}] line {result.line} {escape(result.token)}: [{colour}]{result.status}[/] {what}"
+        if self._bar is not None:
+            self._bar.console.print(line, highlight=False)
+            self._bar.advance(self._task)
+        else:
+            err_console().print(line, highlight=False)
+

@@ -1,0 +1,247 @@
+"""Batch provisioning: one CSV row per token, each enrolled like ``tokenissue enroll`` would.
+
+The file is read and checked whole before any token is touched, so a typo on line 90 does
+not stop a tray half-way. Then each row runs through :func:`tokenissue.lifecycle.enroll`,
+which journals every step: a batch that dies (power cut, Ctrl-C, a pulled token) is
+resumed by running the same command on the same file. Rows that finished are recognised
+and reported ``already-done`` without touching the CA; a row that was cut short continues
+where it stopped, with the same request ID, so nothing is issued twice.
+
+A failed row is reported and the batch goes on, with one exception: a PIN a token refuses
+stops the batch. All tokens of a batch take the same PIN, so the next token would refuse it
+too, and every refusal spends one of that token's few tries.
+
+CSV columns (a header row is required; names are case-insensitive)::
+
+    token     label, serial:XXXX or pkcs11: URI of the token          (required)
+    subject   RFC 4514 subject, UTF-8                                  (required)
+    profile   certificate type (default: the batch's --profile)
+    key_type  ec-p256 (default), ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519
+    label     key and certificate label (default: PROFILE-DATE-RANDOM)
+    san       subject alternative names separated by ';' (dns:..;email:..)
+    ref       CMP only: the reference that goes with the row's authorization code
+
+Lines whose first cell starts with ``#`` and empty lines are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..credentials import Pin, ProtectedAuth
+from ..enroll.base import Enroller
+from ..errors import PinError, TokenIssueError, UsageError
+from ..inventory import Inventory
+from ..lifecycle import EnrollOutcome, EnrollParams, StepHook, enroll
+from ..models import KeyType
+from ..p11 import TokenSelector, load_module
+from ..pkix.names import parse_san, parse_subject
+
+__all__ = ["COLUMNS", "BatchRow", "RowResult", "read_rows", "run_batch"]
+
+COLUMNS = ("token", "subject", "profile", "key_type", "label", "san", "ref")
+_REQUIRED = ("token", "subject")
+_MAX_ROWS = 100_000
+_SHOWN_ERRORS = 10
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    line: int  #: line number in the file (the header is line 1), for messages
+    token: str
+    subject: str
+    profile: str
+    key_type: str = KeyType.EC_P256.value
+    label: str | None = None
+    san: tuple[str, ...] = ()
+    ref: str | None = None
+
+
+@dataclass
+class RowResult:
+    """What became of one row; ``status`` is enrolled, resumed, already-done, failed or skipped."""
+
+    line: int
+    token: str
+    subject: str
+    profile: str
+    status: str
+    token_serial: str | None = None
+    serial: str | None = None
+    not_after: str | None = None
+    key_id: str | None = None
+    label: str | None = None
+    journal_id: str | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("enrolled", "resumed", "already-done")
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, row: BatchRow, status: str, **kw: Any) -> RowResult:
+        return cls(line=row.line, token=row.token, subject=row.subject, profile=row.profile, status=status, **kw)
+
+
+FIELDS = tuple(f for f in RowResult.__dataclass_fields__)
+
+
+def read_rows(text: str, *, default_profile: str, source: str = "the batch file") -> list[BatchRow]:
+    """Parse and check every row; UsageError naming the lines at fault when any is wrong."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[BatchRow] = []
+    errors: list[str] = []
+    seen: dict[tuple[object, ...], int] = {}
+    for cells in reader:
+        line = reader.line_num
+        if not cells or not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+            continue
+        if header is None:
+            header = [c.strip().lower().replace("-", "_") for c in cells]
+            unknown = [c for c in header if c not in COLUMNS]
+            missing = [c for c in _REQUIRED if c not in header]
+            if unknown or missing or len(set(header)) != len(header):
+                raise UsageError(
+                    f"{source}: the header must name the columns ({', '.join(COLUMNS)}; token and subject "
+                    f"required, each once){_listing(' unknown', unknown)}{_listing(' missing', missing)}."
+                )
+            continue
+        if len(rows) >= _MAX_ROWS:
+            raise UsageError(f"{source} has more than {_MAX_ROWS} rows; split it.")
+        if len(cells) != len(header):
+            errors.append(f"line {line}: {len(cells)} cells for {len(header)} columns")
+            continue
+        values = {k: v.strip() for k, v in zip(header, cells, strict=True)}
+        try:
+            row = _row(line, values, default_profile)
+        except UsageError as e:
+            errors.append(f"line {line}: {e.message.rstrip('.')}")
+            continue
+        key = (row.token, row.subject, row.profile, row.key_type, row.label, row.san, row.ref)
+        if key in seen:
+            errors.append(
+                f"line {line}: repeats line {seen[key]} (give each row its own label to put two such certificates on one token)"
+            )
+            continue
+        seen[key] = line
+        rows.append(row)
+    if header is None:
+        raise UsageError(f"{source} is empty; it needs a header row and one row per token.")
+    if errors:
+        more = f" (and {len(errors) - _SHOWN_ERRORS} more)" if len(errors) > _SHOWN_ERRORS else ""
+        raise UsageError(f"{source} has errors; nothing was done: " + "; ".join(errors[:_SHOWN_ERRORS]) + more + ".")
+    if not rows:
+        raise UsageError(f"{source} has a header but no rows.")
+    return rows
+
+
+def _listing(what: str, names: list[str]) -> str:
+    return f";{what}: {', '.join(names)}" if names else ""
+
+
+def _row(line: int, values: dict[str, str], default_profile: str) -> BatchRow:
+    for name in _REQUIRED:
+        if not values.get(name):
+            raise UsageError(f"the {name} is empty")
+    TokenSelector.parse(values["token"])
+    parse_subject(values["subject"])
+    san = tuple(s.strip() for s in values.get("san", "").split(";") if s.strip())
+    parse_san(list(san))
+    key_type = values.get("key_type") or KeyType.EC_P256.value
+    try:
+        KeyType(key_type)
+    except ValueError:
+        raise UsageError(f"unknown key type '{key_type}' (one of {', '.join(k.value for k in KeyType)})") from None
+    return BatchRow(
+        line=line,
+        token=values["token"],
+        subject=values["subject"],
+        profile=values.get("profile") or default_profile,
+        key_type=key_type,
+        label=values.get("label") or None,
+        san=san,
+        ref=values.get("ref") or None,
+    )
+
+
+def run_batch(
+    rows: list[BatchRow],
+    *,
+    pin: Pin | ProtectedAuth | None,
+    enroller_for: Callable[[BatchRow], Enroller],
+    state: Inventory,
+    module: str | None = None,
+    on_start: Callable[[BatchRow], None] | None = None,
+    on_result: Callable[[RowResult], None] | None = None,
+    on_step: StepHook | None = None,
+) -> list[RowResult]:
+    """Enroll every row in order; one result per row, also passed to ``on_result`` as it comes.
+
+    ``enroller_for`` gives the CA for a row (the CLI caches one per CA location). Errors of
+    a row are caught and reported; other exceptions (bugs, KeyboardInterrupt) propagate, and
+    the rows finished so far have been reported through ``on_result`` already.
+    """
+    results: list[RowResult] = []
+    stopped: str | None = None
+    for row in rows:
+        if stopped is not None:
+            result = RowResult.of(row, "skipped", error=stopped, exit_code=PinError.exit_code)
+        else:
+            if on_start is not None:
+                on_start(row)
+            result = _one(row, pin=pin, enroller_for=enroller_for, state=state, module=module, on_step=on_step)
+            if result.exit_code == PinError.exit_code:
+                stopped = (
+                    f"Not tried: token {result.token_serial or row.token} (line {row.line}) refused the PIN; fix "
+                    "the PIN and run the batch again (stopped so the other tokens do not spend a PIN try each)."
+                )
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def _one(
+    row: BatchRow,
+    *,
+    pin: Pin | ProtectedAuth | None,
+    enroller_for: Callable[[BatchRow], Enroller],
+    state: Inventory,
+    module: str | None,
+    on_step: StepHook | None,
+) -> RowResult:
+    token_serial = None
+    try:
+        selector = TokenSelector.parse(row.token)
+        token_serial = load_module(module).token_info(selector).serial
+        enroller = enroller_for(row)
+        enroller.check_profile(row.profile)
+        params = EnrollParams(
+            token_serial=token_serial, subject=row.subject, profile=row.profile, key_type=row.key_type,
+            ca=enroller.location, label=row.label, san=row.san, ref=row.ref,
+        )  # fmt: skip
+        out = enroll(
+            params, token=selector, pin=pin, enroller=enroller, state=state, module=module,
+            on_step=on_step or (lambda _step: None),
+        )  # fmt: skip
+    except TokenIssueError as e:
+        return RowResult.of(row, "failed", token_serial=token_serial, error=e.message, exit_code=e.exit_code)
+    return _done(row, out)
+
+
+def _done(row: BatchRow, out: EnrollOutcome) -> RowResult:
+    status = "already-done" if out.already_done else ("resumed" if out.resumed else "enrolled")
+    return RowResult.of(
+        row, status, token_serial=out.token_serial, serial=format(out.certificate.serial_number, "x"),
+        not_after=out.certificate.not_valid_after_utc.isoformat(), key_id=out.key_id.hex(), label=out.label,
+        journal_id=out.journal_id,
+    )  # fmt: skip

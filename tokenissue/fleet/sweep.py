@@ -1,0 +1,189 @@
+"""The CA's expiry sweep: certificates about to expire, each notified (a hook command) or
+renewed on its token when that token is present (an administrator's tray, a server's HSM).
+
+Run it daily (cron, a systemd timer). A certificate that a newer one already replaces is not
+due: it was renewed, and the holder has the new one. A sweep is safe to repeat: a renewal
+cut short is resumed from the journal by the next sweep, and a finished one takes the
+certificate out of the next sweep's list.
+
+Hook commands are split like a shell would split them (``shlex``) but run without a shell,
+once per certificate, with the certificate (PEM) on standard input and::
+
+    TOKENISSUE_SERIAL        hex serial            TOKENISSUE_SUBJECT       RFC 4514 subject
+    TOKENISSUE_NOT_AFTER     ISO 8601 UTC          TOKENISSUE_DAYS_LEFT     whole days left
+    TOKENISSUE_PROFILE       certificate type      TOKENISSUE_TOKEN_SERIAL  token, when known
+    TOKENISSUE_SHA256        fingerprint           TOKENISSUE_SWEEP_ACTION  due, renewed, failed
+                                                                            or token-absent
+
+Exit status 0 means notified; anything else is reported as a failed notification.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from ..credentials import Pin, ProtectedAuth
+from ..enroll.base import Enroller
+from ..errors import KeyNotFound, TokenIssueError, TokenNotFound, UsageError
+from ..inventory import Inventory
+from ..lifecycle import StepHook, certificate_status, enroll, renewal_params
+from ..models import CertRecord
+from ..p11 import TokenSelector, load_module, open_token
+from ..pkix.certs import dump_certificates, load_certificates
+
+__all__ = ["HOOK_TIMEOUT_S", "SweepItem", "due", "renewer", "run_hook", "sweep"]
+
+HOOK_TIMEOUT_S = 60
+_DETAIL_MAX = 300
+
+
+@dataclass
+class SweepItem:
+    record: CertRecord
+    days_left: int
+    #: due (listed only), renewed, failed or token-absent
+    action: str = "due"
+    detail: str | None = None
+    new_serial: int | None = None
+    #: None: no hook; True/False: the hook ran and succeeded / failed
+    notified: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Nothing left for a person to do: renewed, or listed / holder notified successfully."""
+        if self.notified is False:
+            return False
+        return self.action in ("due", "renewed") or (self.action == "token-absent" and self.notified is True)
+
+
+def due(records: list[CertRecord], within: timedelta, *, now: datetime | None = None) -> list[CertRecord]:
+    """Valid certificates expiring within ``within`` that no other certificate replaces."""
+    now = now or datetime.now(UTC)
+    replaced = {r.replaces for r in records if r.replaces is not None}
+    return sorted(
+        (r for r in records if r.status.value == "valid" and r.not_after <= now + within and r.serial not in replaced),
+        key=lambda r: r.not_after,
+    )
+
+
+def sweep(
+    records: list[CertRecord],
+    *,
+    within: timedelta,
+    hook: str | None = None,
+    renew: Callable[[CertRecord], int] | None = None,
+    on_item: Callable[[SweepItem], None] | None = None,
+    now: datetime | None = None,
+) -> list[SweepItem]:
+    """Sweep ``records`` (the CA's inventory): renew what ``renew`` can (it returns the new
+    serial, raises TokenNotFound when the token is not here), then run ``hook`` for each."""
+    if hook is not None:
+        _split(hook)  # a malformed hook fails before anything is renewed
+    now = now or datetime.now(UTC)
+    items = []
+    for rec in due(records, within, now=now):
+        item = SweepItem(rec, int((rec.not_after - now).total_seconds() // 86400))
+        if renew is not None:
+            try:
+                item.new_serial = renew(rec)
+                item.action = "renewed"
+            except TokenNotFound as e:
+                item.action, item.detail = "token-absent", e.message
+            except TokenIssueError as e:
+                item.action, item.detail = "failed", e.message
+        if hook is not None:
+            item.notified, why = run_hook(hook, item)
+            if why:
+                item.detail = f"{item.detail}; {why}" if item.detail else why
+        items.append(item)
+        if on_item is not None:
+            on_item(item)
+    return items
+
+
+def _split(hook: str) -> list[str]:
+    try:
+        argv = shlex.split(hook)
+    except ValueError as e:
+        raise UsageError(f"The hook command cannot be parsed ({e}).") from None
+    if not argv:
+        raise UsageError("The hook command is empty.")
+    return argv
+
+
+def run_hook(hook: str, item: SweepItem) -> tuple[bool, str | None]:
+    """Run the hook for one item; (succeeded, why not)."""
+    rec = item.record
+    env = {
+        **os.environ,
+        "TOKENISSUE_SERIAL": format(rec.serial, "x"),
+        "TOKENISSUE_SUBJECT": rec.subject,
+        "TOKENISSUE_NOT_AFTER": rec.not_after.isoformat(),
+        "TOKENISSUE_DAYS_LEFT": str(item.days_left),
+        "TOKENISSUE_PROFILE": rec.profile,
+        "TOKENISSUE_TOKEN_SERIAL": rec.token_serial or "",
+        "TOKENISSUE_SHA256": rec.sha256,
+        "TOKENISSUE_SWEEP_ACTION": item.action,
+    }
+    # Secrets a parent process may hold are not the hook's business.
+    for name in ("TOKENISSUE_PIN", "TOKENISSUE_CA_PIN", "TOKENISSUE_SO_PIN", "TOKENISSUE_AUTH_CODE"):
+        env.pop(name, None)
+    pem = dump_certificates(load_certificates(rec.der), "pem")
+    try:
+        proc = subprocess.run(
+            _split(hook), input=pem, env=env, capture_output=True, timeout=HOOK_TIMEOUT_S, check=False
+        )
+    except FileNotFoundError:
+        return False, f"hook command not found: {_split(hook)[0]}"
+    except PermissionError:
+        return False, f"hook command not executable: {_split(hook)[0]}"
+    except subprocess.TimeoutExpired:
+        return False, f"hook timed out after {HOOK_TIMEOUT_S} s"
+    if proc.returncode != 0:
+        said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        tail = f": {said[-1][:_DETAIL_MAX]}" if said else ""
+        return False, f"hook exited with status {proc.returncode}{tail}"
+    return True, None
+
+
+def renewer(
+    *,
+    enroller: Enroller,
+    pin: Callable[[], Pin | ProtectedAuth | None],
+    state: Inventory,
+    module: str | None = None,
+    rekey: bool = False,
+    on_step: StepHook | None = None,
+) -> Callable[[CertRecord], int]:
+    """A ``renew`` for :func:`sweep`: renew a record's certificate on its token, when present.
+
+    The token is found by the serial the CA recorded at enrollment, the certificate on it by
+    its serial; the renewal is the holder's (``tokenissue renew``), journaled in ``state``, with
+    the same key unless ``rekey``. ``pin`` is called only once a token is present.
+    """
+
+    def renew(rec: CertRecord) -> int:
+        if rec.token_serial is None:
+            raise TokenNotFound("The CA did not record which token holds this key; notify its holder.")
+        selector = TokenSelector(serial=rec.token_serial)
+        try:
+            load_module(module).token_info(selector)
+        except TokenNotFound:
+            raise TokenNotFound(f"Token {rec.token_serial} is not present; notify its holder or insert it.") from None
+        with open_token(selector, pin(), module=module) as s:
+            reports = [r for r in certificate_status(s, state) if r.cert.serial == rec.serial]
+        if not reports:
+            raise KeyNotFound(f"Certificate {rec.serial:x} is not on token {rec.token_serial} (with its key) any more.")
+        params = renewal_params(
+            reports[0], token_serial=rec.token_serial, rekey=rekey, ca=enroller.location, profile=rec.profile
+        )
+        out = enroll(params, token=selector, pin=pin(), enroller=enroller, state=state, module=module,
+                     on_step=on_step or (lambda _step: None))  # fmt: skip
+        return out.certificate.serial_number
+
+    return renew
