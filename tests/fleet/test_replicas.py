@@ -14,10 +14,13 @@ what the clients received:
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -157,3 +160,18 @@ def test_health_reports_an_unreachable_database(pg_ca: TokenCA, pg_server: PgSer
             pg_server.start()
         assert httpx.get(f"{one.url}/health", timeout=15).status_code == 200
 
+
+
+def test_a_replica_without_the_ra_key_refuses_to_start(pg_ca: TokenCA, tmp_path: Path) -> None:
+    """Codes are derived from ra.key: a replica set up from a copy of the CA directory made
+    before ra.key existed would call every code wrong and lock the registrations."""
+    register_many(pg_ca.dir, 1, "RA Key")  # creates ra.key, recorded (as a hash) in the database
+    copy = tmp_path / "replica-ca"
+    shutil.copytree(pg_ca.dir, copy)
+    (copy / "ra.key").unlink()
+    res = pg_ca.run("ca", "serve", "--ca-dir", str(copy), "--listen", "127.0.0.1:9")
+    assert res.returncode == 3 and "copy ra.key" in res.stderr, res.stderr
+    (copy / "ra.key").write_bytes(os.urandom(32))
+    (copy / "ra.key").chmod(0o600)
+    res = pg_ca.run("ca", "serve", "--ca-dir", str(copy), "--listen", "127.0.0.1:9")
+    assert res.returncode == 3 and "not the one this CA's database was set up with" in res.stderr, res.stderr

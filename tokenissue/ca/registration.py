@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 RA_KEY_FILE = "ra.key"
+_KEY_ID_SETTING = "ra.key_id"
 _KEY_BYTES = 32
 _DOMAIN = b"tokenissue-ra-v1\0"
 #: Crockford's base32: digits and letters without I, L, O and U, so nothing reads as another.
@@ -140,6 +141,14 @@ class RegistrationAuthority:
         if self._key is None:
             path = self.ca.dir / RA_KEY_FILE
             if not path.exists():
+                if self._inv.get_setting(_KEY_ID_SETTING) is not None:
+                    # Registrations exist under a key this directory lacks (a CA server replica
+                    # set up from a copy made before ra.key existed): a new key here would make
+                    # every code "wrong", count the holders' tries and lock their registrations.
+                    raise ConfigError(
+                        f"The registrations in this CA's database were made with an RA key that is not in "
+                        f"{self.ca.dir}; copy ra.key (mode 0600) from the CA directory where 'ra register' runs."
+                    )
                 self._create_key()
             try:
                 st = path.stat()
@@ -153,8 +162,30 @@ class RegistrationAuthority:
                 )
             if len(data) != _KEY_BYTES:
                 raise ConfigError(f"The RA key {path} is damaged (not {_KEY_BYTES} bytes); restore it from a backup.")
+            self._check_key_id(data)
             self._key = data
         return self._key
+
+    def check_key(self) -> None:
+        """Raise ConfigError now if this directory's RA key cannot verify the database's codes
+        (missing while registrations exist, or another key); a CA server calls it at start."""
+        if (self.ca.dir / RA_KEY_FILE).exists() or self._inv.get_setting(_KEY_ID_SETTING) is not None:
+            self._ra_key()
+
+    def _check_key_id(self, key: bytes) -> None:
+        """The database remembers which RA key its registrations belong to (a hash, not the key):
+        every replica sharing it must hold the same ra.key, or its codes would not verify."""
+        ident = hashlib.sha256(_DOMAIN + b"key-id\0" + key).hexdigest()[:32]
+        recorded = self._inv.get_setting(_KEY_ID_SETTING)
+        if recorded is None:
+            self._inv.set_setting(_KEY_ID_SETTING, ident)
+            recorded = self._inv.get_setting(_KEY_ID_SETTING)  # another process may have won the race
+        if recorded != ident:
+            raise ConfigError(
+                f"The RA key {self.ca.dir / RA_KEY_FILE} is not the one this CA's database was set up with; "
+                "every CA server sharing the database needs the same ra.key: copy it from the CA directory "
+                "where 'ra register' runs."
+            )
 
     def _create_key(self) -> None:
         path = self.ca.dir / RA_KEY_FILE

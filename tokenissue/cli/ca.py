@@ -427,6 +427,9 @@ def serve(
         # starts rather than a failed start-up in the server's log.
         with ca.signing_key(pin):
             pass
+        from ..ca.registration import RegistrationAuthority
+
+        RegistrationAuthority(ca).check_key()  # a replica must hold the ra.key the codes come from
     import uvicorn
 
     from ..server.app import create_app
