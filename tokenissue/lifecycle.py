@@ -143,11 +143,8 @@ def _pem(cert: x509.Certificate) -> str:
 
 
 def _find_open(state: Inventory, params: EnrollParams) -> str | None:
-    want = params.as_json()
-    for entry in state.journal_open("enroll"):
-        if entry.params == want:
-            return entry.id
-    return None
+    found = state.journal_open("enroll", params=params.as_json())
+    return found[0].id if found else None
 
 
 def _find_done(s: TokenSession, state: Inventory, params: EnrollParams) -> EnrollOutcome | None:
@@ -159,10 +156,9 @@ def _find_done(s: TokenSession, state: Inventory, params: EnrollParams) -> Enrol
     second key. Asking for another certificate means asking for something different
     (another ``--label``), or ``renew``.
     """
-    want = params.as_json()
     now = datetime.now(UTC)
-    for entry in state.journal_finished("enroll"):
-        if entry.params != want or "cert" not in entry.data or "key_id" not in entry.data:
+    for entry in state.journal_finished("enroll", params=params.as_json()):
+        if "cert" not in entry.data or "key_id" not in entry.data:
             continue
         cert = load_certificates(str(entry.data["cert"]).encode())[0]
         kid = bytes.fromhex(str(entry.data["key_id"]))

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
-from ..errors import PinError, TokenIssueError, UsageError
+from ..errors import PinError, TokenIssueError, TokenNotFound, UsageError
 from ..inventory import Inventory
 from ..lifecycle import EnrollOutcome, EnrollParams, StepHook, enroll
 from ..models import KeyType
@@ -192,13 +192,17 @@ def run_batch(
     """
     results: list[RowResult] = []
     stopped: str | None = None
+    present = _present(rows, module)
     for row in rows:
         if stopped is not None:
             result = RowResult.of(row, "skipped", error=stopped, exit_code=PinError.exit_code)
         else:
             if on_start is not None:
                 on_start(row)
-            result = _one(row, pin=pin, enroller_for=enroller_for, state=state, module=module, on_step=on_step)
+            result = _one(
+                row, present.get(row.token), pin=pin, enroller_for=enroller_for, state=state, module=module,
+                on_step=on_step,
+            )  # fmt: skip
             if result.exit_code == PinError.exit_code:
                 stopped = (
                     f"Not tried: token {result.token_serial or row.token} (line {row.line}) refused the PIN; fix "
@@ -210,8 +214,26 @@ def run_batch(
     return results
 
 
+def _present(rows: list[BatchRow], module: str | None) -> dict[str, str]:
+    """Each row's token serial, from one listing of the tokens present when the batch starts
+    (listing every slot per row is most of the time with a full tray). Tokens named more than
+    once, or not present yet, are left to the row, which looks again (and reports ambiguity)."""
+    try:
+        tokens = load_module(module).tokens()
+    except TokenIssueError:
+        return {}
+    out = {}
+    for name in {r.token for r in rows}:
+        selector = TokenSelector.parse(name)
+        found = [t.serial for t in tokens if selector.matches(t.label, t.serial, t.manufacturer, t.model)]
+        if len(found) == 1:
+            out[name] = found[0]
+    return out
+
+
 def _one(
     row: BatchRow,
+    serial: str | None,
     *,
     pin: Pin | ProtectedAuth | None,
     enroller_for: Callable[[BatchRow], Enroller],
@@ -221,8 +243,15 @@ def _one(
 ) -> RowResult:
     token_serial = None
     try:
-        selector = TokenSelector.parse(row.token)
-        token_serial = load_module(module).token_info(selector).serial
+        # By label (or URI) once, with the ambiguity check; then by serial, which is cheaper to
+        # find again and cannot drift to another token labelled the same.
+        if serial is not None:
+            try:
+                load_module(module).token_info(TokenSelector(serial=serial))
+            except TokenNotFound:
+                serial = None  # gone since the batch started; another may carry its label now
+        token_serial = serial or load_module(module).token_info(TokenSelector.parse(row.token)).serial
+        selector = TokenSelector(serial=token_serial)
         enroller = enroller_for(row)
         enroller.check_profile(row.profile)
         params = EnrollParams(

@@ -536,8 +536,12 @@ class Inventory:
             row = conn.execute(select(journal).where(journal.c.id == id)).first()
         return None if row is None else self._row_to_journal(row)
 
-    def journal_open(self, kind: str | None = None) -> list[JournalEntry]:
-        """Unfinished operations, oldest first: what a restart should offer to resume."""
+    def journal_open(self, kind: str | None = None, *, params: Mapping[str, object] | None = None) -> list[JournalEntry]:
+        """Unfinished operations, oldest first: what a restart should offer to resume.
+
+        With ``params``, only those started with exactly these parameters (compared as
+        canonical JSON in the database, so a long journal is not decoded entry by entry).
+        """
         query = (
             select(journal)
             .where(journal.c.finished.is_(False))
@@ -545,17 +549,24 @@ class Inventory:
         )
         if kind is not None:
             query = query.where(journal.c.kind == kind)
+        if params is not None:
+            query = query.where(journal.c.params == canonical_json(dict(params)))
         with self._tx("read", write=False) as conn:
             rows = conn.execute(query).all()
         return [self._row_to_journal(row) for row in rows]
 
-    def journal_finished(self, kind: str, state: str = "done") -> list[JournalEntry]:
-        """Finished operations of ``kind`` that ended in ``state``, newest first."""
+    def journal_finished(
+        self, kind: str, state: str = "done", *, params: Mapping[str, object] | None = None
+    ) -> list[JournalEntry]:
+        """Finished operations of ``kind`` that ended in ``state``, newest first; with
+        ``params``, only those started with exactly these parameters."""
         query = (
             select(journal)
             .where(journal.c.finished.is_(True), journal.c.kind == kind, journal.c.state == state)
             .order_by(journal.c.updated_at.desc(), journal.c.id)
         )
+        if params is not None:
+            query = query.where(journal.c.params == canonical_json(dict(params)))
         with self._tx("read", write=False) as conn:
             rows = conn.execute(query).all()
         return [self._row_to_journal(row) for row in rows]

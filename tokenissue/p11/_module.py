@@ -147,6 +147,7 @@ class Module:
         self._sessions: dict[str, list[Any]] = {}
         self._pid = os.getpid()
         self._dirty = False  # a failed login left a session open that only a refresh closes
+        self._slots: dict[str, Any] = {}  # token serial -> slot, from the last full listing
 
     # -- loading ---------------------------------------------------------------------------
     @property
@@ -169,6 +170,7 @@ class Module:
         """Re-initialise the module: see tokens made by other processes, drop all sessions."""
         with self.lock:
             self._sessions.clear()
+            self._slots.clear()
             self._dirty = False
             if self._lib is not None:
                 with translate("re-initialise the module"):
@@ -214,9 +216,23 @@ class Module:
         return found[0]
 
     def _matching(self, selector: TokenSelector) -> list[Any]:
+        if selector.serial is not None and selector.serial in self._slots:
+            # Known serial: ask its slot alone (one C_GetTokenInfo) instead of every slot, which
+            # with a tray of tokens is most of a batch's time. Anything unexpected: list them all.
+            try:
+                with translate("read the token"):
+                    t = self._slots[selector.serial].get_token()
+                if (t.flags & TokenFlag.TOKEN_INITIALIZED) and selector.matches(t.label, _serial(t), t.manufacturer_id, t.model):
+                    return [t]
+            except TokenIssueError:
+                pass
+            self._slots.pop(selector.serial, None)
+        tokens = self._raw_tokens()
+        serials = [_serial(t) for t in tokens]
+        self._slots = {s: t.slot for s, t in zip(serials, tokens, strict=True) if s and serials.count(s) == 1}
         return [
             t
-            for t in self._raw_tokens()
+            for t in tokens
             if (t.flags & TokenFlag.TOKEN_INITIALIZED) and selector.matches(t.label, _serial(t), t.manufacturer_id, t.model)
         ]
 
