@@ -235,7 +235,7 @@ class Inventory:
     def _migrate(self) -> None:
         from ._migrate import at_head, upgrade_to_head
 
-        with self._tx("check the schema version", write=False) as conn:
+        with self._tx("check the schema version of", write=False) as conn:
             if at_head(conn):
                 return
         from alembic.util import CommandError
