@@ -167,6 +167,23 @@ def test_http_500_is_unavailable_and_maybe_processed(pki: Pki, serve: Any) -> No
     assert s.content_types == [CT]
 
 
+def test_http_503_is_repeated_with_the_same_message(pki: Pki, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CA server answers 503 while its database is down: the client waits (Retry-After,
+    capped) and sends the very same message again, a bounded number of times."""
+    import tokenissue.enroll.cmp as cmp_module
+
+    monkeypatch.setattr(cmp_module, "_RETRY_AFTER_MAX_S", 0.01)
+    answers = iter([(503, "text/plain", b"busy"), (503, "text/plain", b"busy"), (404, "text/plain", b"")])
+    s = serve(lambda body: next(answers))
+    with pki.enroller(s.url) as e, pytest.raises(CAUnavailable, match="answered HTTP 404"):
+        _request(e, pki)
+    assert len(s.requests) == 3 and len(set(s.requests)) == 1
+    s2 = serve(lambda body: (503, "text/plain", b"busy"))
+    with pki.enroller(s2.url) as e, pytest.raises(CAOutcomeUnknown, match="answered HTTP 503; try again later"):
+        _request(e, pki)
+    assert len(s2.requests) == 3  # then it gives up: the journal keeps the enrollment open
+
+
 def test_http_404_says_check_the_url(pki: Pki, serve: Any) -> None:
     s = serve(lambda body: (404, "text/html", b"<h1>no</h1>"))
     with pki.enroller(s.url) as e, pytest.raises(CAUnavailable, match=r"answered HTTP 404; check the URL") as err:

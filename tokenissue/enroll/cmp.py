@@ -41,6 +41,7 @@ import contextlib
 import hashlib
 import os
 import ssl
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
@@ -563,12 +564,18 @@ class CMPEnroller:
         # One connection per message, as OpenSSL's client does (HTTP/1.0): OpenSSL 3.0's server
         # answers the certConf that follows on a kept-alive connection with "unexpected pkibody".
         headers = {"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE, "Connection": "close"}
-        with self._translate(), self._client.stream("POST", self.url, content=der, headers=headers) as response:
-            body = b""
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > DEFAULT_MAX_MESSAGE_SIZE:
-                    raise CAUnavailable(f"The CMP server at {self.url} sent an answer larger than {DEFAULT_MAX_MESSAGE_SIZE} bytes.")
+        for attempt in range(_UNAVAILABLE_TRIES):
+            with self._translate(), self._client.stream("POST", self.url, content=der, headers=headers) as response:
+                body = b""
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > DEFAULT_MAX_MESSAGE_SIZE:
+                        raise CAUnavailable(f"The CMP server at {self.url} sent an answer larger than {DEFAULT_MAX_MESSAGE_SIZE} bytes.")
+            if response.status_code != 503 or attempt == _UNAVAILABLE_TRIES - 1:
+                break
+            # 503: the server (its database, say) is briefly unavailable and did nothing with the
+            # request. The same message (same transactionID) is sent again after Retry-After.
+            time.sleep(_retry_after(response.headers.get("retry-after")))
         ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if response.status_code != 200:
             if ctype == CONTENT_TYPE and body:
@@ -586,6 +593,20 @@ class CMPEnroller:
                 "check the URL (--ca)."
             )
         return body
+
+
+_UNAVAILABLE_TRIES: Final = 3
+_RETRY_AFTER_MAX_S = 5.0
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait before repeating after a 503: the server's Retry-After (delta-seconds
+    only), 1 s without one, never more than a few seconds (the user is waiting)."""
+    try:
+        wait = float(value) if value is not None else 1.0
+    except ValueError:
+        wait = 1.0
+    return min(max(wait, 0.0), _RETRY_AFTER_MAX_S)
 
 
 def _is_tls_trust_error(e: BaseException) -> bool:
