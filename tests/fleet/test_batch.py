@@ -244,3 +244,36 @@ def test_a_full_token_fails_its_row_cleanly_and_finishes_once_freed(tray: TokenC
     assert res.returncode == 0, res.stderr
     assert [r["status"] for r in json.loads(res.stdout)] == ["already-done", "enrolled", "already-done"]
     assert _token_state(tray, "tray-02")[0] == 1 and len(tray.issued()) == 3
+
+
+def test_batch_over_cmp_with_a_code_per_row(tray: TokenCA, tmp_path: Path) -> None:
+    from cmp_server_support import register, served
+
+    regs = [register(tray.dir, f"CN=Holder {i},O=Example Bank,C=KR") for i in range(2)]
+    codes = tmp_path / "codes.txt"
+    codes.write_text("# ref code\n" + "".join(f"{r.ref} {r.code.reveal()}\n" for r in regs))
+    codes.chmod(0o600)
+    rows = [
+        {"token": t, "subject": f"CN=Holder {i},O=Example Bank,C=KR", "ref": r.ref}
+        for i, (t, r) in enumerate(zip(TRAY[:2], regs, strict=True))
+    ]
+    src = _csv(tmp_path / "cmp.csv", rows)
+    with served(tray) as server:
+        url = f"cmp+{server.url}/pkix/"
+        trust = ["--ca-trust", str(tray.pem)]
+        loose = codes.with_name("loose.txt")
+        loose.write_text(codes.read_text())
+        loose.chmod(0o644)
+        refused = tray.run("batch", "enroll", str(src), "--ca", url, "--auth-codes", str(loose), *trust)
+        assert refused.returncode == 5 and "chmod 600" in refused.stderr
+        res = tray.run("batch", "enroll", str(src), "--ca", url, "--auth-codes", str(codes), *trust, "--json")
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        assert [r["status"] for r in doc] == ["enrolled", "enrolled"]
+        again = tray.run("batch", "enroll", str(src), "--ca", url, "--auth-codes", str(codes), *trust, "--json")
+        assert [r["status"] for r in json.loads(again.stdout)] == ["already-done", "already-done"]
+    for r in regs:
+        assert r.code.reveal() not in res.stdout + res.stderr + again.stdout + again.stderr
+    issued = {r["serial"] for r in tray.issued()}
+    assert issued == {r["serial"] for r in doc}
+    assert all(_token_state(tray, t)[0] == 1 for t in TRAY[:2])

@@ -25,7 +25,7 @@ from ._common import (
     state,
     user_pin_source,
 )
-from .lifecycle import CmpArgs, holder_state, open_ca, step_hook
+from .lifecycle import CaTrustOpt, CmpArgs, holder_state, open_ca, step_hook
 
 if TYPE_CHECKING:
     from ..credentials import Secret
@@ -73,10 +73,7 @@ def enroll(
             help="CMP: file of 'REF CODE' lines, one per registration (must be chmod 600); '#' starts a comment.",
         ),
     ] = None,
-    ca_trust: Annotated[
-        Path | None,
-        typer.Option("--ca-trust", help="CMP: PEM file of CA certificates to trust (default: the system's).", envvar="TOKENISSUE_CA_TRUST"),
-    ] = None,
+    ca_trust: CaTrustOpt = None,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
