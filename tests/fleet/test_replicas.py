@@ -175,3 +175,14 @@ def test_a_replica_without_the_ra_key_refuses_to_start(pg_ca: TokenCA, tmp_path:
     (copy / "ra.key").chmod(0o600)
     res = pg_ca.run("ca", "serve", "--ca-dir", str(copy), "--listen", "127.0.0.1:9")
     assert res.returncode == 3 and "not the one this CA's database was set up with" in res.stderr, res.stderr
+
+
+def test_ca_init_refuses_a_database_that_holds_another_ca(pg_ca: TokenCA, tmp_path: Path) -> None:
+    assert pg_ca.database is not None
+    res = pg_ca.run("ca", "init", "--ca-dir", str(tmp_path / "second"), "--token", "ca", "--subject", "CN=Second CA",
+                    "--db", pg_ca.database)  # fmt: skip
+    assert res.returncode == 2 and "already holds a CA's inventory" in res.stderr, res.stderr
+    assert len(pg_ca.private_keys("ca")) == 1  # no second CA key was made
+    res = pg_ca.run("ca", "init", "--ca-dir", str(tmp_path / "third"), "--token", "ca", "--subject", "CN=Third CA",
+                    "--db", "postgresql://user:secret@db.example/ca")  # fmt: skip
+    assert res.returncode == 2 and "must not carry a password" in res.stderr and "secret" not in res.stderr

@@ -125,7 +125,12 @@ class CertificateAuthority:
         ca_dir.chmod(0o700)
         if database is not None:
             # Reach the database before a key is made: a wrong URL must not leave a CA key behind.
-            Inventory.open(database).close()
+            with Inventory.open(database) as inv:
+                if inv.certificate_count() or inv.get_setting("ra.key_id") is not None or inv.audit_entries():
+                    raise UsageError(
+                        "That database already holds a CA's inventory; give each CA a database of its own "
+                        "(replicas of one CA share it by copying its CA directory, not by 'ca init')."
+                    )
         if insecure_file_key:
             from cryptography.hazmat.primitives.asymmetric import ec
 
