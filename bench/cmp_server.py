@@ -64,23 +64,31 @@ def _env(root: Path) -> dict[str, str]:
     return env
 
 
-def _setup(root: Path) -> Path:
+def _init_token(root: Path) -> None:
+    """A SoftHSM config and token directory under ``root`` with one token 'ca'."""
     (root / "tokens").mkdir(parents=True)
     (root / "softhsm2.conf").write_text(
         f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
     )
-    env = _env(root)
     subprocess.run(
         ["softhsm2-util", "--init-token", "--free", "--label", "ca", "--so-pin", SO_PIN, "--pin", USER_PIN],
-        env=env, check=True, capture_output=True,
+        env=_env(root), check=True, capture_output=True,
     )  # fmt: skip
-    ca_dir = root / "ca"
+
+
+def _init_ca(root: Path, ca_dir: Path, *extra: str) -> Path:
+    """``tokenissue ca init`` in ``ca_dir``, EC P-256 key on the token 'ca' (``extra``: e.g. --db, --label)."""
     subprocess.run(
         [sys.executable, "-m", "tokenissue.cli", "ca", "init", "--ca-dir", str(ca_dir), "--token", "ca",
-         "--subject", CA_SUBJECT, "--type", "ec-p256"],
-        env=env, check=True, capture_output=True,
+         "--subject", CA_SUBJECT, "--type", "ec-p256", *extra],
+        env=_env(root), check=True, capture_output=True,
     )  # fmt: skip
     return ca_dir
+
+
+def _setup(root: Path) -> Path:
+    _init_token(root)
+    return _init_ca(root, root / "ca")
 
 
 def _requests(ca_dir: Path, n: int, tag: str) -> list[bytes]:
@@ -197,6 +205,13 @@ def _free_port() -> int:
 
 
 def _load(url: str, bodies: list[bytes], clients: int) -> dict[str, Any]:
+    return _load_answers([url], bodies, clients)[0]
+
+
+def _load_answers(urls: list[str], bodies: list[bytes], clients: int) -> tuple[dict[str, Any], list[tuple[int, bytes]]]:
+    """Post ``bodies`` from ``clients`` threads; with several ``urls`` each thread sends its
+    requests to them in turn (round robin, thread i starting at urls[i % len(urls)]), keeping one
+    connection to each. The figures, and every (HTTP status, body) received."""
     import httpx
 
     slices = [bodies[i::clients] for i in range(clients)]
@@ -205,19 +220,25 @@ def _load(url: str, bodies: list[bytes], clients: int) -> dict[str, Any]:
     lock = threading.Lock()
     barrier = threading.Barrier(clients + 1)
 
-    def worker(mine: list[bytes]) -> None:
-        with httpx.Client(timeout=60) as client:
-            client.get(f"{url}/health")  # connect before the clock starts
+    def worker(first: int, mine: list[bytes]) -> None:
+        pool = [httpx.Client(timeout=60) for _ in urls]
+        try:
+            for url, client in zip(urls, pool, strict=True):
+                client.get(f"{url}/health")  # connect before the clock starts
             barrier.wait()
-            for body in mine:
+            for j, body in enumerate(mine):
+                k = (first + j) % len(urls)
                 t0 = time.perf_counter()
-                r = client.post(f"{url}/pkix/", content=body, headers={"content-type": CMP_TYPE})
+                r = pool[k].post(f"{urls[k]}/pkix/", content=body, headers={"content-type": CMP_TYPE})
                 dt = time.perf_counter() - t0
                 with lock:
                     latencies.append(dt)
                     answers.append((r.status_code, r.content))
+        finally:
+            for client in pool:
+                client.close()
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in slices]
+    threads = [threading.Thread(target=worker, args=(i, s), daemon=True) for i, s in enumerate(slices)]
     for t in threads:
         t.start()
     barrier.wait()
@@ -230,7 +251,7 @@ def _load(url: str, bodies: list[bytes], clients: int) -> dict[str, Any]:
 
     issued = sum(1 for status, der in answers if status == 200 and parse_response(decode_message(der)).certificate)
     latencies.sort()
-    return {
+    result = {
         "certs": issued,
         "requests": len(bodies),
         "seconds": elapsed,
@@ -238,13 +259,14 @@ def _load(url: str, bodies: list[bytes], clients: int) -> dict[str, Any]:
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p95_ms": latencies[int(len(latencies) * 0.95) - 1] * 1000,
     }
+    return result, answers
 
 
-def _serve(ca_dir: Path, root: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def _serve(ca_dir: Path, root: Path, log_name: str = "serve.log") -> tuple[subprocess.Popen[bytes], str, Path]:
     import httpx
 
     port = _free_port()
-    log = root / "serve.log"
+    log = root / log_name
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tokenissue.cli", "ca", "serve", "--ca-dir", str(ca_dir),
