@@ -51,6 +51,7 @@ from tokenissue.protocols.cmp import (
     build_rr,
     decode_message,
     encode_message,
+    mac_iterations,
     verify_protection,
 )
 
@@ -120,8 +121,11 @@ def test_ir_with_registration_code_issues_registered_subject(env: Env) -> None:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [g.value for g in san] == ["hong@example.kr"]
     assert ip.ca_pubs == (env.ca.certificate,)
-    code, conf = env.post(reg.protect(confirm(ip)))
+    # The answer's MAC uses the request's iteration count (10,000 here, tokenissue's default).
+    assert mac_iterations(ip.message) == 10_000
+    code, conf = env.post(reg.protect(confirm(ip), iterations=500))
     assert (code, conf.body_type) == (200, "pkiconf")
+    assert mac_iterations(conf.message) == 500  # ... and 500 for OpenSSL's count
     # The code was used up: the same reference and code are refused from now on.
     env.refused(reg.protect(build_ir(reg.subject, None, new_key())), "notAuthorized")
     records = env.ca.records()

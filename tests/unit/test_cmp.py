@@ -366,6 +366,22 @@ def test_signature_roundtrip(kind: str) -> None:
     assert verify_protection(msg, trusted_signers=[signer_cert]) == signer_cert
 
 
+def test_protecting_leaves_the_callers_message_alone() -> None:
+    """Protection shares the body with the caller's message (no costly copy) and must still
+    change nothing the caller holds: header, body, protection, extraCerts."""
+    signer_key, signer_cert = leaf("ec-p256")
+    _, ca_cert = ca("ec-p256")
+    plain = build_p10cr(build_csr(signer_key, signer_cert.subject), sender_kid=b"before")
+    before = encode_message(plain)
+    signed = protect_signature(plain, signer_key, signer_cert, [ca_cert])
+    pbm = protect_pbm(plain, SharedSecret(b"shared"), sender_kid=b"ref-1", iterations=500)
+    assert encode_message(plain) == before
+    assert parse_request(roundtrip(signed)).sender_kid != b"before"
+    assert parse_request(roundtrip(pbm)).sender_kid == b"ref-1"
+    verify_protection(roundtrip(pbm), secret=b"shared")
+    assert verify_protection(roundtrip(signed), trusted_signers=[ca_cert]) == signer_cert
+
+
 def test_signature_with_opaque_token_key() -> None:
     inner, cert = leaf("ec-p256")
     _, ca_cert = ca("ec-p256")

@@ -10,6 +10,7 @@ parser for a bare Name or Extensions, so those are read through a throwaway CSR 
 
 from __future__ import annotations
 
+import threading
 from typing import Any, ClassVar, Final
 
 from cryptography import x509
@@ -339,7 +340,28 @@ def cert_from_asn1(value: Any) -> x509.Certificate:
 
 
 def cert_to_asn1(spec: Any, cert: x509.Certificate) -> Any:
-    return decode_as(spec, cert.public_bytes(serialization.Encoding.DER))
+    """``cert`` as a pyasn1 value of type ``spec``.
+
+    Decoding a certificate with pyasn1 takes milliseconds, and a CA server puts its own
+    certificate (and chain) into every answer, so the decoded values are kept (a small LRU,
+    by spec type and DER). They are shared: nothing may modify a value returned here.
+    """
+    der = cert.public_bytes(serialization.Encoding.DER)
+    key = (type(spec), spec.tagSet, der)
+    with _CERT_CACHE_LOCK:
+        value = _CERT_CACHE.pop(key, None)
+    if value is None:
+        value = decode_as(spec, der)
+    with _CERT_CACHE_LOCK:
+        _CERT_CACHE[key] = value  # most recently used last
+        while len(_CERT_CACHE) > _CERT_CACHE_SIZE:
+            del _CERT_CACHE[next(iter(_CERT_CACHE))]
+    return value
+
+
+_CERT_CACHE: dict[tuple[type, Any, bytes], Any] = {}
+_CERT_CACHE_LOCK = threading.Lock()
+_CERT_CACHE_SIZE: Final = 64
 
 
 def public_key_from_spki(value: Any) -> Any:

@@ -62,6 +62,7 @@ __all__ = [
     "MIN_ITERATIONS",
     "PBMAC1_OID",
     "PBM_OID",
+    "mac_iterations",
     "protect_pbm",
     "protect_pbmac1",
     "protect_signature",
@@ -93,9 +94,19 @@ def protected_part_der(msg: Any) -> bytes:
 
 
 def _copy(msg: Any) -> Any:
-    # pyasn1 values are mutable; protecting must not change the caller's message.
-    copy, _ = decoder.decode(encoder.encode(msg), asn1Spec=rfc9480.PKIMessage())
-    return copy
+    """A message to protect, without changing the caller's (pyasn1 values are mutable).
+
+    Protection changes only the header (protectionAlg, senderKID, sender) and sets protection
+    and extraCerts, so only the header is copied; the body, with any certificate in it, is
+    shared rather than encoded and decoded again (that was most of an answer's cost).
+    """
+    out = rfc9480.PKIMessage()
+    header, _ = decoder.decode(encoder.encode(msg["header"]), asn1Spec=rfc9480.PKIHeader())
+    out["header"] = header
+    out["body"] = msg["body"]
+    if msg["extraCerts"].isValue:
+        out["extraCerts"] = msg["extraCerts"]
+    return out
 
 
 def _alg_id_der(oid: str, params_der: bytes | None) -> bytes:
@@ -214,6 +225,29 @@ def _signer(msg: Any, known: Sequence[x509.Certificate]) -> tuple[x509.Certifica
     if sender is not None and sender != signer.subject:
         raise CMPError("badMessageCheck", "The header's sender is not the subject of the protection certificate.")
     return signer, [*sent[1:], *known]
+
+
+def mac_iterations(msg: Any) -> int | None:
+    """The iteration count of ``msg``'s PasswordBasedMac or PBMAC1 (PBKDF2) protection; None
+    when it is not MAC-protected or the parameters cannot be read. Call after it verified."""
+    header = msg["header"]
+    if not is_present(header["protectionAlg"]):
+        return None
+    alg = header["protectionAlg"]
+    oid = oid_str(alg["algorithm"])
+    try:
+        if oid == PBM_OID:
+            p = decode_strict(bytes(alg["parameters"]), rfc4210.PBMParameter(), "PasswordBasedMac parameters", "badAlg")
+            return int(p["iterationCount"])
+        if oid == PBMAC1_OID:
+            p = decode_strict(bytes(alg["parameters"]), rfc8018.PBMAC1_params(), "PBMAC1 parameters", "badAlg")
+            kdf = decode_strict(
+                bytes(p["keyDerivationFunc"]["parameters"]), rfc8018.PBKDF2_params(), "PBKDF2 parameters", "badAlg"
+            )
+            return int(kdf["iterationCount"])
+    except (CMPError, ValueError, TypeError):
+        return None
+    return None
 
 
 def verify_protection(
