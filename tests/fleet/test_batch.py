@@ -123,6 +123,11 @@ def test_a_bad_file_is_refused_before_any_token_is_touched(tray: TokenCA, tmp_pa
     assert "nothing was done" in res.stderr
     assert all(_token_state(tray, t) == (0, []) for t in TRAY)
     assert tray.issued() == []
+    unknown = _rows()
+    unknown[2]["profile"] = "no-such-profile"
+    res = _batch(tray, _csv(tmp_path / "profile.csv", unknown))
+    assert res.returncode == 2 and "lines 4:" in res.stderr and "nothing was done" in res.stderr, res.stderr
+    assert all(_token_state(tray, t) == (0, []) for t in TRAY)
     header = _batch(tray, _csv(tmp_path / "header.csv", [{"token": "tray-01", "subjekt": "CN=x"}]))
     assert header.returncode == 2 and "unknown: subjekt" in header.stderr and "missing: subject" in header.stderr
 

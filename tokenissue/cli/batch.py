@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import Incomplete, PinError, UsageError
+from ..errors import Incomplete, PinError, TokenIssueError, UsageError
 from ._common import (
     CaPinFileOpt,
     JsonOpt,
@@ -119,6 +119,15 @@ def enroll(
     with ExitStack() as stack:
         db = stack.enter_context(holder_state(ctx))
         enrollers = stack.enter_context(_Enrollers(ctx, ca, ca_pin_file, codes, ca_trust))
+        if not cmp:
+            # A local CA knows its profiles: an unknown one is a fault of the file, found now.
+            local = enrollers.get(rows[0])
+            for name in sorted({r.profile for r in rows}):
+                try:
+                    local.check_profile(name)
+                except TokenIssueError as e:
+                    lines = [r.line for r in rows if r.profile == name]
+                    raise UsageError(f"{csv_file}: lines {_lines(lines)}: {e.message.rstrip('.')}; nothing was done.") from None
         sink = stack.enter_context(_results_sink(results))
         view = stack.enter_context(_Progress(len(rows)))
 
