@@ -29,7 +29,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..credentials import Pin, ProtectedAuth
@@ -41,7 +41,7 @@ from ..models import KeyType
 from ..p11 import TokenSelector, load_module
 from ..pkix.names import parse_san, parse_subject
 
-__all__ = ["COLUMNS", "BatchRow", "RowResult", "read_rows", "run_batch"]
+__all__ = ["COLUMNS", "FIELDS", "BatchRow", "RowResult", "read_rows", "run_batch"]
 
 COLUMNS = ("token", "subject", "profile", "key_type", "label", "san", "ref")
 _REQUIRED = ("token", "subject")
@@ -91,7 +91,8 @@ class RowResult:
         return cls(line=row.line, token=row.token, subject=row.subject, profile=row.profile, status=status, **kw)
 
 
-FIELDS = tuple(f for f in RowResult.__dataclass_fields__)
+#: The columns of a results file, in order.
+FIELDS = tuple(f.name for f in fields(RowResult))
 
 
 def read_rows(text: str, *, default_profile: str, source: str = "the batch file") -> list[BatchRow]:
