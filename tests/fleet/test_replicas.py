@@ -186,3 +186,6 @@ def test_ca_init_refuses_a_database_that_holds_another_ca(pg_ca: TokenCA, tmp_pa
     res = pg_ca.run("ca", "init", "--ca-dir", str(tmp_path / "third"), "--token", "ca", "--subject", "CN=Third CA",
                     "--db", "postgresql://user:secret@db.example/ca")  # fmt: skip
     assert res.returncode == 2 and "must not carry a password" in res.stderr and "secret" not in res.stderr
+    res = pg_ca.run("ca", "init", "--ca-dir", str(tmp_path / "fourth"), "--token", "ca", "--subject", "CN=Fourth CA",
+                    "--db", "postgresql://user@db.example/ca?password=secret")  # fmt: skip
+    assert res.returncode == 2 and "must not carry a password" in res.stderr and "secret" not in res.stderr

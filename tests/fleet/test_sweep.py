@@ -18,8 +18,8 @@ from lifecycle_support import TokenCA, add_token_fast, make_token_ca
 pytestmark = pytest.mark.slow
 
 HOOK = """#!/bin/sh
-# Writes what it was told, and the certificate it got on stdin, to $OUT/<serial>.
-{ env | grep '^TOKENISSUE_' | sort; cat; } > "$OUT/$TOKENISSUE_SERIAL"
+# Writes its whole environment, and the certificate it got on stdin, to OUT/<serial>.
+{ env | sort; cat; } > "@OUT@/$TOKENISSUE_SERIAL"
 [ "$TOKENISSUE_SUBJECT" != "CN=Fails Hook,O=Example" ]
 """
 
@@ -38,7 +38,7 @@ def _hook(tmp_path: Path) -> tuple[str, Path]:
     out = tmp_path / "told"
     out.mkdir()
     script = tmp_path / "hook.sh"
-    script.write_text(HOOK)
+    script.write_text(HOOK.replace("@OUT@", str(out)))
     script.chmod(0o700)
     return str(script), out
 
@@ -50,7 +50,9 @@ def _sweep(ca: TokenCA, *extra: str, env: dict[str, str] | None = None) -> tuple
 
 def test_hook_is_told_each_expiring_certificate_and_never_a_pin(fleet: TokenCA, tmp_path: Path) -> None:
     hook, told = _hook(tmp_path)
-    code, items, err = _sweep(fleet, "--hook", hook, env={"OUT": str(told)})
+    # The sweep's environment holds secrets: a PIN named by --pin-env, a database password.
+    secrets = {"HSM_PIN": "secret-hsm-pin", "PGPASSWORD": "secret-db-password"}
+    code, items, err = _sweep(fleet, "--hook", hook, env=secrets)
     assert code == 0, err
     assert sorted(i["subject"] for i in items) == ["CN=Sweep One,O=Example", "CN=Sweep Two,O=Example"]
     assert all(i["action"] == "due" and i["notified"] is True for i in items)
@@ -59,18 +61,19 @@ def test_hook_is_told_each_expiring_certificate_and_never_a_pin(fleet: TokenCA, 
         assert f"TOKENISSUE_SUBJECT={i['subject']}" in text
         assert "TOKENISSUE_DAYS_LEFT=36" in text  # 364 or 365 days: a one-year certificate
         assert "TOKENISSUE_TOKEN_SERIAL=" in text and "TOKENISSUE_SWEEP_ACTION=due" in text
-        assert "PIN" not in text  # TOKENISSUE_PIN and TOKENISSUE_CA_PIN are not passed on
+        assert "PIN" not in text and "secret" not in text  # no PIN variable, nothing unlisted
+        assert "PATH=" in text
         cert = x509.load_pem_x509_certificate(text[text.index("-----BEGIN") :].encode())
         assert format(cert.serial_number, "x") == i["serial"]
     # Nothing expires within 30 days: an empty sweep, and the hook is not run.
-    proc = fleet.run("ca", "list", "--ca-dir", str(fleet.dir), "--expiring", "30d", "--hook", hook, env={"OUT": str(told)})
+    proc = fleet.run("ca", "list", "--ca-dir", str(fleet.dir), "--expiring", "30d", "--hook", hook)
     assert proc.returncode == 0 and "Nothing expires" in proc.stderr
 
 
 def test_a_failing_hook_is_exit_8_with_its_reason(fleet: TokenCA, tmp_path: Path) -> None:
     fleet.enroll("CN=Fails Hook,O=Example", token="sw-01")
-    hook, told = _hook(tmp_path)
-    code, items, _err = _sweep(fleet, "--hook", hook, env={"OUT": str(told)})
+    hook, _told = _hook(tmp_path)
+    code, items, _err = _sweep(fleet, "--hook", hook)
     assert code == 8
     failed = [i for i in items if i["notified"] is False]
     assert [i["subject"] for i in failed] == ["CN=Fails Hook,O=Example"]
@@ -99,7 +102,7 @@ def test_renew_on_present_tokens_and_report_the_absent_one(fleet: TokenCA, tmp_p
     # holder is told, and that is all a sweep can do: exit 0.
     shutil.move(str(tmp_path / "sw-02"), str(sw02))
     hook, told = _hook(tmp_path)
-    code, items, err = _sweep(fleet, "--hook", hook, env={"OUT": str(told)})
+    code, items, err = _sweep(fleet, "--hook", hook)
     assert code == 0, err
     listed = {i["serial"] for i in items}
     assert one["serial"] not in listed and one["new_serial"] in listed and two["serial"] in listed
@@ -110,3 +113,29 @@ def test_sweep_options_need_expiring(fleet: TokenCA) -> None:
     for extra in (["--renew"], ["--hook", "true"], ["--expiring", "30d", "--rekey"]):
         proc = fleet.run("ca", "list", "--ca-dir", str(fleet.dir), *extra)
         assert proc.returncode == 2, (extra, proc.stderr)
+
+
+def test_a_refused_pin_stops_the_renewals(fleet: TokenCA) -> None:
+    """Every renewal would offer the same PIN to another token: after one refusal, none is tried."""
+    code, items, _err = _sweep(fleet, "--renew", env={"TOKENISSUE_PIN": "000000"})
+    assert code == 8
+    assert [i["action"] for i in items] == ["failed", "failed"]
+    assert "no other token was tried" in str(items[1]["detail"])
+    assert len(fleet.issued()) == 2  # nothing was issued
+
+
+def test_a_renewal_cut_short_is_finished_by_the_next_sweep(fleet: TokenCA) -> None:
+    """Killed right after the CA issued the successor: the CA now counts the old certificate
+    as replaced, so only the journal knows the new one never reached the token."""
+    killed = fleet.run("ca", "list", "--ca-dir", str(fleet.dir), "--expiring", "400d", "--renew",
+                       env={"TOKENISSUE_FAILPOINT": "issued-recorded"})  # fmt: skip
+    assert killed.returncode == -9
+    assert len(fleet.issued()) == 3  # one successor issued, not yet on its token
+    code, items, _err = _sweep(fleet, "--renew")
+    assert code == 0, [(i["action"], i["detail"]) for i in items]
+    finished = [i for i in items if i["detail"] == "an interrupted renewal, finished now"]
+    assert len(finished) == 1 and finished[0]["action"] == "renewed"
+    assert len(fleet.issued()) == 4  # the interrupted one was not issued again; the other renewed once
+    for token in ("sw-01", "sw-02"):
+        certs = [c for c in fleet.token_certs(token) if not c["ca"]]
+        assert len(certs) == 1 and certs[0]["serial"] not in {i["serial"] for i in items}

@@ -11,9 +11,10 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from conftest import PgServer
 from inventory_support import raw, sa_url, schema_snapshot
 
 from tokenissue.errors import InventoryError, NotFound
@@ -680,3 +681,26 @@ def test_bare_postgresql_url_uses_psycopg(pg_url: str) -> None:
     with Inventory.open(pg_url) as inv:
         assert inv._engine.dialect.driver == "psycopg"
         assert "psycopg" in inv._where and "postgresql" in inv._where
+
+
+def test_wrong_postgresql_settings_are_not_called_an_outage(pg_server: PgServer) -> None:
+    """A database or role that does not exist is a setting to fix, not a retryable outage
+    (a CA server would otherwise answer 503 for ever and clients retry); a server that is
+    not there at all is an outage."""
+    from tokenissue.errors import InventoryError
+    from tokenissue.inventory import Inventory, InventoryUnavailable
+
+    with pytest.raises(InventoryError) as wrong:
+        Inventory.open(pg_server.url("no_such_database"))
+    assert not isinstance(wrong.value, InventoryUnavailable), wrong.value
+    assert "does not exist" in str(wrong.value)
+    with pytest.raises(InventoryUnavailable, match="unreachable or restarting"):
+        Inventory.open("postgresql://postgres@/x?host=/nonexistent-socket-dir")
+
+
+def test_setting_default_keeps_the_first_value(inv: Any) -> None:
+    assert inv.setting_default("ra.key_id", "first") == "first"
+    assert inv.setting_default("ra.key_id", "second") == "first"
+    assert inv.get_setting("ra.key_id") == "first"
+    with pytest.raises(ValueError):
+        inv.setting_default("inventory.audit_head", "x")

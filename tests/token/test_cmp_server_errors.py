@@ -198,6 +198,28 @@ def test_cr_kur_rr_signed_by_the_holder(env: Env) -> None:
     assert snapshot(env.ca.dir) == before
 
 
+def test_rr_repeated_after_a_half_done_transaction_is_carried_out(env: Env) -> None:
+    """The database failed after the rr's transaction was begun (the client got a 503 and
+    repeats the same message): the repeat revokes, and a further repeat is certRevoked, which
+    clients take as done; never transactionIdInUse, which would leave the holder guessing."""
+    from tokenissue.models import TransactionKind
+
+    reg = register(env.ca.dir, "CN=RR Repeat,O=Example")
+    key = new_key()
+    cert = env.enroll(reg, key).certificate
+    assert cert is not None
+    tid, nonce = os.urandom(16), os.urandom(16)
+    rr = signed(build_rr(cert.issuer, cert.serial_number, transaction_id=tid, sender_nonce=nonce), key, cert)
+    from tokenissue.inventory import Inventory
+
+    with Inventory.open(env.ca.database or env.ca.dir / "ca.db") as inv:
+        inv.transaction_begin(tid, TransactionKind.RR, None, nonce, os.urandom(16), False, signer=cert.serial_number)
+    code, rp = env.post(rr)
+    assert (code, rp.body_type) == (200, "rp") and rp.revocation_statuses[0].status == "accepted", rp.status
+    assert {r.serial: r for r in env.ca.records()}[cert.serial_number].status.value == "revoked"
+    env.refused(rr, "certRevoked")
+
+
 # -- transport -----------------------------------------------------------------------------------
 
 

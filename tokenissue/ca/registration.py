@@ -141,7 +141,7 @@ class RegistrationAuthority:
         if self._key is None:
             path = self.ca.dir / RA_KEY_FILE
             if not path.exists():
-                if self._inv.get_setting(_KEY_ID_SETTING) is not None:
+                if self._inv.get_setting(_KEY_ID_SETTING) is not None or self._inv.registration_count():
                     # Registrations exist under a key this directory lacks (a CA server replica
                     # set up from a copy made before ra.key existed): a new key here would make
                     # every code "wrong", count the holders' tries and lock their registrations.
@@ -169,7 +169,8 @@ class RegistrationAuthority:
     def check_key(self) -> None:
         """Raise ConfigError now if this directory's RA key cannot verify the database's codes
         (missing while registrations exist, or another key); a CA server calls it at start."""
-        if (self.ca.dir / RA_KEY_FILE).exists() or self._inv.get_setting(_KEY_ID_SETTING) is not None:
+        path = self.ca.dir / RA_KEY_FILE
+        if path.exists() or self._inv.get_setting(_KEY_ID_SETTING) is not None or self._inv.registration_count():
             self._ra_key()
 
     def _check_key_id(self, key: bytes) -> None:
@@ -178,8 +179,8 @@ class RegistrationAuthority:
         ident = hashlib.sha256(_DOMAIN + b"key-id\0" + key).hexdigest()[:32]
         recorded = self._inv.get_setting(_KEY_ID_SETTING)
         if recorded is None:
-            self._inv.set_setting(_KEY_ID_SETTING, ident)
-            recorded = self._inv.get_setting(_KEY_ID_SETTING)  # another process may have won the race
+            # Insert-if-absent: of two replicas starting with different keys, one key is kept.
+            recorded = self._inv.setting_default(_KEY_ID_SETTING, ident)
         if recorded != ident:
             raise ConfigError(
                 f"The RA key {self.ca.dir / RA_KEY_FILE} is not the one this CA's database was set up with; "

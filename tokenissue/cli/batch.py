@@ -99,6 +99,8 @@ def enroll(
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"Cannot read {csv_file} as UTF-8 text ({e.__class__.__name__}).") from None
     rows = read_rows(text, default_profile=profile, source=str(csv_file))
+    if results is not None and results.resolve() == csv_file.resolve():
+        raise UsageError("--results must not be the batch file itself (it would be overwritten).")
     if is_acme_location(ca):
         raise UsageError("Batch enrollment works with a CA directory or a CMP server, not ACME.")
     cmp = is_cmp_location(ca)
@@ -109,6 +111,10 @@ def enroll(
             raise UsageError(f"Enrolling at a CMP server needs a ref on every row; lines {_lines(no_ref)} have none.")
         if auth_codes is None:
             raise UsageError("Enrolling at a CMP server needs --auth-codes, the file of 'REF CODE' lines.")
+        refs = [r.ref for r in rows]
+        twice = [r.line for r in rows if refs.count(r.ref) > 1]
+        if twice:
+            raise UsageError(f"A registration is good for one certificate; lines {_lines(twice)} share a ref.")
         codes = _read_codes(auth_codes)
         missing = [r.line for r in rows if r.ref not in codes]
         if missing:
@@ -161,6 +167,8 @@ def _read_codes(path: Path) -> dict[str, Secret]:
     from ..credentials import Secret
     from ._common import read_secret_file
 
+    if str(path) == "-":
+        raise UsageError("--auth-codes needs a file (mode 0600), not standard input.")
     read_secret_file(path, "authorization codes")  # the mode check, and a readable first line
     codes: dict[str, Secret] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -171,6 +179,8 @@ def _read_codes(path: Path) -> dict[str, Secret]:
         if not code.strip():
             # The line is not echoed: it may hold a code.
             raise PinError(f"{path} line {n} is not 'REF CODE'.")
+        if ref in codes:
+            raise UsageError(f"{path} line {n}: ref {ref} appears twice.")
         codes[ref] = Secret(code.strip())
     return codes
 

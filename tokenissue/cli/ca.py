@@ -55,10 +55,11 @@ def record_dict(r: Any) -> dict[str, Any]:
 
 
 def _url_has_password(url: str) -> bool:
-    from urllib.parse import urlsplit
+    from urllib.parse import parse_qs, urlsplit
 
     try:
-        return urlsplit(url).password is not None
+        parts = urlsplit(url)
+        return parts.password is not None or "password" in {k.lower() for k in parse_qs(parts.query)}
     except ValueError:
         return False
 
@@ -95,6 +96,8 @@ def init(
     """Create a CA: its key is generated on the token, then a self-signed root (or a CSR)."""
     from ..ca.authority import CSR_FILE, CertificateAuthority
 
+    if db is not None and "://" not in db:
+        db = str(Path(db).expanduser().resolve())  # a relative path would follow the working directory
     if db is not None and "://" in db and _url_has_password(db):
         raise UsageError(
             "--db must not carry a password (it would sit in the shell history and the process list); "
@@ -247,14 +250,15 @@ def _sweep(
     from contextlib import ExitStack
 
     from ..errors import Incomplete
-    from ..fleet.sweep import renewer, sweep
+    from ..fleet.sweep import renewer, resume_renewals, sweep
     from ._common import user_pin_source
-    from .lifecycle import holder_state, open_ca
+    from .lifecycle import holder_state, open_ca, step_hook
 
     with ExitStack() as stack:
         ca = stack.enter_context(_open(ctx, ca_dir))
         records = ca.list()
         renew_one = None
+        resumed: list[Any] = []
         if renew:
             source = user_pin_source(pin_file, pin_env, False)
             pins: dict[str, Any] = {}
@@ -266,11 +270,18 @@ def _sweep(
 
             enroller = open_ca(ctx, str(ca_dir), ca_pin_file)
             stack.callback(enroller.close)
+            holder_db = stack.enter_context(holder_state(ctx))
+            resumed = resume_renewals(records, enroller=enroller, pin=holder_pin, state=holder_db, module=state(ctx).module)
             renew_one = renewer(
-                enroller=enroller, pin=holder_pin, state=stack.enter_context(holder_state(ctx)),
-                module=state(ctx).module, rekey=rekey,
+                enroller=enroller, pin=holder_pin, state=holder_db, module=state(ctx).module, rekey=rekey,
+                on_step=step_hook(),
             )  # fmt: skip
-        items = sweep(records, within=within, hook=hook, renew=renew_one)
+            if any(i.pin_refused for i in resumed):
+                renew_one = None  # a PIN was refused: no token gets another wrong try
+            records = ca.list()  # renewals just finished have replaced their certificates
+        # ... and their successors, issued moments ago, are not due.
+        fresh = frozenset(i.new_serial for i in resumed if i.new_serial is not None)
+        items = resumed + sweep(records, within=within, hook=hook, renew=renew_one, skip=fresh)
     if json_out:
         emit_json(
             [{**record_dict(i.record), "days_left": i.days_left, "action": i.action, "notified": i.notified,

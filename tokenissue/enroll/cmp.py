@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import ssl
 import time
@@ -605,6 +606,8 @@ def _retry_after(value: str | None) -> float:
     try:
         wait = float(value) if value is not None else 1.0
     except ValueError:
+        wait = 1.0
+    if not math.isfinite(wait):  # "nan", "inf"
         wait = 1.0
     return min(max(wait, 0.0), _RETRY_AFTER_MAX_S)
 

@@ -21,20 +21,21 @@ CSV columns (a header row is required; names are case-insensitive)::
     san       subject alternative names separated by ';' (dns:..;email:..)
     ref       CMP only: the reference that goes with the row's authorization code
 
-Lines whose first cell starts with ``#`` and empty lines are skipped.
+Lines starting with ``#`` and empty lines are skipped; no cell may hold a line break.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
-from ..errors import PinError, TokenIssueError, TokenNotFound, UsageError
+from ..errors import PinError, PinIncorrect, TokenIssueError, TokenNotFound, UsageError
 from ..inventory import Inventory
 from ..lifecycle import EnrollOutcome, EnrollParams, StepHook, enroll
 from ..models import KeyType
@@ -47,6 +48,7 @@ COLUMNS = ("token", "subject", "profile", "key_type", "label", "san", "ref")
 _REQUIRED = ("token", "subject")
 _MAX_ROWS = 100_000
 _SHOWN_ERRORS = 10
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,17 @@ class RowResult:
     journal_id: str | None = None
     error: str | None = None
     exit_code: int = 0
+    #: A token (the row's, or the CA's) refused the PIN: the batch stops, see :func:`run_batch`.
+    pin_refused: bool = field(default=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.status in ("enrolled", "resumed", "already-done")
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["pin_refused"]
+        return out
 
     @classmethod
     def of(cls, row: BatchRow, status: str, **kw: Any) -> RowResult:
@@ -92,19 +98,34 @@ class RowResult:
 
 
 #: The columns of a results file, in order.
-FIELDS = tuple(f.name for f in fields(RowResult))
+FIELDS = tuple(f.name for f in fields(RowResult) if f.name != "pin_refused")
 
 
 def read_rows(text: str, *, default_profile: str, source: str = "the batch file") -> list[BatchRow]:
     """Parse and check every row; UsageError naming the lines at fault when any is wrong."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # A comment is a line that starts with '#' as written (a quoted "#3" is a label); blanked
+    # rather than dropped, so that line numbers stay those of the file.
+    lines = text.removeprefix("\ufeff").splitlines()
+    uncommented = "\n".join("" if raw.startswith("#") else raw for raw in lines)
+    reader = csv.reader(io.StringIO(uncommented, newline=""), strict=True)
     header: list[str] | None = None
     rows: list[BatchRow] = []
     errors: list[str] = []
     seen: dict[tuple[object, ...], int] = {}
-    for cells in reader:
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise UsageError(f"{source} line {reader.line_num} is not valid CSV ({e}); nothing was done.") from None
         line = reader.line_num
-        if not cells or not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+        if not cells or not any(c.strip() for c in cells):
+            continue
+        if any(_CONTROL.search(c) for c in cells):
+            # A stray quote makes the CSV reader swallow the next lines into one cell: that
+            # row would silently vanish. No field of a row may span lines.
+            errors.append(f"line {line}: a cell holds a line break or control character (an unclosed quote?)")
             continue
         if header is None:
             header = [c.strip().lower().replace("-", "_") for c in cells]
@@ -204,10 +225,12 @@ def run_batch(
                 row, present.get(row.token), pin=pin, enroller_for=enroller_for, state=state, module=module,
                 on_step=on_step,
             )  # fmt: skip
-            if result.exit_code == PinError.exit_code:
+            if result.pin_refused:
+                # Every token gets the same PIN (and the CA token the same CA PIN): each further
+                # try would only spend a try, and tokens lock after a few.
                 stopped = (
-                    f"Not tried: token {result.token_serial or row.token} (line {row.line}) refused the PIN; fix "
-                    "the PIN and run the batch again (stopped so the other tokens do not spend a PIN try each)."
+                    f"Not tried: line {row.line} had a PIN refused ({(result.error or '').rstrip('.')}); fix the PIN "
+                    "and run the batch again (stopped so the other tokens do not spend a PIN try each)."
                 )
         results.append(result)
         if on_result is not None:
@@ -264,7 +287,10 @@ def _one(
             on_step=on_step or (lambda _step: None),
         )  # fmt: skip
     except TokenIssueError as e:
-        return RowResult.of(row, "failed", token_serial=token_serial, error=e.message, exit_code=e.exit_code)
+        return RowResult.of(
+            row, "failed", token_serial=token_serial, error=e.message, exit_code=e.exit_code,
+            pin_refused=isinstance(e, PinIncorrect),
+        )  # fmt: skip
     return _done(row, out)
 
 

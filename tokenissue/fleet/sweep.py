@@ -7,7 +7,8 @@ cut short is resumed from the journal by the next sweep, and a finished one take
 certificate out of the next sweep's list.
 
 Hook commands are split like a shell would split them (``shlex``) but run without a shell,
-once per certificate, with the certificate (PEM) on standard input and::
+once per certificate, with the certificate (PEM) on standard input, an environment of only
+PATH, HOME, USER, LOGNAME, LANG, LC_*, TZ, TMPDIR and SHELL from the sweep's, and::
 
     TOKENISSUE_SERIAL        hex serial            TOKENISSUE_SUBJECT       RFC 4514 subject
     TOKENISSUE_NOT_AFTER     ISO 8601 UTC          TOKENISSUE_DAYS_LEFT     whole days left
@@ -29,16 +30,18 @@ from datetime import UTC, datetime, timedelta
 
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
-from ..errors import KeyNotFound, TokenIssueError, TokenNotFound, UsageError
+from ..errors import KeyNotFound, PinIncorrect, TokenIssueError, TokenNotFound, UsageError
 from ..inventory import Inventory
-from ..lifecycle import StepHook, certificate_status, enroll, renewal_params
+from ..lifecycle import EnrollParams, StepHook, certificate_status, enroll, renewal_params
 from ..models import CertRecord
 from ..p11 import TokenSelector, load_module, open_token
 from ..pkix.certs import dump_certificates, load_certificates
 
-__all__ = ["HOOK_TIMEOUT_S", "SweepItem", "due", "renewer", "run_hook", "sweep"]
+__all__ = ["HOOK_TIMEOUT_S", "SweepItem", "due", "renewer", "resume_renewals", "run_hook", "sweep"]
 
 HOOK_TIMEOUT_S = 60
+#: What a hook inherits from the sweep's environment (plus LC_*); everything else is dropped.
+_HOOK_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SHELL"})
 _DETAIL_MAX = 300
 
 
@@ -52,6 +55,8 @@ class SweepItem:
     new_serial: int | None = None
     #: None: no hook; True/False: the hook ran and succeeded / failed
     notified: bool | None = None
+    #: A token refused the PIN here: no further renewal is tried.
+    pin_refused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -61,10 +66,13 @@ class SweepItem:
         return self.action in ("due", "renewed") or (self.action == "token-absent" and self.notified is True)
 
 
-def due(records: list[CertRecord], within: timedelta, *, now: datetime | None = None) -> list[CertRecord]:
-    """Valid certificates expiring within ``within`` that no other certificate replaces."""
+def due(
+    records: list[CertRecord], within: timedelta, *, now: datetime | None = None, skip: frozenset[int] = frozenset()
+) -> list[CertRecord]:
+    """Valid certificates expiring within ``within`` that no other certificate replaces (and
+    whose serial is not in ``skip``: successors issued moments ago)."""
     now = now or datetime.now(UTC)
-    replaced = {r.replaces for r in records if r.replaces is not None}
+    replaced = {r.replaces for r in records if r.replaces is not None} | skip
     return sorted(
         (r for r in records if r.status.value == "valid" and r.not_after <= now + within and r.serial not in replaced),
         key=lambda r: r.not_after,
@@ -79,6 +87,7 @@ def sweep(
     renew: Callable[[CertRecord], int] | None = None,
     on_item: Callable[[SweepItem], None] | None = None,
     now: datetime | None = None,
+    skip: frozenset[int] = frozenset(),
 ) -> list[SweepItem]:
     """Sweep ``records`` (the CA's inventory): renew what ``renew`` can (it returns the new
     serial, raises TokenNotFound when the token is not here), then run ``hook`` for each."""
@@ -86,14 +95,22 @@ def sweep(
         _split(hook)  # a malformed hook fails before anything is renewed
     now = now or datetime.now(UTC)
     items = []
-    for rec in due(records, within, now=now):
+    stopped: str | None = None
+    for rec in due(records, within, now=now, skip=skip):
         item = SweepItem(rec, int((rec.not_after - now).total_seconds() // 86400))
-        if renew is not None:
+        if renew is not None and stopped is not None:
+            item.action, item.detail = "failed", stopped
+        elif renew is not None:
             try:
                 item.new_serial = renew(rec)
                 item.action = "renewed"
             except TokenNotFound as e:
                 item.action, item.detail = "token-absent", e.message
+            except PinIncorrect as e:
+                # The same PIN goes to every token (and the CA PIN to the CA token at every
+                # renewal): one more try each would only spend tries, and lock tokens.
+                item.action, item.detail, item.pin_refused = "failed", e.message, True
+                stopped = f"Not renewed: a PIN was refused ({e.message.rstrip('.')}); no other token was tried."
             except TokenIssueError as e:
                 item.action, item.detail = "failed", e.message
         if hook is not None:
@@ -119,8 +136,10 @@ def _split(hook: str) -> list[str]:
 def run_hook(hook: str, item: SweepItem) -> tuple[bool, str | None]:
     """Run the hook for one item; (succeeded, why not)."""
     rec = item.record
-    env = {
-        **os.environ,
+    # An allowlisted environment: the sweep's own may hold PINs (--pin-env names any variable),
+    # database passwords and the like, none of which is the hook's business.
+    env = {k: v for k, v in os.environ.items() if k in _HOOK_ENV or k.startswith("LC_")}
+    env |= {
         "TOKENISSUE_SERIAL": format(rec.serial, "x"),
         "TOKENISSUE_SUBJECT": rec.subject,
         "TOKENISSUE_NOT_AFTER": rec.not_after.isoformat(),
@@ -130,9 +149,6 @@ def run_hook(hook: str, item: SweepItem) -> tuple[bool, str | None]:
         "TOKENISSUE_SHA256": rec.sha256,
         "TOKENISSUE_SWEEP_ACTION": item.action,
     }
-    # Secrets a parent process may hold are not the hook's business.
-    for name in ("TOKENISSUE_PIN", "TOKENISSUE_CA_PIN", "TOKENISSUE_SO_PIN", "TOKENISSUE_AUTH_CODE"):
-        env.pop(name, None)
     pem = dump_certificates(load_certificates(rec.der), "pem")
     try:
         proc = subprocess.run(
@@ -142,6 +158,8 @@ def run_hook(hook: str, item: SweepItem) -> tuple[bool, str | None]:
         return False, f"hook command not found: {_split(hook)[0]}"
     except PermissionError:
         return False, f"hook command not executable: {_split(hook)[0]}"
+    except OSError as e:  # no #! line (ENOEXEC), argument list too long, ...
+        return False, f"hook command cannot run: {e.strerror or e}"
     except subprocess.TimeoutExpired:
         return False, f"hook timed out after {HOOK_TIMEOUT_S} s"
     if proc.returncode != 0:
@@ -187,3 +205,47 @@ def renewer(
         return out.certificate.serial_number
 
     return renew
+
+
+def resume_renewals(
+    records: list[CertRecord],
+    *,
+    enroller: Enroller,
+    pin: Callable[[], Pin | ProtectedAuth | None],
+    state: Inventory,
+    module: str | None = None,
+    now: datetime | None = None,
+) -> list[SweepItem]:
+    """Finish the renewals an earlier sweep left half-done (a full token, a token pulled out,
+    a crash), before sweeping: the CA counts a certificate as replaced once it has issued its
+    successor, so :func:`due` no longer lists it even if the successor never reached the token.
+
+    One item per unfinished renewal at this CA: ``renewed`` (with the new serial) or ``failed``
+    / ``token-absent`` with the reason. Stops at a refused PIN, like :func:`sweep`.
+    """
+    now = now or datetime.now(UTC)
+    by_serial = {r.serial: r for r in records}
+    items: list[SweepItem] = []
+    for entry in state.journal_open("enroll"):
+        params = EnrollParams(**{**entry.params, "san": tuple(entry.params.get("san") or ())})  # type: ignore[arg-type]
+        old = by_serial.get(int(params.replaces, 16)) if params.replaces else None
+        if old is None or params.ca != enroller.location:
+            continue
+        item = SweepItem(old, int((old.not_after - now).total_seconds() // 86400))
+        selector = TokenSelector(serial=params.token_serial)
+        try:
+            load_module(module).token_info(selector)
+            out = enroll(params, token=selector, pin=pin(), enroller=enroller, state=state, module=module,
+                         journal_id=entry.id)  # fmt: skip
+            item.action, item.new_serial = "renewed", out.certificate.serial_number
+            item.detail = "an interrupted renewal, finished now"
+        except TokenNotFound:
+            item.action, item.detail = "token-absent", f"Token {params.token_serial} is not present; its renewal is half-done."
+        except PinIncorrect as e:
+            item.action, item.detail, item.pin_refused = "failed", e.message, True
+            items.append(item)
+            break
+        except TokenIssueError as e:
+            item.action, item.detail = "failed", e.message
+        items.append(item)
+    return items

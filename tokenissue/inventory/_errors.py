@@ -27,11 +27,26 @@ def _transient(e: sa_exc.DBAPIError) -> bool:
         return str(sqlite_name).startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
     sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate is None:
-        # psycopg reports a failed or broken connection without an SQLSTATE.
-        return isinstance(e, sa_exc.OperationalError)
-    # 08 connection exception, 53 insufficient resources (too many connections), 57 operator
-    # intervention (shutting down, starting up), 40 transaction rollback (serialization, deadlock).
-    return str(sqlstate)[:2] in ("08", "53", "57", "40")
+        # psycopg reports a failed or broken connection without an SQLSTATE, including the
+        # refusals that no retry will cure: those are configuration errors.
+        text = str(orig).lower()
+        return isinstance(e, sa_exc.OperationalError) and not any(m in text for m in _PERMANENT)
+    # 08 connection exception, 40 transaction rollback (serialization, deadlock), 53300 too many
+    # connections, 57P01-03 shutting down / starting up.
+    return str(sqlstate)[:2] in ("08", "40") or str(sqlstate) in ("53300", "57P01", "57P02", "57P03")
+
+
+#: Connection failures (reported by libpq without SQLSTATE) that are wrong settings, not outages.
+_PERMANENT = (
+    "password authentication failed",
+    "authentication failed",
+    "no password supplied",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "invalid connection option",
+    "certificate verify failed",
+)
 
 
 class DuplicateRequest(InventoryError):

@@ -202,7 +202,8 @@ class Inventory:
                 "Cannot open the inventory: the location is neither a path nor a database "
                 "URL; give a file path, sqlite:////abs/path.db or postgresql://..."
             ) from e
-        where = str(path) if path is not None else url.render_as_string(hide_password=True)
+        # Without the password, and without the query, which may carry one (?password=...).
+        where = str(path) if path is not None else url.set(query={}).render_as_string(hide_password=True)
         engine: Engine | None = None
         try:
             with translate("open", where):
@@ -759,6 +760,33 @@ class Inventory:
                 raise
             with self._tx("write to", write=True) as conn:
                 self._put_setting(conn, key, value)
+
+    def setting_default(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there already; return the stored one.
+
+        Of concurrent callers (processes, replicas) with different values, exactly one value
+        is kept and every caller gets that one back.
+        """
+        if key.startswith(_RESERVED_PREFIX):
+            raise ValueError(f"setting keys starting with {_RESERVED_PREFIX!r} are reserved")
+        try:
+            with self._tx("write to", write=True) as conn:
+                found = conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar_one_or_none()
+                if found is not None:
+                    return str(found)
+                conn.execute(insert(settings).values(key=key, value=value))
+                return value
+        except InventoryError as e:
+            if not isinstance(e.__cause__, sa_exc.IntegrityError):
+                raise
+        stored = self.get_setting(key)  # another writer inserted first: theirs stands
+        assert stored is not None
+        return stored
+
+    def registration_count(self) -> int:
+        """How many registrations exist, in any state."""
+        with self._tx("read", write=False) as conn:
+            return int(conn.execute(select(func.count()).select_from(registrations)).scalar_one())
 
     @staticmethod
     def _put_setting(conn: Connection, key: str, value: str) -> None:

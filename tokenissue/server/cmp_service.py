@@ -352,6 +352,11 @@ class CMPService:
         """
         req = ctx.request
         in_use = CMPError("transactionIdInUse", "This transactionID was used before; start over with a new one.")
+        if req.body_type == "rr" and tx.kind is TransactionKind.RR and tx.state is not TransactionState.REJECTED:
+            # A revocation repeated (the answer was lost, or the database failed half-way):
+            # revoke again if need be. Once revoked, the signer's certificate is, and the
+            # repeat is refused with certRevoked, which the client takes as done.
+            return self._revoke(ctx, repeat_of=tx)
         if (
             req.body_type not in _REPEATABLE
             or tx.kind.value != req.body_type
@@ -580,9 +585,11 @@ class CMPService:
             ) from None
 
     # -- revocation --------------------------------------------------------------------------
-    def _revoke(self, ctx: _Context) -> bytes:
+    def _revoke(self, ctx: _Context, repeat_of: CMPTransaction | None = None) -> bytes:
         req = ctx.request
         signer, rec = self._authenticate_signature(ctx)
+        if repeat_of is not None and repeat_of.signer != rec.serial:
+            raise CMPError("transactionIdInUse", "This transactionID was used before; start over with a new one.")
         if len(req.revocations) != 1:
             raise CMPError("badRequest", "Revoke exactly one certificate per request.")
         target = req.revocations[0]
@@ -591,7 +598,8 @@ class CMPService:
         reason = _REASONS.get(target.reason or x509.ReasonFlags.unspecified)
         if reason is None:
             raise CMPError("badRequest", "That revocation reason cannot be requested by the certificate holder.")
-        self._begin(req, TransactionKind.RR, ctx)
+        if repeat_of is None:
+            self._begin(req, TransactionKind.RR, ctx)
         self.ca.revoke(rec.serial, reason)
         ctx.fields["serial"] = format(rec.serial, "x")
         msg = build_rp(req, [StatusInfo("accepted")], sender=self._sender)
