@@ -14,8 +14,10 @@ __all__ = ["DuplicateRegistration", "DuplicateRequest", "DuplicateTransaction", 
 
 class InventoryUnavailable(InventoryError):
     """The database cannot be reached or is busy right now (server down or restarting, network,
-    SQLite locked by another process). Nothing was written; the same call may succeed later.
-    A CA server answers these with HTTP 503 so clients and load balancers retry."""
+    SQLite locked by another process); the same call may succeed later. If the connection broke
+    during a COMMIT the write may or may not have happened: repeat it, as the callers that write
+    do (by request ID and transactionID), and it is not done twice. A CA server answers these
+    with HTTP 503 so clients and load balancers retry."""
 
 
 def _transient(e: sa_exc.DBAPIError) -> bool:
