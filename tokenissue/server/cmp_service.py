@@ -222,8 +222,9 @@ class CMPService:
             # The CA's own refusals (profile, validity, registration) carry safe sentences.
             return self._refuse(ctx, CMPError(_failure_for(e), e.message))
         except InventoryUnavailable as e:
-            # The database is down, restarting or out of connections: nothing this request did
-            # is on record, and the same request (same transactionID) may be sent again.
+            # The database is down, restarting or out of connections. Whatever this request got
+            # on record (a transaction begun, a certificate issued) is found again by its
+            # transactionID when the same request is sent again, so a repeat never doubles it.
             log.warning("CMP request deferred, database unavailable (transaction %s): %s", fields.get("transaction_id"), e)
             return self._fault(ctx, 503, "systemUnavail", _UNAVAILABLE_TEXT)
         except Exception:  # the catch-all that keeps details off the wire
