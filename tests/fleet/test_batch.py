@@ -282,3 +282,25 @@ def test_batch_over_cmp_with_a_code_per_row(tray: TokenCA, tmp_path: Path) -> No
     issued = {r["serial"] for r in tray.issued()}
     assert issued == {r["serial"] for r in doc}
     assert all(_token_state(tray, t)[0] == 1 for t in TRAY[:2])
+
+
+def test_progress_bar_on_a_terminal(tray: TokenCA, tmp_path: Path) -> None:
+    """On a terminal (script(1) gives the command a pty) the batch draws a rich progress bar
+    that ends at done/total; the per-row lines are printed above it."""
+    if shutil.which("script") is None:
+        pytest.skip("script(1) from util-linux is not installed")
+    import shlex
+    import sys
+
+    src = _csv(tmp_path / "tray.csv", _rows())
+    argv = [sys.executable, "-m", "tokenissue.cli", "batch", "enroll", str(src), "--ca", str(tray.dir)]
+    proc = subprocess.run(
+        ["script", "-qec", shlex.join(argv), "/dev/null"],
+        capture_output=True, text=True, timeout=300, check=False, env={**tray.hsm.env, **tray.env, "TERM": "xterm"},
+    )  # fmt: skip
+    import re
+
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", proc.stdout)  # colours and cursor moves
+    assert proc.returncode == 0, out
+    assert "Enrolling" in out and "3/3" in out and "━" in out, out
+    assert out.count("enrolled serial") == 3, out
