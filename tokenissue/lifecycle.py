@@ -3,12 +3,16 @@
 Enrollment is a journaled state machine, so that a process killed at any point leaves work
 that the next run finishes, and nothing half-done::
 
-    started ─ key generated ─► key ─ CSR signed in token ─► csr ─ CA issues ─► issued
-            ─ certificate (and chain) written to the token ─► written ─ recorded ─► done
+    started ─ key generated, CSR signed in token ─► csr ─ CA issues ─► issued
+            ─ certificate (and chain) written to the token ─ recorded ─► done
 
 * The journal entry is written before each step's effect is relied on. The key's label is
-  journaled *before* the key is generated, so a key made just before a crash is found again
-  by label (and must still prove its provenance) instead of being orphaned.
+  journaled *before* the key is generated (in the entry's first write), so a key made just
+  before a crash is found again by label (and must still prove its provenance) instead of
+  being orphaned; its ID and the CSR signed with it are journaled together.
+* Four durable writes per enrollment, each one transaction: started, csr, issued, and done
+  with the certificate's record (a renewal adds "written" before it retires the old
+  certificate). Entries in state "key", left by older versions, resume too.
 * The CA is asked with the journal ID as request ID; the CA records the certificate before it
   answers and answers a repeated request with the same certificate, so a crash after issuance
   never issues a second certificate.
@@ -49,9 +53,9 @@ from .errors import (
     UsageError,
 )
 from .inventory import Inventory
-from .models import CertObject, CertRecord, CertStatus, KeyInfo, KeyType, RevocationReason
+from .models import CertObject, CertRecord, CertStatus, JournalEntry, KeyInfo, KeyType, RevocationReason
 from .p11 import KeySelector, TokenSelector, TokenSession, open_token
-from .pkix.certs import fingerprint_sha256, load_certificates, verify_chain
+from .pkix.certs import cert_record, fingerprint_sha256, load_certificates, verify_chain
 from .pkix.csr import build_csr, load_csr
 from .pkix.names import format_san, parse_san, parse_subject
 from .pkix.proof import prove_possession
@@ -142,14 +146,9 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-def _find_open(state: Inventory, params: EnrollParams) -> str | None:
-    found = state.journal_open("enroll", params=params.as_json())
-    return found[0].id if found else None
-
-
-def _find_done(s: TokenSession, state: Inventory, params: EnrollParams) -> EnrollOutcome | None:
-    """The outcome of a finished enrollment with the same parameters whose certificate is
-    still on the token, valid and not revoked.
+def _find_done(s: TokenSession, entries: list[JournalEntry], state: Inventory, params: EnrollParams) -> EnrollOutcome | None:
+    """The outcome of a finished enrollment with the same parameters (``entries``, oldest
+    first) whose certificate is still on the token, valid and not revoked.
 
     This makes ``enroll`` idempotent: a process killed after it finished (so the user never
     saw the result) and run again reports the certificate it made instead of enrolling a
@@ -157,8 +156,8 @@ def _find_done(s: TokenSession, state: Inventory, params: EnrollParams) -> Enrol
     (another ``--label``), or ``renew``.
     """
     now = datetime.now(UTC)
-    for entry in state.journal_finished("enroll", params=params.as_json()):
-        if "cert" not in entry.data or "key_id" not in entry.data:
+    for entry in reversed(entries):
+        if not entry.finished or entry.state != "done" or "cert" not in entry.data or "key_id" not in entry.data:
             continue
         cert = load_certificates(str(entry.data["cert"]).encode())[0]
         kid = bytes.fromhex(str(entry.data["key_id"]))
@@ -203,37 +202,44 @@ def enroll(
         if s.info.serial != params.token_serial:
             raise UsageError(f"This enrollment belongs to token serial {params.token_serial}, not {s.info.serial}.")
         resumed = True
-        jid = journal_id or _find_open(state, params)
+        jid = journal_id
         if jid is None:
-            done = _find_done(s, state, params)
-            if done is not None:
-                return done
+            earlier = state.journal_by_params("enroll", params.as_json())
+            jid = next((e.id for e in earlier if not e.finished), None)
+            if jid is None:
+                done = _find_done(s, earlier, state, params)
+                if done is not None:
+                    return done
         if jid is None:
             resumed = False
-            jid = state.journal_start("enroll", params.as_json()).id
+            entry = state.journal_start("enroll", params.as_json(), data=_first_data(s, params))
+            jid = entry.id
             on_step("started")
-        entry = state.journal_get(jid)
-        assert entry is not None
+        else:
+            found = state.journal_get(jid)
+            assert found is not None
+            entry = found
         data: dict[str, Any] = dict(entry.data)
         st = entry.state
         try:
             if st == "started":
                 key = _key_step(s, params, state, jid, data)
                 on_step("key-generated")
-                entry = state.journal_update(jid, "key", key_id=key.id.hex(), label=key.label)
-                data, st = dict(entry.data), entry.state
-                on_step("key-recorded")
-            kid = bytes.fromhex(str(data["key_id"]))
-            key = s.key(KeySelector(id=kid))
+                kid = key.id
+            else:
+                kid = bytes.fromhex(str(data["key_id"]))
+                key = s.key(KeySelector(id=kid))
             if not key.born_on_token:
                 raise ProvenanceError(
                     f"Key '{key.label}' does not prove it was generated on the token and never left it "
                     "(CKA_LOCAL, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE); refusing to certify it."
                 )
             private = s.private_key(KeySelector(id=kid))
-            if st == "key":
+            if st in ("started", "key"):
                 csr = build_csr(private, name, sans)
-                entry = state.journal_update(jid, "csr", csr=csr.public_bytes(serialization.Encoding.PEM).decode())
+                entry = state.journal_update(
+                    jid, "csr", key_id=kid.hex(), label=key.label, csr=csr.public_bytes(serialization.Encoding.PEM).decode()
+                )
                 data, st = dict(entry.data), entry.state
                 on_step("csr")
             if st == "csr":
@@ -260,14 +266,16 @@ def enroll(
             s.write_certificate(cert, key_id=kid, label=key.label)
             for ca in chain:
                 ski = x509.SubjectKeyIdentifier.from_public_key(ca.public_key()).digest
-                if not any(c.der == ca.public_bytes(serialization.Encoding.DER) for c in s.certificates(key_id=ski)):
-                    s.write_certificate(ca, key_id=ski, label=_cn(ca), trusted=True)
+                s.write_certificate(ca, key_id=ski, label=_cn(ca), trusted=True)
             on_step("written")
-            entry = state.journal_update(jid, "written")
-            st = entry.state
+            if params.replaces_sha256 or params.final_label:
+                # A renewal removes the old certificate next: journal that this one is on the
+                # token first, so a crash in between never leaves the holder with neither.
+                st = state.journal_update(jid, "written").state
+            else:
+                st = "written"  # writing again is idempotent: "done" below is the next write
         replaced = int(params.replaces, 16) if params.replaces else None
         if st == "written":
-            _record(state, cert, params, s.info.serial, kid, key.label, jid, replaced)
             if params.replaces_sha256 and params.old_key_id:
                 _retire(s, params.replaces_sha256, bytes.fromhex(params.old_key_id), keep_key_id=kid)
             if params.final_label and key.label != params.final_label:
@@ -275,7 +283,11 @@ def enroll(
                 # resumes here, so the label is never lost nor doubled.
                 s.relabel(kid, params.final_label)
                 key = s.key(KeySelector(id=kid))
-            state.journal_finish(jid, "done")
+            record = cert_record(
+                cert, profile=params.profile, token_serial=s.info.serial, key_id=kid, label=key.label,
+                request_id=jid, replaces=replaced,
+            )  # fmt: skip
+            state.journal_finish(jid, "done", record=record)
             on_step("done")
         return EnrollOutcome(
             journal_id=jid,
@@ -348,23 +360,36 @@ def _current_certificate(
     return None
 
 
+def _first_data(s: TokenSession, params: EnrollParams) -> dict[str, object]:
+    """The new entry's data: the label of the key about to be generated, journaled in the
+    entry's first write so that a key made just before a crash is found again."""
+    if params.reuse_key_id:
+        return {}
+    label = params.label or _default_label(params.profile)
+    if s.find_keys(label):
+        raise ObjectExists(f"Token '{s.info.label}' already has a key labelled '{label}'; choose another --label.")
+    return {"label": label, "generated": True}
+
+
 def _key_step(s: TokenSession, params: EnrollParams, state: Inventory, jid: str, data: dict[str, Any]) -> KeyInfo:
     if params.reuse_key_id:
         return s.key(KeySelector(id=bytes.fromhex(params.reuse_key_id)))
-    label = str(data.get("label") or params.label or _default_label(params.profile))
-    existing = s.find_keys(label)
-    if data.get("generated"):
-        # An earlier run journaled this label and may have generated the key before it died:
-        # adopt that key (its provenance is still checked) rather than orphan it.
-        if existing:
-            return existing[0]
-    else:
-        if existing:
-            raise ObjectExists(f"Token '{s.info.label}' already has a key labelled '{label}'; choose another --label.")
-        # Journal the label before generating, so a key made just before a crash is found again.
-        state.journal_update(jid, "started", label=label, generated=True)
-        data.update(label=label, generated=True)
-    return s.generate_key(KeyType(params.key_type), label)
+    if "label" not in data:
+        # An entry an older version started and left before journaling its label: journal
+        # it now, before generating, as that version would have.
+        first = _first_data(s, params)
+        state.journal_update(jid, "started", **first)
+        data.update(first)
+    label = str(data["label"])
+    try:
+        return s.generate_key(KeyType(params.key_type), label)
+    except ObjectExists:
+        # An earlier run journaled this label and generated the key before it died: adopt
+        # that key (its provenance is still checked) rather than orphan it.
+        existing = s.find_keys(label)
+        if not existing:
+            raise
+        return existing[0]
 
 
 def _abort(s: TokenSession, state: Inventory, jid: str, data: dict[str, Any], params: EnrollParams) -> None:
@@ -375,37 +400,6 @@ def _abort(s: TokenSession, state: Inventory, jid: str, data: dict[str, Any], pa
             if not k.has_certificate:
                 s.delete_key(KeySelector(id=k.id))
     state.journal_finish(jid, "aborted")
-
-
-def _record(
-    state: Inventory,
-    cert: x509.Certificate,
-    params: EnrollParams,
-    token_serial: str,
-    kid: bytes,
-    label: str,
-    jid: str,
-    replaced: int | None,
-) -> None:
-    if state.get_certificate(cert.serial_number) is not None:
-        return
-    state.add_certificate(
-        CertRecord(
-            serial=cert.serial_number,
-            subject=cert.subject.rfc4514_string(),
-            issuer=cert.issuer.rfc4514_string(),
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            sha256=fingerprint_sha256(cert),
-            profile=params.profile,
-            der=cert.public_bytes(serialization.Encoding.DER),
-            token_serial=token_serial,
-            key_id=kid,
-            label=label,
-            request_id=jid,
-            replaces=replaced,
-        )
-    )
 
 
 def _retire(s: TokenSession, old_sha256: str, old_key_id: bytes, *, keep_key_id: bytes) -> None:

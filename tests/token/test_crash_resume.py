@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import SoftHSM
 from lifecycle_support import TokenCA, make_token_ca
 
-STEPS = ["started", "key-generated", "key-recorded", "csr", "issued", "issued-recorded", "written", "done"]
+STEPS = ["started", "key-generated", "csr", "issued", "issued-recorded", "written", "done"]
 SUBJECT = "CN=Crash Test,O=tokenissue tests,C=KR"
 
 
@@ -100,6 +102,42 @@ def test_crash_then_resume_alone_finishes(token_ca: TokenCA, step: str) -> None:
     assert out["subject"] == SUBJECT
     state = _assert_enrolled_once(token_ca, out["label"])
     assert out["serial"] == state["record"]["serial"]
+    _nothing_to_resume(token_ca)
+
+
+def _rewrite_open_entry(ca: TokenCA, state: str, keep: tuple[str, ...]) -> None:
+    """Turn the open journal entry into one an older version wrote: ``state``, with only the
+    data keys in ``keep``."""
+    db = sqlite3.connect(Path(ca.hsm.env["TOKENISSUE_STATE_DIR"]) / "state.db")
+    try:
+        [(jid, data)] = db.execute("SELECT id, data FROM journal WHERE finished = 0").fetchall()
+        old = {k: v for k, v in json.loads(data).items() if k in keep}
+        with db:
+            db.execute("UPDATE journal SET state = ?, data = ? WHERE id = ?", (state, json.dumps(old), jid))
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "old_state", "old_keys"),
+    [
+        # Versions before 2026-12 journaled the key in a step of its own ("key") before the CSR...
+        ("csr", "key", ("label", "generated", "key_id")),
+        # ...and the label in a write after "started", so an entry could be cut short without it.
+        ("started", "started", ()),
+    ],
+)
+def test_entries_left_by_an_older_version_resume(token_ca: TokenCA, crash_at: str, old_state: str, old_keys: tuple[str, ...]) -> None:
+    args = [*token_ca.enroll_args(SUBJECT, "--label", "legacy"), "--json"]
+    _crash(token_ca, args, crash_at)
+    _rewrite_open_entry(token_ca, old_state, old_keys)
+
+    again = token_ca.run(*args)
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    out = json.loads(again.stdout)
+    assert out["resumed"] is True
+    state = _assert_enrolled_once(token_ca, "legacy")
+    assert out["key_id"] == state["key"]["id"]
     _nothing_to_resume(token_ca)
 
 

@@ -36,8 +36,8 @@ from ..inventory import DuplicateRequest, Inventory
 from ..models import CertRecord, CertStatus, KeyType, RevocationReason
 from ..p11 import KeySelector, TokenSelector, open_token
 from ..pkix.certs import (
+    cert_record,
     dump_certificates,
-    fingerprint_sha256,
     issue_certificate,
     load_certificates,
     random_serial,
@@ -309,7 +309,7 @@ class CertificateAuthority:
             san = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             san = []
-        return self.issue(
+        return self._issue_new(
             csr.public_key(),
             profile_name,
             subject=subject if subject is not None else csr.subject,
@@ -352,12 +352,34 @@ class CertificateAuthority:
         :meth:`sign` checks a CSR's self-signature and calls this; a CMP server checks the
         CRMF proof of possession (which has no CSR) and calls it directly. ``ca_key`` is a CA
         signing key the caller already holds open (from :meth:`signing_key`), so a server
-        logs in to the CA token once rather than per request; ``None`` opens it with ``pin``.
+        logs in to the CA token once rather than per request, or a function returning one,
+        called only when a signature is needed; ``None`` opens it with ``pin``.
         """
         if request_id is not None:
             earlier = self._earlier_answer(request_id, public_key)
             if earlier is not None:
                 return earlier
+        return self._issue_new(
+            public_key, profile_name, subject=subject, san=san, pin=pin, request_id=request_id,
+            token_serial=token_serial, key_id=key_id, label=label, replaces=replaces, ca_key=ca_key,
+        )  # fmt: skip
+
+    def _issue_new(
+        self,
+        public_key: Any,
+        profile_name: str,
+        *,
+        subject: x509.Name,
+        san: list[x509.GeneralName],
+        pin: Pin | ProtectedAuth | None,
+        request_id: str | None,
+        token_serial: str | None,
+        key_id: bytes | None,
+        label: str | None,
+        replaces: int | None,
+        ca_key: Any,
+    ) -> Issued:
+        """:meth:`issue` once no earlier answer to ``request_id`` was found."""
         profile = self.profile(profile_name)
         now = datetime.now(UTC)
         ca_cert = self._check_usable(now)
@@ -383,21 +405,10 @@ class CertificateAuthority:
                 policies=profile.policies,
                 crl_url=self.config.crl_url,
             )
-        record = CertRecord(
-            serial=cert.serial_number,
-            subject=name.rfc4514_string(),
-            issuer=ca_cert.subject.rfc4514_string(),
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            sha256=fingerprint_sha256(cert),
-            profile=profile.name,
-            der=cert.public_bytes(serialization.Encoding.DER),
-            token_serial=token_serial,
-            key_id=key_id,
-            label=label,
-            request_id=request_id,
-            replaces=replaces,
-        )
+        record = cert_record(
+            cert, profile=profile.name, token_serial=token_serial, key_id=key_id, label=label,
+            request_id=request_id, replaces=replaces,
+        )  # fmt: skip
         # The chain is read before anything is recorded: a broken chain file must fail the
         # request, not strand a recorded certificate that was never handed out.
         chain = self.chain()
@@ -426,7 +437,7 @@ class CertificateAuthority:
     @contextmanager
     def _key(self, pin: Pin | ProtectedAuth | None, ca_key: Any) -> Iterator[Any]:
         if ca_key is not None:
-            yield ca_key
+            yield ca_key() if callable(ca_key) else ca_key
             return
         with self.signing_key(pin) as key:
             yield key

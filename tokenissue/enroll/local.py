@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from cryptography import x509
 
 from ..ca.authority import CertificateAuthority
 from ..credentials import Pin, ProtectedAuth
+from ..errors import TokenIssueError
 from ..models import CertStatus, RevocationReason
 from .base import EnrollResult
 
@@ -25,6 +27,11 @@ class LocalCA:
     The CA PIN is needed only to sign. Give it as ``ca_pin``, or as ``ca_pin_provider``, which
     is called the first time a signature is needed (revoking, for one, signs nothing, and a
     resumed enrollment past issuance needs no CA at all).
+
+    Once opened, the CA key stays open (one logged-in session on the CA token) until
+    :meth:`close`, as it does for ``ca serve``: a batch of rows logs in to the CA token once,
+    not once per row. A token error while signing drops it, so the next request opens the
+    token afresh (it may have been re-inserted).
     """
 
     def __init__(
@@ -40,6 +47,8 @@ class LocalCA:
         self.ca_pin = ca_pin
         self.ca_pin_provider = ca_pin_provider
         self.needs_ca_pin = self._ca.needs_pin
+        self._held = ExitStack()
+        self._ca_key: Any = None
 
     def _pin(self) -> Pin | ProtectedAuth | None:
         if self.ca_pin is None and self.needs_ca_pin and self.ca_pin_provider is not None:
@@ -57,17 +66,32 @@ class LocalCA:
         label: str | None,
         replaces: int | None = None,
     ) -> EnrollResult:
-        issued = self._ca.sign(
-            csr,
-            profile,
-            pin=self._pin(),
-            request_id=request_id,
-            token_serial=token_serial,
-            key_id=key_id,
-            label=label,
-            replaces=replaces,
-        )
+        try:
+            issued = self._ca.sign(
+                csr,
+                profile,
+                pin=None,
+                request_id=request_id,
+                token_serial=token_serial,
+                key_id=key_id,
+                label=label,
+                replaces=replaces,
+                ca_key=self._key,
+            )
+        except TokenIssueError:
+            self._release()
+            raise
         return EnrollResult(issued.certificate, issued.chain)
+
+    def _key(self) -> Any:
+        """The CA signing key, opened (logging in to the CA token) on first use and kept."""
+        if self._ca_key is None:
+            self._ca_key = self._held.enter_context(self._ca.signing_key(self._pin()))
+        return self._ca_key
+
+    def _release(self) -> None:
+        self._ca_key = None
+        self._held.close()
 
     def check_profile(self, profile: str) -> None:
         self._ca.profile(profile)
@@ -83,4 +107,5 @@ class LocalCA:
         return rec.status if rec else None
 
     def close(self) -> None:
+        self._release()
         self._ca.close()

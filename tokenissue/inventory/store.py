@@ -16,11 +16,12 @@ import stat
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, create_engine, event, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, case, create_engine, event, func, insert, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
 from sqlalchemy.sql.elements import ColumnElement
@@ -66,6 +67,40 @@ _MAX_REG_NONCE = 32
 _MIGRATE_LOCK_KEY = 0x746F6B656E697373  # "tokeniss"
 # The PostgreSQL advisory lock that queues audit appenders, held until their commit.
 _AUDIT_LOCK_KEY = _MIGRATE_LOCK_KEY + 1
+
+# Statements on the paths every enrollment and issuance takes, built once: building a Core
+# statement and its cache key costs more than running it on SQLite.
+_JOURNAL_BY_ID = select(journal).where(journal.c.id == bindparam("key"))
+_JOURNAL_FOR_UPDATE = _JOURNAL_BY_ID.with_for_update()
+_JOURNAL_INSERT = insert(journal)
+_JOURNAL_UPDATE = (
+    update(journal)
+    .where(journal.c.id == bindparam("key"))
+    .values(state=bindparam("state"), data=bindparam("data"), updated_at=bindparam("updated_at"))
+)
+_JOURNAL_FINISH = (
+    update(journal)
+    .where(journal.c.id == bindparam("key"))
+    .values(state=bindparam("state"), finished=True, updated_at=bindparam("updated_at"))
+)
+_CERT_INSERT = insert(certificates)
+_CERT_BY_REQUEST = select(certificates).where(certificates.c.request_id == bindparam("request_id"))
+_AUDIT_LAST = select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
+_AUDIT_INSERT = insert(audit)
+_SETTING_UPDATE = update(settings).where(settings.c.key == bindparam("name")).values(value=bindparam("value"))
+_SETTING_INSERT = insert(settings)
+_JOURNAL_OPEN_BY_PARAMS = (
+    select(journal)
+    .where(journal.c.finished.is_(False), journal.c.kind == bindparam("kind"), journal.c.params == bindparam("params"))
+    .order_by(journal.c.created_at, journal.c.id)
+)
+_JOURNAL_BY_PARAMS = (
+    select(journal)
+    .where(journal.c.kind == bindparam("kind"), journal.c.params == bindparam("params"))
+    .order_by(journal.c.created_at, journal.c.id)
+)
+_CERT_BY_SERIAL = select(certificates).where(certificates.c.serial == bindparam("serial"))
+_CERT_SERIAL = select(certificates.c.serial).where(certificates.c.serial == bindparam("serial"))
 
 
 def _prepare_audit(details: Mapping[str, object]) -> tuple[str, dict[str, object]]:
@@ -290,7 +325,7 @@ class Inventory:
         for attempt in range(_AUDIT_RETRIES):
             try:
                 with self._tx("write to", write=True) as conn:
-                    conn.execute(insert(certificates).values(**row))
+                    conn.execute(_CERT_INSERT, row)
                     if audit is not None and prepared is not None:
                         self._append_audit(conn, audit[0], prepared)
                 return
@@ -321,15 +356,13 @@ class Inventory:
         """The certificate with this serial, or None."""
         key = _serial_hex(serial)
         with self._tx("read", write=False) as conn:
-            row = conn.execute(select(certificates).where(certificates.c.serial == key)).first()
+            row = conn.execute(_CERT_BY_SERIAL, {"serial": key}).first()
         return None if row is None else self._row_to_cert(row)
 
     def find_by_request(self, request_id: str) -> CertRecord | None:
         """The certificate issued for an enrollment request; the CA looks here first."""
         with self._tx("read", write=False) as conn:
-            row = conn.execute(
-                select(certificates).where(certificates.c.request_id == request_id)
-            ).first()
+            row = conn.execute(_CERT_BY_REQUEST, {"request_id": request_id}).first()
         return None if row is None else self._row_to_cert(row)
 
     def list_certificates(
@@ -410,9 +443,7 @@ class Inventory:
         """Whether a certificate with this serial is recorded (the CA's reuse check)."""
         key = _serial_hex(serial)
         with self._tx("read", write=False) as conn:
-            found = conn.execute(
-                select(certificates.c.serial).where(certificates.c.serial == key)
-            ).first()
+            found = conn.execute(_CERT_SERIAL, {"serial": key}).first()
         return found is not None
 
     def next_crl_number(self) -> int:
@@ -482,31 +513,36 @@ class Inventory:
     # -- journal ------------------------------------------------------------------------
 
     def journal_start(
-        self, kind: str, params: Mapping[str, object], *, id: str | None = None
+        self,
+        kind: str,
+        params: Mapping[str, object],
+        *,
+        id: str | None = None,
+        data: Mapping[str, object] | None = None,
     ) -> JournalEntry:
         """Record the start of a multi-step operation so it can be resumed after a crash.
 
-        ``params`` must be JSON-serialisable and hold no secrets (ValueError otherwise).
+        ``params`` (and the optional first ``data``) must be JSON-serialisable and hold no
+        secrets (ValueError otherwise).
         """
         check_no_secrets(params, "journal params")
+        check_no_secrets(data or {}, "journal data")
         entry_id = id if id is not None else uuid.uuid4().hex
         now = _now()
         params_json = canonical_json(dict(params))
+        data_json = canonical_json(dict(data or {}))
         with self._tx("write to", write=True) as conn:
             conn.execute(
-                insert(journal).values(
-                    id=entry_id,
-                    kind=kind,
-                    state="started",
-                    params=params_json,
-                    data="{}",
-                    created_at=now,
-                    updated_at=now,
-                    finished=False,
-                )
-            )
-            row = conn.execute(select(journal).where(journal.c.id == entry_id)).one()
-        return self._row_to_journal(row)
+                _JOURNAL_INSERT,
+                {
+                    "id": entry_id, "kind": kind, "state": "started", "params": params_json, "data": data_json,
+                    "created_at": now, "updated_at": now, "finished": False,
+                },
+            )  # fmt: skip
+        return JournalEntry(
+            id=entry_id, kind=kind, state="started", params=_json_dict(params_json), data=_json_dict(data_json),
+            created_at=now, updated_at=now, finished=False,
+        )  # fmt: skip
 
     def journal_update(self, id: str, state: str, **data: object) -> JournalEntry:
         """Record that step ``state`` is done, merging ``data`` into the entry's data.
@@ -523,18 +559,15 @@ class Inventory:
                 )
             merged = _json_dict(row.data)
             merged.update(data)
-            conn.execute(
-                update(journal)
-                .where(journal.c.id == id)
-                .values(state=state, data=canonical_json(merged), updated_at=_now())
-            )
-            row = conn.execute(select(journal).where(journal.c.id == id)).one()
-        return self._row_to_journal(row)
+            data_json = canonical_json(merged)
+            now = _now()
+            conn.execute(_JOURNAL_UPDATE, {"key": id, "state": state, "data": data_json, "updated_at": now})
+        return replace(self._row_to_journal(row), state=state, data=_json_dict(data_json), updated_at=now)
 
     def journal_get(self, id: str) -> JournalEntry | None:
         """The journal entry with this id, or None."""
         with self._tx("read", write=False) as conn:
-            row = conn.execute(select(journal).where(journal.c.id == id)).first()
+            row = conn.execute(_JOURNAL_BY_ID, {"key": id}).first()
         return None if row is None else self._row_to_journal(row)
 
     def journal_open(self, kind: str | None = None, *, params: Mapping[str, object] | None = None) -> list[JournalEntry]:
@@ -543,52 +576,49 @@ class Inventory:
         With ``params``, only those started with exactly these parameters (compared as
         canonical JSON in the database, so a long journal is not decoded entry by entry).
         """
-        query = (
-            select(journal)
-            .where(journal.c.finished.is_(False))
-            .order_by(journal.c.created_at, journal.c.id)
-        )
-        if kind is not None:
-            query = query.where(journal.c.kind == kind)
-        if params is not None:
-            query = query.where(journal.c.params == canonical_json(dict(params)))
+        if kind is not None and params is not None:
+            query, values = _JOURNAL_OPEN_BY_PARAMS, {"kind": kind, "params": canonical_json(dict(params))}
+        else:
+            query, values = select(journal).where(journal.c.finished.is_(False)).order_by(journal.c.created_at, journal.c.id), {}
+            if kind is not None:
+                query = query.where(journal.c.kind == kind)
+            if params is not None:
+                query = query.where(journal.c.params == canonical_json(dict(params)))
         with self._tx("read", write=False) as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(query, values).all()
         return [self._row_to_journal(row) for row in rows]
 
-    def journal_finished(
-        self, kind: str, state: str = "done", *, params: Mapping[str, object] | None = None
-    ) -> list[JournalEntry]:
-        """Finished operations of ``kind`` that ended in ``state``, newest first; with
-        ``params``, only those started with exactly these parameters."""
-        query = (
-            select(journal)
-            .where(journal.c.finished.is_(True), journal.c.kind == kind, journal.c.state == state)
-            .order_by(journal.c.updated_at.desc(), journal.c.id)
-        )
-        if params is not None:
-            query = query.where(journal.c.params == canonical_json(dict(params)))
+    def journal_by_params(self, kind: str, params: Mapping[str, object]) -> list[JournalEntry]:
+        """Every entry of ``kind`` started with exactly these parameters, open or finished,
+        oldest first (compared as canonical JSON in the database, in one read)."""
+        values = {"kind": kind, "params": canonical_json(dict(params))}
         with self._tx("read", write=False) as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(_JOURNAL_BY_PARAMS, values).all()
         return [self._row_to_journal(row) for row in rows]
 
-    def journal_finish(self, id: str, state: str = "done") -> JournalEntry:
-        """Close an operation. Finishing a finished entry returns it unchanged."""
+    def journal_finish(self, id: str, state: str = "done", *, record: CertRecord | None = None) -> JournalEntry:
+        """Close an operation. Finishing a finished entry returns it unchanged.
+
+        With ``record``, the certificate the operation produced is recorded (unless its
+        serial already is) in the same transaction: an enrollment is never finished without
+        its record, nor recorded and still open.
+        """
+        cert_row = None if record is None else self._cert_to_row(record)
         with self._tx("write to", write=True) as conn:
             row = self._journal_row_for_write(conn, id)
-            if not row.finished:
-                conn.execute(
-                    update(journal)
-                    .where(journal.c.id == id)
-                    .values(state=state, finished=True, updated_at=_now())
-                )
-                row = conn.execute(select(journal).where(journal.c.id == id)).one()
-        return self._row_to_journal(row)
+            entry = self._row_to_journal(row)
+            if row.finished:
+                return entry
+            if cert_row is not None and conn.execute(_CERT_SERIAL, {"serial": cert_row["serial"]}).first() is None:
+                conn.execute(_CERT_INSERT, cert_row)
+            now = _now()
+            conn.execute(_JOURNAL_FINISH, {"key": id, "state": state, "updated_at": now})
+        return replace(entry, state=state, finished=True, updated_at=now)
 
     def _journal_row_for_write(self, conn: Connection, id: str) -> Row[Any]:
         # Locked until commit on PostgreSQL, so concurrent journal_update calls merge their
         # data one after the other instead of the last one dropping the others' keys.
-        row = conn.execute(select(journal).where(journal.c.id == id).with_for_update()).first()
+        row = conn.execute(_JOURNAL_FOR_UPDATE, {"key": id}).first()
         if row is None:
             raise InventoryError(
                 f"No journal entry {id} is in the inventory at {self._where}; "
@@ -639,15 +669,14 @@ class Inventory:
             # appenders queue here. The audit entry is always the last write of its
             # transaction, so waiting here while holding other row locks cannot deadlock.
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
-        last = conn.execute(select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
+        last = conn.execute(_AUDIT_LAST).first()
         seq = 1 if last is None else last.seq + 1
         prev_hash = GENESIS_HASH if last is None else last.hash
         at = _now()
         digest = audit_hash(seq, at, action, stored_details, prev_hash)
         conn.execute(
-            insert(audit).values(
-                seq=seq, at=at, action=action, details=details_json, prev_hash=prev_hash, hash=digest
-            )
+            _AUDIT_INSERT,
+            {"seq": seq, "at": at, "action": action, "details": details_json, "prev_hash": prev_hash, "hash": digest},
         )
         # The chain proves nothing about entries cut off its end, so the head (count and last
         # hash) is kept beside it and checked by audit_verify.
@@ -792,9 +821,9 @@ class Inventory:
     def _put_setting(conn: Connection, key: str, value: str) -> None:
         # UPDATE-then-INSERT is the portable upsert: SQLite and PostgreSQL spell
         # ON CONFLICT alike, but SQLAlchemy exposes it only per dialect.
-        result = conn.execute(update(settings).where(settings.c.key == key).values(value=value))
+        result = conn.execute(_SETTING_UPDATE, {"name": key, "value": value})
         if result.rowcount == 0:
-            conn.execute(insert(settings).values(key=key, value=value))
+            conn.execute(_SETTING_INSERT, {"key": key, "value": value})
 
     # -- registrations (RA) -------------------------------------------------------------
     #

@@ -393,27 +393,9 @@ class TokenSession:
             # left alone rather than breaking every listing.
             try:
                 cert = x509.load_der_x509_certificate(der)
-                try:
-                    is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-                except x509.ExtensionNotFound:
-                    is_ca = False
-                not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+                out.append(_cert_object(kid, label, der, cert, has_key=kid in key_ids))
             except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
                 continue
-            out.append(
-                CertObject(
-                    id=kid,
-                    label=label,
-                    der=der,
-                    subject=cert.subject.rfc4514_string(),
-                    issuer=cert.issuer.rfc4514_string(),
-                    serial=cert.serial_number,
-                    not_before=not_before,
-                    not_after=not_after,
-                    is_ca=is_ca,
-                    has_key=kid in key_ids,
-                )
-            )
         return out
 
     def write_certificate(
@@ -421,9 +403,17 @@ class TokenSession:
     ) -> CertObject:
         """Store ``cert`` as a CKO_CERTIFICATE; an identical one already there is kept, not doubled."""
         der = cert.public_bytes(serialization.Encoding.DER)
-        for existing in self.certificates(key_id=key_id):
-            if existing.der == der:
-                return existing
+        with self.lock, translate("search the token"):
+            # One search for this very certificate (PKCS#11 matches CKA_VALUE like any other
+            # attribute) rather than reading and parsing every certificate under the ID.
+            existing = list(
+                self._session.get_objects(
+                    {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id, Attribute.VALUE: der}
+                )
+            )
+            if existing:
+                label = existing[0][Attribute.LABEL] or ""
+                return _cert_object(key_id, label, der, cert, has_key=self._has_object(ObjectClass.PRIVATE_KEY, key_id))
         attrs = {
             Attribute.CLASS: ObjectClass.CERTIFICATE,
             Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
@@ -441,7 +431,7 @@ class TokenSession:
             attrs[Attribute.CERTIFICATE_CATEGORY] = 2
         with self.lock, translate("store the certificate"):
             self._session.create_object(attrs)
-        return next(c for c in self.certificates(key_id=key_id) if c.der == der)
+        return _cert_object(key_id, label, der, cert, has_key=self._has_object(ObjectClass.PRIVATE_KEY, key_id))
 
     def relabel(self, key_id: bytes, label: str) -> None:
         """Give the key pair and the certificates under ``key_id`` the label ``label``."""
@@ -459,6 +449,27 @@ class TokenSession:
                     o.destroy()
                     n += 1
         return n
+
+
+def _cert_object(kid: bytes, label: str, der: bytes, cert: x509.Certificate, *, has_key: bool) -> CertObject:
+    """A certificate object's description; ValueError (and kin) for a certificate cryptography
+    cannot read its fields from."""
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    return CertObject(
+        id=kid,
+        label=label,
+        der=der,
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=cert.serial_number,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        is_ca=is_ca,
+        has_key=has_key,
+    )
 
 
 def _der_integer(value: int) -> bytes:

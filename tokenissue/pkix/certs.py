@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ObjectIdentifier
 
 from ..errors import CAUnavailable, RequestRejected, UsageError
+from ..models import CertRecord
 from .csr import hash_for
 
 __all__ = [
     "CertFormat",
+    "cert_record",
     "check_key_matches_certificate",
     "dump_certificates",
     "fingerprint_sha256",
@@ -64,6 +66,34 @@ def random_serial() -> int:
 def fingerprint_sha256(cert: x509.Certificate) -> str:
     """The lowercase hex SHA-256 of the certificate's DER, as the inventory stores it."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def cert_record(
+    cert: x509.Certificate,
+    *,
+    profile: str,
+    token_serial: str | None,
+    key_id: bytes | None,
+    label: str | None,
+    request_id: str | None,
+    replaces: int | None,
+) -> CertRecord:
+    """The inventory's record of ``cert`` (the CA's of what it issued, the holder's of what it enrolled)."""
+    return CertRecord(
+        serial=cert.serial_number,
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        sha256=fingerprint_sha256(cert),
+        profile=profile,
+        der=cert.public_bytes(serialization.Encoding.DER),
+        token_serial=token_serial,
+        key_id=key_id,
+        label=label,
+        request_id=request_id,
+        replaces=replaces,
+    )
 
 
 def _utc(when: datetime) -> datetime:
