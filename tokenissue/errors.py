@@ -10,6 +10,7 @@ Hierarchy (exit status in brackets)::
     ├── UsageError [2]            bad arguments or input files
     ├── ConfigError [3]           missing module, unreadable config, bad profile file
     ├── TokenError [4]
+    │   ├── TokenBusy             another tokenissue process is enrolling on it: try again
     │   ├── TokenNotFound
     │   ├── AmbiguousToken
     │   ├── KeyNotFound
@@ -53,6 +54,7 @@ __all__ = [
     "PinPolicyError",
     "ProvenanceError",
     "RequestRejected",
+    "TokenBusy",
     "TokenError",
     "TokenIssueError",
     "TokenNotFound",
@@ -83,6 +85,10 @@ class ConfigError(TokenIssueError):
 
 class TokenError(TokenIssueError):
     exit_code = 4
+
+
+class TokenBusy(TokenError):
+    """Another tokenissue process is enrolling on this token right now; try again later."""
 
 
 class TokenNotFound(TokenError):

@@ -49,6 +49,7 @@ from .errors import (
     ObjectExists,
     ProvenanceError,
     RequestRejected,
+    TokenBusy,
     TokenIssueError,
     UsageError,
 )
@@ -201,105 +202,113 @@ def enroll(
     with open_token(token, pin, module=module) as s:
         if s.info.serial != params.token_serial:
             raise UsageError(f"This enrollment belongs to token serial {params.token_serial}, not {s.info.serial}.")
-        resumed = True
-        jid = journal_id
-        if jid is None:
-            earlier = state.journal_by_params("enroll", params.as_json())
-            jid = next((e.id for e in earlier if not e.finished), None)
-            if jid is None:
-                done = _find_done(s, earlier, state, params)
-                if done is not None:
-                    return done
-        if jid is None:
-            resumed = False
-            entry = state.journal_start("enroll", params.as_json(), data=_first_data(s, params))
-            jid = entry.id
-            on_step("started")
-        else:
-            found = state.journal_get(jid)
-            assert found is not None
-            entry = found
-        data: dict[str, Any] = dict(entry.data)
-        st = entry.state
-        try:
-            if st == "started":
-                key = _key_step(s, params, state, jid, data)
-                on_step("key-generated")
-                kid = key.id
-            else:
-                kid = bytes.fromhex(str(data["key_id"]))
-                key = s.key(KeySelector(id=kid))
-            if not key.born_on_token:
-                raise ProvenanceError(
-                    f"Key '{key.label}' does not prove it was generated on the token and never left it "
-                    "(CKA_LOCAL, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE); refusing to certify it."
-                )
-            private = s.private_key(KeySelector(id=kid))
-            if st in ("started", "key"):
-                csr = build_csr(private, name, sans)
-                entry = state.journal_update(
-                    jid, "csr", key_id=kid.hex(), label=key.label, csr=csr.public_bytes(serialization.Encoding.PEM).decode()
-                )
-                data, st = dict(entry.data), entry.state
-                on_step("csr")
-            if st == "csr":
-                result = _ask_ca(s, state, enroller, params, load_csr(str(data["csr"]).encode()), private, jid, kid, key.label)
-                on_step("issued")
-                entry = state.journal_update(
-                    jid, "issued", cert=_pem(result.certificate), chain=[_pem(c) for c in result.chain]
-                )
-                data, st = dict(entry.data), entry.state
-                on_step("issued-recorded")
-        except TokenIssueError as e:
-            # Before the CA is asked ("started", "key") a failure is final: remove the key.
-            # Once it has been asked ("csr"), only a definite refusal is; anything else (the
-            # CA's database busy, its chain file unreadable, ...) may follow an issuance, so
-            # the entry stays open and the next run asks again with the same request ID.
-            if st in ("started", "key") or (st == "csr" and isinstance(e, RequestRejected)):
-                _abort(s, state, jid, data, params)
-            raise
-        cert = load_certificates(str(data["cert"]).encode())[0]
-        chain = [load_certificates(p.encode())[0] for p in data.get("chain", [])]
-        if st == "issued":
-            prove_possession(private, cert)
-            verify_chain(cert, chain)
-            s.write_certificate(cert, key_id=kid, label=key.label)
-            for ca in chain:
-                ski = x509.SubjectKeyIdentifier.from_public_key(ca.public_key()).digest
-                s.write_certificate(ca, key_id=ski, label=_cn(ca), trusted=True)
-            on_step("written")
-            if params.replaces_sha256 or params.final_label:
-                # A renewal removes the old certificate next: journal that this one is on the
-                # token first, so a crash in between never leaves the holder with neither.
-                st = state.journal_update(jid, "written").state
-            else:
-                st = "written"  # writing again is idempotent: "done" below is the next write
-        replaced = int(params.replaces, 16) if params.replaces else None
-        if st == "written":
-            if params.replaces_sha256 and params.old_key_id:
-                _retire(s, params.replaces_sha256, bytes.fromhex(params.old_key_id), keep_key_id=kid)
-            if params.final_label and key.label != params.final_label:
-                # The old key held this label until _retire removed it; a crash in between
-                # resumes here, so the label is never lost nor doubled.
-                s.relabel(kid, params.final_label)
-                key = s.key(KeySelector(id=kid))
-            record = cert_record(
-                cert, profile=params.profile, token_serial=s.info.serial, key_id=kid, label=key.label,
-                request_id=jid, replaces=replaced,
-            )  # fmt: skip
-            state.journal_finish(jid, "done", record=record)
-            on_step("done")
-        return EnrollOutcome(
-            journal_id=jid,
-            token_label=s.info.label,
-            token_serial=s.info.serial,
-            key_id=kid,
-            label=key.label,
-            certificate=cert,
-            profile=params.profile,
-            resumed=resumed,
-            replaced=replaced,
+        # One enrollment per token at a time, across processes: two runs of one batch, or a
+        # sweep overlapping the last, would otherwise both pick up the same journal entry.
+        busy = TokenBusy(
+            f"Another tokenissue process is enrolling on token '{s.info.label}' (serial {s.info.serial}); "
+            "try again once it has finished."
         )
+        with state.exclusive(f"enroll:{s.info.serial}", busy=busy):
+            resumed = True
+            jid = journal_id
+            if jid is None:
+                earlier = state.journal_by_params("enroll", params.as_json())
+                jid = next((e.id for e in earlier if not e.finished), None)
+                if jid is None:
+                    done = _find_done(s, earlier, state, params)
+                    if done is not None:
+                        return done
+            if jid is None:
+                resumed = False
+                entry = state.journal_start("enroll", params.as_json(), data=_first_data(s, params))
+                jid = entry.id
+                on_step("started")
+            else:
+                found = state.journal_get(jid)
+                if found is None or (found.finished and found.state != "done"):
+                    raise UsageError(f"Enrollment {jid} is no longer open (another process ended it); nothing to resume.")
+                entry = found
+            data: dict[str, Any] = dict(entry.data)
+            st = entry.state
+            try:
+                if st == "started":
+                    key = _key_step(s, params, state, jid, data)
+                    on_step("key-generated")
+                    kid = key.id
+                else:
+                    kid = bytes.fromhex(str(data["key_id"]))
+                    key = s.key(KeySelector(id=kid))
+                if not key.born_on_token:
+                    raise ProvenanceError(
+                        f"Key '{key.label}' does not prove it was generated on the token and never left it "
+                        "(CKA_LOCAL, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE); refusing to certify it."
+                    )
+                private = s.private_key(KeySelector(id=kid))
+                if st in ("started", "key"):
+                    csr = build_csr(private, name, sans)
+                    entry = state.journal_update(
+                        jid, "csr", key_id=kid.hex(), label=key.label, csr=csr.public_bytes(serialization.Encoding.PEM).decode()
+                    )
+                    data, st = dict(entry.data), entry.state
+                    on_step("csr")
+                if st == "csr":
+                    result = _ask_ca(s, state, enroller, params, load_csr(str(data["csr"]).encode()), private, jid, kid, key.label)
+                    on_step("issued")
+                    entry = state.journal_update(
+                        jid, "issued", cert=_pem(result.certificate), chain=[_pem(c) for c in result.chain]
+                    )
+                    data, st = dict(entry.data), entry.state
+                    on_step("issued-recorded")
+            except TokenIssueError as e:
+                # Before the CA is asked ("started", "key") a failure is final: remove the key.
+                # Once it has been asked ("csr"), only a definite refusal is; anything else (the
+                # CA's database busy, its chain file unreadable, ...) may follow an issuance, so
+                # the entry stays open and the next run asks again with the same request ID.
+                if st in ("started", "key") or (st == "csr" and isinstance(e, RequestRejected)):
+                    _abort(s, state, jid, data, params)
+                raise
+            cert = load_certificates(str(data["cert"]).encode())[0]
+            chain = [load_certificates(p.encode())[0] for p in data.get("chain", [])]
+            if st == "issued":
+                prove_possession(private, cert)
+                verify_chain(cert, chain)
+                s.write_certificate(cert, key_id=kid, label=key.label)
+                for ca in chain:
+                    ski = x509.SubjectKeyIdentifier.from_public_key(ca.public_key()).digest
+                    s.write_certificate(ca, key_id=ski, label=_cn(ca), trusted=True)
+                on_step("written")
+                if params.replaces_sha256 or params.final_label:
+                    # A renewal removes the old certificate next: journal that this one is on the
+                    # token first, so a crash in between never leaves the holder with neither.
+                    st = state.journal_update(jid, "written").state
+                else:
+                    st = "written"  # writing again is idempotent: "done" below is the next write
+            replaced = int(params.replaces, 16) if params.replaces else None
+            if st == "written":
+                if params.replaces_sha256 and params.old_key_id:
+                    _retire(s, params.replaces_sha256, bytes.fromhex(params.old_key_id), keep_key_id=kid)
+                if params.final_label and key.label != params.final_label:
+                    # The old key held this label until _retire removed it; a crash in between
+                    # resumes here, so the label is never lost nor doubled.
+                    s.relabel(kid, params.final_label)
+                    key = s.key(KeySelector(id=kid))
+                record = cert_record(
+                    cert, profile=params.profile, token_serial=s.info.serial, key_id=kid, label=key.label,
+                    request_id=jid, replaces=replaced,
+                )  # fmt: skip
+                state.journal_finish(jid, "done", record=record)
+                on_step("done")
+            return EnrollOutcome(
+                journal_id=jid,
+                token_label=s.info.label,
+                token_serial=s.info.serial,
+                key_id=kid,
+                label=key.label,
+                certificate=cert,
+                profile=params.profile,
+                resumed=resumed,
+                replaced=replaced,
+            )
 
 
 def _ask_ca(

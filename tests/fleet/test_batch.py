@@ -14,6 +14,7 @@ import csv
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +257,8 @@ def test_batch_over_cmp_with_a_code_per_row(tray: TokenCA, tmp_path: Path) -> No
 
     regs = [register(tray.dir, f"CN=Holder {i},O=Example Bank,C=KR") for i in range(2)]
     codes = tmp_path / "codes.txt"
-    codes.write_text("# ref code\n" + "".join(f"{r.ref} {r.code.reveal()}\n" for r in regs))
+    # A space or a tab between reference and code, as people write them.
+    codes.write_text("# ref code\n" + "".join(f"{r.ref}{sep}{r.code.reveal()}\n" for r, sep in zip(regs, (" ", "\t"), strict=True)))
     codes.chmod(0o600)
     rows = [
         {"token": t, "subject": f"CN=Holder {i},O=Example Bank,C=KR", "ref": r.ref}
@@ -271,6 +273,12 @@ def test_batch_over_cmp_with_a_code_per_row(tray: TokenCA, tmp_path: Path) -> No
         loose.chmod(0o644)
         refused = tray.run("batch", "enroll", str(src), "--ca", url, "--auth-codes", str(loose), *trust)
         assert refused.returncode == 5 and "chmod 600" in refused.stderr
+        broken = codes.with_name("broken.txt")
+        broken.write_text(f"{regs[0].code.reveal()}\n")  # a code without its reference
+        broken.chmod(0o600)
+        refused = tray.run("batch", "enroll", str(src), "--ca", url, "--auth-codes", str(broken), *trust)
+        assert refused.returncode == 2 and "line 1 is not 'REF CODE'" in refused.stderr, refused.stderr
+        assert regs[0].code.reveal() not in refused.stdout + refused.stderr
         res = tray.run("batch", "enroll", str(src), "--ca", url, "--auth-codes", str(codes), *trust, "--json")
         assert res.returncode == 0, res.stderr
         doc = json.loads(res.stdout)
@@ -282,6 +290,19 @@ def test_batch_over_cmp_with_a_code_per_row(tray: TokenCA, tmp_path: Path) -> No
     issued = {r["serial"] for r in tray.issued()}
     assert issued == {r["serial"] for r in doc}
     assert all(_token_state(tray, t)[0] == 1 for t in TRAY[:2])
+
+    # --jobs: the worker gets the code through its pipe and enrolls over CMP the same way.
+    third = register(tray.dir, "CN=Holder 2,O=Example Bank,C=KR")
+    codes.write_text(f"{third.ref} {third.code.reveal()}\n")
+    src = _csv(tmp_path / "cmp3.csv", [{"token": TRAY[2], "subject": "CN=Holder 2,O=Example Bank,C=KR", "ref": third.ref}])
+    with served(tray) as server:
+        url = f"cmp+{server.url}/pkix/"
+        res = tray.run("batch", "enroll", str(src), "--ca", url, "--auth-codes", str(codes), *trust, "--jobs", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    [row] = json.loads(res.stdout)
+    assert row["status"] == "enrolled"
+    assert _token_state(tray, TRAY[2]) == (1, [row["serial"]])
+    assert third.code.reveal() not in res.stdout + res.stderr
 
 
 def test_progress_bar_on_a_terminal(tray: TokenCA, tmp_path: Path) -> None:
@@ -304,3 +325,109 @@ def test_progress_bar_on_a_terminal(tray: TokenCA, tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "Enrolling" in out and "3/3" in out and "━" in out, out
     assert out.count("enrolled serial") == 3, out
+
+
+# -- --jobs: worker processes -------------------------------------------------------------
+def test_jobs_enroll_the_tray_in_parallel_and_keep_one_token_to_one_worker(tray: TokenCA, tmp_path: Path) -> None:
+    # Two rows name tray-01: they must run one after another in one worker (a token never
+    # serves two processes' enrollments at once), the others side by side.
+    extra = {"token": "tray-01", "subject": "CN=Second,O=Example Bank,C=KR", "profile": "", "key_type": "", "label": "second"}
+    rows = _rows(extra)
+    rows[0]["label"] = "first"
+    for r in rows[1:3]:
+        r["label"] = ""
+    src = _csv(tmp_path / "tray.csv", rows)
+    out = tmp_path / "results.jsonl"
+    res = _batch(tray, src, "--jobs", "3", "--results", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert [r["line"] for r in doc] == [2, 3, 4, 5]  # file order on stdout, whatever the finishing order
+    assert [r["status"] for r in doc] == ["enrolled"] * 4
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert sorted(r["line"] for r in _results(out)) == [2, 3, 4, 5]
+    issued = [r["serial"] for r in tray.issued()]
+    assert sorted(issued) == sorted(r["serial"] for r in doc)  # one certificate per row, none twice
+    n_keys, certs = _token_state(tray, "tray-01")
+    assert n_keys == 2 and sorted(certs) == sorted([doc[0]["serial"], doc[3]["serial"]])
+    for label, r in zip(TRAY[1:], doc[1:3], strict=True):
+        assert _token_state(tray, label) == (1, [r["serial"]])
+    assert USER_PIN not in res.stdout + res.stderr
+    again = _batch(tray, src, "--jobs", "3", "--json")
+    assert again.returncode == 0, again.stderr
+    assert [r["status"] for r in json.loads(again.stdout)] == ["already-done"] * 4
+    assert sorted(r["serial"] for r in tray.issued()) == sorted(issued)
+    assert _open_journal(tray) == []
+
+
+def test_jobs_a_killed_worker_fails_its_row_and_the_rerun_finishes_it(tray: TokenCA, tmp_path: Path) -> None:
+    src = _csv(tmp_path / "tray.csv", _rows())
+    # Every worker SIGKILLs itself right after journaling an issuance: the CA has issued, the
+    # token does not have the certificate yet.
+    killed = _batch(tray, src, "--jobs", "2", "--json", env={"TOKENISSUE_FAILPOINT": "issued-recorded"})
+    assert killed.returncode == 8, killed.stderr
+    doc = json.loads(killed.stdout)
+    assert [r["status"] for r in doc] == ["failed"] * 3
+    assert all("worker process" in r["error"] and "run the same command again" in r["error"] for r in doc)
+    issued = sorted(r["serial"] for r in tray.issued())
+    assert len(issued) == 3
+    assert len(_open_journal(tray)) == 3
+    again = _batch(tray, src, "--jobs", "2", "--json")
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stdout)
+    assert [r["status"] for r in done] == ["resumed"] * 3
+    assert sorted(r["serial"] for r in done) == issued  # the same certificates, nothing issued twice
+    assert sorted(r["serial"] for r in tray.issued()) == issued
+    for label, r in zip(TRAY, done, strict=True):
+        assert _token_state(tray, label) == (1, [r["serial"]])
+    assert _open_journal(tray) == []
+
+
+def test_jobs_a_refused_pin_stops_dispatching(tray: TokenCA, tmp_path: Path) -> None:
+    extra = [{"token": f"tray-0{i}", "subject": f"CN=Extra {i},O=Example Bank,C=KR", "profile": "", "key_type": ""} for i in (4, 5)]
+    for row in extra:
+        add_token_fast(tray.hsm, row["token"])
+    res = _batch(tray, _csv(tmp_path / "tray.csv", _rows(*extra)), "--jobs", "2", "--json", env={"TOKENISSUE_PIN": "000000"})
+    assert res.returncode == 8
+    doc = json.loads(res.stdout)
+    tried = [r for r in doc if r["status"] == "failed"]
+    # Only the rows already running when the first refusal came back spend a try: at most one
+    # per worker.
+    assert 1 <= len(tried) <= 2, doc
+    assert all(r["exit_code"] == 5 for r in tried)
+    assert [r["status"] for r in doc if r not in tried] == ["skipped"] * (5 - len(tried))
+    assert "000000" not in res.stdout + res.stderr
+    assert tray.issued() == []
+
+
+def test_two_runs_of_one_batch_at_once_enroll_each_row_once(tray: TokenCA, tmp_path: Path) -> None:
+    """Found by review: an operator (or cron) starting the same batch twice used to enroll rows
+    twice and leave keys without certificates. Each enrollment now holds its token's lock."""
+    for label in ("tray-04", "tray-05", "tray-06"):
+        add_token_fast(tray.hsm, label)
+    rows = [{"token": f"tray-0{i}", "subject": f"CN=Twice {i},O=Example Bank,C=KR"} for i in range(1, 7)]
+    src = _csv(tmp_path / "tray.csv", rows)
+    cmd = [sys.executable, "-m", "tokenissue.cli", "batch", "enroll", str(src), "--ca", str(tray.dir), "--json"]
+    env = {**tray.hsm.env, **tray.env}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    docs = [json.loads(out) for out, _ in outs]
+    for line in range(2, 8):
+        statuses = sorted(next(r["status"] for r in doc if r["line"] == line) for doc in docs)
+        assert statuses == ["already-done", "enrolled"], (line, statuses)
+    issued = tray.issued()
+    assert len(issued) == 6, issued
+    for i in range(1, 7):
+        n_keys, certs = _token_state(tray, f"tray-0{i}")
+        assert n_keys == 1 and len(certs) == 1, (i, n_keys, certs)
+    assert _open_journal(tray) == []
+
+
+def test_an_unwritable_results_file_is_refused_before_anything_is_done(tray: TokenCA, tmp_path: Path) -> None:
+    src = _csv(tmp_path / "tray.csv", _rows())
+    for bad in (tmp_path / "no-such-dir" / "out.csv", tmp_path):
+        res = _batch(tray, src, "--results", str(bad))
+        assert res.returncode == 2, res.stderr
+        assert "Cannot write the results" in res.stderr and "Traceback" not in res.stderr
+    assert tray.issued() == []

@@ -75,7 +75,8 @@ def test_two_replicas_200_concurrent_enrollments_contested_codes(pg_ca: TokenCA)
     contested = [Attempt(reg, (i + 1) % 2) for i, reg in enumerate(regs[:50])]
     mixed = [a for pair in zip(attempts[:50], contested, strict=True) for a in pair] + attempts[50:]
     with served(pg_ca) as one, served(pg_ca) as two:
-        outcomes = run_attempts([one.url, two.url], mixed, workers=32)
+        # As many clients as enrollments: all 200 (and the 50 contenders) in flight at once.
+        outcomes = run_attempts([one.url, two.url], mixed, workers=200)
         logs = [one.access_log(), two.access_log()]
     books = _check_books(pg_ca, outcomes)
     issued = [o for o in outcomes if o.certificate is not None]

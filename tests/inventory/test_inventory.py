@@ -704,3 +704,47 @@ def test_setting_default_keeps_the_first_value(inv: Any) -> None:
     assert inv.get_setting("ra.key_id") == "first"
     with pytest.raises(ValueError):
         inv.setting_default("inventory.audit_head", "x")
+
+
+# -- exclusive(): one holder across processes --------------------------------------------------
+def test_exclusive_excludes_another_holder_and_is_freed_when_its_process_dies(db_url: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from tokenissue.errors import TokenBusy
+
+    busy = TokenBusy("busy")
+    with Inventory.open(db_url) as first, Inventory.open(db_url) as second:
+        with first.exclusive("enroll:A", busy=busy):
+            with pytest.raises(TokenBusy), second.exclusive("enroll:A", busy=busy, timeout=0.2):
+                pass
+            with second.exclusive("enroll:B", busy=busy, timeout=0.2):
+                pass  # another name is another lock
+        with second.exclusive("enroll:A", busy=busy, timeout=0.2):
+            pass
+        # A process that dies holding the lock (SIGKILL: no clean-up runs) leaves it free.
+        child = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import sys, time
+                from tokenissue.errors import TokenBusy
+                from tokenissue.inventory import Inventory
+                inv = Inventory.open({db_url!r})
+                with inv.exclusive("enroll:A", busy=TokenBusy("busy")):
+                    print("held", flush=True)
+                    time.sleep(60)
+            """)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "held"
+            with pytest.raises(TokenBusy), second.exclusive("enroll:A", busy=busy, timeout=0.2):
+                pass
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+            with second.exclusive("enroll:A", busy=busy, timeout=10):
+                pass
+        finally:
+            child.kill()
+            child.wait()

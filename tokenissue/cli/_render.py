@@ -65,5 +65,13 @@ def cert_dict(c: CertObject, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
+def plain(value: object) -> Any:
+    """A table cell that shows ``value`` as written: labels, subjects and names come from
+    tokens and certificates anyone can make, and '[/]' in one must not be read as markup."""
+    from rich.text import Text
+
+    return Text(str(value))
+
+
 def yesno(v: bool) -> str:
     return "[green]yes[/]" if v else "[red]no[/]"

@@ -6,14 +6,14 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import Incomplete, PinError, TokenIssueError, UsageError
+from ..errors import Incomplete, TokenIssueError, UsageError
 from ._common import (
     CaPinFileOpt,
     JsonOpt,
@@ -28,7 +28,7 @@ from ._common import (
 from .lifecycle import CaTrustOpt, CmpArgs, holder_state, open_ca, step_hook
 
 if TYPE_CHECKING:
-    from ..credentials import Secret
+    from ..credentials import Pin, ProtectedAuth, Secret
     from ..enroll.base import Enroller
     from ..fleet.batch import BatchRow, RowResult
 
@@ -78,6 +78,18 @@ def enroll(
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
     ca_pin_file: CaPinFileOpt = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            max=64,
+            help="Enroll up to N tokens at the same time, each in its own worker process (tokens generate keys "
+            "in parallel: worth it with a tray of smart cards). Rows naming the same token still run one "
+            "after another.",
+        ),
+    ] = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll every row: key on its token, CSR signed in it, certificate from the CA, written back.
@@ -90,6 +102,9 @@ def enroll(
     Finished rows are reported already-done; interrupted ones finish with the same request to the CA.
 
     All tokens of a batch take the same user PIN. Exit status 8 when some rows did not finish.
+
+    With --jobs N, N tokens are enrolled at once in worker processes; a refused PIN stops new rows,
+    while the (at most N-1) rows already running finish.
     """
     from ..enroll import is_acme_location, is_cmp_location
     from ..fleet.batch import read_rows, run_batch
@@ -101,6 +116,8 @@ def enroll(
     rows = read_rows(text, default_profile=profile, source=str(csv_file))
     if results is not None and results.resolve() == csv_file.resolve():
         raise UsageError("--results must not be the batch file itself (it would be overwritten).")
+    if results is not None and (results.is_dir() or not results.resolve().parent.is_dir()):
+        raise UsageError(f"Cannot write the results to {results}: give a file in an existing directory.")
     if is_acme_location(ca):
         raise UsageError("Batch enrollment works with a CA directory or a CMP server, not ACME.")
     cmp = is_cmp_location(ca)
@@ -124,7 +141,9 @@ def enroll(
     pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     with ExitStack() as stack:
         db = stack.enter_context(holder_state(ctx))
-        enrollers = stack.enter_context(_Enrollers(ctx, ca, ca_pin_file, codes, ca_trust))
+        enrollers = stack.enter_context(
+            Enrollers(lambda cmp_args: open_ca(ctx, ca, ca_pin_file, cmp_args), codes, ca_trust)
+        )
         if not cmp:
             # A local CA knows its profiles: an unknown one is a fault of the file, found now.
             local = enrollers.get(rows[0])
@@ -141,21 +160,67 @@ def enroll(
             sink(result)
             view.done(result)
 
-        done = run_batch(
-            rows, pin=pin, enroller_for=enrollers.get, state=db, module=state(ctx).module,
-            on_start=view.start, on_result=on_result, on_step=step_hook(),
-        )  # fmt: skip
+        if jobs > 1:
+            done = _run_parallel(ctx, rows, jobs, ca, pin, enrollers, codes, ca_trust, view.start, on_result)
+        else:
+            done = run_batch(
+                rows, pin=pin, enroller_for=enrollers.get, state=db, module=state(ctx).module,
+                on_start=view.start, on_result=on_result, on_step=step_hook(),
+            )  # fmt: skip
     counts = {s: sum(1 for r in done if r.status == s) for s in ("enrolled", "resumed", "already-done", "failed", "skipped")}
     if json_out:
         emit_json([r.as_json() for r in done])
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("enrolled", "failed"))
-    err_console().print(f"Batch of {len(rows)} row(s): {summary}." + (f" Results in {results}." if results else ""))
+    err_console().print(f"Batch of {len(rows)} row(s): {summary}." + (f" Results in {results}." if results else ""), markup=False)
     bad = [r for r in done if not r.ok]
     if bad:
         raise Incomplete(
             f"{len(bad)} of {len(done)} row(s) did not finish (first: line {bad[0].line}: {(bad[0].error or '').rstrip('.')}). "
             "Fix what they say and run the same command again; finished rows are kept."
         )
+
+
+def _run_parallel(
+    ctx: typer.Context,
+    rows: list[BatchRow],
+    jobs: int,
+    ca: str,
+    pin: Pin | ProtectedAuth,
+    enrollers: Enrollers,
+    codes: dict[str, Secret],
+    trust: Path | None,
+    on_start: Any,
+    on_result: Any,
+) -> list[RowResult]:
+    """``--jobs N``: the rows in N worker processes (tokenissue/fleet/parallel.py). Every secret
+    is gathered here, once, and handed to the workers through their standard input."""
+    from ..credentials import Pin
+    from ..enroll.local import LocalCA
+    from ..fleet.parallel import run_batch_parallel
+
+    ca_pin = None
+    if not codes:
+        local = enrollers.get(rows[0])
+        if isinstance(local, LocalCA):
+            ca = local.location
+            if local.needs_ca_pin:
+                # Asked now rather than when the first row reaches the CA: workers cannot prompt.
+                got = local.get_ca_pin()
+                ca_pin = got.reveal() if isinstance(got, Pin) else None
+    setup = {
+        "state": str(state(ctx).state_dir / "state.db"),
+        "ca": ca,
+        "module": state(ctx).module,
+        "pin": pin.reveal() if isinstance(pin, Pin) else None,
+        "protected_auth": not isinstance(pin, Pin),
+        "ca_pin": ca_pin,
+        "codes": {ref: code.reveal() for ref, code in codes.items()},
+        "trust_file": str(trust) if trust is not None else None,
+    }
+    return run_batch_parallel(
+        rows, jobs=jobs, worker_command=[sys.executable, "-m", "tokenissue.cli._batch_worker"], setup=setup,
+        module=state(ctx).module, on_start=on_start, on_result=on_result,
+    )  # fmt: skip
 
 
 def _lines(numbers: list[int]) -> str:
@@ -175,22 +240,24 @@ def _read_codes(path: Path) -> dict[str, Secret]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        ref, _, code = line.partition(" ")
+        parts = line.split(None, 1)
+        ref, code = (parts[0], parts[1]) if len(parts) == 2 else (line, "")
         if not code.strip():
             # The line is not echoed: it may hold a code.
-            raise PinError(f"{path} line {n} is not 'REF CODE'.")
+            raise UsageError(f"{path} line {n} is not 'REF CODE' (a reference, spaces or a tab, the code).")
         if ref in codes:
             raise UsageError(f"{path} line {n}: ref {ref} appears twice.")
         codes[ref] = Secret(code.strip())
     return codes
 
 
-class _Enrollers:
-    """One enroller per CA location (local CA: one for the whole batch, the CA PIN asked once);
-    for CMP one per row, since each row has its own reference and code."""
+class Enrollers:
+    """One enroller for the batch's CA (a local CA: one for the whole batch, the CA PIN asked
+    once); for CMP one per row, since each row has its own reference and code. ``opener``
+    opens an enroller, given the row's CMP arguments or None."""
 
-    def __init__(self, ctx: typer.Context, ca: str, ca_pin_file: Path | None, codes: dict[str, Secret], trust: Path | None) -> None:
-        self.ctx, self.ca, self.ca_pin_file, self.codes, self.trust = ctx, ca, ca_pin_file, codes, trust
+    def __init__(self, opener: Callable[[CmpArgs | None], Enroller], codes: dict[str, Secret], trust: Path | None) -> None:
+        self.opener, self.codes, self.trust = opener, codes, trust
         self._shared: Enroller | None = None
         self._last: Enroller | None = None
 
@@ -198,16 +265,15 @@ class _Enrollers:
         if not self.codes:
             if self._shared is None:
                 # Asks for the CA PIN only when the CA first signs, once for the whole batch.
-                self._shared = open_ca(self.ctx, self.ca, self.ca_pin_file)
+                self._shared = self.opener(None)
             return self._shared
         if self._last is not None:
             self._last.close()
         assert row.ref is not None
-        cmp = CmpArgs(ref=row.ref, auth_code=self.codes[row.ref], trust_file=self.trust)
-        self._last = open_ca(self.ctx, self.ca, self.ca_pin_file, cmp)
+        self._last = self.opener(CmpArgs(ref=row.ref, auth_code=self.codes[row.ref], trust_file=self.trust))
         return self._last
 
-    def __enter__(self) -> _Enrollers:
+    def __enter__(self) -> Enrollers:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -225,7 +291,10 @@ def _results_sink(path: Path | None) -> Iterator[Any]:
         return
     from ..fleet.batch import FIELDS
 
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise UsageError(f"Cannot write the results to {path} ({e.strerror or e.__class__.__name__}).") from None
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
         as_json = path.suffix.lower() in (".json", ".jsonl")

@@ -22,6 +22,7 @@ from ._common import (
     parse_duration,
     state,
 )
+from ._render import plain
 
 app = typer.Typer(help="Run a certificate authority whose key lives on a token.", no_args_is_help=True)
 audit_app = typer.Typer(help="The CA's append-only, hash-chained audit log.", no_args_is_help=True)
@@ -121,7 +122,7 @@ def init(
     with ca:
         if csr_out is not None:
             csr_out.write_bytes((ca_dir / CSR_FILE).read_bytes())
-            console().print(f"CA key made; CSR written to {csr_out}. Install the certificate with 'tokenissue ca install-cert'.")
+            console().print(f"CA key made; CSR written to {csr_out}. Install the certificate with 'tokenissue ca install-cert'.", markup=False)
         else:
             cert = ca.certificate
             console().print(
@@ -141,7 +142,7 @@ def install_cert(
     """Install an intermediate CA's certificate after 'ca init --csr-out'."""
     with _open(ctx, ca_dir) as ca:
         cert = ca.install_certificate(cert_file.read_bytes(), chain.read_bytes() if chain else None)
-    console().print(f"Installed CA certificate '{cert.subject.rfc4514_string()}'.")
+    console().print(f"Installed CA certificate '{cert.subject.rfc4514_string()}'.", markup=False)
 
 
 @app.command("sign")
@@ -172,7 +173,7 @@ def sign(
     elif output is None:
         typer.echo(pem.decode(), nl=False)
     else:
-        err_console().print(f"Issued serial {issued.record.serial:x} to {issued.record.subject}; written to {output}.")
+        err_console().print(f"Issued serial {issued.record.serial:x} to {issued.record.subject}; written to {output}.", markup=False)
 
 
 @app.command("list")
@@ -239,7 +240,10 @@ def _list_all(ctx: typer.Context, ca_dir: Path, json_out: bool) -> None:
     table = Table("Serial", "Subject", "Profile", "Not after", "Status", "Token")
     for r in rows:
         colour = "red" if r["status"] == "revoked" else "green"
-        table.add_row(r["serial"], r["subject"], r["profile"], f"{r['not_after']:%Y-%m-%d}", f"[{colour}]{r['status']}[/]", r["token_serial"] or "-")
+        table.add_row(
+            r["serial"], plain(r["subject"]), plain(r["profile"]), f"{r['not_after']:%Y-%m-%d}",
+            f"[{colour}]{r['status']}[/]", plain(r["token_serial"] or "-"),
+        )  # fmt: skip
     console().print(table)
 
 
@@ -338,7 +342,7 @@ def revoke(
         console().print(f"No valid certificate is recorded for token {token_serial}; nothing to revoke.")
     else:
         for r in recs:
-            console().print(f"Revoked {r.serial:x} ({r.subject}). Publish a CRL with 'tokenissue ca crl'.")
+            console().print(f"Revoked {r.serial:x} ({r.subject}). Publish a CRL with 'tokenissue ca crl'.", markup=False)
 
 
 @app.command("crl")
@@ -377,7 +381,7 @@ def audit_list(ctx: typer.Context, ca_dir: CaDirOpt, json_out: JsonOpt = False) 
         emit_json([{"seq": e.seq, "at": e.at, "action": e.action, "details": e.details, "hash": e.hash} for e in entries])
         return
     for e in entries:
-        console().print(f"{e.seq:>5} {e.at:%Y-%m-%d %H:%M:%S} {e.action:<10} {e.details}")
+        console().print(f"{e.seq:>5} {e.at:%Y-%m-%d %H:%M:%S} {e.action:<10} {e.details}", markup=False)
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:

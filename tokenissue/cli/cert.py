@@ -22,7 +22,7 @@ from ._common import (
     state,
     user_pin_source,
 )
-from ._render import cert_dict
+from ._render import cert_dict, plain
 
 app = typer.Typer(help="Import, list and export certificates on a token.", no_args_is_help=True)
 
@@ -127,7 +127,7 @@ def import_cert(
         emit_json(stored)
     else:
         for c in stored:
-            console().print(f"Stored certificate '{c['subject']}' under id {c['id']} label '{c['label']}'.")
+            console().print(f"Stored certificate '{c['subject']}' under id {c['id']} label '{c['label']}'.", markup=False)
 
 
 @app.command("list")
@@ -162,8 +162,8 @@ def list_certs(
         colour = "red" if left < 0 else ("yellow" if left < 30 else "green")
         table.add_row(
             r["id"],
-            r["label"],
-            r["subject"],
+            plain(r["label"]),
+            plain(r["subject"]),
             r["not_after"].strftime("%Y-%m-%d"),
             f"[{colour}]{left}[/]",
             "CA" if r["ca"] else ("yes" if r["has_key"] else "[red]no[/]"),
@@ -217,4 +217,4 @@ def export(
         typer.echo(data.decode("ascii"), nl=False)
     else:
         output.write_bytes(data)
-        err_console().print(f"Wrote {len(certs)} certificate(s) to {output}.")
+        err_console().print(f"Wrote {len(certs)} certificate(s) to {output}.", markup=False)

@@ -24,7 +24,7 @@ from ._common import (
     state,
     user_pin_source,
 )
-from ._render import key_dict, yesno
+from ._render import key_dict, plain, yesno
 
 app = typer.Typer(help="Generate, list and delete key pairs on a token.", no_args_is_help=True)
 
@@ -78,7 +78,7 @@ def generate(
     if json_out:
         emit_json(data)
     else:
-        console().print(f"Generated {data['type']} key '{info.label}' id {data['id']} on token '{sel}'.")
+        console().print(f"Generated {data['type']} key '{info.label}' id {data['id']} on token '{sel}'.", markup=False)
 
 
 @app.command("list")
@@ -106,7 +106,7 @@ def list_keys(
     for r in rows:
         table.add_row(
             r["id"],
-            r["label"],
+            plain(r["label"]),
             r["type"],
             yesno(r["local"]),
             yesno(r["never_extractable"]),
@@ -138,7 +138,7 @@ def delete(
         if not yes:
             typer.confirm(f"Delete key '{info.label}' (id {info.id.hex()}) for good?", abort=True)
         s.delete_key(sel, with_certificates=not keep_certificate)
-    console().print(f"Deleted key '{info.label}' (id {info.id.hex()}).")
+    console().print(f"Deleted key '{info.label}' (id {info.id.hex()}).", markup=False)
 
 
 def csr(
@@ -177,4 +177,4 @@ def csr(
         typer.echo(data.decode("ascii"), nl=False)
     else:
         output.write_bytes(data)
-        err_console().print(f"CSR written to {output}.")
+        err_console().print(f"CSR written to {output}.", markup=False)

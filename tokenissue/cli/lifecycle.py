@@ -32,6 +32,7 @@ from ._common import (
     state,
     user_pin_source,
 )
+from ._render import plain
 
 KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
 Reason = enum.Enum("Reason", {r.name: r.value for r in RevocationReason}, type=str)  # type: ignore[misc]
@@ -380,11 +381,13 @@ def _report(results: list[dict[str, Any]], json_out: bool) -> None:
     if json_out:
         emit_json(results[0] if len(results) == 1 else results)
         return
+    from rich.markup import escape
+
     for r in results:
         how = "Already enrolled" if r.get("already_done") else ("Resumed and finished" if r["resumed"] else "Enrolled")
         console().print(
-            f"{how}: [bold]{r['subject']}[/] serial {r['serial']} on token '{r['token']}' "
-            f"(key {r['label']}, id {r['key_id'][:16]}…), valid until {r['not_after'][:10]}."
+            f"{how}: [bold]{escape(r['subject'])}[/] serial {r['serial']} on token '{escape(r['token'])}' "
+            f"(key {escape(r['label'])}, id {r['key_id'][:16]}…), valid until {r['not_after'][:10]}."
         )
 
 
@@ -414,7 +417,7 @@ def status(
         emit_json([r.as_json() for r in reports])
         return
     if not reports:
-        err_console().print(f"No certificates with keys on token '{label}'. Get one with 'tokenissue enroll'.")
+        err_console().print(f"No certificates with keys on token '{label}'. Get one with 'tokenissue enroll'.", markup=False)
         return
     from rich.table import Table
 
@@ -422,7 +425,7 @@ def status(
     table = Table("Label", "Subject", "Serial", "Not after", "Days left", "State")
     for r in reports:
         c = colours[r.state]
-        table.add_row(r.cert.label, r.cert.subject, format(r.cert.serial, "x")[:16], f"{r.cert.not_after:%Y-%m-%d}", str(r.days_left), f"[{c}]{r.state}[/]")
+        table.add_row(plain(r.cert.label), plain(r.cert.subject), format(r.cert.serial, "x")[:16], f"{r.cert.not_after:%Y-%m-%d}", str(r.days_left), f"[{c}]{r.state}[/]")
     console().print(table)
     due = [r for r in reports if r.renew_due]
     if any(r.state == "revoked" for r in due):
@@ -535,7 +538,10 @@ def renew(
         emit_json(results)
     else:
         for res in results:
-            console().print(f"Renewed {res['replaces']} → serial {res['serial']} (key {res['label']}), valid until {str(res['not_after'])[:10]}.")
+            console().print(
+                f"Renewed {res['replaces']} → serial {res['serial']} (key {res['label']}), valid until {str(res['not_after'])[:10]}.",
+                markup=False,
+            )
 
 
 def _ari(ctx: typer.Context, report: Any, acme: AcmeArgs, ca_trust: Path | None) -> Any:
@@ -630,4 +636,4 @@ def revoke(
         console().print("Nothing was revoked: no valid certificate matched.")
     else:
         for r in recs:
-            console().print(f"Revoked {r.serial:x} ({r.subject}), reason {why.value}.")
+            console().print(f"Revoked {r.serial:x} ({r.subject}), reason {why.value}.", markup=False)

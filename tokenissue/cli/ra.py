@@ -158,4 +158,4 @@ def cancel(
 
     with _open(ctx, ca_dir) as ca:
         RegistrationAuthority(ca).cancel(ref.strip())
-    console().print(f"Registration {ref.strip()} is cancelled; its code can no longer be used.")
+    console().print(f"Registration {ref.strip()} is cancelled; its code can no longer be used.", markup=False)

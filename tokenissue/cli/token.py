@@ -20,7 +20,7 @@ from ._common import (
     err_console,
     state,
 )
-from ._render import token_dict
+from ._render import plain, token_dict
 
 app = typer.Typer(help="Inspect, initialise and manage the PINs of one token.", no_args_is_help=True)
 pin_app = typer.Typer(help="Change or unblock the user PIN.", no_args_is_help=True)
@@ -66,7 +66,7 @@ def list_tokens(
         pin = {"ok": "[green]ok[/]", "locked": "[red]LOCKED[/]", "final-try": "[red]final try[/]"}.get(
             t.pin_state, f"[yellow]{t.pin_state}[/]"
         )
-        table.add_row(t.label, t.serial, t.manufacturer, t.model, pin, "yes" if t.initialized else "no")
+        table.add_row(plain(t.label), plain(t.serial), plain(t.manufacturer), plain(t.model), pin, "yes" if t.initialized else "no")
     console().print(table)
 
 
@@ -93,9 +93,11 @@ def info(ctx: typer.Context, token: TokenOpt, json_out: JsonOpt = False) -> None
     if json_out:
         emit_json(data)
         return
+    from rich.markup import escape
+
     c = console()
     for k in ("label", "serial", "manufacturer", "model", "pin_state", "login_required", "protected_auth_path", "uri"):
-        c.print(f"[bold]{k.replace('_', ' ').capitalize():<20}[/] {data[k]}")
+        c.print(f"[bold]{k.replace('_', ' ').capitalize():<20}[/] {escape(str(data[k]))}")
     c.print(f"[bold]{'Key types':<20}[/] {', '.join(key_types) or 'none'}")
     c.print(f"[bold]{'Mechanisms':<20}[/] {', '.join(mechs) or 'none'}")
 
@@ -156,7 +158,7 @@ def init(
     if json_out:
         emit_json({"label": label, "serial": new_serial})
     else:
-        console().print(f"Token '{label}' initialised, serial {new_serial}.")
+        console().print(f"Token '{label}' initialised, serial {new_serial}.", markup=False)
 
 
 @pin_app.command("change")

@@ -50,7 +50,8 @@ class LocalCA:
         self._held = ExitStack()
         self._ca_key: Any = None
 
-    def _pin(self) -> Pin | ProtectedAuth | None:
+    def get_ca_pin(self) -> Pin | ProtectedAuth | None:
+        """The CA PIN, asking ``ca_pin_provider`` for it the first time."""
         if self.ca_pin is None and self.needs_ca_pin and self.ca_pin_provider is not None:
             self.ca_pin = self.ca_pin_provider()
         return self.ca_pin
@@ -86,7 +87,7 @@ class LocalCA:
     def _key(self) -> Any:
         """The CA signing key, opened (logging in to the CA token) on first use and kept."""
         if self._ca_key is None:
-            self._ca_key = self._held.enter_context(self._ca.signing_key(self._pin()))
+            self._ca_key = self._held.enter_context(self._ca.signing_key(self.get_ca_pin()))
         return self._ca_key
 
     def _release(self) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -42,7 +42,7 @@ from ..models import KeyType
 from ..p11 import TokenSelector, load_module
 from ..pkix.names import parse_san, parse_subject
 
-__all__ = ["COLUMNS", "FIELDS", "BatchRow", "RowResult", "read_rows", "run_batch"]
+__all__ = ["COLUMNS", "FIELDS", "BatchRow", "RowResult", "present_tokens", "read_rows", "run_batch"]
 
 COLUMNS = ("token", "subject", "profile", "key_type", "label", "san", "ref")
 _REQUIRED = ("token", "subject")
@@ -61,6 +61,13 @@ class BatchRow:
     label: str | None = None
     san: tuple[str, ...] = ()
     ref: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BatchRow:
+        return cls(**{**d, "san": tuple(d.get("san", ()))})
 
 
 @dataclass
@@ -91,6 +98,14 @@ class RowResult:
         out = asdict(self)
         del out["pin_refused"]
         return out
+
+    def to_wire(self) -> dict[str, Any]:
+        """Everything, ``pin_refused`` included: what a batch worker process reports."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RowResult:
+        return cls(**d)
 
     @classmethod
     def of(cls, row: BatchRow, status: str, **kw: Any) -> RowResult:
@@ -205,16 +220,20 @@ def run_batch(
     on_start: Callable[[BatchRow], None] | None = None,
     on_result: Callable[[RowResult], None] | None = None,
     on_step: StepHook | None = None,
+    present: dict[str, str] | None = None,
 ) -> list[RowResult]:
     """Enroll every row in order; one result per row, also passed to ``on_result`` as it comes.
 
     ``enroller_for`` gives the CA for a row (the CLI caches one per CA location). Errors of
     a row are caught and reported; other exceptions (bugs, KeyboardInterrupt) propagate, and
-    the rows finished so far have been reported through ``on_result`` already.
+    the rows finished so far have been reported through ``on_result`` already. ``present``
+    maps a row's token to its serial when the caller has listed the tokens already (see
+    :func:`present_tokens`).
     """
     results: list[RowResult] = []
     stopped: str | None = None
-    present = _present(rows, module)
+    if present is None:
+        present = present_tokens(rows, module)
     for row in rows:
         if stopped is not None:
             result = RowResult.of(row, "skipped", error=stopped, exit_code=PinError.exit_code)
@@ -238,7 +257,7 @@ def run_batch(
     return results
 
 
-def _present(rows: list[BatchRow], module: str | None) -> dict[str, str]:
+def present_tokens(rows: Sequence[BatchRow], module: str | None) -> dict[str, str]:
     """Each row's token serial, from one listing of the tokens present when the batch starts
     (listing every slot per row is most of the time with a full tray). Tokens named more than
     once, or not present yet, are left to the row, which looks again (and reports ambiguity)."""

@@ -69,10 +69,12 @@ class SweepItem:
 def due(
     records: list[CertRecord], within: timedelta, *, now: datetime | None = None, skip: frozenset[int] = frozenset()
 ) -> list[CertRecord]:
-    """Valid certificates expiring within ``within`` that no other certificate replaces (and
-    whose serial is not in ``skip``: successors issued moments ago)."""
+    """Valid certificates expiring within ``within`` that no valid certificate replaces (and
+    whose serial is not in ``skip``: successors issued moments ago). A revoked successor (a
+    renewal the holder rejected, or an administrator revoked) replaces nothing: the holder
+    still depends on the old certificate."""
     now = now or datetime.now(UTC)
-    replaced = {r.replaces for r in records if r.replaces is not None} | skip
+    replaced = {r.replaces for r in records if r.replaces is not None and r.status.value == "valid"} | skip
     return sorted(
         (r for r in records if r.status.value == "valid" and r.not_after <= now + within and r.serial not in replaced),
         key=lambda r: r.not_after,

@@ -10,11 +10,14 @@ read lock cannot be upgraded. Errors from SQLAlchemy leave this module as
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import stat
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -26,7 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..errors import InventoryError, NotFound
+from ..errors import InventoryError, NotFound, TokenIssueError
 from ..models import (
     AuditEntry,
     CertRecord,
@@ -67,6 +70,10 @@ _MAX_REG_NONCE = 32
 _MIGRATE_LOCK_KEY = 0x746F6B656E697373  # "tokeniss"
 # The PostgreSQL advisory lock that queues audit appenders, held until their commit.
 _AUDIT_LOCK_KEY = _MIGRATE_LOCK_KEY + 1
+# How long exclusive() waits for another holder, and how often it looks. An enrollment holds
+# its token's lock for milliseconds on SoftHSM, seconds for RSA on a smart card.
+_EXCLUSIVE_WAIT_S = 300.0
+_EXCLUSIVE_POLL_S = 0.02
 
 # Statements on the paths every enrollment and issuance takes, built once: building a Core
 # statement and its cache key costs more than running it on SQLite.
@@ -110,6 +117,15 @@ def _prepare_audit(details: Mapping[str, object]) -> tuple[str, dict[str, object
     check_no_secrets(details, "audit details")
     details_json = canonical_json(dict(details))
     return details_json, _json_dict(details_json)
+
+
+def _poll(attempt: Callable[[], bool], timeout: float, busy: TokenIssueError) -> None:
+    """Call ``attempt`` until it returns True, for at most ``timeout`` seconds; then raise ``busy``."""
+    deadline = time.monotonic() + timeout
+    while not attempt():
+        if time.monotonic() >= deadline:
+            raise busy
+        time.sleep(_EXCLUSIVE_POLL_S)
 
 
 def _now() -> datetime:
@@ -215,10 +231,11 @@ class Inventory:
     :meth:`close`. Instances are not meant to be shared between threads: open one each.
     """
 
-    def __init__(self, engine: Engine, where: str) -> None:
+    def __init__(self, engine: Engine, where: str, path: Path | None = None) -> None:
         """Wrap an engine whose schema is already at head; use :meth:`open` instead."""
         self._engine = engine
         self._where = where
+        self._path = path
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -260,7 +277,7 @@ class Inventory:
                     ) from e
                 if url.get_backend_name() == "sqlite":
                     _configure_sqlite(engine)
-                inv = cls(engine, where)
+                inv = cls(engine, where, path)
                 inv._migrate()
                 return inv
         except BaseException:
@@ -301,6 +318,48 @@ class Inventory:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @contextmanager
+    def exclusive(self, name: str, *, busy: TokenIssueError, timeout: float = _EXCLUSIVE_WAIT_S) -> Iterator[None]:
+        """Hold the lock ``name`` for the block, against every process that uses this inventory.
+
+        Two processes that must not work on the same thing at once (two runs of one batch, a
+        cron sweep overlapping the last one, both enrolling on one token) take the same name.
+        SQLite: an flock on a file beside the database (released by the kernel when a process
+        dies); PostgreSQL: a session advisory lock, on its own connection. A holder that does
+        not let go within ``timeout`` seconds makes this raise ``busy``.
+        """
+        digest = hashlib.sha256(name.encode()).digest()
+        if self._engine.dialect.name == "postgresql":
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            with translate("lock", self._where), self._engine.connect() as conn:
+                _poll(lambda: bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()), timeout, busy)
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            return
+        if self._path is None:
+            yield  # an in-memory database: one process only
+            return
+        locks = self._path.with_name(self._path.name + ".locks")
+        locks.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(locks / digest.hex()[:32], os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+
+            def take() -> bool:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return True
+
+            _poll(take, timeout, busy)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     @contextmanager
     def _tx(self, doing: str, *, write: bool) -> Iterator[Connection]:

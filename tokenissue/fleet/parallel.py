@@ -1,0 +1,186 @@
+"""Batch provisioning with several worker processes: tokens of a tray enrolled side by side.
+
+A token does its slow work (key generation: seconds for RSA on a smart card) inside itself,
+and one process can talk to only one token at a time (python-pkcs11 is not thread-safe,
+so every PKCS#11 call of a process holds one lock). Worker processes let a tray's tokens
+generate their keys at the same time.
+
+Each worker is a separate Python process running ``worker_command`` (the CLI passes
+``python -m tokenissue.cli._batch_worker``). The protocol is JSON lines on its pipes:
+
+* parent → worker, first line: the setup (the state database, the CA, the module, the PINs
+  and authorization codes). Secrets travel only through this pipe, never argv or the
+  environment.
+* parent → worker, then: one group of rows (all rows naming one token, in file order) per
+  line. Rows of one token never run in two workers at once.
+* worker → parent: one result per row, as it finishes.
+
+Every row is journaled in the one holder state database (SQLite serialises the writers), so
+the guarantees of :func:`~tokenissue.fleet.batch.run_batch` hold: a worker that dies mid-row
+(killed, a crash) leaves its row failed with a sentence saying so, and the same command run
+again finishes it without issuing twice. A refused PIN stops the dispatch of further tokens;
+rows already running in other workers finish (so up to ``jobs - 1`` more tokens may spend a
+PIN try, which the documentation states).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ..errors import PinError, TokenIssueError
+from .batch import BatchRow, RowResult, present_tokens
+
+__all__ = ["run_batch_parallel"]
+
+#: How long a worker may take to exit once its input is closed (it only closes its files).
+_EXIT_WAIT_S = 30
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen[str]
+    #: Rows sent and not yet answered, in the order the worker runs them.
+    pending: list[BatchRow] = field(default_factory=list)
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending
+
+    def send(self, message: object) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        stdin.write(json.dumps(message) + "\n")
+        stdin.flush()
+
+
+def _groups(rows: Sequence[BatchRow], present: Mapping[str, str]) -> list[list[BatchRow]]:
+    """Rows grouped by token (by serial where the token was found, else as written), groups in
+    the order of their first row, rows of a group in file order."""
+    groups: dict[str, list[BatchRow]] = {}
+    for row in rows:
+        groups.setdefault(present.get(row.token, row.token), []).append(row)
+    return list(groups.values())
+
+
+def run_batch_parallel(
+    rows: Sequence[BatchRow],
+    *,
+    jobs: int,
+    worker_command: Sequence[str],
+    setup: Mapping[str, Any],
+    module: str | None = None,
+    env: Mapping[str, str] | None = None,
+    on_start: Callable[[BatchRow], None] | None = None,
+    on_result: Callable[[RowResult], None] | None = None,
+) -> list[RowResult]:
+    """Enroll ``rows`` in up to ``jobs`` worker processes; one result per row, in file order.
+
+    ``setup`` is the worker's first line (see the module docstring); it may hold secrets and
+    is written only to the workers' standard input.
+    """
+    present = present_tokens(rows, module)
+    todo = _groups(rows, present)
+    found: dict[int, RowResult] = {}
+    results: queue.Queue[tuple[int, str | None]] = queue.Queue()
+    workers: dict[int, _Worker] = {}
+    stopped: str | None = None
+
+    def record(result: RowResult) -> None:
+        nonlocal stopped
+        found[result.line] = result
+        if result.pin_refused and stopped is None:
+            stopped = (
+                f"Not tried: line {result.line} had a PIN refused ({(result.error or '').rstrip('.')}); fix the PIN "
+                "and run the batch again (stopped so the other tokens do not spend a PIN try each)."
+            )
+        if on_result is not None:
+            on_result(result)
+
+    def start(slot: int) -> _Worker:
+        proc = subprocess.Popen(
+            list(worker_command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
+            env=None if env is None else dict(env), bufsize=1,
+        )  # fmt: skip
+        worker = _Worker(proc)
+        worker.send(dict(setup))
+        assert proc.stdout is not None
+        threading.Thread(target=_read_lines, args=(slot, proc.stdout, results), daemon=True).start()
+        return worker
+
+    try:
+        while True:
+            for slot in range(jobs):
+                worker = workers.get(slot)
+                if stopped is not None or not todo or (worker is not None and not worker.idle):
+                    continue
+                if worker is None:
+                    worker = workers[slot] = start(slot)
+                group = todo.pop(0)
+                worker.pending = list(group)
+                worker.send([_row_json(r, present.get(r.token)) for r in group])
+                if on_start is not None:
+                    on_start(group[0])
+            busy = [w for w in workers.values() if not w.idle]
+            if not busy:
+                break
+            slot, line = results.get()
+            worker = workers[slot]
+            if line is None:
+                # The worker died (killed, or a crash it could not report): its rows did not
+                # finish. Their journal entries let the same command finish them.
+                code = worker.proc.wait()
+                for row in worker.pending:
+                    record(RowResult.of(
+                        row, "failed", exit_code=1,
+                        error=f"The worker process enrolling this row stopped (exit status {code}) before it finished; "
+                        "run the same command again to finish it.",
+                    ))  # fmt: skip
+                del workers[slot]
+                continue
+            result = RowResult.from_json(json.loads(line))
+            worker.pending = [r for r in worker.pending if r.line != result.line]
+            record(result)
+            if not worker.idle and on_start is not None:
+                on_start(worker.pending[0])
+    finally:
+        for worker in workers.values():
+            if worker.proc.stdin is not None:
+                with suppress(OSError):  # a worker that died has closed its end
+                    worker.proc.stdin.close()
+        for worker in workers.values():
+            try:
+                worker.proc.wait(timeout=_EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
+    for group in todo:
+        for row in group:
+            if row.line not in found:
+                record(RowResult.of(row, "skipped", error=stopped, exit_code=PinError.exit_code))
+    return [found[r.line] for r in rows]
+
+
+def _read_lines(slot: int, stream: IO[str], out: queue.Queue[tuple[int, str | None]]) -> None:
+    for line in stream:
+        if line.strip():
+            out.put((slot, line))
+    out.put((slot, None))
+
+
+def _row_json(row: BatchRow, serial: str | None) -> dict[str, Any]:
+    return {"row": row.as_json(), "serial": serial}
+
+
+def worker_rows(message: Sequence[Mapping[str, Any]]) -> list[tuple[BatchRow, str | None]]:
+    """The rows of one group as the worker receives them (see :func:`run_batch_parallel`)."""
+    try:
+        return [(BatchRow.from_json(m["row"]), m.get("serial")) for m in message]
+    except (KeyError, TypeError, ValueError) as e:
+        raise TokenIssueError(f"The batch worker received a malformed row ({e.__class__.__name__}).") from None
