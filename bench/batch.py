@@ -16,10 +16,6 @@ Measured, each in its own child process (imports and C_Initialize are outside th
   (synchronous=FULL), CSR built and signed in the token, the built-in CA (key on the 'ca'
   token, SQLite inventory) checks the profile and issues, proof of possession and chain
   verification, certificate and CA certificate written to the token, CA record and audit entry.
-* **batch --jobs 2** — :func:`tokenissue.fleet.parallel.run_batch_parallel` with two worker
-  processes, as ``tokenissue batch enroll --jobs 2`` runs it; the clock includes starting the
-  workers (a Python process each, ~0.3 s), so it pays off only with enough tokens per batch.
-  Not a one-process figure: it shows what a second core buys.
 
 Reported: ms per token (median of runs) and the ratios floor / batch and (floor + CA) / batch
 (1.0 = as fast as the floor; the issue's target is >= 0.9 against the floor). Then one batch
@@ -68,11 +64,10 @@ def _make_tokens(root: Path, labels: list[str]) -> None:
         )  # fmt: skip
 
 
-def setup(root: Path, n: int, round_no: int) -> tuple[list[str], list[str], list[str]]:
+def setup(root: Path, n: int, round_no: int) -> tuple[list[str], list[str]]:
     """Fresh tokens for one round; the CA is made on the first round."""
     batch = [f"b{round_no:02d}-{i:03d}" for i in range(n)]
     floor = [f"f{round_no:02d}-{i:03d}" for i in range(n)]
-    jobs = [f"j{round_no:02d}-{i:03d}" for i in range(n)]
     if round_no == 0:
         (root / "tokens").mkdir(parents=True)
         (root / "softhsm2.conf").write_text(
@@ -84,8 +79,8 @@ def setup(root: Path, n: int, round_no: int) -> tuple[list[str], list[str], list
              "--subject", "CN=Bench Batch CA,O=tokenissue bench"],
             env=_env(root), check=True, capture_output=True,
         )  # fmt: skip
-    _make_tokens(root, batch + floor + jobs)
-    return batch, floor, jobs
+    _make_tokens(root, batch + floor)
+    return batch, floor
 
 
 # -- the contenders (run in a child: python bench/batch.py --child KIND ROOT LABELS...) -------
@@ -168,29 +163,6 @@ def child_batch(root: Path, labels: list[str], profile_out: Path | None) -> floa
     return elapsed
 
 
-def child_jobs(root: Path, labels: list[str], jobs: int) -> float:
-    from tokenissue.fleet.batch import read_rows
-    from tokenissue.fleet.parallel import run_batch_parallel
-
-    text = "token,subject\n" + "".join(f'{t},"CN=Holder {t},O=Example Bank"\n' for t in labels)
-    rows = read_rows(text, default_profile="personal")
-    (root / "state").mkdir(exist_ok=True)
-    setup = {
-        "state": str(root / "state" / "state.db"), "ca": str((root / "ca").resolve()), "module": SOFTHSM_MODULE,
-        "pin": USER_PIN, "protected_auth": False, "ca_pin": USER_PIN, "codes": {}, "trust_file": None,
-    }  # fmt: skip
-    start = time.perf_counter()
-    results = run_batch_parallel(
-        rows, jobs=jobs, worker_command=[sys.executable, "-m", "tokenissue.cli._batch_worker"], setup=setup,
-        module=SOFTHSM_MODULE,
-    )  # fmt: skip
-    elapsed = time.perf_counter() - start
-    bad = [r for r in results if not r.ok]
-    if bad:
-        raise SystemExit(f"batch rows failed: {bad[:3]}")
-    return elapsed
-
-
 def _child(kind: str, root: Path, labels: list[str], extra: list[str] | None = None) -> float:
     out = subprocess.run(
         [sys.executable, __file__, *(extra or []), "--child", kind, str(root), *labels],
@@ -233,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         kind, root, *labels = args.child
         if kind == "batch":
             print(child_batch(Path(root), labels, args.profile_out))
-        elif kind == "jobs":
-            print(child_jobs(Path(root), labels, 2))
         else:
             print(child_floor(Path(root), labels, with_ca=kind == "floor+ca"))
         return 0
@@ -243,22 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     root = Path(tempfile.mkdtemp(prefix="tokenissue-bench-batch-", dir=base))
-    samples: dict[str, list[float]] = {"floor": [], "floor+ca": [], "batch": [], "jobs": []}
+    samples: dict[str, list[float]] = {"floor": [], "floor+ca": [], "batch": []}
     try:
         for r in range(args.runs + 1):  # round 0 warms caches (bytecode, page cache) and is dropped
-            batch_tokens, floor_tokens, jobs_tokens = setup(root, args.tokens, r)
+            batch_tokens, floor_tokens = setup(root, args.tokens, r)
             half = len(floor_tokens) // 2
             t_floor = _child("floor", root, floor_tokens[:half]) / max(half, 1)
             t_floor_ca = _child("floor+ca", root, floor_tokens[half:]) / max(len(floor_tokens) - half, 1)
             t_batch = _child("batch", root, batch_tokens) / len(batch_tokens)
-            t_jobs = _child("jobs", root, jobs_tokens) / len(jobs_tokens)
             if r:
-                samples["jobs"].append(t_jobs)
                 samples["floor"].append(t_floor)
                 samples["floor+ca"].append(t_floor_ca)
                 samples["batch"].append(t_batch)
         med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
-        prof_tokens, _, _ = setup(root, args.tokens, args.runs + 1)
+        prof_tokens, _ = setup(root, args.tokens, args.runs + 1)
         prof = root / "batch.prof"
         _child("batch", root, prof_tokens, [f"--profile-out={prof}"])
         split = buckets(prof)
@@ -270,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_round": args.tokens, "rounds": args.runs, "ms_per_token": {k: round(v, 2) for k, v in med.items()},
         "ratio_floor_over_batch": round(med["floor"] / med["batch"], 3),
         "ratio_floor_ca_over_batch": round(med["floor+ca"] / med["batch"], 3),
-        "ratio_floor_over_jobs2": round(med["floor"] / med["jobs"], 3),
         "batch_profile_self_time_pct": split,
     }  # fmt: skip
     print(f"Batch provisioning, {args.tokens} tokens per round, median of {args.runs} rounds (SoftHSM on tmpfs)\n")
@@ -278,10 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'floor: python-pkcs11 login+keygen+sign+create':<34}{med['floor']:>10.2f}")
     print(f"  {'floor + CA-token signature':<34}{med['floor+ca']:>10.2f}")
     print(f"  {'tokenissue run_batch':<34}{med['batch']:>10.2f}")
-    print(f"  {'batch --jobs 2 (2 worker processes)':<34}{med['jobs']:>10.2f}")
     print(f"\n  ratio floor / batch        = {figures['ratio_floor_over_batch']:.3f}  (target >= 0.9)")
     print(f"  ratio (floor + CA) / batch = {figures['ratio_floor_ca_over_batch']:.3f}")
-    print(f"  ratio floor / --jobs 2     = {figures['ratio_floor_over_jobs2']:.3f}  (two processes against one: not the target's measure)")
     print("\n  batch self time: " + ", ".join(f"{k} {v}%" for k, v in split.items()))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -66,8 +66,9 @@ class Net:
 
 
 @pytest.fixture
-def net(softhsm: SoftHSM) -> Iterator[Net]:
-    ca = make_token_ca(softhsm)
+def net(softhsm: SoftHSM, ca_database: str | None) -> Iterator[Net]:
+    """A CA server on each inventory backend (SQLite, PostgreSQL)."""
+    ca = make_token_ca(softhsm, database=ca_database)
     with served(ca) as server:
         yield Net(ca, server)
 
