@@ -431,3 +431,45 @@ def test_an_unwritable_results_file_is_refused_before_anything_is_done(tray: Tok
         assert res.returncode == 2, res.stderr
         assert "Cannot write the results" in res.stderr and "Traceback" not in res.stderr
     assert tray.issued() == []
+
+
+def test_jobs_check_the_ca_pin_once_before_any_worker_starts(tray: TokenCA, tmp_path: Path) -> None:
+    """Found by review: each worker logged in to the CA token itself, so a wrong CA PIN spent
+    one of the CA token's few tries per worker."""
+    res = _batch(tray, _csv(tmp_path / "tray.csv", _rows()), "--jobs", "3", env={"TOKENISSUE_CA_PIN": "000000"})
+    assert res.returncode == 5, res.stderr
+    assert "'ca'" in res.stderr and "refused" in res.stderr
+    assert all(_token_state(tray, t) == (0, []) for t in TRAY)  # no row was started
+    assert "000000" not in res.stdout + res.stderr
+
+
+def test_jobs_sigterm_stops_the_workers_and_the_rerun_finishes(tray: TokenCA, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    labels = [f"term-{i}" for i in range(6)]
+    for label in labels:
+        add_token_fast(tray.hsm, label)
+    rows = [{"token": t, "subject": f"CN={t},O=Example Bank,C=KR", "key_type": "rsa-2048"} for t in labels]
+    src = _csv(tmp_path / "term.csv", rows)
+    cmd = [sys.executable, "-m", "tokenissue.cli", "batch", "enroll", str(src), "--ca", str(tray.dir), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, env={**tray.hsm.env, **tray.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # the first finished row: the workers are busy with others
+    assert "enrolled" in first, first
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert str(src) not in ps and "_batch_worker" not in ps, "a worker outlived the batch"
+    again = _batch(tray, src, "--json")
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stdout)
+    assert {r["status"] for r in done} <= {"enrolled", "resumed", "already-done"}
+    issued = [r for r in tray.issued() if r["subject"].startswith("CN=term-")]
+    assert sorted(r["serial"] for r in issued) == sorted(r["serial"] for r in done)  # one each
+    for label, r in zip(labels, done, strict=True):
+        assert _token_state(tray, label) == (1, [r["serial"]])
+    assert _open_journal(tray) == []

@@ -9,6 +9,7 @@ parent. Not meant to be run by hand.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ def main() -> int:
         return _serve()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The parent is gone (killed): nobody reads the results. The row that was running is
+        # journaled; stop quietly, with nothing left to flush into the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except TokenIssueError as e:
         print(f"tokenissue batch worker: {e.message}", file=sys.stderr)
         return e.exit_code

@@ -204,7 +204,10 @@ def _run_parallel(
         if isinstance(local, LocalCA):
             ca = local.location
             if local.needs_ca_pin:
-                # Asked now rather than when the first row reaches the CA: workers cannot prompt.
+                # Asked and checked now rather than when the first row reaches the CA: workers
+                # cannot prompt, and N workers each trying a wrong PIN would spend N of the CA
+                # token's tries.
+                local.unlock()
                 got = local.get_ca_pin()
                 ca_pin = got.reveal() if isinstance(got, Pin) else None
     setup = {

@@ -84,6 +84,11 @@ class LocalCA:
             raise
         return EnrollResult(issued.certificate, issued.chain)
 
+    def unlock(self) -> None:
+        """Log in to the CA token now and keep the key open: the CA PIN is checked once, here
+        (PinIncorrect if refused), before work is handed to processes that would each try it."""
+        self._key()
+
     def _key(self) -> Any:
         """The CA signing key, opened (logging in to the CA token) on first use and kept."""
         if self._ca_key is None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -88,7 +89,7 @@ def run_batch_parallel(
     present = present_tokens(rows, module)
     todo = _groups(rows, present)
     found: dict[int, RowResult] = {}
-    results: queue.Queue[tuple[int, str | None]] = queue.Queue()
+    results: queue.Queue[tuple[_Worker, str | None]] = queue.Queue()
     workers: dict[int, _Worker] = {}
     stopped: str | None = None
 
@@ -103,57 +104,79 @@ def run_batch_parallel(
         if on_result is not None:
             on_result(result)
 
-    def start(slot: int) -> _Worker:
+    def start() -> _Worker:
         proc = subprocess.Popen(
             list(worker_command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
             env=None if env is None else dict(env), bufsize=1,
         )  # fmt: skip
         worker = _Worker(proc)
-        worker.send(dict(setup))
         assert proc.stdout is not None
-        threading.Thread(target=_read_lines, args=(slot, proc.stdout, results), daemon=True).start()
+        threading.Thread(target=_read_lines, args=(worker, proc.stdout, results), daemon=True).start()
         return worker
 
+    def retire(slot: int) -> None:
+        """The worker in ``slot`` died (killed, or a crash it could not report): its rows did
+        not finish. Their journal entries let the same command finish them."""
+        worker = workers.pop(slot)
+        code = worker.proc.wait()
+        for row in worker.pending:
+            record(RowResult.of(
+                row, "failed", exit_code=1,
+                error=f"The worker process enrolling this row stopped (exit status {code}) before it finished; "
+                "run the same command again to finish it.",
+            ))  # fmt: skip
+
+    previous = _terminate_as_exit()
+    clean = False
     try:
         while True:
             for slot in range(jobs):
                 worker = workers.get(slot)
                 if stopped is not None or not todo or (worker is not None and not worker.idle):
                     continue
+                fresh = worker is None
                 if worker is None:
-                    worker = workers[slot] = start(slot)
+                    worker = workers[slot] = start()
                 group = todo.pop(0)
                 worker.pending = list(group)
-                worker.send([_row_json(r, present.get(r.token)) for r in group])
+                try:
+                    if fresh:
+                        worker.send(dict(setup))
+                    worker.send([_row_json(r, present.get(r.token)) for r in group])
+                except OSError:  # it died since its last answer: its pipe is closed
+                    retire(slot)
+                    continue
                 if on_start is not None:
                     on_start(group[0])
-            busy = [w for w in workers.values() if not w.idle]
-            if not busy:
+            if not any(not w.idle for w in workers.values()):
+                if todo and stopped is None:
+                    continue  # a worker died as it was handed its group: start another
                 break
-            slot, line = results.get()
-            worker = workers[slot]
+            worker, line = results.get()
+            owner = next((k for k, w in workers.items() if w is worker), None)
+            if owner is None:
+                continue  # the end of a worker already retired
             if line is None:
-                # The worker died (killed, or a crash it could not report): its rows did not
-                # finish. Their journal entries let the same command finish them.
-                code = worker.proc.wait()
-                for row in worker.pending:
-                    record(RowResult.of(
-                        row, "failed", exit_code=1,
-                        error=f"The worker process enrolling this row stopped (exit status {code}) before it finished; "
-                        "run the same command again to finish it.",
-                    ))  # fmt: skip
-                del workers[slot]
+                retire(owner)
                 continue
             result = RowResult.from_json(json.loads(line))
             worker.pending = [r for r in worker.pending if r.line != result.line]
             record(result)
             if not worker.idle and on_start is not None:
                 on_start(worker.pending[0])
+        clean = True
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         for worker in workers.values():
             if worker.proc.stdin is not None:
                 with suppress(OSError):  # a worker that died has closed its end
                     worker.proc.stdin.close()
+            if not clean:
+                # Interrupted (Ctrl-C, SIGTERM) or a bug here: stop the workers too rather than
+                # leave them enrolling unseen. A row cut short is finished by the next run.
+                with suppress(OSError):
+                    worker.proc.terminate()
         for worker in workers.values():
             try:
                 worker.proc.wait(timeout=_EXIT_WAIT_S)
@@ -167,11 +190,23 @@ def run_batch_parallel(
     return [found[r.line] for r in rows]
 
 
-def _read_lines(slot: int, stream: IO[str], out: queue.Queue[tuple[int, str | None]]) -> None:
+def _terminate_as_exit() -> Any:
+    """Make SIGTERM end this process through its ``finally`` blocks (exit status 143), so the
+    workers are stopped with it; returns the handler to restore, or None off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _read_lines(worker: _Worker, stream: IO[str], out: queue.Queue[tuple[_Worker, str | None]]) -> None:
     for line in stream:
         if line.strip():
-            out.put((slot, line))
-    out.put((slot, None))
+            out.put((worker, line))
+    out.put((worker, None))
 
 
 def _row_json(row: BatchRow, serial: str | None) -> dict[str, Any]:

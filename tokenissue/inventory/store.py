@@ -18,7 +18,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -332,14 +332,27 @@ class Inventory:
         digest = hashlib.sha256(name.encode()).digest()
         if self._engine.dialect.name == "postgresql":
             key = int.from_bytes(digest[:8], "big", signed=True)
-            with translate("lock", self._where), self._engine.connect() as conn:
-                _poll(lambda: bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()), timeout, busy)
-                conn.commit()
+            with translate("lock", self._where):
+                conn = self._engine.connect()
+            try:
+                with translate("lock", self._where):
+                    _poll(lambda: bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()), timeout, busy)
+                    conn.commit()
+                # Errors of the block are the block's: only taking and giving back the lock are
+                # translated as the lock's.
+                yield
                 try:
-                    yield
-                finally:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                     conn.commit()
+                except sa_exc.SQLAlchemyError:
+                    conn.invalidate()  # the session ends, and its advisory locks with it
+            except BaseException:
+                # Not back to the pool with the lock still held: end the session instead.
+                with suppress(sa_exc.SQLAlchemyError):
+                    conn.invalidate()
+                raise
+            finally:
+                conn.close()
             return
         if self._path is None:
             yield  # an in-memory database: one process only
