@@ -13,6 +13,9 @@ that the next run finishes, and nothing half-done::
 * Four durable writes per enrollment, each one transaction: started, csr, issued, and done
   with the certificate's record (a renewal adds "written" before it retires the old
   certificate). Entries in state "key", left by older versions, resume too.
+* One enrollment per token at a time, across processes: from the journal lookup to its last
+  write an enrollment holds the lock ``enroll:SERIAL`` (:meth:`Inventory.exclusive`), so two
+  runs of one batch, or a sweep overlapping the last, never pick up the same entry.
 * The CA is asked with the journal ID as request ID; the CA records the certificate before it
   answers and answers a repeated request with the same certificate, so a crash after issuance
   never issues a second certificate.
