@@ -22,27 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-USER_PIN = "246810"
-SO_PIN = "13579135"
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _env(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENISSUE_")}
-    env.update(
-        SOFTHSM2_CONF=str(root / "softhsm2.conf"), TOKENISSUE_MODULE=SOFTHSM_MODULE, TOKENISSUE_PIN=USER_PIN,
-        TOKENISSUE_CA_PIN=USER_PIN, TOKENISSUE_STATE_DIR=str(root / "state"), PYTHONPATH=str(REPO),
-    )  # fmt: skip
-    return env
-
-
-def _tokens(root: Path, labels: list[str]) -> None:
-    for label in labels:
-        subprocess.run(
-            ["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", SO_PIN, "--pin", USER_PIN],
-            env=_env(root), check=True, capture_output=True,
-        )  # fmt: skip
+# The same SoftHSM set-up as bench/batch.py (this directory is on sys.path when run as a script).
+from batch import _env
+from batch import _make_tokens as _tokens
 
 
 def _cli(root: Path, *args: str) -> float:
