@@ -309,7 +309,7 @@ class CertificateAuthority:
             san = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             san = []
-        return self._issue_new(
+        return self.issue(
             csr.public_key(),
             profile_name,
             subject=subject if subject is not None else csr.subject,
@@ -321,6 +321,7 @@ class CertificateAuthority:
             label=label,
             replaces=replaces,
             ca_key=ca_key,
+            earlier_checked=True,
         )
 
     def _earlier_answer(self, request_id: str, public_key: Any) -> Issued | None:
@@ -346,6 +347,7 @@ class CertificateAuthority:
         label: str | None = None,
         replaces: int | None = None,
         ca_key: Any = None,
+        earlier_checked: bool = False,
     ) -> Issued:
         """Issue a certificate for ``public_key`` whose possession the caller has checked.
 
@@ -354,32 +356,13 @@ class CertificateAuthority:
         signing key the caller already holds open (from :meth:`signing_key`), so a server
         logs in to the CA token once rather than per request, or a function returning one,
         called only when a signature is needed; ``None`` opens it with ``pin``.
+        ``earlier_checked``: the caller (:meth:`sign`) has already looked for an earlier answer
+        to ``request_id`` and found none.
         """
-        if request_id is not None:
+        if request_id is not None and not earlier_checked:
             earlier = self._earlier_answer(request_id, public_key)
             if earlier is not None:
                 return earlier
-        return self._issue_new(
-            public_key, profile_name, subject=subject, san=san, pin=pin, request_id=request_id,
-            token_serial=token_serial, key_id=key_id, label=label, replaces=replaces, ca_key=ca_key,
-        )  # fmt: skip
-
-    def _issue_new(
-        self,
-        public_key: Any,
-        profile_name: str,
-        *,
-        subject: x509.Name,
-        san: list[x509.GeneralName],
-        pin: Pin | ProtectedAuth | None,
-        request_id: str | None,
-        token_serial: str | None,
-        key_id: bytes | None,
-        label: str | None,
-        replaces: int | None,
-        ca_key: Any,
-    ) -> Issued:
-        """:meth:`issue` once no earlier answer to ``request_id`` was found."""
         profile = self.profile(profile_name)
         now = datetime.now(UTC)
         ca_cert = self._check_usable(now)

@@ -96,11 +96,6 @@ _AUDIT_LAST = select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).lim
 _AUDIT_INSERT = insert(audit)
 _SETTING_UPDATE = update(settings).where(settings.c.key == bindparam("name")).values(value=bindparam("value"))
 _SETTING_INSERT = insert(settings)
-_JOURNAL_OPEN_BY_PARAMS = (
-    select(journal)
-    .where(journal.c.finished.is_(False), journal.c.kind == bindparam("kind"), journal.c.params == bindparam("params"))
-    .order_by(journal.c.created_at, journal.c.id)
-)
 _JOURNAL_BY_PARAMS = (
     select(journal)
     .where(journal.c.kind == bindparam("kind"), journal.c.params == bindparam("params"))
@@ -648,16 +643,17 @@ class Inventory:
         With ``params``, only those started with exactly these parameters (compared as
         canonical JSON in the database, so a long journal is not decoded entry by entry).
         """
-        if kind is not None and params is not None:
-            query, values = _JOURNAL_OPEN_BY_PARAMS, {"kind": kind, "params": canonical_json(dict(params))}
-        else:
-            query, values = select(journal).where(journal.c.finished.is_(False)).order_by(journal.c.created_at, journal.c.id), {}
-            if kind is not None:
-                query = query.where(journal.c.kind == kind)
-            if params is not None:
-                query = query.where(journal.c.params == canonical_json(dict(params)))
+        query = (
+            select(journal)
+            .where(journal.c.finished.is_(False))
+            .order_by(journal.c.created_at, journal.c.id)
+        )
+        if kind is not None:
+            query = query.where(journal.c.kind == kind)
+        if params is not None:
+            query = query.where(journal.c.params == canonical_json(dict(params)))
         with self._tx("read", write=False) as conn:
-            rows = conn.execute(query, values).all()
+            rows = conn.execute(query).all()
         return [self._row_to_journal(row) for row in rows]
 
     def journal_by_params(self, kind: str, params: Mapping[str, object]) -> list[JournalEntry]:
