@@ -89,12 +89,17 @@ def _send(clients: list[httpx.Client], der: bytes, start: int, out: Outcome, dea
                 resp = response_of(r.content)
                 if resp.status is None or "systemUnavail" not in resp.status.failure_info:
                     return resp
-            why = f"HTTP {r.status_code}"
+                why = f"systemUnavail: {resp.status.text}"
+            else:
+                # uvicorn's own 503 (past limit_concurrency) is plain text; ours is CMP.
+                cmp = r.headers.get("content-type") == CMP_TYPE
+                said = response_of(r.content).status if cmp else None
+                why = f"HTTP {r.status_code} " + (f"CMP {said.text}" if said else r.text[:60])
         out.retried_on.append(why)
         if time.monotonic() > deadline:
             raise _Gaveup(f"no answer after {out.tries} tries: {out.retried_on[-5:]}")
         i += 1
-        time.sleep(0.05 if why.startswith("HTTP") else 0.2)
+        time.sleep(0.2 if why in {"ConnectError", "RemoteProtocolError", "ReadError"} else 0.05)
 
 
 def _run_one(urls: list[str], attempt: Attempt, deadline: float) -> Outcome:

@@ -84,7 +84,10 @@ def test_two_replicas_200_concurrent_enrollments_contested_codes(pg_ca: TokenCA)
     assert books["records"] == len(issued) == 200, Counter(o.failure for o in refused)
     assert len(refused) == 50
     assert {o.failure for o in refused} <= {"notAuthorized", "badRequest"}, Counter((o.failure, o.text) for o in refused)
-    assert not any(o.retried_on for o in outcomes), "no fault was injected, yet a client had to retry"
+    # Each replica admits more requests at once (--max-concurrent, 256) than arrive here, and
+    # idle kept-alive connections no longer count against it: a retry is a fault nobody injected.
+    retries = Counter(why for o in outcomes for why in o.retried_on)
+    assert not retries, f"no fault was injected, yet clients had to retry: {retries}"
     # Both replicas did a real share of the work.
     issued_by = [sum(1 for line in log if line.get("cmp_body") == "ir" and line["status"] == 200) for log in logs]
     assert min(issued_by) >= 50, issued_by

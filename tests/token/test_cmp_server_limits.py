@@ -1,19 +1,25 @@
-"""Time limits of `ca serve`: a client that trickles its request body (slowloris) is cut off.
+"""Limits of `ca serve`: a client that trickles its request body (slowloris) is cut off, and
+requests past ``max_concurrent`` are shed with an answer a CMP client can act on.
 
 The body must arrive within ``body_timeout``; the answer is an HTTP 408 carrying a CMP error,
-and the CA is not touched.
+and the CA is not touched. A request over the concurrency limit gets 503, Retry-After and CMP
+systemUnavail at once, and the same message sent again later is served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import warnings
 from collections.abc import AsyncIterator
 
 import httpx
-from cmp_server_support import in_process_app, response_of, snapshot
+from cmp_server_support import in_process_app, new_key, register, response_of, snapshot
 from conftest import SoftHSM
 from lifecycle_support import make_token_ca
+
+from tokenissue.protocols.cmp import build_ir
 
 
 def test_a_trickled_body_is_cut_off_with_408(session_softhsm: SoftHSM) -> None:
@@ -41,3 +47,48 @@ def test_a_trickled_body_is_cut_off_with_408(session_softhsm: SoftHSM) -> None:
     assert resp.status_code == 408
     assert response_of(resp.content).body_type == "error"
     assert snapshot(ca.dir) == before
+
+
+def test_requests_past_max_concurrent_are_shed_with_503_and_served_when_repeated(session_softhsm: SoftHSM) -> None:
+    ca = make_token_ca(session_softhsm)
+    first, second = (register(ca.dir, f"CN=Shed {i},O=tokenissue tests") for i in (1, 2))
+    # The first request stops inside the CA (after its code is reserved) until released, so it is
+    # in progress for certain when the second arrives.
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(step: str) -> None:
+        if step == "after-reserve" and not release.is_set():
+            inside.set()
+            assert release.wait(10)
+
+    app, log = in_process_app(session_softhsm, ca, max_concurrent=1, on_step=hold)
+    msgs = [r.protect(build_ir(r.subject, None, new_key())) for r in (first, second)]
+    headers = {"content-type": "application/pkixcmp"}
+
+    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://ca") as client:
+                held = asyncio.create_task(client.post("/pkix/", content=msgs[0], headers=headers))
+                await asyncio.to_thread(inside.wait, 10)
+                shed = await client.post("/pkix/", content=msgs[1], headers=headers)
+                release.set()
+                done = await held
+                again = await client.post("/pkix/", content=msgs[1], headers=headers)
+                return done, shed, again
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        done, shed, again = asyncio.run(asyncio.wait_for(run(), timeout=30))
+    assert shed.status_code == 503
+    assert shed.headers["retry-after"] == "2"
+    refusal = response_of(shed.content)
+    assert refusal.status is not None and refusal.status.failure_info == ("systemUnavail",), refusal
+    assert "busy" in (refusal.status.text or "")
+    # Both enrollments were served in the end, the shed one by repeating the same message.
+    for resp in (done, again):
+        assert resp.status_code == 200
+        served = response_of(resp.content)
+        assert served.body_type == "ip" and served.certificate is not None, served.status
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [(line["status"], line.get("shed", False)) for line in lines] == [(503, True), (200, False), (200, False)]

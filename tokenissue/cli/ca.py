@@ -426,6 +426,7 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate chain (PEM).", exists=True, dir_okay=False)] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The TLS private key (PEM) for --tls-cert.", exists=True, dir_okay=False)] = None,
     max_body: Annotated[int, typer.Option("--max-body", help="Largest CMP message accepted, in bytes.")] = 64 * 1024,
+    max_concurrent: Annotated[int, typer.Option("--max-concurrent", help="CMP requests in progress at once; past it a request is answered at once with 503, Retry-After and CMP systemUnavail, and the client sends it again later.")] = 256,
     ca_pin_file: CaPinFileOpt = None,
 ) -> None:
     """Serve the CA over CMP (RFC 4210/9483 over HTTP, RFC 6712): enrollment with registration codes,
@@ -435,6 +436,8 @@ def serve(
         raise UsageError("Give both --tls-cert and --tls-key, or neither.")
     if max_body < 1024:
         raise UsageError("--max-body must be at least 1024 bytes.")
+    if max_concurrent < 1:
+        raise UsageError("--max-concurrent must be at least 1.")
     with _open(ctx, ca_dir) as ca:
         subject = ca.certificate.subject.rfc4514_string()
         pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
@@ -450,7 +453,8 @@ def serve(
     from ..server.app import create_app
 
     web = create_app(
-        ca_dir, ca_pin=pin, module=state(ctx).module, cmp_path=path, max_body=max_body, on_step=_server_step_hook()
+        ca_dir, ca_pin=pin, module=state(ctx).module, cmp_path=path, max_body=max_body,
+        max_concurrent=max_concurrent, on_step=_server_step_hook()
     )
     scheme = "https" if tls_cert else "http"
     shown_host = f"[{host}]" if ":" in host else host
@@ -464,7 +468,9 @@ def serve(
         log_level="warning",
         access_log=False,  # ours is the structured one
         timeout_keep_alive=5,
-        limit_concurrency=64,
+        # A backstop on open connections (idle keep-alives included), well above the CMP limit
+        # so that the answer a client sees under load is ours (CMP, Retry-After, logged).
+        limit_concurrency=2 * max_concurrent + 64,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
     )

@@ -13,7 +13,10 @@ Routes::
 Transport checks happen before any CMP parsing: a wrong Content-Type gets 415, a body over
 ``max_body`` octets 413 (the body is read incrementally and reading stops at the limit;
 Content-Length is not trusted), each with an unprotected CMP error body so CMP clients can show
-a reason. The CMP work runs in a worker thread (:class:`~.cmp_service.CMPService` is
+a reason. Past ``max_concurrent`` CMP requests in progress, the next one is not read: it gets
+503 with Retry-After and a CMP systemUnavail error, which CMP clients and load balancers take as
+"repeat the same message later" (load shedding that a client can tell from a failure, and that
+the access log records, unlike a bare 503 from the HTTP server). The CMP work runs in a worker thread (:class:`~.cmp_service.CMPService` is
 synchronous and talks to the token and the database).
 
 The CA key stays logged in on its token while the app runs: the lifespan holds one
@@ -70,10 +73,12 @@ class _Runtime:
     ca: CertificateAuthority
 
 
-def _cmp_error(status: int, failure: FailureInfo, text: str, fields: dict[str, Any]) -> Response:
+def _cmp_error(
+    status: int, failure: FailureInfo, text: str, fields: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
     fields["failure_info"] = failure
     body = encode_message(build_error(None, failure, text))
-    return Response(body, status_code=status, media_type=CMP_CONTENT_TYPE)
+    return Response(body, status_code=status, media_type=CMP_CONTENT_TYPE, headers=headers)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
@@ -95,17 +100,21 @@ def create_app(
     module: str | None = None,
     cmp_path: str = "/pkix/",
     max_body: int = 64 * 1024,
+    max_concurrent: int = 256,
     access_log: TextIO | None = None,
     body_timeout: float = 30.0,
     on_step: StepHook | None = None,
 ) -> Starlette:
     """The CMP server for the CA in ``ca_dir``; ``access_log`` defaults to stderr.
 
-    Requests are limited to ``max_body`` octets and ``body_timeout`` seconds to arrive.
+    Requests are limited to ``max_body`` octets and ``body_timeout`` seconds to arrive; at most
+    ``max_concurrent`` CMP requests are in progress at once (the rest are answered 503 at once).
     ``on_step`` is the crash tests' fault-injection point, passed to :class:`CMPService`.
     """
     base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
     runtime = _Runtime()
+    in_progress = 0  # CMP requests admitted and not yet answered (the event loop is one thread)
+    busy_text = f"The CA is busy; send the same message again in {RETRY_AFTER_S} s."
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -125,6 +134,17 @@ def create_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != CMP_CONTENT_TYPE:
             return _cmp_error(415, "badDataFormat", f"Send CMP messages as {CMP_CONTENT_TYPE}.", fields)
+        nonlocal in_progress
+        if in_progress >= max_concurrent:
+            fields["shed"] = True
+            return _cmp_error(503, "systemUnavail", busy_text, fields, {"Retry-After": str(RETRY_AFTER_S)})
+        in_progress += 1
+        try:
+            return await _handle(request, fields)
+        finally:
+            in_progress -= 1
+
+    async def _handle(request: Request, fields: dict[str, Any]) -> Response:
         try:
             # A client that trickles its body (slowloris) must not hold a connection forever.
             body = await asyncio.wait_for(_read_limited(request, max_body), timeout=body_timeout)
