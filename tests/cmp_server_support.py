@@ -136,8 +136,37 @@ class Served:
 @contextmanager
 def served(ca: TokenCA, *extra: str, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[Served]:
     """Start ``tokenissue ca serve`` on ``port`` (default: a free one) of 127.0.0.1; wait for
-    /health; stop it by PID after (unless it has died already, e.g. at a failpoint)."""
-    port = port or free_port()
+    /health; stop it by PID after (unless it has died already, e.g. at a failpoint).
+
+    A free port can be taken by another process between ``free_port()`` and the server's bind;
+    then (and only when the test did not ask for a port) the server is started on another one.
+    """
+    for tries_left in reversed(range(3)):
+        try:
+            server = _start(ca, extra, env, port or free_port())
+        except _PortTaken:
+            if port is not None or not tries_left:
+                raise
+            continue
+        break
+    try:
+        yield server
+    finally:
+        proc = server.proc
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)
+
+
+class _PortTaken(AssertionError):
+    pass
+
+
+def _start(ca: TokenCA, extra: tuple[str, ...], env: dict[str, str] | None, port: int) -> Served:
     stderr_path = ca.hsm.root / f"serve-{port}-{time.monotonic_ns()}.log"
     full_env = {**ca.hsm.env, **ca.env, **(env or {})}
     with stderr_path.open("wb") as err:
@@ -147,28 +176,23 @@ def served(ca: TokenCA, *extra: str, env: dict[str, str] | None = None, port: in
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=full_env,
         )  # fmt: skip
     server = Served(f"http://127.0.0.1:{port}", proc, stderr_path)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"ca serve exited {proc.returncode}: {server.stderr()}")
-            try:
-                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"ca serve did not answer /health: {server.stderr()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=20)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            err = server.stderr()
+            raise (_PortTaken if "address already in use" in err.lower() else AssertionError)(
+                f"ca serve exited {proc.returncode}: {err}"
+            )
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(timeout=20)
+            raise AssertionError(f"ca serve did not answer /health: {server.stderr()}")
+        time.sleep(0.1)
 
 
 def in_process_app(hsm: SoftHSM, ca: TokenCA, **kw: Any) -> tuple[Any, io.StringIO]:

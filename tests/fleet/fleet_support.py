@@ -102,10 +102,16 @@ def _send(clients: list[httpx.Client], der: bytes, start: int, out: Outcome, dea
         time.sleep(0.2 if why in {"ConnectError", "RemoteProtocolError", "ReadError"} else 0.05)
 
 
-def _run_one(urls: list[str], attempt: Attempt, deadline: float) -> Outcome:
+def _run_one(urls: list[str], attempt: Attempt, patience: float) -> Outcome:
     out = Outcome(attempt)
     reg = attempt.reg
-    clients = [httpx.Client(base_url=u, timeout=30) for u in urls]
+    # The deadline starts with the attempt, not with the run: a client that meets an outage late
+    # in a long run gets as many retries as one that meets it early.
+    deadline = time.monotonic() + patience
+    # A replica works on one CMP message at a time, so a request may wait behind a hundred others
+    # on a slow machine: a read timeout is a retry, so it must be longer than any honest queue.
+    timeout = httpx.Timeout(30, read=patience)
+    clients = [httpx.Client(base_url=u, timeout=timeout) for u in urls]
     try:
         ir = reg.protect(
             build_ir(reg.subject, None, attempt.key, implicit_confirm=attempt.implicit_confirm, transaction_id=attempt.tid)
@@ -129,8 +135,8 @@ def _run_one(urls: list[str], attempt: Attempt, deadline: float) -> Outcome:
             c.close()
 
 
-def run_attempts(urls: list[str], attempts: Iterable[Attempt], *, workers: int = 32, timeout: float = 240) -> list[Outcome]:
-    """Run every attempt, ``workers`` at a time; the outcomes in the attempts' order."""
-    deadline = time.monotonic() + timeout
+def run_attempts(urls: list[str], attempts: Iterable[Attempt], *, workers: int = 32, patience: float = 180) -> list[Outcome]:
+    """Run every attempt, ``workers`` at a time, each giving up ``patience`` seconds after it
+    started; the outcomes in the attempts' order."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda a: _run_one(urls, a, deadline), attempts))
+        return list(pool.map(lambda a: _run_one(urls, a, patience), attempts))

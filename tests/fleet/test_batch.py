@@ -457,13 +457,24 @@ def test_jobs_sigterm_stops_the_workers_and_the_rerun_finishes(tray: TokenCA, tm
     assert proc.stderr is not None
     first = proc.stderr.readline()  # the first finished row: the workers are busy with others
     assert "enrolled" in first, first
+    children = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
+    workers = [int(line.split()[0]) for line in children.splitlines() if "_batch_worker" in line]
+    assert len(workers) == 2, children
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
-    time.sleep(0.5)
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    assert str(src) not in ps and "_batch_worker" not in ps, "a worker outlived the batch"
+
+    def alive(pid: int) -> bool:
+        try:
+            return "_batch_worker" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10  # the batch waits for its workers; this is slack only
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), "a worker outlived the batch"
     again = _batch(tray, src, "--json")
     assert again.returncode == 0, again.stderr
     done = json.loads(again.stdout)

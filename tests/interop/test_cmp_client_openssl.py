@@ -132,10 +132,12 @@ SCRIPT = textwrap.dedent(
     openssl cmp -config "" -port {sig} -srv_cert srv.pem -srv_key srv.key -srv_untrusted ca.pem \\
         -srv_trusted ca.pem -rsp_cert cert1.pem >mock-sig.log 2>&1 &
     sig=$!
-    for i in $(seq 50); do
-        (exec 3<>/dev/tcp/127.0.0.1/{mac}) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/{sig}) 2>/dev/null && break
+    up=
+    for i in $(seq 300); do
+        (exec 3<>/dev/tcp/127.0.0.1/{mac}) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/{sig}) 2>/dev/null && up=1 && break
         sleep 0.1
     done
+    [ -n "$up" ] || {{ echo "the openssl cmp mock servers did not listen within 30 s" >&2; cat mock-*.log >&2; exit 1; }}
     "$PYTHON" driver.py "$1" cmp+http://127.0.0.1:{mac}/pkix/ cmp+http://127.0.0.1:{sig}/pkix/ >driver.json 2>driver.err
     # The full CLI. The mock's certificate is for key k1, never for the key enroll generates.
     export TOKENISSUE_AUTH_CODE="$SECRET"
