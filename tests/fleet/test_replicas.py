@@ -78,6 +78,7 @@ def test_two_replicas_200_concurrent_enrollments_contested_codes(pg_ca: TokenCA)
         # As many clients as enrollments: all 200 (and the 50 contenders) in flight at once.
         outcomes = run_attempts([one.url, two.url], mixed, workers=200)
         logs = [one.access_log(), two.access_log()]
+        scraped = [_metrics(s.url) for s in (one, two)]
     books = _check_books(pg_ca, outcomes)
     issued = [o for o in outcomes if o.certificate is not None]
     refused = [o for o in outcomes if o.certificate is None]
@@ -94,6 +95,17 @@ def test_two_replicas_200_concurrent_enrollments_contested_codes(pg_ca: TokenCA)
     for o in issued:
         assert o.certificate is not None
         o.certificate.verify_directly_issued_by(pg_ca.certificate)
+    # What the monitoring sees agrees with the books: 200 issued across the replicas, none shed.
+    assert sum(m["tokenissue_certificates_issued_total"] for m in scraped) == 200
+    assert [m["tokenissue_cmp_shed_total"] for m in scraped] == [0, 0]
+
+
+def _metrics(url: str) -> dict[str, float]:
+    """The unlabelled samples of a replica's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=15).text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
 
 
 def test_replica_killed_during_load_loses_and_doubles_nothing(pg_ca: TokenCA) -> None:

@@ -66,7 +66,7 @@ def test_requests_past_max_concurrent_are_shed_with_503_and_served_when_repeated
     msgs = [r.protect(build_ir(r.subject, None, new_key())) for r in (first, second)]
     headers = {"content-type": "application/pkixcmp"}
 
-    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response, str]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://ca") as client:
@@ -76,11 +76,12 @@ def test_requests_past_max_concurrent_are_shed_with_503_and_served_when_repeated
                 release.set()
                 done = await held
                 again = await client.post("/pkix/", content=msgs[1], headers=headers)
-                return done, shed, again
+                metrics = (await client.get("/metrics")).text
+                return done, shed, again, metrics
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        done, shed, again = asyncio.run(asyncio.wait_for(run(), timeout=120))
+        done, shed, again, metrics = asyncio.run(asyncio.wait_for(run(), timeout=120))
     assert shed.status_code == 503
     assert shed.headers["retry-after"] == "2"
     refusal = response_of(shed.content)
@@ -92,4 +93,6 @@ def test_requests_past_max_concurrent_are_shed_with_503_and_served_when_repeated
         served = response_of(resp.content)
         assert served.body_type == "ip" and served.certificate is not None, served.status
     lines = [json.loads(line) for line in log.getvalue().splitlines()]
-    assert [(line["status"], line.get("shed", False)) for line in lines] == [(503, True), (200, False), (200, False)]
+    assert [(line["status"], line.get("shed", False)) for line in lines[:3]] == [(503, True), (200, False), (200, False)]
+    assert "\ntokenissue_cmp_shed_total 1\n" in metrics
+    assert "\ntokenissue_certificates_issued_total 2\n" in metrics

@@ -9,6 +9,7 @@ Routes::
     GET  /health                {"status": "ok", "database": "ok", "ca": subject, "not_after": ISO
                                 time}; 503 {"status": "unavailable", ...} while the database
                                 cannot be reached (for a load balancer's readiness check)
+    GET  /metrics               counters in the Prometheus text format (see :mod:`.metrics`)
 
 Transport checks happen before any CMP parsing: a wrong Content-Type gets 415, a body over
 ``max_body`` octets 413 (the body is read incrementally and reading stops at the limit;
@@ -51,6 +52,8 @@ from ..inventory import InventoryUnavailable
 from ..pkix.certs import dump_certificates
 from ..protocols.cmp import FailureInfo, build_error, encode_message
 from .cmp_service import CMPService, StepHook
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
 
 __all__ = ["CMP_CONTENT_TYPE", "create_app"]
 
@@ -114,6 +117,9 @@ def create_app(
     base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
     runtime = _Runtime()
     in_progress = 0  # CMP requests admitted and not yet answered (the event loop is one thread)
+    metrics = Metrics(routes=lambda path: _OTHER_ROUTES.get(path) or (
+        "cmp" if path.startswith(base) or path == base.rstrip("/") else "other"
+    ))  # fmt: skip
     busy_text = f"The CA is busy; send the same message again in {RETRY_AFTER_S} s."
 
     @asynccontextmanager
@@ -182,25 +188,38 @@ def create_app(
             )  # fmt: skip
         return JSONResponse({"status": "ok", "database": "ok", **doc})
 
+    async def metrics_text(request: Request) -> Response:
+        not_after = runtime.ca.certificate.not_valid_after_utc.timestamp()
+        text = metrics.render(in_progress=in_progress, ca_not_after=not_after)
+        return Response(text, media_type=METRICS_CONTENT_TYPE)
+
     cmp_paths = dict.fromkeys([base, base.rstrip("/") or "/", base + "{label}"])
     routes = [Route(p, cmp_endpoint, methods=["POST"]) for p in cmp_paths]
     routes += [
         Route("/ca.pem", ca_pem, methods=["GET"]),
         Route("/crl.pem", crl_pem, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.router.redirect_slashes = False
-    app.add_middleware(_AccessLog, stream=access_log)
+    app.add_middleware(_AccessLog, stream=access_log, observe=metrics.observe)
     return app
+
+
+#: Route names for the metrics' labels (any other path is "other"; the CMP paths are "cmp").
+_OTHER_ROUTES = {"/ca.pem": "ca", "/crl.pem": "crl", "/health": "health", "/metrics": "metrics"}
 
 
 class _AccessLog:
     """Pure ASGI middleware: one JSON line per HTTP request, written after the response."""
 
-    def __init__(self, app: ASGIApp, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, stream: TextIO | None = None, observe: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.app = app
         self.stream = stream
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -233,6 +252,8 @@ class _AccessLog:
                 "ms": round((time.perf_counter() - start) * 1000, 1),
                 **fields,
             }
+            if self.observe is not None:
+                self.observe(line)
             stream = self.stream or sys.stderr
             try:
                 stream.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
