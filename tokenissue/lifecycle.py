@@ -38,7 +38,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -602,3 +602,98 @@ def revoke_on_token(
         if rec is not None:
             out.append(state.revoke(c.serial, reason, datetime.now(UTC)))
     return out
+
+
+# -- a token gone for good ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """An open journal entry, as ``journal list`` shows it and ``journal abandon`` ends it."""
+
+    journal_id: str
+    token_serial: str
+    subject: str
+    ca: str
+    step: str  #: the last step done: started, csr, issued, written (see the module docstring)
+    certificate: x509.Certificate | None  #: issued by the CA, not yet recorded as done
+    updated_at: datetime
+    state: str = "open"  #: "open", or "abandoned" once ended
+
+    @property
+    def may_be_issued(self) -> bool:
+        """The CA was asked, so it may hold a certificate even when none came back."""
+        return self.step not in ("started", "key")
+
+    def as_json(self) -> dict[str, object]:
+        cert = self.certificate
+        return {
+            "journal_id": self.journal_id, "state": self.state, "step": self.step, "token_serial": self.token_serial,
+            "subject": self.subject, "ca": self.ca, "updated_at": self.updated_at.isoformat(),
+            "serial": format(cert.serial_number, "x") if cert else None,
+            "not_after": cert.not_valid_after_utc.isoformat() if cert else None,
+        }  # fmt: skip
+
+
+def _unfinished(entry: JournalEntry, state: str = "open") -> Unfinished:
+    pem = entry.data.get("cert")
+    return Unfinished(
+        journal_id=entry.id,
+        token_serial=str(entry.params.get("token_serial", "")),
+        subject=str(entry.params.get("subject", "")),
+        ca=str(entry.params.get("ca", "")),
+        step=entry.state,
+        certificate=load_certificates(str(pem).encode())[0] if pem else None,
+        updated_at=entry.updated_at,
+        state=state,
+    )
+
+
+def unfinished(state: Inventory, *, token_serial: str | None = None) -> list[Unfinished]:
+    """The enrollments and renewals not finished yet, oldest first (of one token, if given)."""
+    out = [_unfinished(e) for e in state.journal_open("enroll")]
+    return [u for u in out if token_serial is None or u.token_serial == token_serial]
+
+
+def abandon(state: Inventory, journal_id: str, *, present: Callable[[str], bool]) -> Unfinished:
+    """End an enrollment whose token is gone for good (lost, broken, re-initialised).
+
+    Its journal entry is closed as "abandoned", so ``enroll --resume`` stops trying it. A
+    certificate the CA issued for it goes into the holder's records in the same transaction,
+    never onto a token: its key went with the token, so it must be revoked, and a record is what
+    ``revoke --token-serial`` and the CA operator work from. Refused while the token is present
+    (``present(serial)``): then the enrollment can still be finished, and ending it would leave
+    a key without its certificate. Ending an entry already ended returns it unchanged.
+    """
+    entry = state.journal_get(journal_id)
+    if entry is None or entry.kind != "enroll":
+        raise UsageError(f"There is no enrollment {journal_id} in the journal; 'tokenissue journal list' shows the open ones.")
+    serial = str(entry.params.get("token_serial", ""))
+    busy = TokenBusy(f"Another tokenissue process is enrolling on token serial {serial}; try again once it has finished.")
+    with state.exclusive(f"enroll:{serial}", busy=busy):
+        return _abandon(state, journal_id, present)
+
+
+def _abandon(state: Inventory, journal_id: str, present: Callable[[str], bool]) -> Unfinished:
+    entry = state.journal_get(journal_id)
+    assert entry is not None
+    if entry.finished:
+        if entry.state == "abandoned":
+            return _unfinished(entry, "abandoned")
+        raise UsageError(f"Enrollment {journal_id} is already finished ({entry.state}); there is nothing to abandon.")
+    found = _unfinished(entry)
+    if present(found.token_serial):
+        raise UsageError(
+            f"Token serial {found.token_serial} is present: finish this enrollment with 'tokenissue enroll --resume' "
+            "instead of abandoning it."
+        )
+    record = None
+    if found.certificate is not None:
+        kid = entry.data.get("key_id")
+        record = cert_record(
+            found.certificate, profile=str(entry.params.get("profile", "")), token_serial=found.token_serial,
+            key_id=bytes.fromhex(str(kid)) if kid else None, label=str(entry.data.get("label") or "") or None,
+            request_id=entry.id, replaces=None,
+        )  # fmt: skip
+    state.journal_finish(journal_id, "abandoned", record=record)
+    return replace(found, state="abandoned")

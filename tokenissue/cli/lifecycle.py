@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from ..credentials import Secret
-from ..errors import PinError, UsageError
-from ..models import KeyType, RevocationReason
+from ..errors import Incomplete, PinError, TokenIssueError, TokenNotFound, UsageError
+from ..models import CertStatus, KeyType, RevocationReason
 from ._common import (
     CaPinFileOpt,
     JsonOpt,
@@ -331,20 +331,37 @@ def enroll(
                 return
             pin = pin_src.get()
             code = AuthCodeSource(auth_code_file, why="Resuming an enrollment at a CMP server")
-            results = []
+            results: list[dict[str, Any]] = []
+            failed: list[dict[str, Any]] = []
             for e in entries:
                 params = EnrollParams(**{**e.params, "san": tuple(e.params.get("san") or ())})
                 cmp = CmpArgs(ref=params.ref, auth_code=code, trust_file=ca_trust)
-                enroller = open_ca(ctx, params.ca, ca_pin_file, cmp, acme)
                 try:
-                    out = run_enroll(
-                        params, token=p11.TokenSelector(serial=params.token_serial), pin=pin, enroller=enroller,
-                        state=db, module=mod, journal_id=e.id, on_step=step_hook(),
-                    )
-                finally:
-                    enroller.close()
+                    enroller = open_ca(ctx, params.ca, ca_pin_file, cmp, acme)
+                    try:
+                        out = run_enroll(
+                            params, token=p11.TokenSelector(serial=params.token_serial), pin=pin, enroller=enroller,
+                            state=db, module=mod, journal_id=e.id, on_step=step_hook(),
+                        )  # fmt: skip
+                    finally:
+                        enroller.close()
+                except PinError:
+                    raise  # a refused PIN must not cost one try per entry
+                except TokenIssueError as err:
+                    # One entry that cannot go on (its token is absent, its CA down) must not keep
+                    # the others from finishing: report it and go on, as a batch does.
+                    failed.append({"journal_id": e.id, "token_serial": params.token_serial, "status": "failed",
+                                   "error": str(err), "exit_code": err.exit_code})  # fmt: skip
+                    hint = _absent_hint(e.id, params) if isinstance(err, TokenNotFound) else ""
+                    err_console().print(f"Enrollment {e.id} (token serial {params.token_serial}): {err}{hint}", markup=False)
+                    continue
                 results.append(out.as_json())
-            _report(results, json_out)
+            if json_out:
+                _report([*results, *failed], True)
+            else:
+                _report(results, False)
+            if failed:
+                raise Incomplete(f"{len(failed)} of {len(entries)} unfinished enrollment(s) could not be finished; see above.")
             return
         if token is None or ca is None or subject is None:
             raise UsageError("enroll needs --token, --ca and --subject (or --resume).")
@@ -375,6 +392,21 @@ def enroll(
         finally:
             enroller.close()
     _report([out.as_json()], json_out)
+
+
+def _absent_hint(journal_id: str, params: Any) -> str:
+    """What to do about an enrollment whose token is not there (it may be gone for good)."""
+    from ..enroll import is_acme_location, is_cmp_location
+
+    if is_cmp_location(params.ca) or is_acme_location(params.ca):
+        return (
+            f" If that token is gone for good: 'tokenissue journal abandon {journal_id}', and ask the CA's operator "
+            "to revoke what it issued for it."
+        )
+    return (
+        f" If that token is gone for good: 'tokenissue revoke --token-serial {params.token_serial} --ca {params.ca}' "
+        "revokes its certificates and ends this enrollment."
+    )
 
 
 def _report(results: list[dict[str, Any]], json_out: bool) -> None:
@@ -613,13 +645,23 @@ def revoke(
             )
         why = RevocationReason(reason.value) if reason else RevocationReason.KEY_COMPROMISE
         from ..ca.authority import CertificateAuthority
+        from ..lifecycle import abandon, unfinished
 
-        with CertificateAuthority.open(Path(ca), module=state(ctx).module) as authority:
+        present = token_serial in {t.serial for t in p11.load_module(state(ctx).module).tokens()}
+        with CertificateAuthority.open(Path(ca), module=state(ctx).module) as authority, holder_state(ctx) as db:
             recs = authority.revoke_token(token_serial, why)
-        with holder_state(ctx) as db:
-            for r in recs:
-                if db.get_certificate(r.serial) is not None:
-                    db.revoke(r.serial, why, datetime.now(UTC))
+            # Enrollments the token took with it are ended (a certificate the CA issued for one is
+            # among those just revoked, and now in the holder's records too).
+            ended = [] if present else [
+                abandon(db, u.journal_id, present=lambda _s: False) for u in unfinished(db, token_serial=token_serial)
+            ]  # fmt: skip
+            # The holder's records follow the CA's, including what a run cut short left behind.
+            for r in db.list_certificates(status=CertStatus.VALID, token_serial=token_serial):
+                at_ca = authority.inventory.get_certificate(r.serial)
+                if at_ca is not None and at_ca.status is CertStatus.REVOKED:
+                    db.revoke(r.serial, at_ca.revocation_reason or why, at_ca.revoked_at or datetime.now(UTC))
+        for u in ended:
+            err_console().print(f"Ended the unfinished enrollment {u.journal_id} ({u.subject}) of the lost token.", markup=False)
     else:
         if token is None or key is None:
             raise UsageError("Give --token and --key, or --token-serial and --ca for a lost token.")

@@ -1,0 +1,122 @@
+"""A token gone for good in the middle of an enrollment: its SoftHSM directory deleted after the
+CA issued and before the certificate reached it (a token lost, broken or re-initialised).
+
+What must hold, checked from the CA's inventory, the holder's records and the journal:
+
+* ``enroll --resume`` finishes the other unfinished enrollments and reports the missing token
+  with what to do (exit 8), instead of stopping at it;
+* ``journal list`` shows the entry, that its token is absent, and the certificate issued for it;
+* ``journal abandon`` refuses while a token is present (that would leave a key without its
+  certificate), and ends the entry otherwise, keeping the issued certificate in the holder's
+  records so it is never lost;
+* ``revoke --token-serial`` revokes the certificate at the CA and ends the entry in one go;
+* after either, nothing is left for ``enroll --resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SoftHSM
+from lifecycle_support import TokenCA, add_token_fast, make_token_ca
+
+from tokenissue.inventory import Inventory
+
+pytestmark = pytest.mark.slow
+
+
+def _token_dir(hsm: SoftHSM, label: str) -> Path:
+    for obj in (hsm.root / "tokens").glob("*/token.object"):
+        if label.encode() in obj.read_bytes():
+            return obj.parent
+    raise AssertionError(f"no token directory for {label}")
+
+
+def _crash(ca: TokenCA, token: str, subject: str, step: str) -> None:
+    proc = ca.run(*ca.enroll_args(subject, token=token), env={"TOKENISSUE_FAILPOINT": step})
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
+
+
+def _serial_of(ca: TokenCA, token: str) -> str:
+    tokens: list[dict[str, Any]] = ca.json("tokens")
+    return next(str(t["serial"]) for t in tokens if t["label"] == token)
+
+
+def _holder_records(ca: TokenCA) -> list[Any]:
+    with Inventory.open(Path(ca.hsm.env["TOKENISSUE_STATE_DIR"]) / "state.db") as db:
+        return db.list_certificates()
+
+
+@pytest.fixture
+def lost(softhsm: SoftHSM) -> tuple[TokenCA, str, str]:
+    """Two enrollments cut short: on 'gone' after the certificate was journaled, on 'here' after
+    the CSR; then 'gone' is deleted. Returns (ca, serial of gone, journal ID of gone's entry)."""
+    ca = make_token_ca(softhsm)
+    for label in ("gone", "here"):
+        add_token_fast(softhsm, label)
+    gone_serial = _serial_of(ca, "gone")
+    _crash(ca, "gone", "CN=Lost Holder,O=Example Bank,C=KR", "issued-recorded")
+    _crash(ca, "here", "CN=Present Holder,O=Example Bank,C=KR", "csr")
+    shutil.rmtree(_token_dir(softhsm, "gone"))
+    entries = ca.json("journal", "list")
+    [gone] = [e for e in entries if e["token_serial"] == gone_serial]
+    return ca, gone_serial, gone["journal_id"]
+
+
+def test_resume_finishes_the_others_and_lists_the_lost_one(lost: tuple[TokenCA, str, str]) -> None:
+    ca, gone_serial, gone_id = lost
+    entries = ca.json("journal", "list")
+    assert {(e["token_serial"] == gone_serial, e["token_present"], e["step"]) for e in entries} == {
+        (True, False, "issued"),
+        (False, True, "csr"),
+    }
+    [here] = [e for e in entries if e["token_serial"] != gone_serial]
+    refused = ca.run("journal", "abandon", here["journal_id"])
+    assert refused.returncode == 2 and "is present" in refused.stderr, refused.stderr
+
+    resumed = ca.run("enroll", "--resume")
+    assert resumed.returncode == 8, resumed.stdout + resumed.stderr
+    assert "Resumed and finished: CN=Present Holder" in resumed.stdout
+    assert gone_id in resumed.stderr and f"tokenissue revoke --token-serial {gone_serial} --ca {ca.dir}" in resumed.stderr
+    [left] = ca.json("journal", "list")
+    assert (left["journal_id"], left["token_present"]) == (gone_id, False)
+    issued = {r.subject: r for r in ca.records()}
+    assert format(issued["CN=Lost Holder,O=Example Bank,C=KR"].serial, "x") == left["serial"]
+
+
+def test_abandon_ends_the_entry_and_keeps_the_certificate_on_record(lost: tuple[TokenCA, str, str]) -> None:
+    ca, gone_serial, gone_id = lost
+    proc = ca.run("journal", "abandon", gone_id)
+    assert proc.returncode == 0, proc.stderr
+    lost_cert = next(r for r in ca.records() if r.subject.startswith("CN=Lost Holder"))
+    assert f"certificate {lost_cert.serial:x}" in proc.stdout
+    assert f"tokenissue revoke --token-serial {gone_serial} --ca {ca.dir}" in proc.stdout
+    [kept] = [r for r in _holder_records(ca) if r.serial == lost_cert.serial]
+    assert (kept.token_serial, kept.status.value, kept.request_id) == (gone_serial, "valid", gone_id)
+    again = ca.run("journal", "abandon", gone_id, "--json")  # a repeat changes nothing
+    assert again.returncode == 0 and json.loads(again.stdout)["state"] == "abandoned", again.stderr
+    assert [e["token_serial"] for e in ca.json("journal", "list")] != [gone_serial]
+    assert ca.run("journal", "abandon", "no-such-id").returncode == 2
+
+
+def test_revoke_by_token_serial_revokes_and_ends_the_entry(lost: tuple[TokenCA, str, str]) -> None:
+    ca, gone_serial, gone_id = lost
+    proc = ca.run("revoke", "--token-serial", gone_serial, "--ca", str(ca.dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    [revoked] = json.loads(proc.stdout)
+    at_ca = {r.serial: r for r in ca.records()}[int(revoked["serial"], 16)]
+    assert (at_ca.subject, at_ca.status.value) == ("CN=Lost Holder,O=Example Bank,C=KR", "revoked")
+    assert at_ca.revocation_reason is not None and at_ca.revocation_reason.value == "key-compromise"
+    assert gone_id in proc.stderr
+    [held] = [r for r in _holder_records(ca) if r.serial == at_ca.serial]
+    assert held.status.value == "revoked"
+    assert all(e["token_serial"] != gone_serial for e in ca.json("journal", "list"))
+    # The other entry (token present) is untouched and still finishes.
+    resumed = ca.run("enroll", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert ca.run("enroll", "--resume").stdout.startswith("No unfinished enrollment")

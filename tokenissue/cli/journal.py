@@ -1,0 +1,88 @@
+"""``tokenissue journal``: the enrollments not finished yet, and ending one whose token is gone."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._common import JsonOpt, console, emit_json, state
+from ._render import plain
+from .lifecycle import holder_state
+
+app = typer.Typer(
+    help="Enrollments and renewals not finished yet: list them, or end one whose token is gone for good.",
+    no_args_is_help=True,
+)
+
+
+def _present(ctx: typer.Context) -> set[str]:
+    from .. import p11
+
+    return {t.serial for t in p11.load_module(state(ctx).module).tokens()}
+
+
+@app.command("list")
+def list_open(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Every unfinished enrollment or renewal in the holder's journal, oldest first, and whether
+    its token is present (then 'enroll --resume' finishes it)."""
+    from ..lifecycle import unfinished
+
+    with holder_state(ctx) as db:
+        entries = unfinished(db)
+    present = _present(ctx) if entries else set()
+    if json_out:
+        emit_json([{**u.as_json(), "token_present": u.token_serial in present} for u in entries])
+        return
+    if not entries:
+        console().print("No unfinished enrollment.")
+        return
+    from rich.table import Table
+
+    table = Table("Journal ID", "Step", "Token serial", "Present", "Subject", "Certificate", "Updated")
+    for u in entries:
+        cert = format(u.certificate.serial_number, "x") if u.certificate else ("maybe (CA asked)" if u.may_be_issued else "-")
+        table.add_row(
+            u.journal_id, u.step, plain(u.token_serial), "yes" if u.token_serial in present else "[red]no[/]",
+            plain(u.subject), cert, u.updated_at.strftime("%Y-%m-%d %H:%M"),
+        )  # fmt: skip
+    console().print(table)
+
+
+@app.command("abandon")
+def abandon(
+    ctx: typer.Context,
+    journal_id: Annotated[str, typer.Argument(help="The entry to end, as 'tokenissue journal list' shows it.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """End an unfinished enrollment whose token is gone for good (lost, broken, re-initialised),
+    so that 'enroll --resume' stops trying it. Refused while the token is present.
+
+    A certificate the CA already issued for it is kept in the holder's records (never written to
+    a token) and must be revoked: its key went with the token. With the built-in CA,
+    'tokenissue revoke --token-serial SERIAL --ca DIR' does both at once.
+    """
+    from ..lifecycle import abandon as run_abandon
+
+    with holder_state(ctx) as db:
+        present = _present(ctx)
+        ended = run_abandon(db, journal_id, present=lambda serial: serial in present)
+    if json_out:
+        emit_json(ended.as_json())
+        return
+    console().print(f"Ended enrollment {ended.journal_id} of {ended.subject} on token serial {ended.token_serial}.", markup=False)
+    if ended.certificate is not None:
+        what = f"The CA issued certificate {ended.certificate.serial_number:x} for it, whose key is lost"
+    elif ended.may_be_issued:
+        what = f"The CA was asked, and may have issued a certificate (request ID {ended.journal_id}) that never arrived"
+    else:
+        return
+    console().print(f"{what}: {_how_to_revoke(ended.ca, ended.token_serial)}", markup=False)
+
+
+def _how_to_revoke(ca: str, token_serial: str) -> str:
+    from ..enroll import is_acme_location, is_cmp_location
+
+    if is_cmp_location(ca) or is_acme_location(ca):
+        return f"ask the operator of {ca} to revoke it (revoking needs the key, which went with the token)."
+    return f"revoke it with: tokenissue revoke --token-serial {token_serial} --ca {ca}"
