@@ -54,6 +54,7 @@ def test_metrics_count_what_the_server_did(ca_and_client: tuple[TokenCA, TestCli
     assert client.post("/pkix/", content=b"\x30\x03\x02\x01\x05", headers=headers).status_code == 400
     assert client.post("/pkix/", content=b"{}", headers={"content-type": "application/json"}).status_code == 415
     assert client.get("/health").status_code == 200
+    assert client.get("/pkix/").status_code == 405  # on the CMP path, but not a CMP message
 
     r = client.get("/metrics")
     assert r.status_code == 200
@@ -73,6 +74,7 @@ def test_metrics_count_what_the_server_did(ca_and_client: tuple[TokenCA, TestCli
     assert value("tokenissue_http_requests_total", route="cmp", status="200") == 4
     assert value("tokenissue_http_requests_total", route="cmp", status="400") == 1
     assert value("tokenissue_http_requests_total", route="cmp", status="415") == 1
+    assert value("tokenissue_http_requests_total", route="cmp", status="405") == 1
     assert value("tokenissue_http_requests_total", route="health", status="200") == 1
     cmp_answered = sum(v for (n, _), v in got.items() if n == "tokenissue_cmp_messages_total")
     assert value("tokenissue_cmp_request_seconds_count") == cmp_answered == 6

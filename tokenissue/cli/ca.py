@@ -436,8 +436,9 @@ def serve(
         raise UsageError("Give both --tls-cert and --tls-key, or neither.")
     if max_body < 1024:
         raise UsageError("--max-body must be at least 1024 bytes.")
-    if max_concurrent < 1:
-        raise UsageError("--max-concurrent must be at least 1.")
+    if not 1 <= max_concurrent <= 400:
+        # 2N+64 open connections must stay under the usual limit of 1024 open files.
+        raise UsageError("--max-concurrent must be between 1 and 400.")
     with _open(ctx, ca_dir) as ca:
         subject = ca.certificate.subject.rfc4514_string()
         pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None

@@ -39,9 +39,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -117,6 +118,7 @@ def create_app(
     base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
     runtime = _Runtime()
     in_progress = 0  # CMP requests admitted and not yet answered (the event loop is one thread)
+    cmp_threads = anyio.CapacityLimiter(4)
     metrics = Metrics(routes=lambda path: _OTHER_ROUTES.get(path) or (
         "cmp" if path.startswith(base) or path == base.rstrip("/") else "other"
     ))  # fmt: skip
@@ -137,6 +139,7 @@ def create_app(
 
     async def cmp_endpoint(request: Request) -> Response:
         fields: dict[str, Any] = request.scope[_LOG_KEY]
+        fields["cmp"] = True  # counted as a CMP message in the metrics (not a 404/405 on the path)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != CMP_CONTENT_TYPE:
             return _cmp_error(415, "badDataFormat", f"Send CMP messages as {CMP_CONTENT_TYPE}.", fields)
@@ -154,12 +157,18 @@ def create_app(
         try:
             # A client that trickles its body (slowloris) must not hold a connection forever.
             body = await asyncio.wait_for(_read_limited(request, max_body), timeout=body_timeout)
+        except ClientDisconnect:
+            # The client left before its message arrived: nothing to answer, and not a 500.
+            fields["failure_info"] = "clientDisconnected"
+            return Response(status_code=499)
         except TimeoutError:
             return _cmp_error(408, "badRequest", f"The CMP message did not arrive within {body_timeout:g} s.", fields)
         if body is None:
             return _cmp_error(413, "badRequest", f"The CMP message exceeds {max_body} bytes.", fields)
         fields["bytes_in"] = len(body)
-        status, der, service_fields = await run_in_threadpool(runtime.service.handle, body)
+        # CMP work has threads of its own (it is serialised on the token anyway), so a queue of
+        # CMP requests never holds up /health, /ca.pem or /crl.pem, which share anyio's pool.
+        status, der, service_fields = await anyio.to_thread.run_sync(runtime.service.handle, body, limiter=cmp_threads)
         fields.update(service_fields)
         headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
         return Response(der, status_code=status, media_type=CMP_CONTENT_TYPE, headers=headers)

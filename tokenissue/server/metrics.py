@@ -56,7 +56,7 @@ class Metrics:
         route = self._route_of(str(line.get("path") or ""))
         with self._lock:
             self._http[(route, str(line.get("status")))] += 1
-            if route != "cmp":
+            if route != "cmp" or not line.get("cmp"):
                 return
             if line.get("shed"):
                 self._shed += 1
