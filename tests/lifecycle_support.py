@@ -121,6 +121,14 @@ class TokenCA:
         return openssl("verify", "-CAfile", str(self.pem), *extra, str(leaf))
 
 
+def token_dir(hsm: SoftHSM, label: str) -> Path:
+    """The SoftHSM directory of the token ``label`` (to pull it out, or delete it)."""
+    for obj in (hsm.root / "tokens").glob("*/token.object"):
+        if label.encode() in obj.read_bytes():
+            return obj.parent
+    raise AssertionError(f"no token directory for {label}")
+
+
 def add_token_fast(hsm: SoftHSM, label: str) -> None:
     """Initialise a token with softhsm2-util (25 ms, against ~0.5 s through 'token init', which
     the token tests cover). softhsm2-util takes PINs only from argv or a TTY; these are test PINs."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
-from lifecycle_support import TokenCA, add_token_fast, make_token_ca
+from lifecycle_support import TokenCA, add_token_fast, make_token_ca, token_dir
 
 from tokenissue.credentials import Pin
 
@@ -159,13 +159,6 @@ def test_killed_mid_row_the_same_command_finishes_without_issuing_twice(tray: To
     assert _open_journal(tray) == []
 
 
-def _token_dir(hsm: SoftHSM, label: str) -> Path:
-    for obj in (hsm.root / "tokens").glob("*/token.object"):
-        if label.encode() in obj.read_bytes():
-            return obj.parent
-    raise AssertionError(f"no token directory for {label}")
-
-
 def _run_in_process(hsm: SoftHSM, ca: TokenCA, rows: list[Any], on_step: Any = None) -> list[Any]:
     from tokenissue.enroll.local import LocalCA
     from tokenissue.fleet import run_batch
@@ -193,7 +186,7 @@ def test_token_pulled_between_issuance_and_write_back(session_softhsm: SoftHSM, 
     p11.load_module(SOFTHSM_MODULE).refresh()
     text = (_csv(tmp_path / "tray.csv", _rows())).read_text(encoding="utf-8")
     rows = read_rows(text, default_profile="personal")
-    victim = _token_dir(hsm, "tray-02")
+    victim = token_dir(hsm, "tray-02")
     away = tmp_path / "pulled-token"
     seen: list[str] = []
 
@@ -218,7 +211,7 @@ def test_token_pulled_between_issuance_and_write_back(session_softhsm: SoftHSM, 
 def test_a_full_token_fails_its_row_cleanly_and_finishes_once_freed(tray: TokenCA, tmp_path: Path) -> None:
     """The token's directory on a tiny tmpfs, so key generation hits a full device."""
     hsm = tray.hsm
-    victim = _token_dir(hsm, "tray-02")
+    victim = token_dir(hsm, "tray-02")
     saved = tmp_path / "tray-02-saved"
     shutil.copytree(victim, saved)
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k,mode=0700", "tmpfs", str(victim)],

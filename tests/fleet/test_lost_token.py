@@ -23,18 +23,11 @@ from typing import Any
 
 import pytest
 from conftest import SoftHSM
-from lifecycle_support import TokenCA, add_token_fast, make_token_ca
+from lifecycle_support import TokenCA, add_token_fast, make_token_ca, token_dir
 
 from tokenissue.inventory import Inventory
 
 pytestmark = pytest.mark.slow
-
-
-def _token_dir(hsm: SoftHSM, label: str) -> Path:
-    for obj in (hsm.root / "tokens").glob("*/token.object"):
-        if label.encode() in obj.read_bytes():
-            return obj.parent
-    raise AssertionError(f"no token directory for {label}")
 
 
 def _crash(ca: TokenCA, token: str, subject: str, step: str) -> None:
@@ -62,7 +55,7 @@ def lost(softhsm: SoftHSM) -> tuple[TokenCA, str, str]:
     gone_serial = _serial_of(ca, "gone")
     _crash(ca, "gone", "CN=Lost Holder,O=Example Bank,C=KR", "issued-recorded")
     _crash(ca, "here", "CN=Present Holder,O=Example Bank,C=KR", "csr")
-    shutil.rmtree(_token_dir(softhsm, "gone"))
+    shutil.rmtree(token_dir(softhsm, "gone"))
     entries = ca.json("journal", "list")
     [gone] = [e for e in entries if e["token_serial"] == gone_serial]
     return ca, gone_serial, gone["journal_id"]

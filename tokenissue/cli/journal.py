@@ -6,20 +6,14 @@ from typing import Annotated
 
 import typer
 
-from ._common import JsonOpt, console, emit_json, state
+from ._common import JsonOpt, console, emit_json
 from ._render import plain
-from .lifecycle import holder_state
+from .lifecycle import holder_state, present_token_serials, revoke_lost_command
 
 app = typer.Typer(
     help="Enrollments and renewals not finished yet: list them, or end one whose token is gone for good.",
     no_args_is_help=True,
 )
-
-
-def _present(ctx: typer.Context) -> set[str]:
-    from .. import p11
-
-    return {t.serial for t in p11.load_module(state(ctx).module).tokens()}
 
 
 @app.command("list")
@@ -30,7 +24,7 @@ def list_open(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
     with holder_state(ctx) as db:
         entries = unfinished(db)
-    present = _present(ctx) if entries else set()
+    present = present_token_serials(ctx) if entries else set()
     if json_out:
         emit_json([{**u.as_json(), "token_present": u.token_serial in present} for u in entries])
         return
@@ -65,7 +59,7 @@ def abandon(
     from ..lifecycle import abandon as run_abandon
 
     with holder_state(ctx) as db:
-        present = _present(ctx)
+        present = present_token_serials(ctx)
         ended = run_abandon(db, journal_id, present=lambda serial: serial in present)
     if json_out:
         emit_json(ended.as_json())
@@ -77,12 +71,8 @@ def abandon(
         what = f"The CA was asked, and may have issued a certificate (request ID {ended.journal_id}) that never arrived"
     else:
         return
-    console().print(f"{what}: {_how_to_revoke(ended.ca, ended.token_serial)}", markup=False)
-
-
-def _how_to_revoke(ca: str, token_serial: str) -> str:
-    from ..enroll import is_acme_location, is_cmp_location
-
-    if is_cmp_location(ca) or is_acme_location(ca):
-        return f"ask the operator of {ca} to revoke it (revoking needs the key, which went with the token)."
-    return f"revoke it with: tokenissue revoke --token-serial {token_serial} --ca {ca}"
+    command = revoke_lost_command(ended.ca, ended.token_serial)
+    how = f"revoke it with: {command}" if command else (
+        f"ask the operator of {ended.ca} to revoke it (revoking needs the key, which went with the token)."
+    )  # fmt: skip
+    console().print(f"{what}: {how}", markup=False)

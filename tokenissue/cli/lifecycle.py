@@ -394,19 +394,32 @@ def enroll(
     _report([out.as_json()], json_out)
 
 
-def _absent_hint(journal_id: str, params: Any) -> str:
-    """What to do about an enrollment whose token is not there (it may be gone for good)."""
+def revoke_lost_command(ca: str, token_serial: str) -> str | None:
+    """The command that revokes a lost token's certificates at ``ca`` (and ends its unfinished
+    enrollments); None for a CMP or ACME CA, which revokes only with the certificate's key."""
     from ..enroll import is_acme_location, is_cmp_location
 
-    if is_cmp_location(params.ca) or is_acme_location(params.ca):
+    if is_cmp_location(ca) or is_acme_location(ca):
+        return None
+    return f"tokenissue revoke --token-serial {token_serial} --ca {ca}"
+
+
+def present_token_serials(ctx: typer.Context) -> set[str]:
+    """Serials of the tokens present now."""
+    from .. import p11
+
+    return {t.serial for t in p11.load_module(state(ctx).module).tokens()}
+
+
+def _absent_hint(journal_id: str, params: Any) -> str:
+    """What to do about an enrollment whose token is not there (it may be gone for good)."""
+    command = revoke_lost_command(params.ca, params.token_serial)
+    if command is None:
         return (
             f" If that token is gone for good: 'tokenissue journal abandon {journal_id}', and ask the CA's operator "
             "to revoke what it issued for it."
         )
-    return (
-        f" If that token is gone for good: 'tokenissue revoke --token-serial {params.token_serial} --ca {params.ca}' "
-        "revokes its certificates and ends this enrollment."
-    )
+    return f" If that token is gone for good: '{command}' revokes its certificates and ends this enrollment."
 
 
 def _report(results: list[dict[str, Any]], json_out: bool) -> None:
@@ -647,7 +660,7 @@ def revoke(
         from ..ca.authority import CertificateAuthority
         from ..lifecycle import abandon, unfinished
 
-        present = token_serial in {t.serial for t in p11.load_module(state(ctx).module).tokens()}
+        present = token_serial in present_token_serials(ctx)
         with CertificateAuthority.open(Path(ca), module=state(ctx).module) as authority, holder_state(ctx) as db:
             recs = authority.revoke_token(token_serial, why)
             # Enrollments the token took with it are ended (a certificate the CA issued for one is
