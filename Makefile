@@ -6,16 +6,23 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STATE ?= $(CURDIR)/.state
-DEBS := softhsm2 opensc gnutls-bin libengine-pkcs11-openssl pebble postgresql
-# Binaries (or files) that tell whether each package is present.
+DEBS := softhsm2 opensc gnutls-bin libengine-pkcs11-openssl pebble postgresql \
+        swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools dbus
+# Binaries (or files) that tell whether each package is present (the software TPM's: swtpm,
+# swtpm_ioctl, tpm2_getcap, tpm2-abrmd, the tabrmd TCTI, tpm2-pkcs11, tpm2_ptool, dbus-daemon).
 PROBES := /usr/bin/softhsm2-util /usr/bin/pkcs11-tool /usr/bin/p11tool \
-          /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so /usr/bin/pebble /usr/lib/postgresql
+          /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so /usr/bin/pebble /usr/lib/postgresql \
+          /usr/bin/swtpm /usr/bin/swtpm_ioctl /usr/bin/tpm2_getcap /usr/sbin/tpm2-abrmd \
+          /usr/lib/x86_64-linux-gnu/libtss2-tcti-tabrmd.so.0 /usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so \
+          /usr/bin/tpm2_ptool /usr/bin/dbus-daemon
 
 .PHONY: demo test deps venv lint clean bench
 
 deps:
 	@missing=0; for p in $(PROBES); do \
 	  case $$p in */engines-3/*) [ -e $$p ] || [ -e /usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so ] || missing=1;; \
+	  */libtss2-tcti-tabrmd.so.0) [ -e $$p ] || [ -e /usr/lib/aarch64-linux-gnu/libtss2-tcti-tabrmd.so.0 ] || missing=1;; \
+	  */pkcs11/libtpm2_pkcs11.so) [ -e $$p ] || [ -e /usr/lib/aarch64-linux-gnu/pkcs11/libtpm2_pkcs11.so ] || missing=1;; \
 	  *) [ -e $$p ] || missing=1;; esac; done; \
 	if [ $$missing = 1 ]; then \
 	  echo "Installing Debian packages: $(DEBS)"; \

@@ -409,3 +409,105 @@ def inv(db_url: str) -> Iterator[Any]:
     inventory = Inventory.open(db_url)
     yield inventory
     inventory.close()
+
+
+# -- tpm2-pkcs11 on a software TPM -----------------------------------------------------------
+# A second PKCS#11 implementation, much stricter than SoftHSM (see tests/tpm_support.py and
+# /work/shared/TOKENS.md): swtpm + a private dbus-daemon + tpm2-abrmd, one per session, on
+# /dev/shm. Each test gets its own tpm2-pkcs11 store (TPMTokens, the same interface as SoftHSM).
+# Without the packages the TPM cases are skipped; in CI ('make test' installs them) that fails.
+# The dictionary-attack lockout is TPM-wide: 'tpm' clears it before each test, and tests that
+# enter wrong PINs use 'locking_tpm', which has a TPM of its own. tpm_support is imported
+# inside the fixtures: it imports this module (SoftHSM, the PINs), which is still loading here.
+
+from typing import TYPE_CHECKING, NoReturn  # noqa: E402 - this section's own imports
+
+if TYPE_CHECKING:
+    from tpm_support import SoftwareTPM, TPMTokens
+
+
+def _tpm_unavailable(why: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"The software TPM is needed in CI: {why}")
+    pytest.skip(why)
+
+
+def _start_software_tpm() -> SoftwareTPM:
+    from tpm_support import SoftwareTPM, TPMError, tpm_available
+
+    ok, why = tpm_available()
+    if not ok:
+        _tpm_unavailable(why)
+    try:
+        return SoftwareTPM().start()
+    except TPMError as e:
+        _tpm_unavailable(f"the software TPM did not start: {e}")
+
+
+@pytest.fixture(scope="session")
+def software_tpm() -> Iterator[SoftwareTPM]:
+    """One running SoftwareTPM (swtpm + dbus-daemon + tpm2-abrmd) for the whole session."""
+    tpm = _start_software_tpm()
+    try:
+        yield tpm
+    finally:
+        tpm.stop()
+
+
+@pytest.fixture
+def tpm(software_tpm: SoftwareTPM, hsm_root: Path) -> TPMTokens:
+    """A TPMTokens (a fresh tpm2-pkcs11 store on the session's TPM) with one token 'test'
+    (user PIN in TOKENISSUE_PIN); the dictionary-attack lockout is cleared first."""
+    from tpm_support import make_tpm_tokens
+
+    software_tpm.clear_lockout()
+    tokens = make_tpm_tokens(hsm_root / "tpm", software_tpm)
+    tokens.add_token("test")
+    return tokens
+
+
+@pytest.fixture
+def tpm_with_softhsm(software_tpm: SoftwareTPM, hsm_root: Path) -> tuple[SoftHSM, TPMTokens]:
+    """(softhsm, tpm): a SoftHSM with token 'ca' and a TPM store with token 'test'; the TPM's env
+    also carries SOFTHSM2_CONF, so one CLI process can use both modules."""
+    from tpm_support import make_tpm_tokens
+
+    if not Path(SOFTHSM_MODULE).exists():
+        pytest.skip("SoftHSM2 is not installed (make deps)")
+    softhsm = make_softhsm(hsm_root / "softhsm")
+    softhsm.add_token("ca")
+    software_tpm.clear_lockout()
+    tokens = make_tpm_tokens(hsm_root / "tpm", software_tpm, with_softhsm=softhsm)
+    tokens.add_token("test")
+    return softhsm, tokens
+
+
+@pytest.fixture
+def locking_tpm(hsm_root: Path) -> Iterator[TPMTokens]:
+    """A TPMTokens with token 'test' on a SoftwareTPM of its own (the lockout is TPM-wide, so
+    wrong-PIN tests must not share one), stopped after the test. ``.tpm.clear_lockout()``."""
+    from tpm_support import make_tpm_tokens
+
+    own = _start_software_tpm()
+    try:
+        tokens = make_tpm_tokens(hsm_root / "tpm", own)
+        tokens.add_token("test")
+        yield tokens
+    finally:
+        own.stop()
+
+
+@pytest.fixture
+def session_tpm(tpm: TPMTokens, monkeypatch: pytest.MonkeyPatch) -> Iterator[TPMTokens]:
+    """The 'tpm' fixture, with this process's python-pkcs11 switched to its store."""
+    from tpm_support import TPM2_MODULE
+
+    from tokenissue import p11
+
+    for key, value in tpm.tpm.client_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TPM2_PKCS11_STORE", str(tpm.store))
+    mod = p11.load_module(TPM2_MODULE)
+    mod.refresh()
+    yield tpm
+    mod.refresh()

@@ -17,6 +17,7 @@ Hierarchy (exit status in brackets)::
     │   ├── ObjectExists
     │   ├── MechanismUnsupported
     │   └── ProvenanceError       a key that could have been outside the token
+    │       └── KeyUsageForced    sign-only keys required; the token makes them decrypt too
     ├── PinError [5]
     │   ├── PinIncorrect          .tries_left_hint tells what the token reports
     │   ├── PinLocked
@@ -45,6 +46,7 @@ __all__ = [
     "Incomplete",
     "InventoryError",
     "KeyNotFound",
+    "KeyUsageForced",
     "MechanismUnsupported",
     "NotFound",
     "ObjectExists",
@@ -113,6 +115,10 @@ class MechanismUnsupported(TokenError):
 
 class ProvenanceError(TokenError):
     """The key's attributes do not prove it was generated on the token and never left it."""
+
+
+class KeyUsageForced(ProvenanceError):
+    """Sign-only keys were required, and the token makes every key able to decrypt as well."""
 
 
 class PinError(TokenIssueError):

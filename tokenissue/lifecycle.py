@@ -49,6 +49,7 @@ from .credentials import Pin, ProtectedAuth
 from .enroll import Enroller, EnrollResult, KeyUpdater
 from .errors import (
     KeyNotFound,
+    KeyUsageForced,
     ObjectExists,
     ProvenanceError,
     RequestRejected,
@@ -85,7 +86,7 @@ def _nothing(_: str) -> None:
 class EnrollParams:
     """What the user asked for; equal parameters identify the same unfinished enrollment."""
 
-    token_serial: str  #: the token, by serial (labels can repeat)
+    token_serial: str  #: the token's identity (p11.token_identity): its serial, or a pkcs11: URI when serials repeat
     subject: str  #: RFC 4514
     profile: str
     key_type: str  #: KeyType value
@@ -98,6 +99,7 @@ class EnrollParams:
     old_key_id: str | None = None  #: hex CKA_ID of the key that certificate is under
     final_label: str | None = None  #: re-key: the label the new key takes once the old one is gone
     ref: str | None = None  #: CMP: the reference (senderKID) that goes with the authorization code
+    require_sign_only: bool = False  #: refuse a key the token made able to decrypt too
 
     def as_json(self) -> dict[str, object]:
         d = asdict(self)
@@ -105,6 +107,8 @@ class EnrollParams:
         if d["ref"] is None:
             # Journal entries written before CMP have no "ref"; equal parameters must still match.
             del d["ref"]
+        if not d["require_sign_only"]:
+            del d["require_sign_only"]  # likewise for entries written before it existed
         return d
 
 
@@ -120,6 +124,7 @@ class EnrollOutcome:
     resumed: bool
     replaced: int | None = None
     already_done: bool = False  #: an identical enrollment had finished; nothing was done now
+    key_can_decrypt: bool = False  #: the token made the key able to decrypt as well as sign
 
     def as_json(self) -> dict[str, object]:
         c = self.certificate
@@ -138,6 +143,8 @@ class EnrollOutcome:
             "journal_id": self.journal_id,
             "resumed": self.resumed,
             "already_done": self.already_done,
+            "key_can_decrypt": self.key_can_decrypt,
+            "sign_only": not self.key_can_decrypt,
             "replaces": format(self.replaced, "x") if self.replaced else None,
         }
 
@@ -174,7 +181,7 @@ def _find_done(s: TokenSession, entries: list[JournalEntry], state: Inventory, p
         return EnrollOutcome(
             journal_id=entry.id,
             token_label=s.info.label,
-            token_serial=s.info.serial,
+            token_serial=s.info.name,
             key_id=kid,
             label=str(entry.data.get("label", "")),
             certificate=cert,
@@ -203,15 +210,15 @@ def enroll(
     KeyType(params.key_type)  # validated early: a bad type must not leave a journal entry
     # Log in before journaling anything: a refused PIN must not leave an entry behind.
     with open_token(token, pin, module=module) as s:
-        if s.info.serial != params.token_serial:
-            raise UsageError(f"This enrollment belongs to token serial {params.token_serial}, not {s.info.serial}.")
+        if s.info.name != params.token_serial:
+            raise UsageError(f"This enrollment belongs to token {params.token_serial}, not {s.info.name}.")
         # One enrollment per token at a time, across processes: two runs of one batch, or a
         # sweep overlapping the last, would otherwise both pick up the same journal entry.
         busy = TokenBusy(
-            f"Another tokenissue process is enrolling on token '{s.info.label}' (serial {s.info.serial}); "
+            f"Another tokenissue process is enrolling on token '{s.info.label}' ({s.info.name}); "
             "try again once it has finished."
         )
-        with state.exclusive(f"enroll:{s.info.serial}", busy=busy):
+        with state.exclusive(f"enroll:{s.info.name}", busy=busy):
             resumed = True
             jid = journal_id
             if jid is None:
@@ -233,9 +240,11 @@ def enroll(
                 entry = found
             data: dict[str, Any] = dict(entry.data)
             st = entry.state
+            # The profile's require_sign_only is known only to a CA in this process.
+            strict = params.require_sign_only or (st in ("started", "key") and enroller.sign_only_required(params.profile))
             try:
                 if st == "started":
-                    key = _key_step(s, params, state, jid, data)
+                    key = _key_step(s, params, state, jid, data, strict=strict)
                     on_step("key-generated")
                     kid = key.id
                 else:
@@ -246,11 +255,19 @@ def enroll(
                         f"Key '{key.label}' does not prove it was generated on the token and never left it "
                         "(CKA_LOCAL, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE); refusing to certify it."
                     )
+                if strict and key.can_decrypt and st in ("started", "key"):
+                    # A key reused for renewal (or adopted from an interrupted run) is checked too.
+                    raise KeyUsageForced(
+                        f"Key '{key.label}' on token '{s.info.label}' can decrypt as well as sign, and sign-only keys "
+                        "were required (--require-sign-only or the profile's require_sign_only); refusing to certify it."
+                    )
                 private = s.private_key(KeySelector(id=kid))
                 if st in ("started", "key"):
                     csr = build_csr(private, name, sans)
+                    # Recorded with the request: whether the token forced the key to decrypt too.
                     entry = state.journal_update(
-                        jid, "csr", key_id=kid.hex(), label=key.label, csr=csr.public_bytes(serialization.Encoding.PEM).decode()
+                        jid, "csr", key_id=kid.hex(), label=key.label, csr=csr.public_bytes(serialization.Encoding.PEM).decode(),
+                        key_can_decrypt=key.can_decrypt,
                     )
                     data, st = dict(entry.data), entry.state
                     on_step("csr")
@@ -296,7 +313,7 @@ def enroll(
                     s.relabel(kid, params.final_label)
                     key = s.key(KeySelector(id=kid))
                 record = cert_record(
-                    cert, profile=params.profile, token_serial=s.info.serial, key_id=kid, label=key.label,
+                    cert, profile=params.profile, token_serial=s.info.name, key_id=kid, label=key.label,
                     request_id=jid, replaces=replaced,
                 )  # fmt: skip
                 state.journal_finish(jid, "done", record=record)
@@ -304,13 +321,14 @@ def enroll(
             return EnrollOutcome(
                 journal_id=jid,
                 token_label=s.info.label,
-                token_serial=s.info.serial,
+                token_serial=s.info.name,
                 key_id=kid,
                 label=key.label,
                 certificate=cert,
                 profile=params.profile,
                 resumed=resumed,
                 replaced=replaced,
+                key_can_decrypt=key.can_decrypt,
             )
 
 
@@ -340,13 +358,13 @@ def _ask_ca(
                 current_key=s.private_key(KeySelector(id=current_kid)),
                 profile=params.profile,
                 request_id=jid,
-                token_serial=s.info.serial,
+                token_serial=s.info.name,
                 key_id=kid,
                 label=label,
                 replaces=replaces,
             )
     return enroller.request(
-        csr, profile=params.profile, request_id=jid, token_serial=s.info.serial, key_id=kid, label=label,
+        csr, profile=params.profile, request_id=jid, token_serial=s.info.name, key_id=kid, label=label,
         replaces=replaces,
     )  # fmt: skip
 
@@ -383,7 +401,9 @@ def _first_data(s: TokenSession, params: EnrollParams) -> dict[str, object]:
     return {"label": label, "generated": True}
 
 
-def _key_step(s: TokenSession, params: EnrollParams, state: Inventory, jid: str, data: dict[str, Any]) -> KeyInfo:
+def _key_step(
+    s: TokenSession, params: EnrollParams, state: Inventory, jid: str, data: dict[str, Any], *, strict: bool = False
+) -> KeyInfo:
     if params.reuse_key_id:
         return s.key(KeySelector(id=bytes.fromhex(params.reuse_key_id)))
     if "label" not in data:
@@ -394,7 +414,7 @@ def _key_step(s: TokenSession, params: EnrollParams, state: Inventory, jid: str,
         data.update(first)
     label = str(data["label"])
     try:
-        return s.generate_key(KeyType(params.key_type), label)
+        return s.generate_key(KeyType(params.key_type), label, require_sign_only=strict)
     except ObjectExists:
         # An earlier run journaled this label and generated the key before it died: adopt
         # that key (its provenance is still checked) rather than orphan it.

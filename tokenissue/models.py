@@ -89,6 +89,14 @@ class TokenInfo:
     so_pin_locked: bool
     slot_description: str = ""
     module: str = ""
+    identity: str = ""
+    """What tokenissue records for this token: its serial when that tells it apart, else an
+    RFC 7512 URI with label, manufacturer, model and serial (see p11.token_identity)."""
+
+    @property
+    def name(self) -> str:
+        """The identity, or the serial for records made by hand."""
+        return self.identity or self.serial
 
     @property
     def pin_state(self) -> str:
@@ -119,6 +127,8 @@ class KeyInfo:
     can_decrypt: bool = False
     has_certificate: bool = False
     key_description: str = ""
+    template: str = ""
+    """The key template step the token accepted (p11 KEY_TEMPLATE_STEPS); empty when not made now."""
 
     @property
     def born_on_token(self) -> bool:

@@ -338,7 +338,7 @@ def test_migrates_a_0001_database_and_keeps_its_data(db_url: str) -> None:
 
     from tokenissue.inventory._migrate import MIGRATIONS_DIR
 
-    assert HEAD_REVISION == "0002"
+    assert HEAD_REVISION == "0003"
     # An inventory as tokenissue before registrations left it: schema at 0001, with data
     # written through the store's own methods (they only touch 0001 tables).
     engine = create_engine(sa_url(db_url))
@@ -369,4 +369,31 @@ def test_migrates_a_0001_database_and_keeps_its_data(db_url: str) -> None:
         inv.add_registration(reg())
         assert inv.registration_consume("1234567890", 5, NOW)
         inv.transaction_begin(TID, TransactionKind.IR, "1234567890", b"\x01", b"\x02", True)
-    assert raw(db_url, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert raw(db_url, "SELECT version_num FROM alembic_version") == [("0003",)]
+
+
+def test_a_0002_database_takes_token_identities_longer_than_a_serial(db_url: str) -> None:
+    """tpm2-pkcs11 tokens all have serial 0000000000000000, so their identity is a pkcs11: URI
+    of ~90 characters; PostgreSQL's column of 0002 held 64 (SQLite never enforced it)."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from tokenissue.inventory._migrate import MIGRATIONS_DIR
+
+    engine = create_engine(sa_url(db_url))
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+    engine.dispose()
+    identity = "pkcs11:token=" + "%e1%84%92" * 30 + ";manufacturer=IBM;model=SW%20%20%20TPM;serial=0000000000000000"
+    record = CertRecord(
+        serial=0x99, subject="CN=tpm", issuer="CN=CA", not_before=NOW, not_after=NOW + timedelta(days=1),
+        sha256="cd" * 32, profile="personal", der=b"\x30\x00", request_id="req-tpm", token_serial=identity,
+    )
+    with Inventory.open(db_url) as inv:
+        inv.add_certificate(record)
+        assert [r.serial for r in inv.list_certificates(token_serial=identity)] == [0x99]
+    assert raw(db_url, "SELECT version_num FROM alembic_version") == [("0003",)]

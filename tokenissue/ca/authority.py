@@ -80,6 +80,8 @@ class CertificateAuthority:
         self.inventory = inventory
         self.module = config.module or module
         self._profiles: dict[str, Profile] | None = None
+        #: Set by :meth:`init` when the token made the new CA key able to decrypt (also audited).
+        self.key_can_decrypt = False
 
     # -- opening and creating ----------------------------------------------------------------
     @classmethod
@@ -113,6 +115,7 @@ class CertificateAuthority:
         csr_out: bool = False,
         insecure_file_key: bool = False,
         database: str | None = None,
+        require_sign_only: bool = False,
     ) -> CertificateAuthority:
         """Create a CA: key on the token (or, explicitly insecure, in a file), then a self-signed
         root, or a CSR for a parent CA when ``csr_out`` (finish with :meth:`install_certificate`)."""
@@ -131,6 +134,7 @@ class CertificateAuthority:
                         "That database already holds a CA's inventory; give each CA a database of its own "
                         "(replicas of one CA share it by copying its CA directory, not by 'ca init')."
                     )
+        key_can_decrypt = False
         if insecure_file_key:
             from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -147,10 +151,12 @@ class CertificateAuthority:
             if token is None:
                 raise UsageError("Name the token for the CA key with --token (or use --insecure-file-key).")
             with open_token(TokenSelector.parse(token), pin, module=module) as s:
-                info = s.generate_key(key_type, label)
+                info = s.generate_key(key_type, label, require_sign_only=require_sign_only)
+                key_can_decrypt = info.can_decrypt
                 config = CAConfig(
                     subject=subject,
-                    token=f"serial:{s.info.serial}",
+                    # Its serial where that names it; else its identity URI (serials repeat on TPMs).
+                    token=f"serial:{s.info.serial}" if s.info.name == s.info.serial else s.info.name,
                     key=f"id:{info.id.hex()}",
                     module=module,
                     crl_url=crl_url,
@@ -166,9 +172,11 @@ class CertificateAuthority:
         (ca_dir / (CSR_FILE if csr_out else CERT_FILE)).write_bytes(pem)
         config.save(ca_dir)
         ca = cls.open(ca_dir, module=module)
+        ca.key_can_decrypt = key_can_decrypt
         ca.inventory.audit_append(
             "ca-init",
-            {"subject": subject, "key_type": key_type.value, "on_token": not insecure_file_key, "csr": csr_out},
+            {"subject": subject, "key_type": key_type.value, "on_token": not insecure_file_key, "csr": csr_out,
+             "key_can_decrypt": key_can_decrypt},
         )
         return ca
 

@@ -88,6 +88,12 @@ class Profile:
     renew_before_days: int
     """Renewal is due this many days before notAfter."""
 
+    require_sign_only: bool = False
+    """Refuse keys the holder's token made able to decrypt as well as sign (TPMs make every
+    key so). Enforced where the key is made, by an enrollment against this CA in the same
+    process (``--ca DIR``); a CA reached over a network cannot see a key's attributes, so there
+    the holder's ``--require-sign-only`` is what applies. See docs/tokens-and-keys.md."""
+
 
 #: keyUsage bit names as cryptography spells them, with the algorithms able to use each bit.
 #: Signing bits suit every key type; encryption of a key needs RSA; key agreement needs EC.
@@ -165,6 +171,7 @@ _DEFAULTS: dict[str, Any] = {
     "san_types": [],
     "required_san_types": [],
     "max_san": 10,
+    "require_sign_only": False,
 }
 _LIST_KEYS = (
     "key_usage",
@@ -315,7 +322,14 @@ def _build(name: str, raw: Mapping[str, Any], source: str) -> Profile:
         required_san_types=tuple(values["required_san_types"]),
         max_san=max_san,
         renew_before_days=renew,
+        require_sign_only=_bool(values["require_sign_only"], where, "require_sign_only"),
     )
+
+
+def _bool(value: Any, where: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: '{key}' must be true or false.")
+    return value
 
 
 def _is_oid(text: str) -> bool:

@@ -217,6 +217,14 @@ ProtectedAuthOpt = Annotated[
     bool,
     typer.Option("--protected-auth", help="Enter the PIN on the token's own PIN pad."),
 ]
+RequireSignOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--require-sign-only",
+        help="Refuse (and destroy) a new key the token made able to decrypt as well as sign. By default such a key "
+        "is kept and reported: some tokens (TPMs) cannot make sign-only keys. See docs/tokens-and-keys.md.",
+    ),
+]
 
 
 def parse_duration(text: str) -> timedelta:

@@ -26,7 +26,8 @@ def token_dict(t: TokenInfo) -> dict[str, Any]:
         "so_pin_count_low": t.so_pin_count_low,
         "so_pin_final_try": t.so_pin_final_try,
         "so_pin_locked": t.so_pin_locked,
-        "uri": format_uri(token=t.label, serial=t.serial),
+        "identity": t.name,
+        "uri": t.name if t.name.startswith("pkcs11:") else format_uri(token=t.label, serial=t.serial),
     }
 
 
@@ -42,9 +43,22 @@ def key_dict(k: KeyInfo, token_label: str) -> dict[str, Any]:
         "sensitive": k.sensitive,
         "extractable": k.extractable,
         "born_on_token": k.born_on_token,
+        "can_decrypt": k.can_decrypt,
+        "sign_only": not k.can_decrypt,
         "has_certificate": k.has_certificate,
         "uri": format_uri(token=token_label, object=k.label, id=k.id, type="private"),
     }
+
+
+FORCED_NOTE = (
+    "Note: the token made this key able to decrypt as well as sign (it cannot make sign-only keys); "
+    "--require-sign-only refuses such keys. See docs/tokens-and-keys.md#sign-only-keys."
+)
+
+
+def forced_note(k: KeyInfo) -> str:
+    """The sentence that tells a key the token made able to decrypt (empty for sign-only keys)."""
+    return FORCED_NOTE if k.can_decrypt else ""
 
 
 def cert_dict(c: CertObject, now: datetime | None = None) -> dict[str, Any]:

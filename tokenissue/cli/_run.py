@@ -13,6 +13,25 @@ EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def run(args: list[str], *, debug: bool) -> int:
+    from ._stderr import ModuleStderr
+
+    # A server runs for days: what its modules print belongs in its log, not in a temporary file.
+    serving = "serve" in args[:3]
+    with ModuleStderr(enabled=not debug and not serving) as captured:
+        code = _run(args, debug=debug)
+        if code not in (EXIT_OK, EXIT_INTERRUPTED):
+            n = len(captured.lines())
+            if n:
+                from ._common import err_console
+
+                err_console().print(
+                    f"(The PKCS#11 module also wrote {n} line(s) of its own to stderr; --debug shows them.)",
+                    highlight=False, style="dim",
+                )  # fmt: skip
+        return code
+
+
+def _run(args: list[str], *, debug: bool) -> int:
     # typer is pinned below 0.26, which uses click itself (not a vendored copy), so click's
     # exception classes are the ones raised. A test checks that a usage error exits 2.
     import typer

@@ -15,6 +15,7 @@ from ._common import (
     JsonOpt,
     PinEnvOpt,
     PinFileOpt,
+    RequireSignOnlyOpt,
     ca_pin_source,
     console,
     emit_json,
@@ -22,7 +23,7 @@ from ._common import (
     parse_duration,
     state,
 )
-from ._render import plain
+from ._render import FORCED_NOTE, plain
 
 app = typer.Typer(help="Run a certificate authority whose key lives on a token.", no_args_is_help=True)
 audit_app = typer.Typer(help="The CA's append-only, hash-chained audit log.", no_args_is_help=True)
@@ -92,6 +93,7 @@ def init(
             envvar="TOKENISSUE_CA_DB",
         ),
     ] = None,
+    require_sign_only: RequireSignOnlyOpt = False,
     ca_pin_file: CaPinFileOpt = None,
 ) -> None:
     """Create a CA: its key is generated on the token, then a self-signed root (or a CSR)."""
@@ -118,6 +120,7 @@ def init(
         csr_out=csr_out is not None,
         insecure_file_key=insecure_file_key,
         database=db,
+        require_sign_only=require_sign_only,
     )
     with ca:
         if csr_out is not None:
@@ -130,6 +133,8 @@ def init(
             )
     if insecure_file_key:
         err_console().print("[yellow]Warning:[/] the CA key is in a file (--insecure-file-key); use it only for tests.")
+    elif ca.key_can_decrypt:
+        err_console().print(FORCED_NOTE, markup=False)
 
 
 @app.command("install-cert")

@@ -24,7 +24,9 @@ def list_open(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
     with holder_state(ctx) as db:
         entries = unfinished(db)
-    present = present_token_serials(ctx) if entries else set()
+    # Listing must work when the module cannot start (a TPM store deleted with its token): then
+    # no token is present, which is true, since 'enroll --resume' could not finish any of them.
+    present = present_token_serials(ctx, unusable_module_is_none=True) if entries else set()
     if json_out:
         emit_json([{**u.as_json(), "token_present": u.token_serial in present} for u in entries])
         return

@@ -16,6 +16,7 @@ from ._common import (
     PinEnvOpt,
     PinFileOpt,
     ProtectedAuthOpt,
+    RequireSignOnlyOpt,
     TokenOpt,
     console,
     emit_json,
@@ -24,7 +25,7 @@ from ._common import (
     state,
     user_pin_source,
 )
-from ._render import key_dict, plain, yesno
+from ._render import forced_note, key_dict, plain, yesno
 
 app = typer.Typer(help="Generate, list and delete key pairs on a token.", no_args_is_help=True)
 
@@ -54,6 +55,7 @@ def generate(
             help="CKA_ID as hex. Default: SHA-1 of the public key (= the certificate's Subject Key Identifier).",
         ),
     ] = None,
+    require_sign_only: RequireSignOnlyOpt = False,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
@@ -73,12 +75,15 @@ def generate(
     sel = p11.TokenSelector.parse(token)
     pin = user_pin_source(pin_file, pin_env, protected_auth).get()
     with p11.open_token(sel, pin, module=state(ctx).module) as s:
-        info = s.generate_key(KeyType(key_type.value), label, kid)
+        info = s.generate_key(KeyType(key_type.value), label, kid, require_sign_only=require_sign_only)
         data = key_dict(info, s.info.label)
+        data["template"] = info.template
     if json_out:
         emit_json(data)
     else:
         console().print(f"Generated {data['type']} key '{info.label}' id {data['id']} on token '{sel}'.", markup=False)
+        if info.can_decrypt:
+            err_console().print(forced_note(info), markup=False)
 
 
 @app.command("list")
@@ -102,7 +107,7 @@ def list_keys(
         return
     from rich.table import Table
 
-    table = Table("ID", "Label", "Type", "Local", "Never extr.", "Always sens.", "Certificate")
+    table = Table("ID", "Label", "Type", "Local", "Never extr.", "Always sens.", "Sign only", "Certificate")
     for r in rows:
         table.add_row(
             r["id"],
@@ -111,6 +116,7 @@ def list_keys(
             yesno(r["local"]),
             yesno(r["never_extractable"]),
             yesno(r["always_sensitive"]),
+            "yes" if r["sign_only"] else "[yellow]no: decrypts too[/]",
             "yes" if r["has_certificate"] else "-",
         )
     console().print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import signal
@@ -22,6 +23,7 @@ from ._common import (
     PinEnvOpt,
     PinFileOpt,
     ProtectedAuthOpt,
+    RequireSignOnlyOpt,
     ca_pin_source,
     console,
     emit_json,
@@ -32,7 +34,7 @@ from ._common import (
     state,
     user_pin_source,
 )
-from ._render import plain
+from ._render import FORCED_NOTE, plain
 
 KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
 Reason = enum.Enum("Reason", {r.name: r.value for r in RevocationReason}, type=str)  # type: ignore[misc]
@@ -294,6 +296,7 @@ def enroll(
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
     ca_pin_file: CaPinFileOpt = None,
+    require_sign_only: RequireSignOnlyOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Key on the token → CSR signed in it → CA → certificate and chain written next to the key.
@@ -340,7 +343,7 @@ def enroll(
                     enroller = open_ca(ctx, params.ca, ca_pin_file, cmp, acme)
                     try:
                         out = run_enroll(
-                            params, token=p11.TokenSelector(serial=params.token_serial), pin=pin, enroller=enroller,
+                            params, token=p11.TokenSelector.from_identity(params.token_serial), pin=pin, enroller=enroller,
                             state=db, module=mod, journal_id=e.id, on_step=step_hook(),
                         )  # fmt: skip
                     finally:
@@ -353,7 +356,7 @@ def enroll(
                     failed.append({"journal_id": e.id, "token_serial": params.token_serial, "status": "failed",
                                    "error": str(err), "exit_code": err.exit_code})  # fmt: skip
                     hint = _absent_hint(e.id, params) if isinstance(err, TokenNotFound) else ""
-                    err_console().print(f"Enrollment {e.id} (token serial {params.token_serial}): {err}{hint}", markup=False)
+                    err_console().print(f"Enrollment {e.id} (token {params.token_serial}): {err}{hint}", markup=False)
                     continue
                 results.append(out.as_json())
             if json_out:
@@ -380,13 +383,14 @@ def enroll(
         elif is_acme_location(ca):
             fresh = CmpArgs(trust_file=ca_trust)  # --ca-trust: the roots the issued chain may end in
         sel = p11.TokenSelector.parse(token)
-        token_serial = p11.load_module(mod).token_info(sel).serial
+        token_serial = p11.load_module(mod).token_info(sel).name
         enroller = open_ca(ctx, ca, ca_pin_file, fresh, acme)
         try:
             enroller.check_profile(profile)  # before any key is made
             params = EnrollParams(
                 token_serial=token_serial, subject=subject, profile=profile, key_type=key_type.value,
                 ca=enroller.location, label=label, san=tuple(san or ()), ref=fresh.ref if fresh else None,
+                require_sign_only=require_sign_only,
             )
             out = run_enroll(params, token=sel, pin=pin_src.get(), enroller=enroller, state=db, module=mod, on_step=step_hook())
         finally:
@@ -401,14 +405,73 @@ def revoke_lost_command(ca: str, token_serial: str) -> str | None:
 
     if is_cmp_location(ca) or is_acme_location(ca):
         return None
-    return f"tokenissue revoke --token-serial {token_serial} --ca {ca}"
+    import shlex
+
+    # Quoted for the shell it is pasted into: a token identity URI is full of ';'.
+    return f"tokenissue revoke --token-serial {shlex.quote(token_serial)} --ca {shlex.quote(ca)}"
 
 
-def present_token_serials(ctx: typer.Context) -> set[str]:
-    """Serials of the tokens present now."""
+def present_token_serials(ctx: typer.Context, *, unusable_module_is_none: bool = False) -> set[str]:
+    """Identities (p11.token_identity) of the tokens present now.
+
+    With ``unusable_module_is_none``, a module that cannot start (or be found) counts as no
+    token present. That is what a lost token can look like: a tpm2-pkcs11 store deleted with
+    its token makes C_Initialize itself fail, and 'revoke --token-serial' and 'journal list'
+    are the commands that must still work then. ('journal abandon' keeps the error: it may
+    only end an entry whose token is known to be absent.)
+    """
+    from .. import p11
+    from ..errors import ConfigError, TokenError
+
+    try:
+        return {t.name for t in p11.load_module(state(ctx).module).tokens()}
+    except (ConfigError, TokenError):
+        if not unusable_module_is_none:
+            raise
+        return set()
+
+
+def lost_token_identity(value: str, *inventories: Any) -> str:
+    """The recorded identity a lost token's ``--token-serial`` names.
+
+    A serial that tells tokens apart is its own identity. Where serials repeat (every
+    tpm2-pkcs11 token has 0000000000000000) tokens are recorded under a pkcs11: URI: one such
+    token with that serial is taken; several are refused with the URIs to choose from.
+    """
+    from .. import p11
+    from ..errors import AmbiguousToken
+
+    if value.startswith("pkcs11:"):
+        # Recorded URIs are compared as tokens, not as strings: the holder may write the one
+        # 'journal list' showed with fewer attributes, another order or other percent-encoding.
+        wanted = p11.TokenSelector.parse(value)
+        if wanted.serial is None:
+            return value
+        recorded = {i for inv in inventories for i in inv.token_identities(wanted.serial)}
+        if value in recorded:
+            return value
+        found = sorted(i for i in recorded if i.startswith("pkcs11:") and _names(wanted, i))
+        if len(found) > 1:
+            raise AmbiguousToken(
+                f"{len(found)} recorded tokens match '{value}'; name one with --token-serial and its URI: "
+                f"{', '.join(repr(f) for f in found)}."
+            )
+        return found[0] if found else value
+    found = sorted({i for inv in inventories for i in inv.token_identities(value)})
+    if len(found) <= 1:
+        return found[0] if found else value
+    raise AmbiguousToken(
+        f"{len(found)} tokens with serial {value} are recorded (their serials do not tell them apart); "
+        f"name one with --token-serial and its URI: {', '.join(repr(f) for f in found)}."
+    )
+
+
+def _names(wanted: Any, identity: str) -> bool:
+    """Whether the selector ``wanted`` names the token recorded as the URI ``identity``."""
     from .. import p11
 
-    return {t.serial for t in p11.load_module(state(ctx).module).tokens()}
+    t = p11.TokenSelector.parse(identity)
+    return bool(wanted.matches(t.label or "", t.serial or "", t.manufacturer or "", t.model or ""))
 
 
 def _absent_hint(journal_id: str, params: Any) -> str:
@@ -434,6 +497,8 @@ def _report(results: list[dict[str, Any]], json_out: bool) -> None:
             f"{how}: [bold]{escape(r['subject'])}[/] serial {r['serial']} on token '{escape(r['token'])}' "
             f"(key {escape(r['label'])}, id {r['key_id'][:16]}…), valid until {r['not_after'][:10]}."
         )
+        if r.get("key_can_decrypt"):
+            err_console().print(FORCED_NOTE, markup=False)
 
 
 def status(
@@ -525,6 +590,7 @@ def renew(
     pin_env: PinEnvOpt = None,
     protected_auth: ProtectedAuthOpt = False,
     ca_pin_file: CaPinFileOpt = None,
+    require_sign_only: RequireSignOnlyOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Renew certificates before they expire (same key, or a new one with --rekey); revoked ones are re-issued with --rekey.
@@ -549,7 +615,7 @@ def renew(
         with p11.open_token(sel, pin, module=mod) as s:
             reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
             kid = s.key(p11.KeySelector.parse(key)).id if key else None
-            token_serial = s.info.serial
+            token_serial = s.info.name
         if kid is None and within is None:
             reports = [_ari(ctx, r, acme, ca_trust) for r in reports]
         todo = [r for r in reports if r.cert.id == kid] if kid is not None else [r for r in reports if r.renew_due]
@@ -572,6 +638,8 @@ def renew(
                 raise UsageError(f"tokenissue did not enroll '{r.cert.label}'; give --ca and --profile to renew it.")
             cmp_ref = ref or ref_of(db, r.record)
             params = renewal_params(r, token_serial=token_serial, rekey=rekey, ca=where, profile=prof, ref=cmp_ref)
+            if require_sign_only:
+                params = dataclasses.replace(params, require_sign_only=True)
             code = AuthCodeSource(auth_code_file, why="Renewing an expired or revoked certificate at a CMP server")
             enroller = open_ca(ctx, where, ca_pin_file, CmpArgs(ref=cmp_ref, auth_code=code, trust_file=ca_trust), acme)
             try:
@@ -625,7 +693,12 @@ def revoke(
     token: TokenOptional = None,
     key: Annotated[str | None, typer.Option("--key", "-k", help="Revoke this key's certificate(s) (token present).")] = None,
     token_serial: Annotated[
-        str | None, typer.Option("--token-serial", help="A LOST token's serial: revoke all its certificates at the CA, no token needed.")
+        str | None,
+        typer.Option(
+            "--token-serial",
+            help="A LOST token's serial: revoke all its certificates at the CA, no token needed. Where serials repeat "
+            "(TPM tokens), the pkcs11: URI 'journal list' and 'ca list' show for it.",
+        ),
     ] = None,
     ca: CaOpt = None,
     reason: Annotated[Reason, typer.Option("--reason", help="RFC 5280 reason; lost tokens default to key-compromise.")] = None,  # type: ignore[assignment]
@@ -660,8 +733,10 @@ def revoke(
         from ..ca.authority import CertificateAuthority
         from ..lifecycle import abandon, unfinished
 
-        present = token_serial in present_token_serials(ctx)
         with CertificateAuthority.open(Path(ca), module=state(ctx).module) as authority, holder_state(ctx) as db:
+            token_serial = lost_token_identity(token_serial, authority.inventory, db)
+            # The token is said to be lost: a module that cannot even start shows none present.
+            present = token_serial in present_token_serials(ctx, unusable_module_is_none=True)
             recs = authority.revoke_token(token_serial, why)
             # Enrollments the token took with it are ended (a certificate the CA issued for one is
             # among those just revoked, and now in the holder's records too).

@@ -173,6 +173,11 @@ class ACMEEnroller:
         self._key_file = self._dir / f"{digest}.key"
 
     # -- the Enroller protocol -----------------------------------------------------------
+    def sign_only_required(self, profile: str) -> bool:
+        """An ACME CA cannot see the key's attributes; the holder's --require-sign-only applies."""
+        del profile
+        return False
+
     def check_profile(self, profile: str) -> None:
         """The CA decides the profile; this connects and finds or registers the account now, so
         that an unreachable server, an untrusted TLS certificate or a missing external account

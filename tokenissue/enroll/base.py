@@ -42,6 +42,11 @@ class Enroller(Protocol):
         """Raise when the CA is known not to offer ``profile`` (checked before a key is made)."""
         ...
 
+    def sign_only_required(self, profile: str) -> bool:
+        """Whether ``profile`` refuses keys that can decrypt as well as sign. Only a CA in this
+        process can say; a remote CA cannot see a key's attributes, so it answers False."""
+        ...
+
     def revoke(
         self, serial: int, reason: RevocationReason, *, cert: x509.Certificate | None = None, key: Any = None
     ) -> None:

@@ -337,6 +337,11 @@ class CMPEnroller:
                 return
         self._raise_for_status(rsp, protection, authenticated=True)
 
+    def sign_only_required(self, profile: str) -> bool:
+        """A CMP server cannot see the key's attributes; the holder's --require-sign-only applies."""
+        del profile
+        return False
+
     def check_profile(self, profile: str) -> None:
         """Nothing to check up front: the server judges the profile named in the request."""
         del profile

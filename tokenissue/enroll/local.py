@@ -102,6 +102,9 @@ class LocalCA:
     def check_profile(self, profile: str) -> None:
         self._ca.profile(profile)
 
+    def sign_only_required(self, profile: str) -> bool:
+        return self._ca.profile(profile).require_sign_only
+
     def revoke(
         self, serial: int, reason: RevocationReason, *, cert: x509.Certificate | None = None, key: Any = None
     ) -> None:

@@ -258,7 +258,7 @@ def run_batch(
 
 
 def present_tokens(rows: Sequence[BatchRow], module: str | None) -> dict[str, str]:
-    """Each row's token serial, from one listing of the tokens present when the batch starts
+    """Each row's token identity (its serial, or a pkcs11: URI where serials repeat), from one listing of the tokens present when the batch starts
     (listing every slot per row is most of the time with a full tray). Tokens named more than
     once, or not present yet, are left to the row, which looks again (and reports ambiguity)."""
     try:
@@ -268,7 +268,7 @@ def present_tokens(rows: Sequence[BatchRow], module: str | None) -> dict[str, st
     out = {}
     for name in {r.token for r in rows}:
         selector = TokenSelector.parse(name)
-        found = [t.serial for t in tokens if selector.matches(t.label, t.serial, t.manufacturer, t.model)]
+        found = [t.name for t in tokens if selector.matches(t.label, t.serial, t.manufacturer, t.model)]
         if len(found) == 1:
             out[name] = found[0]
     return out
@@ -286,15 +286,16 @@ def _one(
 ) -> RowResult:
     token_serial = None
     try:
-        # By label (or URI) once, with the ambiguity check; then by serial, which is cheaper to
-        # find again and cannot drift to another token labelled the same.
+        # By label (or URI) once, with the ambiguity check; then by identity (the serial, where
+        # serials tell tokens apart), which is cheaper to find again and cannot drift to another
+        # token labelled the same.
         if serial is not None:
             try:
-                load_module(module).token_info(TokenSelector(serial=serial))
+                load_module(module).token_info(TokenSelector.from_identity(serial))
             except TokenNotFound:
                 serial = None  # gone since the batch started; another may carry its label now
-        token_serial = serial or load_module(module).token_info(TokenSelector.parse(row.token)).serial
-        selector = TokenSelector(serial=token_serial)
+        token_serial = serial or load_module(module).token_info(TokenSelector.parse(row.token)).name
+        selector = TokenSelector.from_identity(token_serial)
         enroller = enroller_for(row)
         enroller.check_profile(row.profile)
         params = EnrollParams(

@@ -190,7 +190,7 @@ def renewer(
     def renew(rec: CertRecord) -> int:
         if rec.token_serial is None:
             raise TokenNotFound("The CA did not record which token holds this key; notify its holder.")
-        selector = TokenSelector(serial=rec.token_serial)
+        selector = TokenSelector.from_identity(rec.token_serial)
         try:
             load_module(module).token_info(selector)
         except TokenNotFound:
@@ -234,7 +234,7 @@ def resume_renewals(
         if old is None or params.ca != enroller.location:
             continue
         item = SweepItem(old, int((old.not_after - now).total_seconds() // 86400))
-        selector = TokenSelector(serial=params.token_serial)
+        selector = TokenSelector.from_identity(params.token_serial)
         try:
             load_module(module).token_info(selector)
             out = enroll(params, token=selector, pin=pin(), enroller=enroller, state=state, module=module,

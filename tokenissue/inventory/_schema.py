@@ -60,7 +60,7 @@ certificates = Table(
     Column("status", String(16), nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("revocation_reason", String(32), nullable=True),
-    Column("token_serial", String(64), nullable=True),
+    Column("token_serial", String(512), nullable=True),  # a token identity (serial or pkcs11: URI)
     Column("key_id", String(256), nullable=True),
     Column("label", Text, nullable=True),
     Column("request_id", String(128), nullable=True, unique=True),

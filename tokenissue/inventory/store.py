@@ -462,6 +462,21 @@ class Inventory:
             rows = conn.execute(query).all()
         return [self._row_to_cert(row) for row in rows]
 
+    def token_identities(self, serial: str) -> list[str]:
+        """The recorded token identities that ``serial`` may mean: the serial itself, and the
+        ``pkcs11:`` URIs (tokens whose serials repeat) whose ``serial=`` attribute it is."""
+        from urllib.parse import quote
+
+        pattern = "%;serial=" + quote(serial, safe="").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        col = certificates.c.token_serial
+        query = (
+            select(col).distinct()
+            .where((col == serial) | (col.like("pkcs11:%") & (col.like(pattern, escape="\\") | col.like(pattern + ";%", escape="\\"))))
+            .order_by(col)
+        )  # fmt: skip
+        with self._tx("read", write=False) as conn:
+            return [str(r[0]) for r in conn.execute(query).all()]
+
     def revoke(
         self,
         serial: int,

@@ -11,23 +11,28 @@ from typing import TYPE_CHECKING, Any
 from .uri import KeySelector, TokenSelector, format_uri, parse_uri
 
 if TYPE_CHECKING:
+    from ._check import TokenCheck, check_token
     from ._init import init_token
-    from ._module import Module, find_module, load_module
+    from ._module import Module, find_module, load_module, placeholder_serial, token_identity
     from .session import TokenSession, open_token
     from .signing import plan_signature
 
 __all__ = [
     "KeySelector",
     "Module",
+    "TokenCheck",
     "TokenSelector",
     "TokenSession",
+    "check_token",
     "find_module",
     "format_uri",
     "init_token",
     "load_module",
     "open_token",
     "parse_uri",
+    "placeholder_serial",
     "plan_signature",
+    "token_identity",
 ]
 
 _LAZY = {
@@ -37,6 +42,10 @@ _LAZY = {
     "TokenSession": ".session",
     "open_token": ".session",
     "plan_signature": ".signing",
+    "check_token": "._check",
+    "TokenCheck": "._check",
+    "token_identity": "._module",
+    "placeholder_serial": "._module",
     "init_token": "._init",
 }
 

@@ -37,11 +37,12 @@ from ..errors import (
     TokenIssueError,
     TokenNotFound,
 )
-from ..models import TokenInfo
+from ..models import KeyAlgorithm, TokenInfo
+from ._capabilities import Capabilities, keygen_mechanism, library_quirks
 from ._errors import translate
-from .uri import TokenSelector
+from .uri import TokenSelector, format_uri
 
-__all__ = ["CANDIDATE_MODULES", "Module", "find_module", "load_module"]
+__all__ = ["CANDIDATE_MODULES", "Module", "find_module", "load_module", "placeholder_serial", "token_identity"]
 
 #: Searched in order when no module is named. p11-kit's proxy comes last: it aggregates every
 #: module registered with p11-kit (OpenSC for smart cards, SoftHSM, vendor modules).
@@ -86,11 +87,31 @@ def load_module(path: str | None = None) -> Module:
         return mod
 
 
-def _token_info(token: Any, module: str) -> TokenInfo:
+def placeholder_serial(serial: str) -> bool:
+    """Whether a serial cannot tell tokens apart: empty, one repeated character (tpm2-pkcs11's
+    ``0000000000000000``) or shorter than 6 characters (modules that number tokens 1, 2, ...)."""
+    s = serial.strip()
+    return len(s) < 6 or len(set(s)) == 1
+
+
+def token_identity(label: str, serial: str, manufacturer: str, model: str, *, unique: bool = True) -> str:
+    """The name tokenissue records for a token (journal, inventory, locks).
+
+    Its serial when that tells it apart; else an RFC 7512 URI with the label, manufacturer,
+    model and serial, which :meth:`TokenSelector.from_identity` turns back into a selector.
+    """
+    if unique and not placeholder_serial(serial):
+        return serial
+    return format_uri(token=label, manufacturer=manufacturer, model=model, serial=serial)
+
+
+def _token_info(token: Any, module: str, *, unique: bool = True) -> TokenInfo:
     f = token.flags
+    serial = _serial(token)
     return TokenInfo(
         label=token.label,
-        serial=_serial(token),
+        serial=serial,
+        identity=token_identity(token.label, serial, token.manufacturer_id, token.model, unique=unique),
         manufacturer=token.manufacturer_id,
         model=token.model,
         initialized=bool(f & TokenFlag.TOKEN_INITIALIZED),
@@ -143,11 +164,14 @@ class Module:
         self.path = path
         self.lock = threading.RLock()
         self._lib: Any = None
-        # token serial -> [session, user kind ("user"/"so"), reference count]
+        # slot ID -> [session, user kind ("user"/"so"), reference count]; by slot, not serial:
+        # serials repeat on some modules (every tpm2-pkcs11 token has 0000000000000000)
         self._sessions: dict[str, list[Any]] = {}
         self._pid = os.getpid()
         self._dirty = False  # a failed login left a session open that only a refresh closes
-        self._slots: dict[str, Any] = {}  # token serial -> slot, from the last full listing
+        self._slots: dict[str, Any] = {}  # selector -> slot of the one token it matched
+        self._caps: dict[tuple[int, str], Capabilities] = {}  # (slot, identity) -> capability record
+        self._dup_serials: set[str] | None = None  # serials shared by tokens, from the last listing
 
     # -- loading ---------------------------------------------------------------------------
     @property
@@ -171,6 +195,8 @@ class Module:
         with self.lock:
             self._sessions.clear()
             self._slots.clear()
+            self._caps.clear()
+            self._dup_serials = None
             self._dirty = False
             if self._lib is not None:
                 with translate("re-initialise the module"):
@@ -190,12 +216,22 @@ class Module:
                     raise
                 self.refresh()
             with translate("list tokens"):
-                return [slot.get_token() for slot in self.lib.get_slots(token_present=True)]
+                found = [slot.get_token() for slot in self.lib.get_slots(token_present=True)]
+                self._duplicated(found)
+                return found
+
+    def _duplicated(self, tokens: list[Any]) -> set[str]:
+        """Serials that more than one initialised token present shares."""
+        serials = [_serial(t) for t in tokens if t.flags & TokenFlag.TOKEN_INITIALIZED]
+        self._dup_serials = {x for x in serials if serials.count(x) > 1}
+        return self._dup_serials
 
     def tokens(self, *, include_uninitialized: bool = False) -> list[TokenInfo]:
-        """Every token present, as :class:`TokenInfo`."""
+        """Every token present, as :class:`TokenInfo` (uninitialised slots left out by default)."""
         with self.lock:
-            out = [_token_info(t, self.path) for t in self._raw_tokens()]
+            raw = self._raw_tokens()
+            dup = self._duplicated(raw)
+            out = [_token_info(t, self.path, unique=_serial(t) not in dup) for t in raw]
         return [t for t in out if include_uninitialized or t.initialized]
 
     def find_token(self, selector: TokenSelector) -> Any:
@@ -210,35 +246,92 @@ class Module:
         if not found:
             raise TokenNotFound(f"No token '{selector}' found; 'tokenissue tokens' lists the tokens present.")
         if len(found) > 1:
-            raise AmbiguousToken(
-                f"{len(found)} tokens match '{selector}'; name one by serial:XXXX (see 'tokenissue tokens')."
-            )
+            raise AmbiguousToken(self._ambiguous(selector, found))
         return found[0]
 
+    def _ambiguous(self, selector: TokenSelector, found: list[Any]) -> str:
+        labels = [t.label for t in found]
+        if len(set(labels)) == len(labels):
+            # The labels tell them apart: name one by label (with its serial, if that helps).
+            example = format_uri(token=labels[0], serial=_serial(found[0]))
+            how = f"name one by label, e.g. '{labels[0]}' or '{example}'"
+        else:
+            t = found[0]
+            example = format_uri(token=t.label, manufacturer=t.manufacturer_id, model=t.model, serial=_serial(t))
+            how = f"they share labels too, so re-label one ('tokenissue token init') or name it by URI, e.g. '{example}'"
+        return f"{len(found)} tokens match '{selector}' (serials do not tell them apart); {how}."
+
     def _matching(self, selector: TokenSelector) -> list[Any]:
-        if selector.serial is not None and selector.serial in self._slots:
-            # Known serial: ask its slot alone (one C_GetTokenInfo) instead of every slot, which
+        key = str(selector)
+        if key in self._slots:
+            # Known selector: ask its slot alone (one C_GetTokenInfo) instead of every slot, which
             # with a tray of tokens is most of a batch's time. Anything unexpected: list them all.
             try:
                 with translate("read the token"):
-                    t = self._slots[selector.serial].get_token()
+                    t = self._slots[key].get_token()
                 if (t.flags & TokenFlag.TOKEN_INITIALIZED) and selector.matches(t.label, _serial(t), t.manufacturer_id, t.model):
                     return [t]
             except TokenIssueError:
                 pass
-            self._slots.pop(selector.serial, None)
-        tokens = self._raw_tokens()
-        serials = [_serial(t) for t in tokens]
-        self._slots = {s: t.slot for s, t in zip(serials, tokens, strict=True) if s and serials.count(s) == 1}
-        return [
-            t
+            self._slots.pop(key, None)
+        tokens = [t for t in self._raw_tokens() if t.flags & TokenFlag.TOKEN_INITIALIZED]
+        found = [t for t in tokens if selector.matches(t.label, _serial(t), t.manufacturer_id, t.model)]
+        if len(found) == 1:
+            self._slots[key] = found[0].slot
+        # Remember every token by its identity too: a batch names each token by identity after
+        # the first listing, and must find it without listing every slot again (one token
+        # pulled out can leave a module failing every listing until it is re-initialised).
+        dup = self._dup_serials or set()
+        names = [
+            str(TokenSelector.from_identity(token_identity(t.label, _serial(t), t.manufacturer_id, t.model,
+                                                           unique=_serial(t) not in dup)))
             for t in tokens
-            if (t.flags & TokenFlag.TOKEN_INITIALIZED) and selector.matches(t.label, _serial(t), t.manufacturer_id, t.model)
-        ]
+        ]  # fmt: skip
+        for name, t in zip(names, tokens, strict=True):
+            if names.count(name) == 1:  # two tokens alike in every respect stay ambiguous
+                self._slots.setdefault(name, t.slot)
+        return found
 
     def token_info(self, selector: TokenSelector) -> TokenInfo:
         with self.lock:
-            return _token_info(self.find_token(selector), self.path)
+            token = self.find_token(selector)
+            return self._info_of(token)
+
+    def _info_of(self, token: Any) -> TokenInfo:
+        """TokenInfo of a token found; its identity depends on whether its serial is unique."""
+        serial = _serial(token)
+        unique = not placeholder_serial(serial)
+        if unique:
+            # A second token with this serial makes the serial useless as a name. The last full
+            # listing tells (a batch asks one slot per token, not every slot).
+            if self._dup_serials is None:
+                self._raw_tokens()
+            unique = serial not in (self._dup_serials or set())
+        return _token_info(token, self.path, unique=unique)
+
+    def capabilities(self, token: Any, info: TokenInfo) -> Capabilities:
+        """The capability record of ``token`` (made on first use, kept until refresh)."""
+        with self.lock:
+            key = (token.slot.slot_id, info.identity)
+            caps = self._caps.get(key)
+            if caps is None:
+                with translate("list its mechanisms"):
+                    mechanisms = frozenset(token.slot.get_mechanisms())
+                    sizes: dict[Any, tuple[int, int]] = {}
+                    for alg in KeyAlgorithm:
+                        m = keygen_mechanism(alg)
+                        if m in mechanisms:
+                            with suppress(px.PKCS11Error):
+                                mi = token.slot.get_mechanism_info(m)
+                                sizes[m] = (int(mi.min_key_length or 0), int(mi.max_key_length or 0))
+                caps = Capabilities(
+                    library=str(self.lib.manufacturer_id).strip(),
+                    mechanisms=mechanisms,
+                    key_sizes=sizes,
+                    serials_unique=info.identity == info.serial,
+                )
+                self._caps[key] = caps
+            return caps
 
     # -- sessions --------------------------------------------------------------------------
     @contextmanager
@@ -257,7 +350,7 @@ class Module:
         """
         with self.lock:
             token = self.find_token(selector)
-            serial = _serial(token)
+            serial = token.slot.slot_id
             role = "so" if so else ("user" if pin is not None else "public")
             entry = self._sessions.get(serial)
             if entry is not None and entry[1] != role:
@@ -310,14 +403,10 @@ class Module:
 
     def _login_error(self, e: Exception, token: Any, pin: Pin | ProtectedAuth | None, so: bool) -> Exception:
         label = token.label
-        who = "SO PIN" if so else "PIN"
         if isinstance(e, px.PinIncorrect):
-            return self._pin_incorrect(_serial(token), so, label)
+            return self._pin_incorrect(token, so, label)
         if isinstance(e, px.PinLocked):
-            return PinLocked(
-                f"The {who} of token '{label}' is locked; unblock it with 'tokenissue token pin unblock' "
-                "(needs the SO PIN)."
-            )
+            return self.pin_locked(label, so)
         if isinstance(e, px.UserPinNotInitialized):
             return PinError(f"Token '{label}' has no user PIN yet; set one with 'tokenissue token pin unblock'.")
         if isinstance(e, px.UserAlreadyLoggedIn):
@@ -333,13 +422,29 @@ class Module:
         except TokenIssueError as mapped:
             return mapped
 
-    def _pin_incorrect(self, serial: str, so: bool, label: str = "") -> PinIncorrect:
+    def _pin_incorrect(self, token: Any, so: bool, label: str = "") -> PinIncorrect:
+        """The sentence for a refused PIN: what the token says about the tries left, and no more.
+
+        A token whose module never sets the try-counter flags (tpm2-pkcs11) gets no claim about
+        tries at all: "no warning" from such a token means nothing.
+        """
+        quirks = library_quirks(str(self.lib.manufacturer_id))
+        who = "SO PIN" if so else "PIN"
+        whose = f" of token '{label}'" if label else ""
+        if not quirks.pin_counters:
+            if quirks.lockout == "device":
+                tail = (
+                    "this token does not report how many tries are left, and after a few wrong PINs the device "
+                    "locks every PIN on it for a while."
+                )
+            else:
+                tail = "this token does not report how many tries are left."
+            return PinIncorrect(f"The {who}{whose} was refused and was not retried; {tail}")
         # Token flags are cached by python-pkcs11; a fresh token object reads them anew.
         info = None
         for t in self._raw_tokens():
-            if _serial(t) == serial:
+            if t.slot.slot_id == token.slot.slot_id:
                 info = _token_info(t, self.path)
-        who = "SO PIN" if so else "PIN"
         low = bool(info and (info.so_pin_count_low if so else info.user_pin_count_low))
         final = bool(info and (info.so_pin_final_try if so else info.user_pin_final_try))
         locked = bool(info and (info.so_pin_locked if so else info.user_pin_locked))
@@ -351,9 +456,19 @@ class Module:
             tail = "the token reports that few tries are left."
         else:
             tail = "the token reports no low-tries warning."
-        whose = f" of token '{label}'" if label else ""
         return PinIncorrect(
             f"The {who}{whose} was refused and was not retried; {tail}",
             count_low=low,
             final_try=final,
         )
+
+    def pin_locked(self, label: str, so: bool = False) -> PinLocked:
+        """The sentence for CKR_PIN_LOCKED: how this kind of token is unlocked."""
+        who = "SO PIN" if so else "PIN"
+        quirks = library_quirks(str(self.lib.manufacturer_id))
+        if quirks.lockout == "device":
+            return PinLocked(
+                f"Token '{label}' is locked (CKR_PIN_LOCKED): the device locked every PIN on it after too many wrong "
+                f"ones; {quirks.unlock_hint}, then try again with the right PIN."
+            )
+        return PinLocked(f"The {who} of token '{label}' is locked (CKR_PIN_LOCKED); {quirks.unlock_hint}.")

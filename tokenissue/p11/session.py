@@ -1,5 +1,11 @@
 """Operations on one logged-in token: keys, certificates, PINs.
 
+Nothing here assumes a permissive token. Key templates are negotiated with the token (strict
+sign-only first, then the documented steps of :data:`._capabilities.KEY_TEMPLATE_STEPS`), the
+new key's attributes are read back, optional certificate attributes the token refuses are left
+out, and key sizes it cannot make are refused before anything is written. What each token
+accepted is kept in its capability record (:class:`._capabilities.Capabilities`).
+
 Key IDs: when the user gives no ``--id``, a key's CKA_ID is the SHA-1 of its public key's
 subjectPublicKey BIT STRING (RFC 5280 §4.2.1.2, method 1) — the same value cryptography and
 OpenSSL put in the certificate's SubjectKeyIdentifier. The key is generated under a random
@@ -11,20 +17,40 @@ pkcs11-tool, p11tool, OpenSSL's engine and browsers pair them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import Any
 
+import pkcs11
 import pkcs11.exceptions as px
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from pkcs11 import Attribute, CertificateType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, CertificateType, MechanismFlag, ObjectClass
 from pkcs11 import KeyType as P11KeyType
 
 from ..credentials import Pin, ProtectedAuth
-from ..errors import KeyNotFound, ObjectExists, TokenError, UsageError
+from ..errors import (
+    KeyNotFound,
+    KeyUsageForced,
+    MechanismUnsupported,
+    ObjectExists,
+    ProvenanceError,
+    TokenError,
+    TokenIssueError,
+    UsageError,
+)
 from ..models import CertObject, KeyAlgorithm, KeyInfo, KeyType, TokenInfo
+from ._capabilities import (
+    KEY_TEMPLATE_STEPS,
+    OPTIONAL_CERT_ATTRIBUTES,
+    TEMPLATE_REFUSALS,
+    Capabilities,
+    TemplateStep,
+    signing_mechanisms,
+)
 from ._errors import translate
 from ._module import Module, load_module
 from .signing import TokenPrivateKey, make_private_key
@@ -102,7 +128,7 @@ class TokenSession:
             try:
                 self._session.set_pin(old.reveal(), new.reveal())
             except px.PinIncorrect:
-                raise self.module._pin_incorrect(self.info.serial, so=False) from None
+                raise self.module._pin_incorrect(self._session.token, so=False, label=self.info.label) from None
 
     def init_user_pin(self, new: Pin) -> None:
         """Set a new user PIN (SO session): unblocks a locked PIN."""
@@ -200,10 +226,34 @@ class TokenSession:
     def key(self, sel: KeySelector) -> KeyInfo:
         return self._key_info(self._one_private(sel))
 
-    def generate_key(self, key_type: KeyType, label: str, key_id: bytes | None = None) -> KeyInfo:
-        """Generate a signing key pair on the token: sensitive, never extractable, sign only."""
+    @property
+    def capabilities(self) -> Capabilities:
+        """This token's capability record (see :mod:`._capabilities`), shared by the process."""
+        return self.module.capabilities(self._session.token, self.info)
+
+    def generate_key(
+        self, key_type: KeyType, label: str, key_id: bytes | None = None, *, require_sign_only: bool = False
+    ) -> KeyInfo:
+        """Generate a signing key pair on the token: private, sensitive, never extractable.
+
+        The template is negotiated (:data:`KEY_TEMPLATE_STEPS`): the strict sign-only one
+        first, then one documented step at a time on the refusals real modules give. The key's
+        attributes are read back; a key that came out extractable or not sensitive is destroyed
+        and refused. A key the token made able to decrypt is kept, and reported as such
+        (``KeyInfo.can_decrypt``), unless ``require_sign_only`` asks for it to be refused.
+        """
         if not label:
             raise UsageError("A key needs a label (--label).")
+        caps = self.capabilities
+        refusal = caps.key_size_refusal(key_type)
+        if refusal is not None:
+            raise MechanismUnsupported(
+                f"Token '{self.info.label}' cannot make a {key_type.value} key: {refusal}; "
+                "'tokenissue token check' lists the key types it can make."
+            )
+        known = caps.template_step.get(key_type.algorithm)
+        if require_sign_only and known is not None and not known.sign_only:
+            raise KeyUsageForced(self._forced_sentence(key_type))
         if self._private_objects(KeySelector(label=label)):
             raise ObjectExists(f"Token '{self.info.label}' already has a key labelled '{label}'; choose another label.")
         if key_id is not None and self._has_id(key_id):
@@ -213,6 +263,31 @@ class TokenSession:
                 f"Token '{self.info.label}' already has objects with id {key_id.hex()}; choose another."
             )
         provisional = key_id if key_id is not None else os.urandom(20)
+        pub, priv, step = self._negotiate_keygen(key_type, provisional, label)
+        try:
+            self._check_generated(priv, key_type, require_sign_only)
+        except TokenIssueError:
+            self._destroy_pair(pub, priv)
+            raise
+        if key_id is None:
+            ski = x509.SubjectKeyIdentifier.from_public_key(self._public_from(pub, priv)).digest
+            with self.lock:
+                try:
+                    priv[Attribute.ID] = ski
+                    try:
+                        pub[Attribute.ID] = ski
+                    except px.PKCS11Error:
+                        priv[Attribute.ID] = provisional
+                        raise
+                except px.PKCS11Error:
+                    pass  # This token will not relabel; the random provisional ID stays.
+        return replace(self._key_info(priv), template=step.name)
+
+    def _negotiate_keygen(self, key_type: KeyType, kid: bytes, label: str) -> tuple[Any, Any, TemplateStep]:
+        """Generate with the first template step the token accepts; remember it for the token."""
+        caps = self.capabilities
+        algorithm = key_type.algorithm
+        allowed = signing_mechanisms(algorithm, self.mechanisms)
         private_template: dict[Any, Any] = {
             Attribute.TOKEN: True,
             Attribute.PRIVATE: True,
@@ -226,7 +301,7 @@ class TokenSession:
             # these two, a sign-only RSA key still decrypts. ALLOWED_MECHANISMS pins the key to
             # the signature mechanisms; SoftHSM also makes it read-only from then on.
             Attribute.SIGN_RECOVER: False,
-            Attribute.ALLOWED_MECHANISMS: self._signing_mechanisms(key_type.algorithm),
+            Attribute.ALLOWED_MECHANISMS: allowed,
         }
         public_template: dict[Any, Any] = {
             Attribute.TOKEN: True,
@@ -237,36 +312,82 @@ class TokenSession:
             Attribute.WRAP: False,
         }
         kwargs: dict[str, Any] = {}
-        if key_type.algorithm is KeyAlgorithm.RSA:
+        if algorithm is KeyAlgorithm.RSA:
             p11_type, kwargs["key_length"] = P11KeyType.RSA, key_type.bits
-        elif key_type.algorithm is KeyAlgorithm.EC:
+        elif algorithm is KeyAlgorithm.EC:
             p11_type = P11KeyType.EC
             assert key_type.curve is not None
             public_template[Attribute.EC_PARAMS] = _EC_PARAMS[key_type.curve]
         else:
             p11_type = P11KeyType.EC_EDWARDS
             public_template[Attribute.EC_PARAMS] = _ED25519_PARAMS[0]
-        with self.lock, translate(f"generate a {key_type.value} key"):
-            try:
-                pub, priv = self._generate(p11_type, provisional, label, public_template, private_template, kwargs)
-            except (px.AttributeTypeInvalid, px.AttributeValueInvalid, px.TemplateInconsistent):
-                # Tokens older than PKCS#11 v2.40 may not know CKA_ALLOWED_MECHANISMS; the
-                # key is then limited by CKA_DECRYPT/SIGN_RECOVER alone.
-                private_template.pop(Attribute.ALLOWED_MECHANISMS)
-                pub, priv = self._generate(p11_type, provisional, label, public_template, private_template, kwargs)
-        if key_id is None:
-            ski = x509.SubjectKeyIdentifier.from_public_key(self._public_from(pub, priv)).digest
-            with self.lock:
+        known = caps.template_step.get(algorithm)
+        steps = [known] if known is not None else list(KEY_TEMPLATE_STEPS)
+        refusals: list[tuple[str, str]] = []
+        for step in steps:
+            # pkcs11.DEFAULT removes the attribute from the template python-pkcs11 builds.
+            priv_t = {**private_template, **dict.fromkeys(step.omit_private, pkcs11.DEFAULT)}
+            pub_t = {**public_template, **dict.fromkeys(step.omit_public, pkcs11.DEFAULT)}
+            with self.lock, translate(f"generate a {key_type.value} key"):
                 try:
-                    priv[Attribute.ID] = ski
-                    try:
-                        pub[Attribute.ID] = ski
-                    except px.PKCS11Error:
-                        priv[Attribute.ID] = provisional
+                    pub, priv = self._generate(p11_type, kid, label, pub_t, priv_t, kwargs)
+                except px.PKCS11Error as e:
+                    if type(e).__name__ not in TEMPLATE_REFUSALS:
                         raise
-                except px.PKCS11Error:
-                    pass  # This token will not relabel; the random provisional ID stays.
-        return self._key_info(priv)
+                    refusals.append((step.name, _rv_name(e)))
+                    # The ID is fresh and random (or checked unused): anything under it now is
+                    # half a key pair a module kept after refusing the template.
+                    for o in list(self._session.get_objects({Attribute.ID: kid})):
+                        with suppress(px.PKCS11Error):
+                            o.destroy()
+                    continue
+            if known is None:
+                caps.template_step[algorithm] = step
+                caps.template_refusals[algorithm] = refusals
+            return pub, priv, step
+        kinds = {r for _, r in refusals}
+        # CKR_ATTRIBUTE_VALUE_INVALID for a template the token takes for other sizes: the size.
+        size = (
+            f" (CKR_ATTRIBUTE_VALUE_INVALID: it probably cannot make {key_type.bits}-bit keys)"
+            if kinds == {"CKR_ATTRIBUTE_VALUE_INVALID"} and algorithm is not KeyAlgorithm.ED25519 else ""
+        )  # fmt: skip
+        if known is not None:
+            raise TokenError(
+                f"Token '{self.info.label}' refused a {key_type.value} key with the template it accepted before"
+                f"{size or f' ({refusals[-1][1]}); it may be full or failing. Check it with tokenissue keys list'}."
+            )
+        caps.template_refusals[algorithm] = refusals
+        raise TokenError(
+            f"Token '{self.info.label}' refused every key template tokenissue can use for a {key_type.value} key"
+            f"{size or ' (' + ', '.join(sorted(kinds)) + ')'}; 'tokenissue token check --probe' shows what it accepts."
+        )
+
+    def _check_generated(self, priv: Any, key_type: KeyType, require_sign_only: bool) -> KeyInfo:
+        """Read the new key back; refuse what the token made weaker than it must be."""
+        info = self._key_info(priv)
+        if info.extractable or not info.sensitive:
+            what = "extractable" if info.extractable else "not sensitive"
+            raise ProvenanceError(
+                f"Token '{self.info.label}' made the {key_type.value} key {what} although the template forbade it; "
+                "the key was destroyed. Such a token cannot hold a key tokenissue can vouch for."
+            )
+        if require_sign_only and info.can_decrypt:
+            raise KeyUsageForced(self._forced_sentence(key_type))
+        return info
+
+    def _forced_sentence(self, key_type: KeyType) -> str:
+        return (
+            f"Token '{self.info.label}' makes every {key_type.value} key able to decrypt as well as sign, and "
+            "sign-only keys were required (--require-sign-only or the profile's require_sign_only); no key was kept. "
+            "Use a token that makes sign-only keys, or drop the requirement."
+        )
+
+    def _destroy_pair(self, pub: Any, priv: Any) -> None:
+        with self.lock:
+            for o in (priv, pub):
+                if o is not None:
+                    with suppress(px.PKCS11Error):
+                        o.destroy()
 
     def _generate(
         self, p11_type: Any, kid: bytes, label: str, public: dict[Any, Any], private: dict[Any, Any], kwargs: dict[str, Any]
@@ -283,19 +404,6 @@ class TokenSession:
                 **kwargs,
             )
         )
-
-    def _signing_mechanisms(self, algorithm: KeyAlgorithm) -> list[Any]:
-        """The signature mechanisms a new key may use: those of its algorithm the token offers."""
-        wanted = {
-            KeyAlgorithm.RSA: (
-                Mechanism.RSA_PKCS, Mechanism.SHA256_RSA_PKCS, Mechanism.SHA384_RSA_PKCS,
-                Mechanism.SHA512_RSA_PKCS, Mechanism.RSA_PKCS_PSS, Mechanism.SHA256_RSA_PKCS_PSS,
-                Mechanism.SHA384_RSA_PKCS_PSS, Mechanism.SHA512_RSA_PKCS_PSS,
-            ),
-            KeyAlgorithm.EC: (Mechanism.ECDSA, Mechanism.ECDSA_SHA256, Mechanism.ECDSA_SHA384, Mechanism.ECDSA_SHA512),
-            KeyAlgorithm.ED25519: (Mechanism.EDDSA,),
-        }[algorithm]
-        return [m for m in wanted if m in self.mechanisms]
 
     def delete_key(self, sel: KeySelector, *, with_certificates: bool = True) -> KeyInfo:
         """Destroy the private key, its public key and (by default) certificates under its ID."""
@@ -414,24 +522,69 @@ class TokenSession:
             if existing:
                 label = existing[0][Attribute.LABEL] or ""
                 return _cert_object(key_id, label, der, cert, has_key=self._has_object(ObjectClass.PRIVATE_KEY, key_id))
-        attrs = {
+        attrs: dict[Any, Any] = {
             Attribute.CLASS: ObjectClass.CERTIFICATE,
             Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
             Attribute.TOKEN: True,
             Attribute.PRIVATE: False,
             Attribute.ID: key_id,
             Attribute.LABEL: label,
+            # Always given: SoftHSM (and the PKCS#11 spec) require CKA_SUBJECT.
             Attribute.SUBJECT: cert.subject.public_bytes(),
+            Attribute.VALUE: der,
             Attribute.ISSUER: cert.issuer.public_bytes(),
             Attribute.SERIAL_NUMBER: _der_integer(cert.serial_number),
-            Attribute.VALUE: der,
         }
         if trusted:
             # CKA_CERTIFICATE_CATEGORY 2 = authority (CKA_TRUSTED itself needs an SO session).
             attrs[Attribute.CERTIFICATE_CATEGORY] = 2
-        with self.lock, translate("store the certificate"):
-            self._session.create_object(attrs)
+        self._create_certificate(attrs)
         return _cert_object(key_id, label, der, cert, has_key=self._has_object(ObjectClass.PRIVATE_KEY, key_id))
+
+    def _create_certificate(self, attrs: dict[Any, Any]) -> None:
+        """C_CreateObject, leaving out the optional attributes the token refuses.
+
+        PKCS#11 does not say which attribute a template failed on, so after a refusal each
+        optional attribute is left out alone in turn (one culprit costs at most one try per
+        optional attribute), then all of them. What the token refused is remembered in its
+        capability record and left out from the start next time.
+        """
+        caps = self.capabilities
+        for a in caps.cert_refused:
+            attrs.pop(a, None)
+        optional = [a for a in OPTIONAL_CERT_ATTRIBUTES if a in attrs]
+        refusals = (px.AttributeTypeInvalid, px.AttributeValueInvalid, px.TemplateInconsistent, px.AttributeReadOnly)
+        with self.lock, translate("store the certificate"):
+            try:
+                self._session.create_object(attrs)
+                return
+            except refusals as e:
+                first = e
+                self._remove_leftovers(attrs)
+            for drop in [[a] for a in optional] + ([optional] if len(optional) > 1 else []):
+                try:
+                    self._session.create_object({k: v for k, v in attrs.items() if k not in drop})
+                except refusals:
+                    self._remove_leftovers(attrs)
+                    continue
+                caps.cert_refused.update(drop)
+                return
+        raise TokenError(
+            f"Token '{self.info.label}' refused to store the certificate ({_rv_name(first)}) even with only the "
+            "required attributes (class, type, id, label, subject, value); 'tokenissue token check --probe' tells more."
+        ) from first
+
+    def _remove_leftovers(self, attrs: dict[Any, Any]) -> None:
+        """Destroy what a refused C_CreateObject left behind.
+
+        SoftHSM 2.6 stores the object before it checks the attributes, and keeps it when one is
+        refused: a certificate object with an empty CKA_VALUE, CKA_ID and CKA_LABEL. No
+        certificate is ever empty, so such objects are removed; nothing else is touched.
+        """
+        for o in list(self._session.get_objects({Attribute.CLASS: attrs[Attribute.CLASS], Attribute.VALUE: b""})):
+            with suppress(px.PKCS11Error):
+                if not bytes(o[Attribute.VALUE]):
+                    o.destroy()
 
     def relabel(self, key_id: bytes, label: str) -> None:
         """Give the key pair and the certificates under ``key_id`` the label ``label``."""
@@ -470,6 +623,11 @@ def _cert_object(kid: bytes, label: str, der: bytes, cert: x509.Certificate, *, 
         is_ca=is_ca,
         has_key=has_key,
     )
+
+
+def _rv_name(e: Exception) -> str:
+    """CKR_ATTRIBUTE_TYPE_INVALID for python-pkcs11's AttributeTypeInvalid, and so on."""
+    return "CKR_" + re.sub(r"(?<!^)(?=[A-Z])", "_", type(e).__name__).upper()
 
 
 def _der_integer(value: int) -> bytes:

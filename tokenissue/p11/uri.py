@@ -50,6 +50,8 @@ def _pct(value: bytes) -> str:
 def format_uri(
     *,
     token: str | None = None,
+    manufacturer: str | None = None,
+    model: str | None = None,
     serial: str | None = None,
     object: str | None = None,
     id: bytes | None = None,
@@ -59,6 +61,10 @@ def format_uri(
     parts = []
     if token is not None:
         parts.append("token=" + quote(token, safe=""))
+    if manufacturer is not None:
+        parts.append("manufacturer=" + quote(manufacturer, safe=""))
+    if model is not None:
+        parts.append("model=" + quote(model, safe=""))
     if serial is not None:
         parts.append("serial=" + quote(serial, safe=""))
     if object is not None:
@@ -99,6 +105,13 @@ class TokenSelector:
             return cls(serial=text.split(":", 1)[1].strip())
         return cls(label=text)
 
+    @classmethod
+    def from_identity(cls, identity: str) -> TokenSelector:
+        """The selector for a recorded token identity: a serial, or a pkcs11: URI."""
+        if identity.startswith("pkcs11:"):
+            return cls.parse(identity)
+        return cls(serial=identity)
+
     def matches(self, label: str, serial: str, manufacturer: str, model: str) -> bool:
         return (
             (self.label is None or self.label == label)
@@ -108,9 +121,11 @@ class TokenSelector:
         )
 
     def __str__(self) -> str:
-        if self.serial and not self.label:
+        if self.serial and self.label is None and self.manufacturer is None and self.model is None:
             return f"serial:{self.serial}"
-        return format_uri(token=self.label, serial=self.serial) if self.serial else str(self.label)
+        if self.serial is None and self.manufacturer is None and self.model is None:
+            return str(self.label)
+        return format_uri(token=self.label, manufacturer=self.manufacturer, model=self.model, serial=self.serial)
 
 
 @dataclass(frozen=True)
