@@ -689,7 +689,7 @@ def abandon(state: Inventory, journal_id: str, *, present: Callable[[str], bool]
     if entry is None or entry.kind != "enroll":
         raise UsageError(f"There is no enrollment {journal_id} in the journal; 'tokenissue journal list' shows the open ones.")
     serial = str(entry.params.get("token_serial", ""))
-    busy = TokenBusy(f"Another tokenissue process is enrolling on token serial {serial}; try again once it has finished.")
+    busy = TokenBusy(f"Another tokenissue process is enrolling on token {serial}; try again once it has finished.")
     with state.exclusive(f"enroll:{serial}", busy=busy):
         return _abandon(state, journal_id, present)
 

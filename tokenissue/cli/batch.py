@@ -160,6 +160,13 @@ def enroll(
             sink(result)
             view.done(result)
 
+        if jobs > 1 and not _parallel_writers(ctx):
+            # Every token of such a module is in one file that takes one writer at a time.
+            err_console().print(
+                "This PKCS#11 module keeps all its tokens in one store that takes one writer at a time "
+                "(tpm2-pkcs11); the rows run one after the other instead of --jobs at once.", markup=False,
+            )  # fmt: skip
+            jobs = 1
         if jobs > 1:
             done = _run_parallel(ctx, rows, jobs, ca, pin, enrollers, codes, ca_trust, view.start, on_result)
         else:
@@ -178,6 +185,15 @@ def enroll(
             f"{len(bad)} of {len(done)} row(s) did not finish (first: line {bad[0].line}: {(bad[0].error or '').rstrip('.')}). "
             "Fix what they say and run the same command again; finished rows are kept."
         )
+
+
+def _parallel_writers(ctx: typer.Context) -> bool:
+    from .. import p11
+
+    try:
+        return bool(p11.load_module(state(ctx).module).quirks.concurrent_writers)
+    except TokenIssueError:
+        return True  # the module cannot even start: the rows will say so, one by one
 
 
 def _run_parallel(

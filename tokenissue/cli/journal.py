@@ -33,9 +33,12 @@ def list_open(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if not entries:
         console().print("No unfinished enrollment.")
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("Journal ID", "Step", "Token serial", "Present", "Subject", "Certificate", "Updated")
+    # The token's identity: its serial, or a pkcs11: URI where serials repeat; folded, never cut,
+    # because it is what 'revoke --token-serial' takes.
+    token = Column("Token", overflow="fold")
+    table = Table("Journal ID", "Step", token, "Present", "Subject", "Certificate", "Updated")
     for u in entries:
         cert = format(u.certificate.serial_number, "x") if u.certificate else ("maybe (CA asked)" if u.may_be_issued else "-")
         table.add_row(
@@ -66,7 +69,7 @@ def abandon(
     if json_out:
         emit_json(ended.as_json())
         return
-    console().print(f"Ended enrollment {ended.journal_id} of {ended.subject} on token serial {ended.token_serial}.", markup=False)
+    console().print(f"Ended enrollment {ended.journal_id} of {ended.subject} on token {ended.token_serial}.", markup=False)
     if ended.certificate is not None:
         what = f"The CA issued certificate {ended.certificate.serial_number:x} for it, whose key is lost"
     elif ended.may_be_issued:

@@ -482,7 +482,8 @@ def _absent_hint(journal_id: str, params: Any) -> str:
             f" If that token is gone for good: 'tokenissue journal abandon {journal_id}', and ask the CA's operator "
             "to revoke what it issued for it."
         )
-    return f" If that token is gone for good: '{command}' revokes its certificates and ends this enrollment."
+    # The command comes last and unquoted: it is quoted for the shell already (URIs hold ';').
+    return f" If that token is gone for good, this revokes its certificates and ends this enrollment: {command}"
 
 
 def _report(results: list[dict[str, Any]], json_out: bool) -> None:

@@ -236,8 +236,9 @@ def check_dict(r: p11.TokenCheck) -> dict[str, Any]:
                         else "count wrong PINs yourself.")
                      + " A wrong PIN is tried once and never again.")  # fmt: skip
     if not r.serials_unique:
-        notes.append(f"Its serial does not tell it apart; tokenissue records it as {r.token.name}, so keep its label "
-                     "unique among tokens of this model.")  # fmt: skip
+        notes.append(f"Its serial does not tell it apart; tokenissue records it as {r.token.name}. Give it a label no "
+                     "other token of this model has, on any machine enrolling with the same CA: a lost-token revocation "
+                     "(revoke --token-serial) revokes every certificate recorded under that name.")  # fmt: skip
     return {
         "token": token_dict(r.token),
         "library": r.library,

@@ -162,6 +162,10 @@ class _Quirks:
     dictionary-attack protection locks every PIN on it until its recovery time passes."""
     unlock_hint: str = "unblock it with 'tokenissue token pin unblock' (needs the SO PIN)"
     """What the holder does about CKR_PIN_LOCKED."""
+    concurrent_writers: bool = True
+    """Whether processes may write to different tokens of this module at once (tpm2-pkcs11
+    keeps every token of a store in one SQLite file: parallel writers get "database is
+    locked", reported as CKR_GENERAL_ERROR)."""
     expect_sign_only: bool | None = None
     expect_allowed_mechanisms: bool | None = None
     expect_certificate_category: bool | None = None
@@ -175,6 +179,7 @@ _LIBRARY_QUIRKS: dict[str, _Quirks] = {
     "tpm2-software.github.io": _Quirks(
         pin_counters=False,
         lockout="device",
+        concurrent_writers=False,
         unlock_hint=(
             "wait for the TPM's lockout recovery time, or have its owner run 'tpm2_dictionarylockout --clear-lockout'"
         ),

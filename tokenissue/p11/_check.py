@@ -112,8 +112,8 @@ class TokenCheck:
     serials_unique: bool
     """Whether the token's serial tells it apart from every other token present."""
     source: dict[str, str] = field(default_factory=dict)
-    """Per finding, where it comes from: "probe", "mechanism list", "known module behaviour",
-    "tokens present", ... or "unknown (...)"."""
+    """Per finding, where it comes from: "probe", "known module behaviour", "tokens present", a
+    placeholder serial, or why it is unknown ("module not on record; ...")."""
     certificates_stored: bool | None = None
     """Probe: whether the token stored a certificate object at all."""
     certificate_error: str = ""
@@ -165,13 +165,13 @@ def check_token(session: Any, present: list[TokenInfo], *, probe: bool = False) 
     category = quirks.expect_certificate_category
     refused: list[str] | None = None
     for k, v in (("sign_only_keys", sign_only), ("allowed_mechanisms", allowed), ("certificate_category", category)):
-        source[k] = "known module behaviour" if v is not None else "unknown (run with --probe)"
+        source[k] = "known module behaviour" if v is not None else "module not on record; run with --probe"
     # A module tokenissue has no record of gets no claim about its PIN counters: proving them
     # would take wrong PINs.
     pin_counters: bool | None = caps.pin_counters if known else None
     lockout: str | None = caps.lockout if known else None
     source["pin_counters"] = (
-        "known module behaviour" if known else "unknown module (not probed: that would take wrong PINs)"
+        "known module behaviour" if known else "module not on record; never probed: that would take wrong PINs"
     )
     stored: bool | None = None
     cert_error = ""

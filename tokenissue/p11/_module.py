@@ -150,6 +150,13 @@ def _attribute_mapper() -> Any:
     return mapper
 
 
+def _rv(e: Exception) -> str:
+    """CKR_GENERAL_ERROR for python-pkcs11's GeneralError, and so on."""
+    import re
+
+    return "CKR_" + re.sub(r"(?<!^)(?=[A-Z])", "_", type(e).__name__).upper()
+
+
 def _serial(token: Any) -> str:
     raw = token.serial
     if isinstance(raw, bytes):
@@ -184,9 +191,17 @@ class Module:
                 try:
                     self._lib = pkcs11.lib(self.path)
                 except px.PKCS11Error as e:
+                    # python-pkcs11 raises the bare PKCS11Error (a RuntimeError) when dlopen fails,
+                    # and a CKR_* subclass when the module loaded but its C_Initialize failed.
+                    if type(e) is px.PKCS11Error:
+                        raise ConfigError(
+                            f"Cannot load PKCS#11 module '{self.path}': it is not a loadable PKCS#11 library; "
+                            "check --module / TOKENISSUE_MODULE."
+                        ) from e
                     raise ConfigError(
-                        f"Cannot load PKCS#11 module '{self.path}'; is it a PKCS#11 library "
-                        "(and is SOFTHSM2_CONF readable, for SoftHSM)?"
+                        f"PKCS#11 module '{self.path}' loaded but would not start (C_Initialize: {_rv(e)}); check its "
+                        "configuration (SoftHSM: SOFTHSM2_CONF; tpm2-pkcs11: TPM2_PKCS11_STORE, TPM2_PKCS11_TCTI "
+                        "and that the TPM and its resource manager are running)."
                     ) from e
             return self._lib
 
@@ -308,6 +323,11 @@ class Module:
                 self._raw_tokens()
             unique = serial not in (self._dup_serials or set())
         return _token_info(token, self.path, unique=unique)
+
+    @property
+    def quirks(self) -> Any:
+        """This module's quirks (:func:`._capabilities.library_quirks`)."""
+        return library_quirks(str(self.lib.manufacturer_id))
 
     def capabilities(self, token: Any, info: TokenInfo) -> Capabilities:
         """The capability record of ``token`` (made on first use, kept until refresh)."""

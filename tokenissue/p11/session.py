@@ -17,7 +17,6 @@ pkcs11-tool, p11tool, OpenSSL's engine and browsers pair them.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -52,7 +51,7 @@ from ._capabilities import (
     signing_mechanisms,
 )
 from ._errors import translate
-from ._module import Module, load_module
+from ._module import Module, _rv, load_module
 from .signing import TokenPrivateKey, make_private_key
 from .uri import KeySelector, TokenSelector
 
@@ -334,7 +333,7 @@ class TokenSession:
                 except px.PKCS11Error as e:
                     if type(e).__name__ not in TEMPLATE_REFUSALS:
                         raise
-                    refusals.append((step.name, _rv_name(e)))
+                    refusals.append((step.name, _rv(e)))
                     # The ID is fresh and random (or checked unused): anything under it now is
                     # half a key pair a module kept after refusing the template.
                     for o in list(self._session.get_objects({Attribute.ID: kid})):
@@ -570,7 +569,7 @@ class TokenSession:
                 caps.cert_refused.update(drop)
                 return
         raise TokenError(
-            f"Token '{self.info.label}' refused to store the certificate ({_rv_name(first)}) even with only the "
+            f"Token '{self.info.label}' refused to store the certificate ({_rv(first)}) even with only the "
             "required attributes (class, type, id, label, subject, value); 'tokenissue token check --probe' tells more."
         ) from first
 
@@ -623,11 +622,6 @@ def _cert_object(kid: bytes, label: str, der: bytes, cert: x509.Certificate, *, 
         is_ca=is_ca,
         has_key=has_key,
     )
-
-
-def _rv_name(e: Exception) -> str:
-    """CKR_ATTRIBUTE_TYPE_INVALID for python-pkcs11's AttributeTypeInvalid, and so on."""
-    return "CKR_" + re.sub(r"(?<!^)(?=[A-Z])", "_", type(e).__name__).upper()
 
 
 def _der_integer(value: int) -> bytes:
