@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,21 @@ def test_tracebacks_never_show_locals() -> None:
     from tokenissue.cli import _app
 
     assert _app.app.pretty_exceptions_show_locals is False
+
+
+def test_a_pin_file_that_is_not_utf8_is_a_pin_error_without_its_bytes(softhsm: SoftHSM) -> None:
+    """Latin-1 bytes in a PIN file (or on stdin): exit 5 with a sentence, not exit 1 with
+    'Unexpected error: UnicodeDecodeError', and the bytes are never echoed."""
+    pin_file = softhsm.root / "pin.latin1"
+    pin_file.write_bytes(b"p\xe4ss\xff9\n")
+    pin_file.chmod(0o600)
+    env = {k: v for k, v in softhsm.env.items() if k != "TOKENISSUE_PIN"}
+    for args, stdin in ((("--pin-file", str(pin_file)), None), (("--pin-file", "-"), b"p\xe4ss\xff9\n")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tokenissue.cli", "keys", "list", "-t", "test", *args],
+            input=stdin, capture_output=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+        err = proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == 5, err
+        assert "not UTF-8" in err and "Unexpected" not in err, err
+        assert b"\xe4" not in proc.stderr + proc.stdout and "äss" not in err

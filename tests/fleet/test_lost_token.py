@@ -113,3 +113,33 @@ def test_revoke_by_token_serial_revokes_and_ends_the_entry(lost: tuple[TokenCA, 
     resumed = ca.run("enroll", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert ca.run("enroll", "--resume").stdout.startswith("No unfinished enrollment")
+
+
+def test_a_lost_token_named_by_label_or_a_wrong_serial_is_refused_with_a_hint(lost: tuple[TokenCA, str, str]) -> None:
+    """'revoke --token-serial' (holder) and 'ca revoke --token-serial' (CA) with a label or a
+    serial nothing was recorded for: exit 6 and a sentence saying what the option takes, not
+    exit 0 with 'Nothing was revoked'. Nothing is revoked, the journal entry stays open."""
+    ca, _, gone_id = lost
+    for args in (("revoke", "--token-serial", "gone", "--ca", str(ca.dir)),
+                 ("revoke", "--token-serial", "deadbeefdeadbeef", "--ca", str(ca.dir)),
+                 ("ca", "revoke", "--ca-dir", str(ca.dir), "--token-serial", "gone")):  # fmt: skip
+        proc = ca.run(*args)
+        assert proc.returncode == 6, (args, proc.returncode, proc.stdout, proc.stderr)
+        said = " ".join(proc.stderr.split())
+        assert "No certificate is recorded for token" in said and "not its label" in said, said
+    assert all(r["status"] == "valid" for r in ca.json("ca", "list", "--ca-dir", str(ca.dir)))
+    assert gone_id in {e["journal_id"] for e in ca.json("journal", "list")}
+
+
+def test_ca_revoke_of_a_lost_token_is_key_compromise_and_takes_rfc_reason_names(lost: tuple[TokenCA, str, str]) -> None:
+    """A lost token is key-compromise on the CA's side too (was 'unspecified'); --reason takes
+    RFC 5280's and openssl's spelling (cessationOfOperation) as well as the CLI's."""
+    ca, gone_serial, _ = lost
+    revoked = ca.json("ca", "revoke", "--ca-dir", str(ca.dir), "--token-serial", gone_serial)
+    assert revoked and {r["reason"] for r in revoked} == {"key-compromise"}
+    others = [r for r in ca.json("ca", "list", "--ca-dir", str(ca.dir)) if r["status"] == "valid"]
+    if others:
+        one = ca.json("ca", "revoke", "--ca-dir", str(ca.dir), others[0]["serial"], "--reason", "cessationOfOperation")
+        assert [r["reason"] for r in one] == ["cessation-of-operation"]
+    bad = ca.run("ca", "revoke", "--ca-dir", str(ca.dir), "00", "--reason", "stolen")
+    assert bad.returncode == 2 and "is not a revocation reason" in bad.stderr, bad.stderr

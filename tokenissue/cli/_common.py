@@ -17,6 +17,7 @@ import typer
 
 from ..credentials import PROTECTED_AUTH, Pin, ProtectedAuth
 from ..errors import PinError, UsageError
+from ..models import RevocationReason
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -131,15 +132,16 @@ class PinSource:
         if self.protected_auth:
             return PROTECTED_AUTH
         if self.pin_file is not None:
-            return Pin(read_secret_file(self.pin_file, self.what))
+            where = "standard input" if str(self.pin_file) == "-" else f"file '{self.pin_file}'"
+            return _utf8(read_secret_file(self.pin_file, self.what), self.what, where)
         if self.pin_env:
             value = os.environ.get(self.pin_env)
             if value is None:
                 raise PinError(f"Environment variable {self.pin_env} (--pin-env) is not set.")
-            return Pin(value)
+            return _utf8(value, self.what, f"variable {self.pin_env}")
         value = os.environ.get(self.env_default)
         if value is not None:
-            return Pin(value)
+            return _utf8(value, self.what, f"variable {self.env_default}")
         return Pin(prompt_secret(self.what, confirm=confirm, hint=f"{self.env_default} or use {self.file_option}"))
 
     @property
@@ -154,13 +156,26 @@ class PinSource:
         return got
 
 
+def _utf8(value: str, what: str, where: str) -> Pin:
+    """A PIN that is UTF-8 text (PKCS#11 PINs are). Python hands undecodable bytes from stdin and
+    the environment on as surrogates; they are refused here, without being shown."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PinError(f"The {what} in {where} is not UTF-8 text; PINs are UTF-8 (PKCS#11), so give it as UTF-8.") from None
+    return Pin(value)
+
+
 def read_secret_file(path: Path, what: str) -> str:
     """One secret from a file (or stdin for '-'): first line, trailing newline removed.
 
     Files readable by group or others are refused, like ssh does with private keys.
     """
     if str(path) == "-":
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except UnicodeDecodeError:
+            raise PinError(f"The {what} on standard input is not UTF-8 text; PINs are UTF-8 (PKCS#11).") from None
         if not line:
             raise PinError(f"No {what} on standard input.")
         return line.rstrip("\r\n")
@@ -174,6 +189,9 @@ def read_secret_file(path: Path, what: str) -> str:
         data = path.read_text(encoding="utf-8")
     except OSError:
         raise PinError(f"Cannot read the {what} file '{path}'.") from None
+    except UnicodeDecodeError:
+        # Said without the bytes: they are (part of) the secret.
+        raise PinError(f"The {what} file '{path}' is not UTF-8 text; PINs are UTF-8 (PKCS#11), so re-save it as UTF-8.") from None
     lines = data.splitlines()
     if not lines or not lines[0]:
         raise PinError(f"The {what} file '{path}' is empty.")
@@ -225,6 +243,34 @@ RequireSignOnlyOpt = Annotated[
         "is kept and reported: some tokens (TPMs) cannot make sign-only keys. See docs/tokens-and-keys.md.",
     ),
 ]
+
+
+ReasonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reason",
+        metavar="REASON",
+        help="RFC 5280 revocation reason: unspecified, key-compromise, ca-compromise, affiliation-changed, "
+        "superseded, cessation-of-operation, certificate-hold, privilege-withdrawn (RFC 5280's and openssl's "
+        "spellings such as keyCompromise are accepted too).",
+    ),
+]
+
+
+def parse_reason(text: str | None, default: RevocationReason) -> RevocationReason:
+    """A revocation reason as users write it: 'key-compromise', 'keyCompromise' (RFC 5280,
+    openssl), 'key_compromise' or 'KEY-COMPROMISE'."""
+    if text is None:
+        return default
+    import re
+
+    canon = re.sub(r"(?<=[a-z])(?=[A-Z])", "-", text.strip()).lower().replace("_", "-")
+    for r in RevocationReason:
+        if canon == r.value:
+            return r
+    raise UsageError(
+        f"'{text}' is not a revocation reason; use one of {', '.join(r.value for r in RevocationReason)}."
+    )
 
 
 def parse_duration(text: str) -> timedelta:

@@ -15,12 +15,14 @@ from ._common import (
     JsonOpt,
     PinEnvOpt,
     PinFileOpt,
+    ReasonOpt,
     RequireSignOnlyOpt,
     ca_pin_source,
     console,
     emit_json,
     err_console,
     parse_duration,
+    parse_reason,
     state,
 )
 from ._render import FORCED_NOTE, plain
@@ -30,7 +32,6 @@ audit_app = typer.Typer(help="The CA's append-only, hash-chained audit log.", no
 app.add_typer(audit_app, name="audit")
 
 CaDirOpt = Annotated[Path, typer.Option("--ca-dir", "-d", help="The CA directory (ca.toml, ca.pem, ca.db).", envvar="TOKENISSUE_CA_DIR")]
-Reason = enum.Enum("Reason", {r.name: r.value for r in RevocationReason}, type=str)  # type: ignore[misc]
 KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
 
 
@@ -326,20 +327,27 @@ def revoke(
     ca_dir: CaDirOpt,
     serial: Annotated[str | None, typer.Argument(help="Serial number in hex, as 'ca list' shows it.")] = None,
     token_serial: Annotated[str | None, typer.Option("--token-serial", help="Revoke every certificate whose key is on this (lost) token.")] = None,
-    reason: Annotated[Reason, typer.Option("--reason", help="RFC 5280 revocation reason.")] = Reason("unspecified"),  # noqa: B008
+    reason: ReasonOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Revoke a certificate by serial, or all of a lost token's certificates."""
+    """Revoke a certificate by serial (reason unspecified unless given), or all of a lost token's
+    certificates (key-compromise unless given: its keys are out of the holder's hands)."""
+    from .lifecycle import lost_token_identity, require_recorded_token
+
     if (serial is None) == (token_serial is None):
         raise UsageError("Give either a SERIAL or --token-serial.")
-    why = RevocationReason(reason.value)
     with _open(ctx, ca_dir) as ca:
         if serial is not None:
+            why = parse_reason(reason, RevocationReason.UNSPECIFIED)
             try:
                 recs = [ca.revoke(int(serial.replace(":", ""), 16), why)]
             except ValueError:
                 raise UsageError(f"'{serial}' is not a hex serial number.") from None
         else:
+            assert token_serial is not None
+            why = parse_reason(reason, RevocationReason.KEY_COMPROMISE)
+            token_serial = lost_token_identity(token_serial, ca.inventory)
+            require_recorded_token(token_serial, ca.inventory)
             recs = ca.revoke_token(token_serial, why)
     if json_out:
         emit_json([record_dict(r) for r in recs])

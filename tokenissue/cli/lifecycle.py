@@ -23,6 +23,7 @@ from ._common import (
     PinEnvOpt,
     PinFileOpt,
     ProtectedAuthOpt,
+    ReasonOpt,
     RequireSignOnlyOpt,
     ca_pin_source,
     console,
@@ -30,6 +31,7 @@ from ._common import (
     err_console,
     holder_token,
     parse_duration,
+    parse_reason,
     read_secret_file,
     state,
     user_pin_source,
@@ -37,7 +39,6 @@ from ._common import (
 from ._render import FORCED_NOTE, plain
 
 KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
-Reason = enum.Enum("Reason", {r.name: r.value for r in RevocationReason}, type=str)  # type: ignore[misc]
 
 TokenOptional = Annotated[
     str | None,
@@ -431,6 +432,20 @@ def present_token_serials(ctx: typer.Context, *, unusable_module_is_none: bool =
         return set()
 
 
+def require_recorded_token(identity: str, *inventories: Any) -> None:
+    """Refuse a lost-token revocation that names no token these inventories ever recorded (a
+    label, a mistyped serial): 'nothing revoked' would read as success."""
+    from ..errors import NotFound
+
+    if any(inv.list_certificates(token_serial=identity) for inv in inventories):
+        return
+    raise NotFound(
+        f"No certificate is recorded for token '{identity}' at this CA, so nothing was revoked; --token-serial "
+        "takes the token's serial (or the pkcs11: URI where serials repeat) as 'tokenissue ca list' shows it in "
+        "its Token column, not its label."
+    )
+
+
 def lost_token_identity(value: str, *inventories: Any) -> str:
     """The recorded identity a lost token's ``--token-serial`` names.
 
@@ -656,6 +671,8 @@ def renew(
                 f"Renewed {res['replaces']} → serial {res['serial']} (key {res['label']}), valid until {str(res['not_after'])[:10]}.",
                 markup=False,
             )
+            if res.get("key_can_decrypt"):
+                err_console().print(FORCED_NOTE, markup=False)
 
 
 def _ari(ctx: typer.Context, report: Any, acme: AcmeArgs, ca_trust: Path | None) -> Any:
@@ -702,7 +719,7 @@ def revoke(
         ),
     ] = None,
     ca: CaOpt = None,
-    reason: Annotated[Reason, typer.Option("--reason", help="RFC 5280 reason; lost tokens default to key-compromise.")] = None,  # type: ignore[assignment]
+    reason: ReasonOpt = None,
     ca_trust: CaTrustOpt = None,
     acme_trust: AcmeTrustOpt = None,
     pin_file: PinFileOpt = None,
@@ -730,12 +747,14 @@ def revoke(
                 "A lost token's certificates cannot be revoked over CMP, which needs each certificate's key "
                 "(RFC 9483 §4.2); ask the CA's operator to revoke them."
             )
-        why = RevocationReason(reason.value) if reason else RevocationReason.KEY_COMPROMISE
+        why = parse_reason(reason, RevocationReason.KEY_COMPROMISE)  # a lost token's keys are out of reach
         from ..ca.authority import CertificateAuthority
         from ..lifecycle import abandon, unfinished
 
         with CertificateAuthority.open(Path(ca), module=state(ctx).module) as authority, holder_state(ctx) as db:
             token_serial = lost_token_identity(token_serial, authority.inventory, db)
+            if not unfinished(db, token_serial=token_serial):  # an entry alone is reason enough to go on
+                require_recorded_token(token_serial, authority.inventory, db)
             # The token is said to be lost: a module that cannot even start shows none present.
             present = token_serial in present_token_serials(ctx, unusable_module_is_none=True)
             recs = authority.revoke_token(token_serial, why)
@@ -754,7 +773,7 @@ def revoke(
     else:
         if token is None or key is None:
             raise UsageError("Give --token and --key, or --token-serial and --ca for a lost token.")
-        why = RevocationReason(reason.value) if reason else RevocationReason.UNSPECIFIED
+        why = parse_reason(reason, RevocationReason.UNSPECIFIED)
         with holder_state(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
             cmp = CmpArgs(trust_file=ca_trust)
             acme = AcmeArgs(acme_trust=acme_trust)  # revoked with the account key the certificate was ordered with
