@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SoftHSM
+from conftest import USER_PIN, SoftHSM
 from cryptography import x509
 from lifecycle_support import TokenCA, add_token_fast, make_token_ca
 
@@ -139,3 +139,18 @@ def test_a_renewal_cut_short_is_finished_by_the_next_sweep(fleet: TokenCA) -> No
     for token in ("sw-01", "sw-02"):
         certs = [c for c in fleet.token_certs(token) if not c["ca"]]
         assert len(certs) == 1 and certs[0]["serial"] not in {i["serial"] for i in items}
+
+
+def test_a_pin_in_a_locale_like_variable_never_reaches_the_hook(fleet: TokenCA, tmp_path: Path) -> None:
+    """--pin-env LC_PIN: the sweep renews with that PIN, and the hook (which dumps its whole
+    environment) gets neither the variable nor its value; LC_ALL, an allowlisted name, it gets.
+    The allowlist was 'LC_*' before, which handed such a PIN to every hook run."""
+    hook, told = _hook(tmp_path)
+    env = {"LC_PIN": USER_PIN, "LC_ALL": "C.UTF-8", "TOKENISSUE_PIN": "", "PGPASSWORD": "secret-db-password"}
+    code, items, err = _sweep(fleet, "--renew", "--pin-env", "LC_PIN", "--hook", hook, env=env)
+    assert code == 0, err
+    assert {i["action"] for i in items} == {"renewed"}
+    for i in items:
+        text = (told / str(i["serial"])).read_text()
+        assert "LC_PIN" not in text and USER_PIN not in text and "secret" not in text, text
+        assert "LC_ALL=C.UTF-8" in text

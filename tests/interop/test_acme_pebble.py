@@ -120,6 +120,9 @@ def test_enroll_http01_renew_revoke(softhsm: SoftHSM, pebble: Pebble) -> None:
 
 
 def test_dns01_through_the_hook(softhsm: SoftHSM, pebble: Pebble) -> None:
+    """The hook publishes the TXT record; its configuration comes by argument (its log file) and
+    its environment holds no secret: not the holder's PIN, not PGPASSWORD (it used to get the
+    whole environment)."""
     hook = softhsm.root / "hook.py"
     hook.write_text(
         "import json, os, sys, urllib.request\n"
@@ -129,13 +132,19 @@ def test_dns01_through_the_hook(softhsm: SoftHSM, pebble: Pebble) -> None:
         "path = '/set-txt' if action == 'present' else '/clear-txt'\n"
         f"url = 'http://127.0.0.1:{pebble.challtestsrv_port}' + path\n"
         "urllib.request.urlopen(urllib.request.Request(url, json.dumps(body).encode(), method='POST'))\n"
-        "open(os.environ['HOOK_LOG'], 'a').write(action + ' ' + os.environ['TOKENISSUE_ACME_DOMAIN'] + '\\n')\n"
+        "open(sys.argv[1], 'a').write(action + ' ' + os.environ['TOKENISSUE_ACME_DOMAIN'] + ' '\n"
+        "                             + json.dumps(sorted(os.environ)) + '\\n')\n"
     )
     log = softhsm.root / "hook.log"
-    softhsm.env["HOOK_LOG"] = str(log)
-    proc = enroll(softhsm, pebble, "--challenge", "dns-01", "--dns-hook", f"{sys.executable} {hook}")
+    softhsm.env["PGPASSWORD"] = "secret-db-password"
+    proc = enroll(softhsm, pebble, "--challenge", "dns-01", "--dns-hook", f"{sys.executable} {hook} {log}")
     assert proc.returncode == 0, proc.stderr
-    assert log.read_text().split("\n")[:2] == [f"present {DOMAIN}", f"cleanup {DOMAIN}"]
+    lines = log.read_text().splitlines()[:2]
+    assert [" ".join(ln.split(" ")[:2]) for ln in lines] == [f"present {DOMAIN}", f"cleanup {DOMAIN}"]
+    for ln in lines:
+        names = set(json.loads(ln.split(" ", 2)[2]))
+        assert "PATH" in names and "TOKENISSUE_ACME_TXT_VALUE" in names
+        assert not names & {"TOKENISSUE_PIN", "PGPASSWORD", "SOFTHSM2_CONF", "TOKENISSUE_STATE_DIR"}, names
 
 
 def test_invalid_challenge_leaves_no_key(softhsm: SoftHSM, pebble: Pebble) -> None:

@@ -135,6 +135,9 @@ class PinSource:
             where = "standard input" if str(self.pin_file) == "-" else f"file '{self.pin_file}'"
             return _utf8(read_secret_file(self.pin_file, self.what), self.what, where)
         if self.pin_env:
+            from .. import hooks
+
+            hooks.withhold(self.pin_env)  # a secret now: never handed to a hook
             value = os.environ.get(self.pin_env)
             if value is None:
                 raise PinError(f"Environment variable {self.pin_env} (--pin-env) is not set.")

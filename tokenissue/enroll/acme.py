@@ -67,6 +67,7 @@ from josepy.errors import DeserializationError
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
+from .. import hooks
 from ..errors import CAUnavailable, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import load_certificates
@@ -455,8 +456,7 @@ class ACMEEnroller:
 
     def _dns_hook(self, action: str, domain: str, name: str, value: str) -> None:
         assert self.options.dns_hook is not None
-        env = {
-            **os.environ,
+        extra = {
             "TOKENISSUE_ACME_ACTION": action,
             "TOKENISSUE_ACME_DOMAIN": domain.removeprefix("*."),
             "TOKENISSUE_ACME_TXT_NAME": name,
@@ -464,9 +464,8 @@ class ACMEEnroller:
         }
         try:
             # The hook's output goes to stderr, so that --json output stays clean.
-            proc = subprocess.run(  # the holder's own command
-                shlex.split(self.options.dns_hook), env=env, stdout=sys.stderr, timeout=self.options.timeout,
-                check=False,
+            proc = hooks.run(  # the holder's own command, with no secret in its environment
+                shlex.split(self.options.dns_hook), extra_env=extra, stdout=sys.stderr, timeout=self.options.timeout
             )
         except (OSError, subprocess.TimeoutExpired, ValueError) as e:
             raise RequestRejected(f"The --dns-hook command could not run for {domain} ({action}): {e}.") from e

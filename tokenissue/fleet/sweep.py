@@ -21,13 +21,13 @@ Exit status 0 means notified; anything else is reported as a failed notification
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .. import hooks
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
 from ..errors import KeyNotFound, PinIncorrect, TokenIssueError, TokenNotFound, UsageError
@@ -40,8 +40,6 @@ from ..pkix.certs import dump_certificates, load_certificates
 __all__ = ["HOOK_TIMEOUT_S", "SweepItem", "due", "renewer", "resume_renewals", "run_hook", "sweep"]
 
 HOOK_TIMEOUT_S = 60
-#: What a hook inherits from the sweep's environment (plus LC_*); everything else is dropped.
-_HOOK_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SHELL"})
 _DETAIL_MAX = 300
 
 
@@ -140,8 +138,7 @@ def run_hook(hook: str, item: SweepItem) -> tuple[bool, str | None]:
     rec = item.record
     # An allowlisted environment: the sweep's own may hold PINs (--pin-env names any variable),
     # database passwords and the like, none of which is the hook's business.
-    env = {k: v for k, v in os.environ.items() if k in _HOOK_ENV or k.startswith("LC_")}
-    env |= {
+    extra = {
         "TOKENISSUE_SERIAL": format(rec.serial, "x"),
         "TOKENISSUE_SUBJECT": rec.subject,
         "TOKENISSUE_NOT_AFTER": rec.not_after.isoformat(),
@@ -153,9 +150,7 @@ def run_hook(hook: str, item: SweepItem) -> tuple[bool, str | None]:
     }
     pem = dump_certificates(load_certificates(rec.der), "pem")
     try:
-        proc = subprocess.run(
-            _split(hook), input=pem, env=env, capture_output=True, timeout=HOOK_TIMEOUT_S, check=False
-        )
+        proc = hooks.run(_split(hook), extra_env=extra, input=pem, capture_output=True, timeout=HOOK_TIMEOUT_S)
     except FileNotFoundError:
         return False, f"hook command not found: {_split(hook)[0]}"
     except PermissionError:
