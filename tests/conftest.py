@@ -511,3 +511,394 @@ def session_tpm(tpm: TPMTokens, monkeypatch: pytest.MonkeyPatch) -> Iterator[TPM
     mod.refresh()
     yield tpm
     mod.refresh()
+
+
+# -- The token suites by implementation ------------------------------------------------------
+# Issue 10, point 8: the token and lifecycle suites run on every PKCS#11 implementation the
+# project is proven on. 'token_impl' is parametrized over
+#   softhsm      SoftHSM 2.6 (permissive: sign-only keys, any attribute, the reference);
+#   softhsm-raw  SoftHSM with a smart-card-like slots.mechanisms (RAW_MECHANISMS: raw CKM_ECDSA,
+#                CKM_RSA_PKCS and CKM_EDDSA only, so the host hashes);
+#   tpm2         tpm2-pkcs11 on the session's software TPM (strict templates, keys that decrypt
+#                too, no Ed25519, RSA 1024-3072, every serial 0000000000000000).
+# It yields a TokenImpl: the SoftHSM interface (run, env, root, add_token, labels; a token
+# 'test') plus what the implementation can do. Those facts are what 'tokenissue token check
+# --json' reports, asked once per implementation per session, and they must agree with the
+# ones documented in DOCUMENTED_IMPLS (/work/shared/TOKENS.md, RAW_MECHANISMS): a product
+# that starts to misreport a token fails here instead of turning tests into skips. A test that
+# needs a key type calls token_impl.require(key_type): skipped with the reason when the token
+# cannot make it (test_keys.py proves that refusal) or when it would only repeat, slowly, what
+# another case of the test proves. Tests that learn nothing from some implementation narrow
+# the parametrization with on_impls(...). Where tokens legitimately differ, tests compare what
+# tokenissue reports with the token's own answer: key_report / TokenImpl.key_attributes read a
+# key's flags with python-pkcs11 and ask the token for a real decryption (or ECDH) with it.
+# 'session_token_impl' also switches this process's
+# python-pkcs11 to the implementation; 'token_impl_with_ca' adds a CA whose key is on a
+# SoftHSM token 'ca' (the same SoftHSM for softhsm/softhsm-raw; for tpm2 a SoftHSM next to the
+# TPM store, both modules in one CLI environment, as tpm_with_softhsm).
+
+import json as _json  # noqa: E402 - this section's own imports
+
+from tokenissue.models import KeyAlgorithm, KeyType  # noqa: E402
+
+if TYPE_CHECKING:
+    from lifecycle_support import TokenCA
+
+TOKEN_IMPLS = ("softhsm", "softhsm-raw", "tpm2")
+_RSA_BIG = (KeyType.RSA_3072, KeyType.RSA_4096)
+_RAW_RSA_DUPLICATE = (
+    "on softhsm-raw the RSA path (host hash + CKM_RSA_PKCS) does not depend on the key size: rsa-2048 "
+    "covers it, and test_restricted.py makes a CSR with every size"
+)
+
+
+@dataclass(frozen=True)
+class ImplFacts:
+    """What one PKCS#11 implementation does, as far as the token tests care."""
+
+    key_types: frozenset[KeyType]
+    """The key types it can generate."""
+    sign_only: bool
+    """Whether it makes keys with CKA_DECRYPT (and UNWRAP) off: token check's sign_only_keys.
+    tpm2-pkcs11 sets CKA_DECRYPT on every key."""
+    decrypting: frozenset[KeyType]
+    """Key types whose keys, as tokenissue makes them by default, really can decrypt (their
+    forced CKA_DECRYPT together with a CKA_ALLOWED_MECHANISMS holding CKM_RSA_PKCS). Not asked
+    through 'token check' (it tells only when probing); measured, and proven by the tests
+    against a real decryption (key_report)."""
+    token_hashes: frozenset[KeyType]
+    """Key types whose SHA-256 signatures are made with a hash-and-sign (combined) mechanism."""
+    serials_unique: bool
+    """Whether the token's serial names it (else tokenissue records a pkcs11: URI)."""
+    pin_counters: bool
+    """Whether C_GetTokenInfo reports PIN tries left."""
+    # Not asked through 'token check' (it cannot tell); measured on this machine:
+    secret_read_error: str = "AttributeSensitive"
+    """The python-pkcs11 exception reading a private key's secret attribute gives."""
+    extractable_locked: bool = True
+    """Whether C_SetAttributeValue refuses to turn CKA_EXTRACTABLE back on (PKCS#11 requires it;
+    tpm2-pkcs11 1.9 accepts it and reads back True)."""
+    duplicates: tuple[tuple[KeyType, str], ...] = ()
+    """Key types a test would only repeat on this implementation, slowly, with why (skipped)."""
+
+
+DOCUMENTED_IMPLS: dict[str, ImplFacts] = {
+    "softhsm": ImplFacts(
+        key_types=frozenset(KeyType), sign_only=True, decrypting=frozenset(), serials_unique=True, pin_counters=True,
+        # SoftHSM 2.6.1 has SHA*_RSA_PKCS but no CKM_ECDSA_SHA*: the host hashes for ECDSA.
+        token_hashes=frozenset(k for k in KeyType if k.algorithm is KeyAlgorithm.RSA),
+    ),
+    "softhsm-raw": ImplFacts(
+        key_types=frozenset(KeyType), sign_only=True, decrypting=frozenset(), serials_unique=True, pin_counters=True,
+        token_hashes=frozenset(),
+        duplicates=tuple((k, _RAW_RSA_DUPLICATE) for k in _RSA_BIG),
+    ),
+    "tpm2": ImplFacts(
+        key_types=frozenset({KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048, KeyType.RSA_3072}),
+        sign_only=False, serials_unique=False, pin_counters=False,
+        # EC keys are pinned to ECDSA (and the TPM has no ECDH); RSA keys keep CKM_RSA_PKCS,
+        # which signs and decrypts, unless --require-sign-only narrows the list.
+        decrypting=frozenset({KeyType.RSA_2048, KeyType.RSA_3072}),
+        token_hashes=frozenset({KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048, KeyType.RSA_3072}),
+        secret_read_error="AttributeTypeInvalid", extractable_locked=False,
+    ),
+}  # fmt: skip
+
+# impl -> (facts, 'token check --json' of the first token 'test' it was asked about)
+_CHECKED_IMPLS: dict[str, tuple[ImplFacts, dict[str, Any]]] = {}
+
+_KEY_FLAGS = ("DECRYPT", "UNWRAP", "DERIVE", "SIGN", "SENSITIVE", "EXTRACTABLE", "ENCRYPT", "WRAP", "VERIFY")
+
+
+def key_report(session: Any, label: str, names: tuple[str, ...] = _KEY_FLAGS) -> dict[str, bool | str]:
+    """What the token itself says and does with the key pair ``label``, through a python-pkcs11
+    session (never through tokenissue): {"private.DECRYPT": True, ..., "decrypts": False}.
+
+    An attribute the token refuses to show gives the exception's name. "decrypts" is whether the
+    private key really decrypts (RSA: CKM_RSA_PKCS and OAEP, as offered) or agrees on a key
+    (EC: CKM_ECDH1_DERIVE, as offered) when asked to, whatever its flags claim."""
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+
+    out: dict[str, bool | str] = {}
+    objs: dict[str, Any] = {}
+    for cls, kind in ((ObjectClass.PRIVATE_KEY, "private"), (ObjectClass.PUBLIC_KEY, "public")):
+        found = list(session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: label}))
+        assert len(found) == 1, f"{len(found)} {kind} keys labelled {label!r}"
+        objs[kind] = found[0]
+        for name in names:
+            try:
+                out[f"{kind}.{name}"] = bool(found[0][Attribute[name]])
+            except pkcs11.exceptions.PKCS11Error as e:
+                out[f"{kind}.{name}"] = type(e).__name__
+    out["decrypts"] = _really_decrypts(session, objs["private"], objs["public"])
+    return out
+
+
+def _really_decrypts(session: Any, priv: Any, pub: Any) -> bool:
+    import pkcs11
+    import pkcs11._pkcs11 as _p11impl
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from pkcs11 import KDF, Attribute, Mechanism
+    from pkcs11 import KeyType as P11KeyType
+
+    offered = set(session.token.slot.get_mechanisms())
+    # python-pkcs11 gives a key object only the methods its flags allow (no decrypt() without
+    # CKA_DECRYPT): the same object with all of them, for the question is what the token does.
+    asking: Any = type("AskingPrivateKey", (_p11impl.PrivateKey, _p11impl.DecryptMixin, _p11impl.DeriveMixin,
+                                            _p11impl.Object), {})(priv.wrapper)  # fmt: skip
+    secret = b"only the key holder reads this"
+    if priv.key_type == P11KeyType.RSA:
+        n, e = (int.from_bytes(bytes(pub[a]), "big") for a in (Attribute.MODULUS, Attribute.PUBLIC_EXPONENT))
+        host = rsa.RSAPublicNumbers(e, n).public_key()
+        tries = []
+        if Mechanism.RSA_PKCS in offered:
+            tries.append((Mechanism.RSA_PKCS, host.encrypt(secret, padding.PKCS1v15())))
+        if Mechanism.RSA_PKCS_OAEP in offered:  # python-pkcs11's default OAEP parameters: SHA-1
+            oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303
+            tries.append((Mechanism.RSA_PKCS_OAEP, host.encrypt(secret, oaep)))
+        for mech, ciphertext in tries:
+            try:
+                if asking.decrypt(ciphertext, mechanism=mech) == secret:
+                    return True
+            except pkcs11.exceptions.PKCS11Error:
+                pass
+        return False
+    if priv.key_type == P11KeyType.EC and Mechanism.ECDH1_DERIVE in offered:
+        curve = {bytes.fromhex("06082a8648ce3d030107"): ec.SECP256R1(), bytes.fromhex("06052b81040022"): ec.SECP384R1()}
+        peer = ec.generate_private_key(curve[bytes(pub[Attribute.EC_PARAMS])]).public_key()
+        point = peer.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        try:
+            asking.derive_key(P11KeyType.GENERIC_SECRET, 256, mechanism=Mechanism.ECDH1_DERIVE,
+                              mechanism_param=(KDF.NULL, None, point))  # fmt: skip
+        except pkcs11.exceptions.PKCS11Error:
+            return False
+        return True
+    return False  # Ed25519: PKCS#11 has no way to decrypt with it
+
+
+def _key_report_main() -> None:
+    """``python -c``: print key_report for argv module, token, pin, label (TokenImpl.key_attributes)."""
+    import pkcs11
+
+    module, token, pin, label = sys.argv[1:5]
+    with pkcs11.lib(module).get_token(token_label=token).open(user_pin=pin) as session:
+        print(_json.dumps(key_report(session, label)))
+
+
+def on_impls(*impls: str) -> pytest.MarkDecorator:
+    """Run a token_impl test on these implementations only (it learns nothing from the others)."""
+    unknown = set(impls) - set(TOKEN_IMPLS)
+    assert not unknown, unknown
+    return pytest.mark.parametrize("token_impl", impls, indirect=True)
+
+
+@dataclass
+class TokenImpl:
+    """A token 'test' on one PKCS#11 implementation: the SoftHSM interface plus its facts."""
+
+    impl: str
+    """"softhsm", "softhsm-raw" or "tpm2" (the parameter id)."""
+    tokens: Any
+    """The SoftHSM or tpm_support.TPMTokens underneath."""
+    facts: ImplFacts
+    check: dict[str, Any]
+    """'tokenissue token check --json' of this implementation's token 'test' (asked once per session)."""
+    ca_softhsm: SoftHSM | None = None
+    """tpm2: a SoftHSM (no token yet) whose SOFTHSM2_CONF the environment carries, for a CA."""
+
+    # -- the SoftHSM interface ---------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.tokens.root)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env: dict[str, str] = self.tokens.env
+        return env
+
+    @property
+    def labels(self) -> list[str]:
+        labels: list[str] = self.tokens.labels
+        return labels
+
+    def run(
+        self, *args: str, input: str | None = None, env: dict[str, str] | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        proc: subprocess.CompletedProcess[str] = self.tokens.run(*args, input=input, env=env, check=check)
+        return proc
+
+    def add_token(self, label: str) -> None:
+        self.tokens.add_token(label)
+
+    # -- the facts -----------------------------------------------------------------------------
+    @property
+    def module(self) -> str:
+        return SOFTHSM_MODULE if isinstance(self.tokens, SoftHSM) else str(self.tokens.module)
+
+    @property
+    def key_types(self) -> frozenset[KeyType]:
+        return self.facts.key_types
+
+    @property
+    def sign_only(self) -> bool:
+        """Whether keys come out with CKA_DECRYPT off (see ImplFacts.sign_only, and decrypting)."""
+        return self.facts.sign_only
+
+    @property
+    def decrypting(self) -> frozenset[KeyType]:
+        return self.facts.decrypting
+
+    @property
+    def combined_mechanisms(self) -> bool:
+        """Whether the token hashes (a hash-and-sign mechanism) for some key type; see hashes_on_token."""
+        return bool(self.facts.token_hashes)
+
+    def hashes_on_token(self, key_type: KeyType) -> bool:
+        return key_type in self.facts.token_hashes
+
+    @property
+    def serials_unique(self) -> bool:
+        return self.facts.serials_unique
+
+    @property
+    def process_env(self) -> dict[str, str]:
+        """What this process's environment needs for python-pkcs11 to see these tokens."""
+        if isinstance(self.tokens, SoftHSM):
+            return {"SOFTHSM2_CONF": str(self.tokens.conf)}
+        return {**self.tokens.tpm.client_env, "TPM2_PKCS11_STORE": str(self.tokens.store)}
+
+    def unsupported_reason(self, key_type: KeyType) -> str | None:
+        """Why the token cannot make ``key_type`` (token check's words), or None."""
+        if key_type in self.key_types:
+            return None
+        row = next(r for r in self.check["key_types"] if r["type"] == key_type.value)
+        return str(row["reason"])
+
+    def require(self, key_type: KeyType) -> None:
+        """Skip the test, with the reason, unless this implementation makes ``key_type`` and the
+        case adds something here."""
+        why = self.unsupported_reason(key_type)
+        if why is not None:
+            pytest.skip(f"{self.impl} cannot make {key_type.value} keys: {why} (test_keys.py proves the refusal)")
+        for kt, dup in self.facts.duplicates:
+            if kt is key_type:
+                pytest.skip(f"{key_type.value} on {self.impl} repeats another case: {dup}")
+
+    # -- reading the token directly ------------------------------------------------------------
+    def tokens_json(self, *extra: str) -> list[dict[str, Any]]:
+        return list(_json.loads(self.run("tokens", "--json", *extra, check=True).stdout))
+
+    def identity(self, label: str = "test") -> str:
+        """What tokenissue records for the token ``label`` ('tokens --json': its identity)."""
+        return str(next(t["identity"] for t in self.tokens_json() if t["label"] == label))
+
+    def key_attributes(self, label: str, on: str = "test") -> dict[str, bool | str]:
+        """key_report of the key pair ``label`` on the token ``on``, from a process of its own
+        that opens the module with python-pkcs11 (not through tokenissue)."""
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import conftest; conftest._key_report_main()"
+        proc = subprocess.run(
+            [sys.executable, "-c", code, self.module, on, USER_PIN, label],
+            capture_output=True, text=True, env=self.env, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out: dict[str, bool | str] = _json.loads(proc.stdout.strip().splitlines()[-1])
+        return out
+
+    def remove_token(self, label: str) -> None:
+        """Take the token away, as a holder who lost it (SoftHSM: its directory; TPM: rmtoken)."""
+        if isinstance(self.tokens, SoftHSM):
+            # SoftHSM keeps each token in a directory whose token.object holds the label, padded.
+            padded = label.encode().ljust(32)
+            [gone] = [o.parent for o in (self.root / "tokens").glob("*/token.object") if padded in o.read_bytes()]
+            shutil.rmtree(gone)
+        else:
+            self.tokens.tpm.tool("tpm2_ptool", "rmtoken", "--label", label, "--path", str(self.tokens.store))
+        assert label not in [t["label"] for t in self.tokens_json()]
+
+    def make_ca(self, **kwargs: Any) -> TokenCA:
+        """lifecycle_support.make_token_ca for this holder token: the CA key on SoftHSM token 'ca'."""
+        from lifecycle_support import make_token_ca
+
+        if not Path(SOFTHSM_MODULE).exists():
+            pytest.skip("SoftHSM2 is not installed (make deps): the CA's token is on it")
+        return make_token_ca(self, ca_hsm=self.ca_softhsm, **kwargs)
+
+
+def _impl_facts(impl: str, tokens: Any) -> tuple[ImplFacts, dict[str, Any]]:
+    """The implementation's facts from 'token check --json', checked against the documented ones."""
+    if impl in _CHECKED_IMPLS:
+        return _CHECKED_IMPLS[impl]
+    proc = tokens.run("token", "check", "-t", "test", "--json")
+    assert proc.returncode == 0, f"token check on {impl} exited {proc.returncode}: {proc.stdout}{proc.stderr}"
+    check = _json.loads(proc.stdout)
+    rows = {KeyType(r["type"]): r for r in check["key_types"]}
+    findings = check["findings"]
+    documented = DOCUMENTED_IMPLS[impl]
+    reported = ImplFacts(
+        key_types=frozenset(k for k, r in rows.items() if r["supported"]),
+        sign_only=bool(findings["sign_only_keys"]["value"]),
+        decrypting=documented.decrypting,
+        token_hashes=frozenset(k for k, r in rows.items() if "(token hashes)" in r["signature"]),
+        serials_unique=bool(findings["serials_unique"]["value"]),
+        pin_counters=bool(findings["pin_counters"]["value"]),
+        secret_read_error=documented.secret_read_error,
+        extractable_locked=documented.extractable_locked,
+        duplicates=documented.duplicates,
+    )
+    if reported != documented:
+        pytest.fail(
+            f"'tokenissue token check' describes {impl} differently from what is documented and measured "
+            f"(tests/conftest.py DOCUMENTED_IMPLS, /work/shared/TOKENS.md):\n reported   {reported}\n documented "
+            f"{documented}\n{proc.stdout}"
+        )
+    _CHECKED_IMPLS[impl] = (reported, check)
+    return reported, check
+
+
+@pytest.fixture(params=TOKEN_IMPLS)
+def token_impl(request: pytest.FixtureRequest, hsm_root: Path) -> TokenImpl:
+    """A token 'test' (user PIN in TOKENISSUE_PIN) on each implementation, with its facts."""
+    impl = str(request.param)
+    ca_softhsm: SoftHSM | None = None
+    tokens: Any
+    if impl == "tpm2":
+        from tpm_support import make_tpm_tokens
+
+        software_tpm: SoftwareTPM = request.getfixturevalue("software_tpm")
+        software_tpm.clear_lockout()
+        ca_softhsm = make_softhsm(hsm_root / "softhsm")  # a config only; make_ca adds its token
+        tokens = make_tpm_tokens(hsm_root / "tpm", software_tpm, with_softhsm=ca_softhsm)
+    else:
+        if not Path(SOFTHSM_MODULE).exists():
+            pytest.skip("SoftHSM2 is not installed (make deps)")
+        tokens = make_softhsm(hsm_root, mechanisms=RAW_MECHANISMS if impl == "softhsm-raw" else None)
+    tokens.add_token("test")
+    facts, check = _impl_facts(impl, tokens)
+    return TokenImpl(impl=impl, tokens=tokens, facts=facts, check=check, ca_softhsm=ca_softhsm)
+
+
+@pytest.fixture
+def session_token_impl(token_impl: TokenImpl, monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenImpl]:
+    """The 'token_impl' fixture, with this process's python-pkcs11 switched to its tokens."""
+    from tokenissue import p11
+
+    for key, value in token_impl.process_env.items():
+        monkeypatch.setenv(key, value)
+    mod = p11.load_module(token_impl.module)
+    mod.refresh()
+    yield token_impl
+    mod.refresh()
+
+
+@pytest.fixture
+def token_impl_with_ca(token_impl: TokenImpl, request: pytest.FixtureRequest) -> TokenCA:
+    """A fresh EC P-256 CA with its key on SoftHSM token 'ca'; the holder's token 'test' is
+    token_impl's (``ca.hsm`` is the TokenImpl). A test parametrized by a ``key_type`` the
+    implementation cannot make is skipped before the CA is made (token_impl.require)."""
+    callspec = getattr(request.node, "callspec", None)
+    key_type = callspec.params.get("key_type") if callspec is not None else None
+    if isinstance(key_type, KeyType):
+        token_impl.require(key_type)
+    return token_impl.make_ca()

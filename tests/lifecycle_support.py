@@ -1,8 +1,10 @@
 """Helpers shared by the enroll / renew / revoke / CA tests: a CA whose key is on a SoftHSM token.
 
-Everything runs through the real CLI (``SoftHSM.run``) against real SoftHSM tokens; nothing is
-cached across tests. The CA token is a second token ('ca') in the same SoftHSM as the user's
-token 'test', with the same user PIN, passed to the CLI as TOKENISSUE_CA_PIN.
+Everything runs through the real CLI (``SoftHSM.run``) against real tokens; nothing is cached
+across tests. The CA token is a second token ('ca') in the same SoftHSM as the user's token
+'test', with the same user PIN, passed to the CLI as TOKENISSUE_CA_PIN. With ``ca_hsm`` the
+user's token is on another implementation (conftest's TokenImpl, e.g. a TPM) and the CA token on
+that SoftHSM, both modules reachable from one CLI environment.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import SO_PIN, USER_PIN, SoftHSM
+from conftest import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -46,7 +48,8 @@ def openssl(*args: str, input: bytes | None = None, env: dict[str, str] | None =
 class TokenCA:
     """A CA directory made by ``tokenissue ca init`` with its key on the token 'ca'."""
 
-    hsm: SoftHSM
+    #: Runs the CLI for the holder: a SoftHSM, or a conftest.TokenImpl (same interface).
+    hsm: Any
     dir: Path
     #: Token directories of SoftHSM that existed before the CA token was made (the user's).
     user_token_dirs: list[Path] = field(default_factory=list)
@@ -141,19 +144,27 @@ def add_token_fast(hsm: SoftHSM, label: str) -> None:
 
 
 def make_token_ca(
-    hsm: SoftHSM, *, token: str = CA_TOKEN, subject: str = "CN=Test Token CA,O=tokenissue tests,C=KR",
-    profiles: str | None = None, database: str | None = None,
+    hsm: Any, *, token: str = CA_TOKEN, subject: str = "CN=Test Token CA,O=tokenissue tests,C=KR",
+    profiles: str | None = None, database: str | None = None, ca_hsm: SoftHSM | None = None,
 ) -> TokenCA:
     """A fresh CA (EC P-256 key generated on a new token ``token``) in ``hsm.root / 'ca'``,
-    its inventory in ``database`` (a URL for 'ca init --db') or the default SQLite file."""
+    its inventory in ``database`` (a URL for 'ca init --db') or the default SQLite file.
+
+    ``hsm`` holds the user's token (a SoftHSM, or a conftest.TokenImpl); the CA token is made on
+    ``ca_hsm`` when given (whose SOFTHSM2_CONF ``hsm.env`` must carry: 'ca init' then runs with
+    SoftHSM as the module, which ca.toml records), else on ``hsm`` itself."""
     tokens_dir = hsm.root / "tokens"
-    before = sorted(p for p in tokens_dir.iterdir() if p.is_dir())
-    add_token_fast(hsm, token)
+    before = sorted(p for p in tokens_dir.iterdir() if p.is_dir()) if tokens_dir.is_dir() else []
+    init_env: dict[str, str] | None = None
+    if ca_hsm is not None:
+        assert hsm.env.get("SOFTHSM2_CONF") == str(ca_hsm.conf), "the holder's environment must reach the CA's SoftHSM"
+        init_env = {"TOKENISSUE_MODULE": SOFTHSM_MODULE}
+    add_token_fast(ca_hsm or hsm, token)
     ca_dir = hsm.root / "ca"
     ca = TokenCA(hsm=hsm, dir=ca_dir, user_token_dirs=before, database=database)
     db = ["--db", database] if database else []
     ca.run("ca", "init", "--ca-dir", str(ca_dir), "--token", token, "--subject", subject, "--type", "ec-p256",
-           *db, check=True)
+           *db, env=init_env, check=True)
     if profiles is not None:
         (ca_dir / "profiles.toml").write_text(profiles, encoding="utf-8")
     return ca

@@ -125,6 +125,10 @@ class KeyInfo:
     sensitive: bool
     extractable: bool
     can_decrypt: bool = False
+    """Whether the key can decrypt, unwrap or derive: its flags as limited by its
+    CKA_ALLOWED_MECHANISMS (see p11 decrypting_mechanisms)."""
+    decrypt_flag: bool = False
+    """CKA_DECRYPT or CKA_UNWRAP as the token set them (a TPM sets them on every key)."""
     has_certificate: bool = False
     key_description: str = ""
     template: str = ""

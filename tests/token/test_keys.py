@@ -1,4 +1,12 @@
-"""Keys born on a real SoftHSM token, and CSRs signed inside it (no mock of the PKCS#11 layer)."""
+"""Keys born on a real token, and CSRs signed inside it (no mock of the PKCS#11 layer).
+
+The tests of generic token behaviour run on every implementation (conftest's token_impl:
+SoftHSM, SoftHSM with raw mechanisms only, tpm2-pkcs11 on a software TPM); where a token
+legitimately differs (a TPM sets CKA_DECRYPT on every key and its RSA keys really decrypt, its
+secret attributes do not exist) the test asks the token itself (its attributes, and a real
+decryption) and checks what tokenissue reports against that. The subject and
+SAN encoding, and SoftHSM's session bookkeeping, stay on SoftHSM.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ from pathlib import Path
 
 import pkcs11.exceptions as px
 import pytest
-from conftest import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
+from conftest import DOCUMENTED_IMPLS, SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM, TokenImpl, key_report, on_impls
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -43,9 +51,11 @@ def _check_signature(private_key: object, public: object) -> None:
 
 
 @ALL_TYPES
-def test_generated_key_is_born_on_the_token(session_softhsm: SoftHSM, key_type: KeyType) -> None:
+def test_generated_key_is_born_on_the_token(session_token_impl: TokenImpl, key_type: KeyType) -> None:
+    impl = session_token_impl
+    impl.require(key_type)
     label = f"k-{key_type.value}"
-    with p11.open_token(SEL, Pin(USER_PIN), module=SOFTHSM_MODULE) as s:
+    with p11.open_token(SEL, Pin(USER_PIN), module=impl.module) as s:
         info = s.generate_key(key_type, label)
         public = s.public_key(p11.KeySelector(label=label))
         _check_signature(s.private_key(p11.KeySelector(label=label)), public)
@@ -66,7 +76,7 @@ def test_generated_key_is_born_on_the_token(session_softhsm: SoftHSM, key_type: 
         assert isinstance(public, ed25519.Ed25519PublicKey)
 
     # Read the attributes straight from the token, not through tokenissue's KeyInfo.
-    mod = p11.load_module(SOFTHSM_MODULE)
+    mod = p11.load_module(impl.module)
     with mod.session(SEL, Pin(USER_PIN)) as raw:
         privs = list(raw.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label}))
         pubs = list(raw.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label}))
@@ -76,23 +86,44 @@ def test_generated_key_is_born_on_the_token(session_softhsm: SoftHSM, key_type: 
         for attr in (Attribute.LOCAL, Attribute.NEVER_EXTRACTABLE, Attribute.ALWAYS_SENSITIVE,
                      Attribute.SENSITIVE, Attribute.TOKEN, Attribute.PRIVATE, Attribute.SIGN):
             assert priv[attr] is True, attr
-        for attr in (Attribute.EXTRACTABLE, Attribute.DECRYPT, Attribute.UNWRAP):
+        for attr in (Attribute.EXTRACTABLE, Attribute.UNWRAP):
             assert priv[attr] is False, attr
+        # CKA_DECRYPT off where the token can make such keys; tpm2-pkcs11 sets it on every key.
+        assert priv[Attribute.DECRYPT] is (not impl.sign_only)
+        assert info.decrypt_flag is priv[Attribute.DECRYPT]
+        # Whether the key really decrypts when asked (a TPM's RSA key does, through CKM_RSA_PKCS
+        # in its CKA_ALLOWED_MECHANISMS; its EC key cannot): what tokenissue reports.
+        decrypts = key_report(raw, label)["decrypts"]
+        assert decrypts is (key_type in impl.decrypting)
+        assert info.can_decrypt is decrypts
         assert pub[Attribute.VERIFY] is True
-        assert pub[Attribute.ENCRYPT] is False
+        assert pub[Attribute.ENCRYPT] is (not impl.sign_only)
         assert pub[Attribute.WRAP] is False
         assert bytes(priv[Attribute.ID]) == info.id
         assert bytes(pub[Attribute.ID]) == info.id
-        with pytest.raises(px.AttributeSensitive):
+        # The secret half is never shown (SoftHSM: sensitive; tpm2-pkcs11: no such attribute).
+        with pytest.raises(getattr(px, impl.facts.secret_read_error)):
             priv[_SECRET_ATTR[key_type.algorithm.value]]
-        # A sensitive, non-extractable key cannot be made extractable afterwards.
-        with pytest.raises(px.PKCS11Error):
+        if impl.facts.extractable_locked:
+            # A sensitive, non-extractable key cannot be made extractable afterwards.
+            with pytest.raises(px.PKCS11Error):
+                priv[Attribute.EXTRACTABLE] = True
+            assert priv[Attribute.EXTRACTABLE] is False
+        else:
+            # tpm2-pkcs11 1.9 lets CKA_EXTRACTABLE be turned back on (PKCS#11 forbids it); from
+            # then on tokenissue must no longer vouch for the key.
             priv[Attribute.EXTRACTABLE] = True
-        assert priv[Attribute.EXTRACTABLE] is False
+            assert priv[Attribute.EXTRACTABLE] is True
+    if not impl.facts.extractable_locked:
+        with p11.open_token(SEL, Pin(USER_PIN), module=impl.module) as s:
+            after = s.key(p11.KeySelector(label=label))
+        assert after.extractable
+        assert not after.born_on_token
 
 
-def test_explicit_id_is_honoured_in_process(session_softhsm: SoftHSM) -> None:
-    with p11.open_token(SEL, Pin(USER_PIN), module=SOFTHSM_MODULE) as s:
+@on_impls("softhsm", "tpm2")  # object IDs do not depend on the mechanism list
+def test_explicit_id_is_honoured_in_process(session_token_impl: TokenImpl) -> None:
+    with p11.open_token(SEL, Pin(USER_PIN), module=session_token_impl.module) as s:
         info = s.generate_key(KeyType.EC_P256, "with-id", key_id=b"\xc0\x01")
         assert info.id == b"\xc0\x01"
         assert s.key(p11.KeySelector(id=b"\xc0\x01")).label == "with-id"
@@ -103,7 +134,9 @@ def test_explicit_id_is_honoured_in_process(session_softhsm: SoftHSM) -> None:
         assert [k.label for k in s.list_keys()] == ["with-id"]
 
 
-def test_explicit_id_via_cli_and_duplicates_exit_4(softhsm: SoftHSM) -> None:
+@on_impls("softhsm", "tpm2")  # object IDs do not depend on the mechanism list
+def test_explicit_id_via_cli_and_duplicates_exit_4(token_impl: TokenImpl) -> None:
+    softhsm = token_impl
     gen = softhsm.run("keys", "generate", "-t", "test", "-l", "card", "--id", "c0:01", "--json", check=True)
     assert json.loads(gen.stdout)["id"] == "c001"
     assert "%c0%01" in json.loads(gen.stdout)["uri"]
@@ -128,9 +161,24 @@ def _openssl_verify(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @ALL_TYPES
-def test_csr_per_key_type_verifies(softhsm: SoftHSM, key_type: KeyType) -> None:
+def test_csr_per_key_type_verifies(token_impl: TokenImpl, key_type: KeyType) -> None:
+    token_impl.require(key_type)
+    softhsm = token_impl
     gen = softhsm.run("keys", "generate", "-t", "test", "-l", "k", "--type", key_type.value, "--json", check=True)
-    kid = json.loads(gen.stdout)["id"]
+    generated = json.loads(gen.stdout)
+    kid = generated["id"]
+    # What 'keys generate' and 'keys list' report about decryption is what the token's flags say
+    # and what the key does when asked to decrypt, and what the implementation is known to do.
+    report = token_impl.key_attributes("k")
+    flag = report["private.DECRYPT"] is True or report["private.UNWRAP"] is True
+    decrypts = report["decrypts"]
+    assert flag is (not token_impl.sign_only)
+    assert decrypts is (key_type in token_impl.decrypting)
+    assert (generated["decrypt_flag"], generated["can_decrypt"], generated["sign_only"]) == (flag, decrypts, not decrypts)
+    listed = json.loads(softhsm.run("keys", "list", "-t", "test", "--json", check=True).stdout)
+    assert [(k["id"], k["decrypt_flag"], k["can_decrypt"], k["sign_only"]) for k in listed] == [
+        (kid, flag, decrypts, not decrypts)
+    ]
     out = softhsm.root / "req.pem"
     softhsm.run("csr", "-t", "test", "-k", "k", "-s", f"CN=csr {key_type.value}", "-o", str(out), check=True)
 
@@ -140,6 +188,9 @@ def test_csr_per_key_type_verifies(softhsm: SoftHSM, key_type: KeyType) -> None:
 
     csr = x509.load_pem_x509_csr(out.read_bytes())
     assert csr.is_signature_valid
+    public = csr.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        assert public.key_size == key_type.bits
     assert x509.SubjectKeyIdentifier.from_public_key(csr.public_key()).digest.hex() == kid
     assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"csr {key_type.value}"
     expected_hash = {KeyType.EC_P384: "sha384", KeyType.ED25519: None}.get(key_type, "sha256")
@@ -156,6 +207,7 @@ def test_csr_per_key_type_verifies(softhsm: SoftHSM, key_type: KeyType) -> None:
     assert proc.returncode != 0 or "verify OK" not in proc.stdout + proc.stderr
 
 
+# Subject and SAN encoding happen on the host: one implementation is enough.
 def test_korean_subject_and_all_san_kinds(softhsm: SoftHSM) -> None:
     softhsm.run("keys", "generate", "-t", "test", "-l", "hong", check=True)
     proc = softhsm.run(
@@ -205,7 +257,9 @@ def test_korean_subject_and_all_san_kinds(softhsm: SoftHSM) -> None:
         assert needle in text
 
 
-def test_csr_der_output_and_unknown_key(softhsm: SoftHSM) -> None:
+@on_impls("softhsm", "tpm2")  # key lookup does not depend on the mechanism list
+def test_csr_der_output_and_unknown_key(token_impl: TokenImpl) -> None:
+    softhsm = token_impl
     softhsm.run("keys", "generate", "-t", "test", "-l", "k", check=True)
     out = softhsm.root / "req.der"
     softhsm.run("csr", "-t", "test", "-k", "k", "-s", "CN=der", "--format", "der", "-o", str(out), check=True)
@@ -232,3 +286,23 @@ def test_wrong_pin_does_not_leak_a_session_in_process(session_softhsm: SoftHSM) 
         assert s.list_keys() == []
     with pytest.raises(PinIncorrect), p11.open_token(SEL, Pin(USER_PIN), module=SOFTHSM_MODULE):
         pass
+
+
+# Every key type some implementation cannot make (the cases token_impl.require skips).
+_UNMAKEABLE = [(impl, kt) for impl, facts in DOCUMENTED_IMPLS.items() for kt in KeyType if kt not in facts.key_types]
+
+
+@pytest.mark.parametrize(
+    ("token_impl", "key_type"), _UNMAKEABLE, indirect=["token_impl"], ids=[f"{i}-{k.value}" for i, k in _UNMAKEABLE]
+)
+def test_key_type_the_token_cannot_make_is_refused_up_front(token_impl: TokenImpl, key_type: KeyType) -> None:
+    """The skipped cases are not silently lost: such a key type is refused before anything is
+    written, exit 4, saying why and where to look."""
+    assert key_type not in token_impl.key_types
+    proc = token_impl.run("keys", "generate", "-t", "test", "-l", "never", "--type", key_type.value)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert key_type.value in proc.stderr
+    assert str(token_impl.unsupported_reason(key_type)) in proc.stderr
+    assert "token check" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads(token_impl.run("keys", "list", "-t", "test", "--json", check=True).stdout) == []

@@ -1,18 +1,23 @@
-"""A certificate's life after enrollment, through the real CLI on real SoftHSM tokens: renew (same
-key and --rekey), revoke (token present, and a lost token by serial), CRLs checked by OpenSSL,
-re-issue after revocation, and the CA's hash-chained audit log against tampering.
+"""A certificate's life after enrollment, through the real CLI on real tokens: renew (same key and
+--rekey), revoke (token present, and a lost token by serial), CRLs checked by OpenSSL, re-issue
+after revocation, an externally signed certificate imported, and the CA's hash-chained audit log
+against tampering.
+
+What touches the holder's token runs on every implementation (conftest's token_impl: SoftHSM,
+SoftHSM with raw mechanisms only, CA token included, and tpm2-pkcs11 with the CA on SoftHSM);
+what is the CA's and the inventory's business alone (when renewal is due, the audit log, the
+CA PIN) runs on SoftHSM.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SoftHSM
+from conftest import SoftHSM, TokenImpl, on_impls
 from cryptography import x509
 from lifecycle_support import TokenCA, make_token_ca, openssl
 
@@ -33,6 +38,12 @@ def token_ca(softhsm: SoftHSM) -> TokenCA:
     return make_token_ca(softhsm, profiles=SHORT_PROFILE)
 
 
+@pytest.fixture
+def impl_ca(token_impl: TokenImpl) -> TokenCA:
+    """token_ca with the holder's token on each implementation (the CA key on SoftHSM)."""
+    return token_impl.make_ca(profiles=SHORT_PROFILE)
+
+
 def _leaves(ca: TokenCA) -> list[dict[str, Any]]:
     """End-entity certificate objects on the user's token."""
     return [c for c in ca.token_certs() if not c["ca"]]
@@ -43,7 +54,9 @@ def _by_serial(ca: TokenCA) -> dict[str, dict[str, Any]]:
 
 
 # -- renew ------------------------------------------------------------------------------------
-def test_renew_same_key(token_ca: TokenCA, tmp_path: Path) -> None:
+@on_impls("softhsm", "tpm2")  # CSRs on raw mechanisms: test_enroll.py; CRLs: test_revoke_crl_and_reissue
+def test_renew_same_key(impl_ca: TokenCA, tmp_path: Path) -> None:
+    token_ca = impl_ca
     old = token_ca.enroll("CN=Short Lived,O=tokenissue tests", "--profile", "short", "--label", "short1")
     # A 10-day certificate is not due by default (a third of its lifetime is left)...
     [st] = token_ca.status()
@@ -75,7 +88,9 @@ def test_renew_same_key(token_ca: TokenCA, tmp_path: Path) -> None:
     assert token_ca.verify(leaf).returncode == 0
 
 
-def test_renew_rekey_replaces_key_and_certificate(token_ca: TokenCA) -> None:
+@on_impls("softhsm", "tpm2")  # re-keying on raw mechanisms: test_revoke_crl_and_reissue[softhsm-raw]
+def test_renew_rekey_replaces_key_and_certificate(impl_ca: TokenCA) -> None:
+    token_ca = impl_ca
     old = token_ca.enroll("CN=Rekey Me", "--profile", "short", "--label", "rekey1")
     renewed = token_ca.json("renew", "--token", "test", "--rekey", "--within", "30d")
     assert len(renewed) == 1
@@ -113,7 +128,8 @@ def test_renewed_short_lived_certificate_is_not_due_again(token_ca: TokenCA) -> 
 
 
 # -- revoke -----------------------------------------------------------------------------------
-def test_revoke_crl_and_reissue(token_ca: TokenCA, tmp_path: Path) -> None:
+def test_revoke_crl_and_reissue(impl_ca: TokenCA, tmp_path: Path) -> None:
+    token_ca = impl_ca
     out = token_ca.enroll("CN=Revoke Me,O=tokenissue tests", "--label", "rv")
     leaf = tmp_path / "leaf.pem"
     token_ca.export("rv", leaf)
@@ -158,19 +174,25 @@ def test_revoke_crl_and_reissue(token_ca: TokenCA, tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
 
-def test_lost_token_is_revoked_by_serial_without_the_token(token_ca: TokenCA, tmp_path: Path) -> None:
+@on_impls("softhsm", "tpm2")  # the mechanism list plays no part once the token is gone
+def test_lost_token_is_revoked_by_serial_without_the_token(
+    token_impl: TokenImpl, impl_ca: TokenCA, tmp_path: Path
+) -> None:
+    token_ca = impl_ca
     a = token_ca.enroll("CN=Lost A", "--label", "lost-a")
     b = token_ca.enroll("CN=Lost B", "--label", "lost-b", "--type", "rsa-2048")
     serial = a["token_serial"]
     assert b["token_serial"] == serial
+    # What the holder reads off the token: its serial. Where serials repeat (tpm2-pkcs11:
+    # 0000000000000000) tokenissue recorded a pkcs11: URI, and the serial must still find it.
+    [printed] = [t["serial"] for t in token_impl.tokens_json() if t["label"] == "test"]
+    assert (printed == serial) is token_impl.serials_unique
 
-    # The token is gone: remove its SoftHSM directory (the CA token stays).
-    assert len(token_ca.user_token_dirs) == 1
-    for d in token_ca.user_token_dirs:
-        shutil.rmtree(d)
+    # The token is gone: its SoftHSM directory removed, or its TPM token (the CA token stays).
+    token_impl.remove_token("test")
     assert "test" not in [t["label"] for t in token_ca.json("tokens")]
 
-    revoked = token_ca.json("revoke", "--token-serial", serial, "--ca", str(token_ca.dir))
+    revoked = token_ca.json("revoke", "--token-serial", printed, "--ca", str(token_ca.dir))
     assert sorted(r["serial"] for r in revoked) == sorted([a["serial"], b["serial"]])
     assert {r["reason"] for r in revoked} == {"key-compromise"}
     issued = _by_serial(token_ca)
@@ -212,9 +234,11 @@ def test_audit_log_detects_tampering(token_ca: TokenCA) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_rekey_never_touches_another_cas_certificate_with_the_same_serial(token_ca: TokenCA, tmp_path: Path) -> None:
+@on_impls("softhsm", "tpm2")  # cert import and object handling do not depend on the mechanism list
+def test_rekey_never_touches_another_cas_certificate_with_the_same_serial(impl_ca: TokenCA, tmp_path: Path) -> None:
     """Serials are unique per CA only. Found by review: re-keying retired "the old certificate"
     by serial alone and destroyed an unrelated key whose certificate, from another CA, shared it."""
+    token_ca = impl_ca
     from conftest import make_software_ca
     from cryptography.hazmat.primitives import serialization
 

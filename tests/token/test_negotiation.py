@@ -23,7 +23,7 @@ from pkcs11 import KeyType as P11KeyType
 
 from tokenissue import p11
 from tokenissue.credentials import Pin
-from tokenissue.errors import KeyUsageForced, MechanismUnsupported, ProvenanceError
+from tokenissue.errors import MechanismUnsupported, ProvenanceError
 from tokenissue.models import KeyType
 from tokenissue.p11._capabilities import KEY_TEMPLATE_STEPS
 
@@ -124,19 +124,31 @@ def test_template_steps_never_relax_the_protections() -> None:
 
 
 @pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048], ids=lambda k: k.value)
-def test_tpm_falls_back_to_token_usage_and_reports_decrypt(session_tpm: object, key_type: KeyType) -> None:
+def test_tpm_falls_back_to_token_usage_and_reports_what_the_key_can_do(session_tpm: object, key_type: KeyType) -> None:
+    """tpm2-pkcs11 sets CKA_DECRYPT on every key; CKA_ALLOWED_MECHANISMS (which it enforces)
+    decides: an EC key pinned to ECDSA cannot decrypt, an RSA key whose list holds CKM_RSA_PKCS
+    (a signature mechanism that also decrypts) can, and is reported so."""
+    from pkcs11 import Mechanism
     from tpm_support import TPM2_MODULE
 
     with p11.open_token(TOKEN, Pin(USER_PIN), module=TPM2_MODULE) as s:
         info = s.generate_key(key_type, "tpm")
         assert info.template == "token-usage"
-        assert info.can_decrypt, "tpm2-pkcs11 makes every signing key able to decrypt"
+        assert info.decrypt_flag, "tpm2-pkcs11 sets CKA_DECRYPT on every signing key"
         assert info.born_on_token and info.sensitive and not info.extractable
         refused = s.capabilities.template_refusals[key_type.algorithm]
         assert [name for name, _ in refused] == ["strict", "no-allowed-mechanisms", "no-recover"]
         assert {rv for _, rv in refused} == {"CKR_GENERAL_ERROR"}
         priv = s._one_private(p11.KeySelector(id=info.id))
-        assert priv.get_attributes([Attribute.ALLOWED_MECHANISMS])[Attribute.ALLOWED_MECHANISMS]
+        allowed = priv.get_attributes([Attribute.ALLOWED_MECHANISMS])[Attribute.ALLOWED_MECHANISMS]
+        assert allowed
+        if key_type.algorithm is KeyType.RSA_2048.algorithm:
+            assert info.can_decrypt and int(Mechanism.RSA_PKCS) in {int(m) for m in allowed}
+            pub = s._public_object(info.id)
+            secret = pub.encrypt(b"secret", mechanism=Mechanism.RSA_PKCS)
+            assert priv.decrypt(secret, mechanism=Mechanism.RSA_PKCS) == b"secret", "the report is the truth"
+        else:
+            assert not info.can_decrypt, "an EC key pinned to ECDSA has no way to decrypt"
         # The second key of this type goes straight to the step that worked.
         s.generate_key(key_type, "tpm2")
         assert s.capabilities.template_refusals[key_type.algorithm] == refused
@@ -144,17 +156,38 @@ def test_tpm_falls_back_to_token_usage_and_reports_decrypt(session_tpm: object, 
         assert len(list(s._session.get_objects({}))) == 4
 
 
-def test_tpm_require_sign_only_refuses_and_keeps_nothing(session_tpm: object) -> None:
+def test_tpm_require_sign_only_pins_rsa_to_mechanisms_that_cannot_decrypt(session_tpm: object) -> None:
+    """--require-sign-only on a token that forces CKA_DECRYPT: the RSA key is pinned to the
+    combined hash-and-sign mechanisms (no raw CKM_RSA_PKCS), the token refuses to decrypt with
+    it, and it still signs CSRs that verify."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from pkcs11 import Mechanism
+    from pkcs11.exceptions import MechanismInvalid
     from tpm_support import TPM2_MODULE
 
     with p11.open_token(TOKEN, Pin(USER_PIN), module=TPM2_MODULE) as s:
-        with pytest.raises(KeyUsageForced, match="decrypt"):
-            s.generate_key(KeyType.EC_P256, "strict", require_sign_only=True)
-        assert s.list_keys() == []
-        # Known from now on: refused before the token is asked again.
-        with pytest.raises(KeyUsageForced):
-            s.generate_key(KeyType.EC_P256, "strict2", require_sign_only=True)
-        assert s.list_keys() == []
+        info = s.generate_key(KeyType.RSA_2048, "strict", require_sign_only=True)
+        assert info.decrypt_flag and not info.can_decrypt
+        priv = s._one_private(p11.KeySelector(id=info.id))
+        allowed = {int(m) for m in priv.get_attributes([Attribute.ALLOWED_MECHANISMS])[Attribute.ALLOWED_MECHANISMS]}
+        assert int(Mechanism.RSA_PKCS) not in allowed and int(Mechanism.SHA256_RSA_PKCS) in allowed
+        secret = s._public_object(info.id).encrypt(b"secret", mechanism=Mechanism.RSA_PKCS)
+        with pytest.raises(MechanismInvalid):
+            priv.decrypt(secret, mechanism=Mechanism.RSA_PKCS)
+        key = s.private_key(p11.KeySelector(id=info.id))
+        sig = key.sign(b"data", padding.PKCS1v15(), hashes.SHA256())
+        key.public_key().verify(sig, b"data", padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_require_sign_only_on_a_smart_card_like_token_is_met_by_decrypt_false(raw_softhsm: SoftHSM) -> None:
+    """A smart-card-like SoftHSM offers only raw CKM_RSA_PKCS: it makes sign-only keys by
+    CKA_DECRYPT=False, so --require-sign-only is satisfied there (the control)."""
+    proc = raw_softhsm.run("keys", "generate", "-t", "test", "-l", "k", "--type", "rsa-2048", "--require-sign-only", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    got = json.loads(proc.stdout)
+    assert got["sign_only"] and not got["decrypt_flag"] and got["template"] == "strict"
 
 
 @pytest.mark.parametrize(("key_type", "why"), [(KeyType.RSA_4096, "1024-3072 bits"), (KeyType.ED25519, "Ed25519")])

@@ -45,6 +45,9 @@ def key_dict(k: KeyInfo, token_label: str) -> dict[str, Any]:
         "born_on_token": k.born_on_token,
         "can_decrypt": k.can_decrypt,
         "sign_only": not k.can_decrypt,
+        # The token's own CKA_DECRYPT/UNWRAP: set on every TPM key, even one whose
+        # CKA_ALLOWED_MECHANISMS leaves it no way to decrypt (then sign_only is still true).
+        "decrypt_flag": k.decrypt_flag,
         "has_certificate": k.has_certificate,
         "uri": format_uri(token=token_label, object=k.label, id=k.id, type="private"),
     }

@@ -22,6 +22,7 @@ the few facts a token cannot be asked about, keyed by the module's own C_GetInfo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +31,13 @@ from pkcs11 import Attribute, Mechanism
 from ..models import KeyAlgorithm, KeyType
 
 __all__ = [
+    "DECRYPTING",
     "KEY_TEMPLATE_STEPS",
     "OPTIONAL_CERT_ATTRIBUTES",
     "TEMPLATE_REFUSALS",
     "Capabilities",
     "TemplateStep",
+    "decrypting_mechanisms",
     "keygen_mechanism",
     "library_quirks",
     "signing_mechanisms",
@@ -142,13 +145,56 @@ _KEYGEN = {
 }
 
 
+#: Mechanisms with which a private key of each algorithm decrypts, unwraps or agrees on keys.
+#: CKM_RSA_PKCS is a signature mechanism too: only leaving it out of a key's
+#: CKA_ALLOWED_MECHANISMS keeps an RSA key whose CKA_DECRYPT the token forced from decrypting.
+#: PKCS#11 has no EC decryption mechanism: an EC key's only such use is ECDH (CKA_DERIVE).
+DECRYPTING: dict[KeyAlgorithm, tuple[Any, ...]] = {
+    KeyAlgorithm.RSA: (Mechanism.RSA_PKCS, Mechanism.RSA_PKCS_OAEP, Mechanism.RSA_X_509),
+    KeyAlgorithm.EC: (),
+    KeyAlgorithm.ED25519: (),
+}
+_DERIVING: dict[KeyAlgorithm, tuple[Any, ...]] = {
+    KeyAlgorithm.RSA: (),
+    KeyAlgorithm.EC: (Mechanism.ECDH1_DERIVE, Mechanism.ECDH1_COFACTOR_DERIVE),
+    KeyAlgorithm.ED25519: (),
+}
+
+
+def decrypting_mechanisms(algorithm: KeyAlgorithm, usage: Mapping[Any, Any], offered: frozenset[Any] | set[Any]) -> tuple[Any, ...]:
+    """The mechanisms a private key can decrypt, unwrap or derive with: by its usage flags
+    (CKA_DECRYPT, UNWRAP, SIGN_RECOVER, DERIVE), the token's mechanism list, and its
+    CKA_ALLOWED_MECHANISMS when it has one (PKCS#11 requires tokens to enforce it; SoftHSM and
+    tpm2-pkcs11 do: a decryption outside the list is CKR_MECHANISM_INVALID, measured)."""
+    allowed = usage.get(Attribute.ALLOWED_MECHANISMS)
+    permitted = {int(m) for m in allowed} if allowed else None
+    mechs: list[Any] = []
+    if usage.get(Attribute.DECRYPT) or usage.get(Attribute.UNWRAP):
+        mechs += DECRYPTING[algorithm]
+    if usage.get(Attribute.SIGN_RECOVER) and algorithm is KeyAlgorithm.RSA:
+        mechs.append(Mechanism.RSA_X_509)  # sign-recover with raw RSA is a decryption
+    if usage.get(Attribute.DERIVE):
+        mechs += _DERIVING[algorithm]
+    out: list[Any] = []
+    for m in mechs:
+        if m in offered and (permitted is None or int(m) in permitted) and m not in out:
+            out.append(m)
+    return tuple(out)
+
+
 def keygen_mechanism(algorithm: KeyAlgorithm) -> Any:
     return _KEYGEN[algorithm]
 
 
-def signing_mechanisms(algorithm: KeyAlgorithm, offered: set[Any] | frozenset[Any]) -> list[Any]:
-    """The signature mechanisms of ``algorithm`` the token offers (a new key's ALLOWED_MECHANISMS)."""
-    return [m for m in _SIGNING[algorithm] if m in offered]
+def signing_mechanisms(algorithm: KeyAlgorithm, offered: set[Any] | frozenset[Any], *, sign_only: bool = False) -> list[Any]:
+    """The signature mechanisms of ``algorithm`` the token offers (a new key's ALLOWED_MECHANISMS).
+
+    ``sign_only`` leaves out those that also decrypt (CKM_RSA_PKCS): for a key whose CKA_DECRYPT
+    the token forces, the list is then what keeps it from decrypting. Signatures then go through
+    the combined hash-and-sign mechanisms; tools that hash on the host and sign with
+    CKM_RSA_PKCS (OpenSSL's libp11 engine, for one) cannot use such a key.
+    """
+    return [m for m in _SIGNING[algorithm] if m in offered and not (sign_only and m in DECRYPTING[algorithm])]
 
 
 @dataclass(frozen=True)

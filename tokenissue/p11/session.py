@@ -48,6 +48,7 @@ from ._capabilities import (
     TEMPLATE_REFUSALS,
     Capabilities,
     TemplateStep,
+    decrypting_mechanisms,
     signing_mechanisms,
 )
 from ._errors import translate
@@ -186,11 +187,19 @@ class TokenSession:
                     Attribute.SENSITIVE,
                     Attribute.EXTRACTABLE,
                     Attribute.DECRYPT,
+                    Attribute.UNWRAP,
+                    Attribute.DERIVE,
+                    Attribute.SIGN_RECOVER,
+                    Attribute.ALLOWED_MECHANISMS,
                 ]
             )
             kid = bytes(a.get(Attribute.ID) or b"")
         key_type = self._key_type(obj)
         has_cert = kid in cert_ids if cert_ids is not None else self._has_object(ObjectClass.CERTIFICATE, kid)
+        flagged = bool(a.get(Attribute.DECRYPT) or a.get(Attribute.UNWRAP))
+        # Whether it really can: its flags, limited by CKA_ALLOWED_MECHANISMS (an EC key whose
+        # CKA_DECRYPT a TPM forced, but whose list holds only ECDSA, cannot decrypt at all).
+        decrypts = decrypting_mechanisms(key_type.algorithm, a, self.mechanisms) if key_type else ()
         return KeyInfo(
             id=kid,
             label=a.get(Attribute.LABEL) or "",
@@ -200,7 +209,8 @@ class TokenSession:
             always_sensitive=bool(a.get(Attribute.ALWAYS_SENSITIVE)),
             sensitive=bool(a.get(Attribute.SENSITIVE)),
             extractable=bool(a.get(Attribute.EXTRACTABLE)),
-            can_decrypt=bool(a.get(Attribute.DECRYPT)),
+            can_decrypt=bool(decrypts) if key_type else flagged,
+            decrypt_flag=flagged,
             has_certificate=has_cert,
         )
 
@@ -250,9 +260,6 @@ class TokenSession:
                 f"Token '{self.info.label}' cannot make a {key_type.value} key: {refusal}; "
                 "'tokenissue token check' lists the key types it can make."
             )
-        known = caps.template_step.get(key_type.algorithm)
-        if require_sign_only and known is not None and not known.sign_only:
-            raise KeyUsageForced(self._forced_sentence(key_type))
         if self._private_objects(KeySelector(label=label)):
             raise ObjectExists(f"Token '{self.info.label}' already has a key labelled '{label}'; choose another label.")
         if key_id is not None and self._has_id(key_id):
@@ -262,7 +269,7 @@ class TokenSession:
                 f"Token '{self.info.label}' already has objects with id {key_id.hex()}; choose another."
             )
         provisional = key_id if key_id is not None else os.urandom(20)
-        pub, priv, step = self._negotiate_keygen(key_type, provisional, label)
+        pub, priv, step = self._negotiate_keygen(key_type, provisional, label, sign_only=require_sign_only)
         try:
             self._check_generated(priv, key_type, require_sign_only)
         except TokenIssueError:
@@ -282,11 +289,19 @@ class TokenSession:
                     pass  # This token will not relabel; the random provisional ID stays.
         return replace(self._key_info(priv), template=step.name)
 
-    def _negotiate_keygen(self, key_type: KeyType, kid: bytes, label: str) -> tuple[Any, Any, TemplateStep]:
-        """Generate with the first template step the token accepts; remember it for the token."""
+    def _negotiate_keygen(
+        self, key_type: KeyType, kid: bytes, label: str, *, sign_only: bool = False
+    ) -> tuple[Any, Any, TemplateStep]:
+        """Generate with the first template step the token accepts; remember it for the token.
+
+        With ``sign_only``, a step that leaves CKA_DECRYPT to the token pins the key to the
+        signature mechanisms that do not also decrypt (no raw CKM_RSA_PKCS), so that the token's
+        enforcement of CKA_ALLOWED_MECHANISMS keeps the key from decrypting.
+        """
         caps = self.capabilities
         algorithm = key_type.algorithm
         allowed = signing_mechanisms(algorithm, self.mechanisms)
+        narrow = signing_mechanisms(algorithm, self.mechanisms, sign_only=True)
         private_template: dict[Any, Any] = {
             Attribute.TOKEN: True,
             Attribute.PRIVATE: True,
@@ -323,9 +338,15 @@ class TokenSession:
         known = caps.template_step.get(algorithm)
         steps = [known] if known is not None else list(KEY_TEMPLATE_STEPS)
         refusals: list[tuple[str, str]] = []
+        skipped = False
         for step in steps:
             # pkcs11.DEFAULT removes the attribute from the template python-pkcs11 builds.
             priv_t = {**private_template, **dict.fromkeys(step.omit_private, pkcs11.DEFAULT)}
+            if sign_only and not step.sign_only and step.allowed_mechanisms:
+                if not narrow:
+                    skipped = True  # every signature mechanism it has also decrypts (raw RSA only)
+                    continue
+                priv_t[Attribute.ALLOWED_MECHANISMS] = narrow
             pub_t = {**public_template, **dict.fromkeys(step.omit_public, pkcs11.DEFAULT)}
             with self.lock, translate(f"generate a {key_type.value} key"):
                 try:
@@ -344,6 +365,9 @@ class TokenSession:
                 caps.template_step[algorithm] = step
                 caps.template_refusals[algorithm] = refusals
             return pub, priv, step
+        if skipped:
+            # The steps that would have made a key were left out: it could not be sign-only.
+            raise KeyUsageForced(self._forced_sentence(key_type))
         kinds = {r for _, r in refusals}
         # CKR_ATTRIBUTE_VALUE_INVALID for a template the token takes for other sizes: the size.
         size = (
@@ -459,7 +483,14 @@ class TokenSession:
         """The key as a cryptography private-key object whose ``sign()`` runs on the token."""
         priv = self._one_private(sel)
         public = self._public_from(self._public_object(bytes(priv[Attribute.ID])), priv)
-        return make_private_key(priv, self.lock, self.mechanisms, public)
+        mechanisms = self.mechanisms
+        with self.lock, suppress(px.PKCS11Error):
+            allowed = priv[Attribute.ALLOWED_MECHANISMS]
+            if allowed:
+                # Plan signatures within the key's own list: a key pinned to the combined
+                # mechanisms (no raw CKM_RSA_PKCS) must not be asked to sign a host digest.
+                mechanisms = {m for m in mechanisms if int(m) in {int(x) for x in allowed}}
+        return make_private_key(priv, self.lock, mechanisms, public)
 
     def find_key_for(self, public: Any) -> KeyInfo | None:
         """The private key whose public half is ``public``, if any."""
