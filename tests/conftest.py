@@ -34,6 +34,19 @@ RAW_MECHANISMS = (
 requires_softhsm = pytest.mark.skipif(not Path(SOFTHSM_MODULE).exists(), reason="SoftHSM2 is not installed (make deps)")
 
 
+def run_cli(
+    env: dict[str, str], args: tuple[str, ...], *, input: str | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI as a subprocess with exactly ``env``; ``check`` fails on a non-zero exit."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tokenissue.cli", *args],
+        input=input, capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tokenissue {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 @dataclass
 class SoftHSM:
     """A private SoftHSM installation: config, token directory, and an environment to run with."""
@@ -47,19 +60,7 @@ class SoftHSM:
         self, *args: str, input: str | None = None, env: dict[str, str] | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
         """Run the real CLI in a subprocess with this SoftHSM."""
-        full_env = {**self.env, **(env or {})}
-        proc = subprocess.run(
-            [sys.executable, "-m", "tokenissue.cli", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=full_env,
-            timeout=300,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"tokenissue {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-        return proc
+        return run_cli({**self.env, **(env or {})}, args, input=input, check=check)
 
     def add_token(self, label: str) -> None:
         proc = self.run(

@@ -29,7 +29,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import SO_PIN, USER_PIN, SoftHSM
+from conftest import SO_PIN, USER_PIN, SoftHSM, run_cli
 
 __all__ = [
     "PRIMARY_HANDLE",
@@ -471,19 +470,7 @@ class TPMTokens:
         self, *args: str, input: str | None = None, env: dict[str, str] | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
         """Run the real CLI in a subprocess with this store."""
-        full_env = {**self.env, **(env or {})}
-        proc = subprocess.run(
-            [sys.executable, "-m", "tokenissue.cli", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=full_env,
-            timeout=300,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"tokenissue {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-        return proc
+        return run_cli({**self.env, **(env or {})}, args, input=input, check=check)
 
     def add_token(self, label: str, *, via: str = "tokenissue") -> None:
         """Add an initialised token (SO PIN SO_PIN, user PIN USER_PIN).
