@@ -39,6 +39,7 @@ from ..errors import (
     ProvenanceError,
     TokenError,
     TokenIssueError,
+    TokenNotFound,
     UsageError,
 )
 from ..models import CertObject, KeyAlgorithm, KeyInfo, KeyType, TokenInfo
@@ -591,6 +592,8 @@ class TokenSession:
             except refusals as e:
                 first = e
                 self._remove_leftovers(attrs)
+            except (px.ObjectHandleInvalid, px.FunctionFailed, px.GeneralError, px.DeviceMemory) as e:
+                raise self._store_failed(e) from e
             for drop in [[a] for a in optional] + ([optional] if len(optional) > 1 else []):
                 try:
                     self._session.create_object({k: v for k, v in attrs.items() if k not in drop})
@@ -603,6 +606,26 @@ class TokenSession:
             f"Token '{self.info.label}' refused to store the certificate ({_rv(first)}) even with only the "
             "required attributes (class, type, id, label, subject, value); 'tokenissue token check --probe' tells more."
         ) from first
+
+    def _store_failed(self, e: Exception) -> TokenError:
+        """Why C_CreateObject of a new object failed: a full token, unless the token is gone.
+
+        A full SoftHSM token directory answers CKR_OBJECT_HANDLE_INVALID (measured), which would
+        otherwise read as "the certificate went away"; nothing had a handle yet."""
+        try:
+            present = any(t.name == self.info.name for t in self.module.tokens())
+        except TokenIssueError:
+            present = False
+        if not present:
+            return TokenNotFound(
+                f"Token '{self.info.label}' went away while the certificate was being stored; plug it in again and "
+                "run the same command again."
+            )
+        return TokenError(
+            f"Token '{self.info.label}' could not store the certificate ({_rv(e)}): it is probably full. Delete keys "
+            "or certificates it no longer needs ('tokenissue keys list', 'tokenissue keys delete'), then run the "
+            "same command again; nothing is lost meanwhile."
+        )
 
     def _remove_leftovers(self, attrs: dict[Any, Any]) -> None:
         """Destroy what a refused C_CreateObject left behind.
