@@ -441,3 +441,14 @@ def test_help_subprocess(softhsm: SoftHSM) -> None:
     assert proc.returncode == 0
     assert "tokenissue" in proc.stdout
     assert softhsm.run("--version").returncode == 0
+
+
+def test_a_confirmation_without_a_terminal_is_a_usage_error_naming_yes(softhsm: SoftHSM) -> None:
+    """'keys delete' cannot ask without a terminal: exit 2 and the sentence names --yes (it was
+    'Aborted.' and exit 130, the status of an interrupt); the key stays."""
+    softhsm.run("keys", "generate", "-t", "test", "-l", "keep-me", check=True)
+    proc = softhsm.run("keys", "delete", "-t", "test", "-k", "keep-me")
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "--yes" in proc.stderr and "Aborted" not in proc.stderr, proc.stderr
+    keys = json.loads(softhsm.run("keys", "list", "-t", "test", "--json", check=True).stdout)
+    assert [k["label"] for k in keys] == ["keep-me"]

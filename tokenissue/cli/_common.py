@@ -210,6 +210,16 @@ _FILE_OPTIONS = {
 }
 
 
+def confirm_or_refuse(question: str) -> None:
+    """Ask ``question`` (yes/no) on the terminal; without one, refuse (exit 2) naming --yes.
+
+    A question that cannot be asked is a usage error, not an interruption (exit 130 is Ctrl-C).
+    """
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question.rstrip('?')}? That needs a yes, and there is no terminal to ask on: add --yes.")
+    typer.confirm(question, abort=True)
+
+
 def prompt_secret(what: str, *, confirm: bool = False, hint: str = "") -> str:
     if not sys.stdin.isatty():
         raise PinError(f"No {what} given and no terminal to ask on; set {hint}.")

@@ -18,6 +18,7 @@ from ._common import (
     ProtectedAuthOpt,
     RequireSignOnlyOpt,
     TokenOpt,
+    confirm_or_refuse,
     console,
     emit_json,
     err_console,
@@ -142,7 +143,7 @@ def delete(
         sel = p11.KeySelector.parse(key)
         info = s.key(sel)
         if not yes:
-            typer.confirm(f"Delete key '{info.label}' (id {info.id.hex()}) for good?", abort=True)
+            confirm_or_refuse(f"Delete key '{info.label}' (id {info.id.hex()}) for good?")
         s.delete_key(sel, with_certificates=not keep_certificate)
     console().print(f"Deleted key '{info.label}' (id {info.id.hex()}).", markup=False)
 

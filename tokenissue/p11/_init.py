@@ -20,11 +20,13 @@ def init_token(
     *,
     module: str | None = None,
     serial: str | None = None,
+    current_label: str | None = None,
 ) -> str:
     """Initialise a token and set its user PIN; return its serial.
 
-    With ``serial`` the token of that serial is wiped and re-initialised (its current SO PIN
-    must be given); without, the first uninitialised token (SoftHSM's free slot) is used.
+    With ``serial`` (and ``current_label``, since serials repeat on some modules) that token is
+    wiped and re-initialised (its current SO PIN must be given); without, the first
+    uninitialised token (SoftHSM's free slot, tpm2-pkcs11's empty slot) is used.
     """
     mod = load_module(module)
     with mod.lock:
@@ -35,6 +37,7 @@ def init_token(
             "so_pin": so_pin.reveal(),
             "user_pin": user_pin.reveal(),
             "serial": serial,
+            "current_label": current_label,
         }
         try:
             proc = subprocess.run(
@@ -57,6 +60,11 @@ def init_token(
     err = out.get("error")
     if err == "nopykcs11":
         raise ConfigError("Initialising tokens needs PyKCS11: pip install 'tokenissue[init]'.")
+    if err == "ambiguous":
+        raise TokenError(
+            f"Several tokens have serial {serial} and label '{current_label}'; tokenissue will not guess which one "
+            "to erase. Re-initialise it with the module's own tool."
+        )
     if err == "noslot":
         if serial:
             raise TokenNotFound(f"No initialised token with serial {serial} to re-initialise.")

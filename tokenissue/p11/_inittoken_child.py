@@ -22,17 +22,25 @@ def main() -> int:
     lib = PyKCS11.PyKCS11Lib()
     lib.load(req["module"])
     slot = None
+    matches = []
     for s in lib.getSlotList(tokenPresent=True):
         info = lib.getTokenInfo(s)
         initialized = bool(info.flags & PyKCS11.CKF_TOKEN_INITIALIZED)
         serial = info.serialNumber.strip()
         if req.get("serial"):
-            if initialized and serial.lower() == req["serial"].lower():
-                slot = s
-                break
+            # By serial AND current label: serials repeat on some modules (every tpm2-pkcs11
+            # token has 0000000000000000), and erasing the wrong token cannot be undone.
+            label_now = req.get("current_label")
+            if initialized and serial.lower() == req["serial"].lower() and (label_now is None or info.label.strip() == label_now):
+                matches.append(s)
         elif not initialized:
             slot = s
             break
+    if req.get("serial"):
+        if len(matches) > 1:
+            print(json.dumps({"error": "ambiguous"}))
+            return 4
+        slot = matches[0] if matches else None
     if slot is None:
         print(json.dumps({"error": "noslot"}))
         return 4
