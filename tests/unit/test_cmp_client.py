@@ -436,8 +436,23 @@ def test_revoke_signs_with_the_certificate_key(pki: Pki, serve: Any) -> None:
 
 
 def test_revoke_of_a_revoked_certificate_is_done(pki: Pki, serve: Any) -> None:
-    s = serve(_signing_server(pki, lambda req: build_rp(req, [StatusInfo("rejection", ("certRevoked",), "already")])))
+    """A rejection with certRevoked means the goal is reached: no error, one request sent for
+    this very certificate; the same rejection with another failure (the control) is an error."""
+    seen: list[CMPRequest] = []
+
+    def answer(failure: str) -> Callable[[CMPRequest], Any]:
+        def build(req: CMPRequest) -> Any:
+            seen.append(req)
+            return build_rp(req, [StatusInfo("rejection", (failure,), "already")])
+
+        return build
+
+    s = serve(_signing_server(pki, answer("certRevoked")))
     with pki.enroller(s.url) as e:
+        assert e.revoke(pki.cert.serial_number, RevocationReason.UNSPECIFIED, cert=pki.cert, key=pki.key) is None
+    assert [r.serial for q in seen for r in q.revocations] == [pki.cert.serial_number]
+    other = serve(_signing_server(pki, answer("badRequest")))
+    with pki.enroller(other.url) as e, pytest.raises(CMPError, match="badRequest"):
         e.revoke(pki.cert.serial_number, RevocationReason.UNSPECIFIED, cert=pki.cert, key=pki.key)
 
 
