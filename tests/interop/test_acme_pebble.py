@@ -147,6 +147,31 @@ def test_dns01_through_the_hook(softhsm: SoftHSM, pebble: Pebble) -> None:
         assert not names & {"TOKENISSUE_PIN", "PGPASSWORD", "SOFTHSM2_CONF", "TOKENISSUE_STATE_DIR"}, names
 
 
+def test_wildcard_dns01_publishes_the_base_name(softhsm: SoftHSM, pebble: Pebble) -> None:
+    """RFC 8555 §8.4: the TXT record for *.example is _acme-challenge.example (it was
+    _acme-challenge.*.example, which no CA looks up); Pebble validates it and issues."""
+    hook = softhsm.root / "hook.py"
+    hook.write_text(
+        "import json, os, sys, urllib.request\n"
+        "name = os.environ['TOKENISSUE_ACME_TXT_NAME']\n"
+        "open(sys.argv[1], 'a').write(os.environ['TOKENISSUE_ACME_ACTION'] + ' ' + name + '\\n')\n"
+        "body = {'host': name + '.', 'value': os.environ['TOKENISSUE_ACME_TXT_VALUE']}\n"
+        "path = '/set-txt' if os.environ['TOKENISSUE_ACME_ACTION'] == 'present' else '/clear-txt'\n"
+        f"url = 'http://127.0.0.1:{pebble.challtestsrv_port}' + path\n"
+        "urllib.request.urlopen(urllib.request.Request(url, json.dumps(body).encode(), method='POST'))\n"
+    )
+    log = softhsm.root / "hook.log"
+    proc = softhsm.run("enroll", "-t", "test", "--domain", f"*.{DOMAIN}",
+                       *acme_args(pebble, softhsm.root, "--challenge", "dns-01", "--dns-hook", f"{sys.executable} {hook} {log}"),
+                       "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().splitlines() == [f"present _acme-challenge.{DOMAIN}", f"cleanup _acme-challenge.{DOMAIN}"]
+    cert = x509.load_pem_x509_certificate(
+        softhsm.run("cert", "export", "-t", "test", "--key", json.loads(proc.stdout)["label"], check=True).stdout.encode()
+    )
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [f"*.{DOMAIN}"]
+
+
 def test_invalid_challenge_leaves_no_key(softhsm: SoftHSM, pebble: Pebble) -> None:
     # The responder listens where Pebble does not look: validation fails, the key is removed.
     proc = enroll(softhsm, pebble, http01=f"127.0.0.1:{free_port()}")

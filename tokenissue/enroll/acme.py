@@ -429,7 +429,8 @@ class ACMEEnroller:
         try:
             for _, challb, domain in picked:
                 chall01 = cast(challenges.DNS01, challb.chall)
-                record = (chall01.validation_domain_name(domain), chall01.validation(self._jwk))
+                # RFC 8555 §8.4: the record of "*.example.org" is _acme-challenge.example.org.
+                record = (chall01.validation_domain_name(domain.removeprefix("*.")), chall01.validation(self._jwk))
                 self.options.progress(f"ACME: publishing the TXT record {record[0]} (dns-01).")
                 published.append((domain, *record))
                 self._dns_hook("present", domain, *record)
