@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from ..errors import ConfigError, RequestRejected, UsageError
 from ..models import KeyAlgorithm, KeyType
+from ..pkix.names import check_names
 
 __all__ = [
     "EKU_NAMES",
@@ -400,6 +401,7 @@ def _check_key(profile: Profile, public_key: Any) -> None:
         rsa_bits = [k.bits for k in profile.allowed_key_types if k.algorithm is algorithm]
         if not rsa_bits:
             raise RequestRejected(refuse.format("RSA keys"))
+        _check_rsa_numbers(public_key)
         floor = max(profile.min_rsa_bits, min(rsa_bits))
         if public_key.key_size < floor:
             raise RequestRejected(
@@ -415,6 +417,25 @@ def _check_key(profile: Profile, public_key: Any) -> None:
             raise RequestRejected(refuse.format("Ed25519 keys"))
     else:
         raise RequestRejected(refuse.format(f"{type(public_key).__name__} keys"))
+
+
+# CA/Browser Forum Baseline Requirements §6.1.6 and NIST SP 800-89 §5.3.3: the public exponent
+# is odd and 2**16 + 1 <= e < 2**256. Small exponents (3) invite the attacks on unpadded or
+# badly padded RSA that this bound was set against; our own tokens all use 65537.
+_RSA_MIN_EXPONENT = 65537
+_RSA_MAX_EXPONENT = 1 << 256
+
+
+def _check_rsa_numbers(public_key: rsa.RSAPublicKey) -> None:
+    numbers = public_key.public_numbers()
+    if numbers.e % 2 == 0 or not _RSA_MIN_EXPONENT <= numbers.e < _RSA_MAX_EXPONENT:
+        shown = str(numbers.e) if numbers.e < 1 << 64 else f"of {numbers.e.bit_length()} bits"
+        raise RequestRejected(
+            f"The RSA key's public exponent {shown} is not accepted; it must be odd, at least 65537 "
+            "and below 2**256 (CA/Browser Forum BR 6.1.6)."
+        )
+    if numbers.n % 2 == 0:
+        raise RequestRejected("The RSA key's modulus is even, so it is not an RSA key anyone can use.")
 
 
 def _check_subject(profile: Profile, subject: x509.Name) -> None:
@@ -467,10 +488,13 @@ def check_request(
 ) -> None:
     """Raise :class:`RequestRejected` with one sentence unless the request fits ``profile``.
 
-    Checks, in order: the key type and size, the subject attributes (allowed, then required),
-    the SAN kinds, their number, and the SAN kinds the profile requires.
+    Checks, in order: the key type and size (and an RSA key's exponent), that every name is
+    safe to certify (:func:`tokenissue.pkix.names.check_names`; a DNS wildcard only in a
+    profile for TLS servers), the subject attributes (allowed, then required), the SAN kinds,
+    their number, and the SAN kinds the profile requires.
     """
     _check_key(profile, public_key)
+    check_names(subject, san, allow_wildcard="server_auth" in profile.extended_key_usage)
     _check_subject(profile, subject)
     _check_san(profile, san)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -38,10 +40,22 @@ def build_csr(
     return csr
 
 
+# The PEM labels of a CSR (RFC 7468 §7, and the "NEW" one older tools still write).
+_PEM_CSR_RE = re.compile(rb"-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----")
+# Hashes too weak to sign a request with (SHA-1: SHAttered, 2017; CA/Browser Forum BR 7.1.3
+# accepts nothing below SHA-256), by the name the refusal gives.
+_WEAK_HASHES = {hashes.SHA1: "SHA-1", hashes.MD5: "MD5", hashes.SHA224: "SHA-224"}
+
+
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
-    """Load a PEM or DER CSR."""
+    """Load a PEM or DER CSR; a file holding more than one request is refused, not half-read."""
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
+            count = len(_PEM_CSR_RE.findall(data))
+            if count > 1:
+                raise UsageError(
+                    f"The file holds {count} certificate signing requests; give one request per file."
+                )
             return x509.load_pem_x509_csr(data)
         return x509.load_der_x509_csr(data)
     except ValueError:
@@ -49,7 +63,17 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
 
 
 def verify_csr(csr: x509.CertificateSigningRequest) -> None:
-    """Raise :class:`RequestRejected` unless the CSR's self-signature is valid."""
+    """Raise :class:`RequestRejected` unless the CSR's self-signature is valid and made with
+    a hash that is still accepted (SHA-256 or better; none for Ed25519)."""
+    try:
+        algorithm = csr.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        algorithm = None  # An unknown algorithm cannot verify: refused just below.
+    shown = _WEAK_HASHES.get(type(algorithm)) if algorithm is not None else None
+    if shown is not None:
+        raise RequestRejected(
+            f"The CSR is signed with {shown}, which is not accepted; sign it with SHA-256 or better."
+        )
     try:
         ok = csr.is_signature_valid
     except Exception:  # Unsupported algorithms count as invalid.
