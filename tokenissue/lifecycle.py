@@ -601,27 +601,40 @@ def revoke_on_token(
     s: TokenSession, state: Inventory, key: KeySelector, enroller_for: Callable[[str], Enroller],
     reason: RevocationReason, ca: str | None = None,
 ) -> list[CertRecord]:
-    """Revoke the certificates of one key on a present token, at their CA, and remember it."""
+    """Revoke the certificates of one key on a present token, at their CA, and remember it.
+
+    For key compromise the key is revoked, not one certificate: every other certificate of it
+    in the holder's records that is still valid and unexpired (a same-key renewal's predecessor,
+    no longer on the token) is revoked at the same CA too, and recorded so. tokenissue's CA and
+    CMP server revoke those along with the first; asked again, they answer that it is done.
+    Returns what was recorded revoked, the certificates on the token first.
+    """
     kid = s.key(key).id
-    out = []
+    out: dict[int, CertRecord] = {}
     for c in s.certificates(key_id=kid):
-        if c.is_ca:
+        if c.is_ca or c.serial in out:
             continue
         rec = state.get_certificate(c.serial)
         where = ca or ca_of(state, rec)
         if where is None:
             raise UsageError(f"tokenissue did not enroll certificate {c.serial:x}; name its CA with --ca.")
+        now = datetime.now(UTC)
+        others = state.same_key(c.serial, now) if rec is not None and reason is RevocationReason.KEY_COMPROMISE else []
         enroller = enroller_for(where)
         try:
             # The certificate and its key go along: CMP authenticates a revocation by that key.
-            enroller.revoke(
-                c.serial, reason, cert=x509.load_der_x509_certificate(c.der), key=s.private_key(KeySelector(id=kid))
-            )
+            private_key = s.private_key(KeySelector(id=kid))
+            for serial, der in [(c.serial, c.der), *((o.serial, o.der) for o in others)]:
+                enroller.revoke(serial, reason, cert=x509.load_der_x509_certificate(der), key=private_key)
         finally:
             enroller.close()
-        if rec is not None:
-            out.append(state.revoke(c.serial, reason, datetime.now(UTC)))
-    return out
+        if rec is None:
+            continue
+        if reason is RevocationReason.KEY_COMPROMISE:
+            out.update((r.serial, r) for r in state.revoke_key(c.serial, reason, now))
+        else:
+            out[c.serial] = state.revoke(c.serial, reason, now)
+    return list(out.values())
 
 
 # -- a token gone for good ------------------------------------------------------------------

@@ -252,13 +252,13 @@ def test_wrong_mac_counts_and_five_lock_the_reference(env: Env) -> None:
     reg = register(env.ca.dir, "CN=Brute Force")
     wrong = Registered(reg.ref, type(reg.code)("AAAAA-AAAAA-AAAAA-AAAAA"), reg.subject)
     before = snapshot(env.ca.dir)
-    for attempt in range(1, 6):
+    texts = set()
+    for _ in range(1, 6):
         resp = env.refused(wrong.protect(build_ir(reg.subject, None, new_key())), "badMessageCheck")
         assert resp.status is not None and resp.status.text is not None
-        if attempt < 5:
-            assert f"{5 - attempt} tries left" in resp.status.text
-        else:
-            assert "locked" in resp.status.text
+        texts.add(resp.status.text)
+    # Until the MAC verifies, the answer tells nothing (tests/token/test_cmp_uniform_answers.py).
+    assert len(texts) == 1 and "locked" not in texts.pop()
     after = snapshot(env.ca.dir)
     assert after["certs"] == before["certs"] == []
     assert [r for r in after["registrations"]] == [(reg.ref, "locked", None)]

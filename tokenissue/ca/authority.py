@@ -19,6 +19,7 @@ twice for one request.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -317,10 +318,19 @@ class CertificateAuthority:
             san = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             san = []
+        except ValueError:
+            # A duplicated or malformed extension: cryptography refuses to read the list.
+            raise RequestRejected("The CSR's extensions cannot be read; make a new request.") from None
+        if subject is None:
+            with warnings.catch_warnings():
+                # cryptography warns as it reads a CN or C beyond its bounds; check_request
+                # (check_names) refuses those with a sentence of its own.
+                warnings.simplefilter("ignore", UserWarning)
+                subject = csr.subject
         return self.issue(
             csr.public_key(),
             profile_name,
-            subject=subject if subject is not None else csr.subject,
+            subject=subject,
             san=san,
             pin=pin,
             request_id=request_id,
@@ -434,23 +444,46 @@ class CertificateAuthority:
             yield key
 
     # -- revocation --------------------------------------------------------------------------
-    def revoke(self, serial: int, reason: RevocationReason = RevocationReason.UNSPECIFIED) -> CertRecord:
+    def revoke(self, serial: int, reason: RevocationReason = RevocationReason.UNSPECIFIED) -> list[CertRecord]:
+        """Revoke the certificate ``serial``; for key compromise, every certificate of its key.
+
+        Returns the certificate ``serial`` first (unchanged if it was revoked before), then, for
+        :attr:`RevocationReason.KEY_COMPROMISE` only, every other certificate of the same public
+        key this CA issued that was still valid and unexpired: a same-key renewal leaves its
+        predecessor valid, and a compromised key must not keep a certificate. All of them are
+        revoked in one transaction, each with its own audit entry (``same_key_as`` names the
+        certificate the revocation was asked for). Asked again, a key compromise revokes what
+        is left of the key's certificates. Any other reason revokes just the one.
+        """
         rec = self.inventory.get_certificate(serial)
         if rec is None:
             raise NotFound(f"This CA issued no certificate with serial {serial:x}.")
+        now = datetime.now(UTC)
+        if reason is RevocationReason.KEY_COMPROMISE:
+
+            def audit(r: CertRecord) -> tuple[str, dict[str, object]]:
+                details: dict[str, object] = {"serial": format(r.serial, "x"), "reason": reason.value}
+                if r.serial != serial:
+                    details["same_key_as"] = format(serial, "x")
+                return "revoke", details
+
+            return self.inventory.revoke_key(serial, reason, now, audit=audit)
         if rec.status is CertStatus.REVOKED:
-            return rec
-        rec = self.inventory.revoke(
-            serial, reason, datetime.now(UTC), audit=("revoke", {"serial": format(serial, "x"), "reason": reason.value})
-        )
-        return rec
+            return [rec]
+        return [
+            self.inventory.revoke(
+                serial, reason, now, audit=("revoke", {"serial": format(serial, "x"), "reason": reason.value})
+            )
+        ]
 
     def revoke_token(self, token_serial: str, reason: RevocationReason) -> list[CertRecord]:
-        """Revoke every valid certificate whose key is on the token ``token_serial`` (a lost token)."""
-        out = []
+        """Revoke every valid certificate whose key is on the token ``token_serial`` (a lost token),
+        and for key compromise every other certificate of those keys (see :meth:`revoke`)."""
+        out: dict[int, CertRecord] = {}
         for rec in self.inventory.list_certificates(status=CertStatus.VALID, token_serial=token_serial):
-            out.append(self.revoke(rec.serial, reason))
-        return out
+            if rec.serial not in out:
+                out.update((r.serial, r) for r in self.revoke(rec.serial, reason))
+        return list(out.values())
 
     def crl(self, pin: Pin | ProtectedAuth | None) -> x509.CertificateRevocationList:
         """Sign a new CRL over every revoked certificate and publish it as crl.pem."""

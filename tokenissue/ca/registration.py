@@ -85,6 +85,9 @@ _SUBJECT_NAMES = {
     NameOID.EMAIL_ADDRESS: "emailAddress",
     NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
 }
+#: The nonce of no registration (real ones are random 16 bytes): keys the decoy code that an
+#: unknown reference's MAC is checked against.
+_DECOY_NONCE = b"tokenissue-ra-no-such-ref"
 DEFAULT_VALIDITY = timedelta(days=7)
 MAX_FAILURES = 5
 
@@ -271,6 +274,21 @@ class RegistrationAuthority:
         """
         reg = self._get(ref)
         return derive_code(self._ra_key(), reg.ref, reg.nonce)
+
+    def mac_secret(self, ref: str) -> tuple[Registration | None, Secret]:
+        """The registration ``ref`` (None if there is none) and the secret to check a MAC with.
+
+        For an unknown reference the secret is a decoy derived from the RA key, which no sender
+        can know: checking a request against it costs what checking a real code costs and fails
+        the same way, so neither the answer nor its timing tells an unknown reference from a
+        wrong code. Nothing about the registration's state is checked here (see
+        :meth:`check_usable`, to be called once the MAC verified).
+        """
+        reg = self._inv.get_registration(ref)
+        key = self._ra_key()
+        if reg is None:
+            return None, derive_code(key, ref, _DECOY_NONCE)
+        return reg, derive_code(key, reg.ref, reg.nonce)
 
     def check_usable(self, ref: str, *, now: datetime | None = None) -> Registration:
         """The registration, if a certificate may still be issued with it.

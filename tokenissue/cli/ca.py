@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from ..models import KeyType, RevocationReason
+from ..models import CertRecord, KeyType, RevocationReason
 from ._common import (
     CaPinFileOpt,
     JsonOpt,
@@ -331,7 +331,10 @@ def revoke(
     json_out: JsonOpt = False,
 ) -> None:
     """Revoke a certificate by serial (reason unspecified unless given), or all of a lost token's
-    certificates (key-compromise unless given: its keys are out of the holder's hands)."""
+    certificates (key-compromise unless given: its keys are out of the holder's hands).
+
+    Key compromise revokes the key: every unexpired certificate of that public key goes too.
+    """
     from .lifecycle import lost_token_identity, require_recorded_token
 
     if (serial is None) == (token_serial is None):
@@ -340,9 +343,10 @@ def revoke(
         if serial is not None:
             why = parse_reason(reason, RevocationReason.UNSPECIFIED)
             try:
-                recs = [ca.revoke(int(serial.replace(":", ""), 16), why)]
+                number = int(serial.replace(":", ""), 16)
             except ValueError:
                 raise UsageError(f"'{serial}' is not a hex serial number.") from None
+            recs = ca.revoke(number, why)  # key-compromise: every certificate of the key
         else:
             assert token_serial is not None
             why = parse_reason(reason, RevocationReason.KEY_COMPROMISE)
@@ -354,8 +358,18 @@ def revoke(
     elif not recs:
         console().print(f"No valid certificate is recorded for token {token_serial}; nothing to revoke.")
     else:
-        for r in recs:
-            console().print(f"Revoked {r.serial:x} ({r.subject}). Publish a CRL with 'tokenissue ca crl'.", markup=False)
+        for line in revoked_lines(recs, why, one_key=serial is not None):
+            console().print(line, markup=False)
+        console().print("Publish a CRL with 'tokenissue ca crl'.")
+
+
+def revoked_lines(recs: list[CertRecord], why: RevocationReason, *, one_key: bool) -> list[str]:
+    """What a revocation tells the user: each certificate, and, when a key compromise revoked a
+    key's certificates (``one_key``: ``recs`` are all of one key), how many."""
+    names = [f"{r.serial:x} ({r.subject})" for r in recs]
+    if one_key and len(recs) > 1:
+        return [f"Revoked {len(recs)} certificates of this key: {', '.join(names)}; reason {why.value}."]
+    return [f"Revoked {name}, reason {why.value}." for name in names]
 
 
 @app.command("crl")
@@ -440,6 +454,7 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The TLS private key (PEM) for --tls-cert.", exists=True, dir_okay=False)] = None,
     max_body: Annotated[int, typer.Option("--max-body", help="Largest CMP message accepted, in bytes.")] = 64 * 1024,
     max_concurrent: Annotated[int, typer.Option("--max-concurrent", help="CMP requests in progress at once; past it a request is answered at once with 503, Retry-After and CMP systemUnavail, and the client sends it again later.")] = 256,
+    max_per_client: Annotated[int, typer.Option("--max-per-client", help="Connections (so requests in flight) one client address may hold at once; past it a connection is closed at once. 0: no limit (behind a load balancer, where every client has its address: limit there).")] = 32,
     ca_pin_file: CaPinFileOpt = None,
 ) -> None:
     """Serve the CA over CMP (RFC 4210/9483 over HTTP, RFC 6712): enrollment with registration codes,
@@ -452,6 +467,8 @@ def serve(
     if not 1 <= max_concurrent <= 400:
         # 2N+64 open connections must stay under the usual limit of 1024 open files.
         raise UsageError("--max-concurrent must be between 1 and 400.")
+    if max_per_client < 0:
+        raise UsageError("--max-per-client must be 0 (no limit) or more.")
     with _open(ctx, ca_dir) as ca:
         subject = ca.certificate.subject.rfc4514_string()
         pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
@@ -464,7 +481,7 @@ def serve(
         RegistrationAuthority(ca).check_key()  # a replica must hold the ra.key the codes come from
     import uvicorn
 
-    from ..server.app import create_app
+    from ..server.app import create_app, http_protocol
 
     web = create_app(
         ca_dir, ca_pin=pin, module=state(ctx).module, cmp_path=path, max_body=max_body,
@@ -481,6 +498,9 @@ def serve(
         workers=1,
         log_level="warning",
         access_log=False,  # ours is the structured one
+        # Slow clients: headers within 5 s (http_protocol), the body within 5 s (create_app),
+        # an idle kept-alive connection closed after 5 s; none of them holds a CMP slot.
+        http=http_protocol(max_per_client=max_per_client),
         timeout_keep_alive=5,
         # A backstop on open connections (idle keep-alives included), well above the CMP limit
         # so that the answer a client sees under load is ours (CMP, Retry-After, logged).

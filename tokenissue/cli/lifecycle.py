@@ -737,7 +737,7 @@ def revoke(
     from .. import p11
     from ..enroll import is_cmp_location
     from ..lifecycle import revoke_on_token
-    from .ca import record_dict
+    from .ca import record_dict, revoked_lines
 
     if token_serial is not None:
         if ca is None:
@@ -785,5 +785,5 @@ def revoke(
     elif not recs:
         console().print("Nothing was revoked: no valid certificate matched.")
     else:
-        for r in recs:
-            console().print(f"Revoked {r.serial:x} ({r.subject}), reason {why.value}.", markup=False)
+        for line in revoked_lines(recs, why, one_key=token_serial is None):
+            console().print(line, markup=False)

@@ -2,7 +2,7 @@
 renewed on its token when that token is present (an administrator's tray, a server's HSM).
 
 Run it daily (cron, a systemd timer). A certificate that a newer one already replaces is not
-due: it was renewed, and the holder has the new one. A sweep is safe to repeat: a renewal
+due: it was renewed or re-issued, and the holder has the new one (:func:`superseded`). A sweep is safe to repeat: a renewal
 cut short is resumed from the journal by the next sweep, and a finished one takes the
 certificate out of the next sweep's list.
 
@@ -27,17 +27,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 from .. import hooks
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
 from ..errors import KeyNotFound, PinIncorrect, TokenIssueError, TokenNotFound, UsageError
 from ..inventory import Inventory
 from ..lifecycle import EnrollParams, StepHook, certificate_status, enroll, renewal_params
-from ..models import CertRecord
+from ..models import CertRecord, CertStatus
 from ..p11 import TokenSelector, load_module, open_token
 from ..pkix.certs import dump_certificates, load_certificates
 
-__all__ = ["HOOK_TIMEOUT_S", "SweepItem", "due", "renewer", "resume_renewals", "run_hook", "sweep"]
+__all__ = ["HOOK_TIMEOUT_S", "SweepItem", "due", "renewer", "resume_renewals", "run_hook", "superseded", "sweep"]
 
 HOOK_TIMEOUT_S = 60
 _DETAIL_MAX = 300
@@ -67,16 +71,63 @@ class SweepItem:
 def due(
     records: list[CertRecord], within: timedelta, *, now: datetime | None = None, skip: frozenset[int] = frozenset()
 ) -> list[CertRecord]:
-    """Valid certificates expiring within ``within`` that no valid certificate replaces (and
-    whose serial is not in ``skip``: successors issued moments ago). A revoked successor (a
-    renewal the holder rejected, or an administrator revoked) replaces nothing: the holder
-    still depends on the old certificate."""
+    """Valid certificates expiring within ``within`` that nothing has superseded (and whose
+    serial is not in ``skip``: successors issued moments ago). See :func:`superseded`."""
     now = now or datetime.now(UTC)
-    replaced = {r.replaces for r in records if r.replaces is not None and r.status.value == "valid"} | skip
+    replaced = superseded(records) | skip
     return sorted(
-        (r for r in records if r.status.value == "valid" and r.not_after <= now + within and r.serial not in replaced),
+        (r for r in records if r.status is CertStatus.VALID and r.not_after <= now + within and r.serial not in replaced),
         key=lambda r: r.not_after,
     )
+
+
+def superseded(records: list[CertRecord]) -> set[int]:
+    """Serials of the certificates in ``records`` that a valid newer one supersedes: the holder
+    has moved on, so they are not due however soon they expire.
+
+    - What a valid certificate ``replaces``, and what that one replaces, and so on back. A
+      revoked link does not break the chain: a renewal revoked later and re-issued with
+      ``renew --rekey`` left the holder with its re-issue, not with what it renewed.
+    - An older certificate for the same key (SubjectPublicKeyInfo), subject and profile as a
+      valid one: renewed or re-issued where no ``replaces`` was recorded.
+
+    A revoked certificate at the head of a chain supersedes nothing: a renewal the holder
+    rejected (or an administrator revoked before any re-issue) leaves the holder with the old one.
+    """
+    by_serial = {r.serial: r for r in records}
+    out: set[int] = set()
+    for head in records:
+        if head.status is not CertStatus.VALID:
+            continue
+        link = head.replaces
+        while link is not None and link not in out and link != head.serial:
+            out.add(link)
+            older = by_serial.get(link)
+            link = older.replaces if older is not None else None
+    newest: dict[tuple[bytes, str, str], CertRecord] = {}
+    for r in records:
+        if r.status is not CertStatus.VALID:
+            continue
+        spki = _spki(r.der)
+        if spki is None:
+            continue
+        k = (spki, r.subject, r.profile)
+        other = newest.get(k)
+        if other is None:
+            newest[k] = r
+            continue
+        older, newer = sorted((other, r), key=lambda c: (c.not_before, c.not_after))
+        out.add(older.serial)
+        newest[k] = newer
+    return out
+
+
+def _spki(der: bytes) -> bytes | None:
+    try:
+        key = x509.load_der_x509_certificate(der).public_key()
+        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, UnsupportedAlgorithm):
+        return None
 
 
 def sweep(

@@ -139,6 +139,19 @@ def _octets_hex(value: bytes, name: str, limit: int) -> str:
     return bytes(value).hex()
 
 
+def _spki_of(der: bytes) -> bytes | None:
+    """The DER SubjectPublicKeyInfo of a DER certificate; None if either does not parse."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = x509.load_der_x509_certificate(der).public_key()
+        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+
+
 def _json_dict(text: str) -> dict[str, object]:
     value = json.loads(text)
     assert isinstance(value, dict)
@@ -520,6 +533,84 @@ class Inventory:
                 self._append_audit(conn, audit[0], _prepare_audit(audit[1]))
             row = conn.execute(select(certificates).where(certificates.c.serial == key)).one()
         return self._row_to_cert(row)
+
+    def same_key(self, serial: int, at: datetime) -> list[CertRecord]:
+        """The other certificates of the public key certified by ``serial``, from its issuer,
+        that are neither revoked nor expired at ``at``: what a key compromise also revokes.
+
+        Oldest ``not_before`` first; empty for an unknown serial or a certificate that does
+        not parse. See :meth:`revoke_key`.
+        """
+        at = utc(at, "at")
+        with self._tx("read", write=False) as conn:
+            row = conn.execute(_CERT_BY_SERIAL, {"serial": _serial_hex(serial)}).first()
+            if row is None:
+                return []
+            return [self._row_to_cert(r) for r in self._same_key_rows(conn, row, at, lock=False)]
+
+    def revoke_key(
+        self,
+        serial: int,
+        reason: RevocationReason,
+        at: datetime,
+        *,
+        audit: Callable[[CertRecord], tuple[str, Mapping[str, object]]] | None = None,
+    ) -> list[CertRecord]:
+        """Revoke the certificate ``serial`` and, in the same transaction, every other one of
+        its public key from its issuer that is neither revoked nor expired at ``at``.
+
+        A key compromise puts the key out of its holder's hands, so every certificate that
+        vouches for it must go, not only the one named: a same-key renewal leaves its
+        predecessor valid until it expires. Returns the certificate ``serial`` (unchanged if it
+        was revoked before, as :meth:`revoke` does) followed by the others it revoked, oldest
+        first. ``audit(record)`` gives the (action, details) of each revocation's audit entry;
+        a certificate revoked before gets none. Raises NotFound for an unknown serial.
+        """
+        at = utc(at, "at")
+        with self._tx("write to", write=True) as conn:
+            row = conn.execute(_CERT_BY_SERIAL.with_for_update(), {"serial": _serial_hex(serial)}).first()
+            if row is None:
+                raise NotFound(
+                    f"No certificate with serial {serial:#x} is in the inventory; "
+                    "check the serial with 'tokenissue cert list'."
+                )
+            rows = [row] if row.status == CertStatus.REVOKED.value else []
+            todo = ([] if rows else [row]) + self._same_key_rows(conn, row, at, lock=True)
+            if todo:
+                conn.execute(
+                    update(certificates)
+                    .where(certificates.c.serial.in_([r.serial for r in todo]))
+                    .values(status=CertStatus.REVOKED.value, revoked_at=at, revocation_reason=reason.value)
+                )
+            for r in todo:
+                done = conn.execute(_CERT_BY_SERIAL, {"serial": r.serial}).one()
+                rows.append(done)
+                if audit is not None:
+                    action, details = audit(self._row_to_cert(done))
+                    self._append_audit(conn, action, _prepare_audit(details))
+        return [self._row_to_cert(r) for r in rows]
+
+    @staticmethod
+    def _same_key_rows(conn: Connection, row: Row[Any], at: datetime, *, lock: bool) -> list[Row[Any]]:
+        """Valid, unexpired certificates other than ``row`` with its issuer and public key.
+
+        There is no column for the key: the DER of each valid, unexpired certificate from the
+        issuer is searched for the SubjectPublicKeyInfo's bytes (a certificate holds them
+        verbatim), and a match is confirmed by parsing. Key compromises are rare, and that
+        costs microseconds per certificate, so no index (and no migration) is needed.
+        """
+        spki = _spki_of(bytes(row.der))
+        if spki is None:
+            return []
+        query = select(certificates).where(
+            certificates.c.status == CertStatus.VALID.value,
+            certificates.c.issuer == row.issuer,
+            certificates.c.not_after > at,
+            certificates.c.serial != row.serial,
+        ).order_by(certificates.c.not_before, certificates.c.serial)
+        if lock:
+            query = query.with_for_update()
+        return [r for r in conn.execute(query).all() if spki in bytes(r.der) and _spki_of(bytes(r.der)) == spki]
 
     def serial_exists(self, serial: int) -> bool:
         """Whether a certificate with this serial is recorded (the CA's reuse check)."""

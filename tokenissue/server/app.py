@@ -20,6 +20,17 @@ a reason. Past ``max_concurrent`` CMP requests in progress, the next one is not 
 the access log records, unlike a bare 503 from the HTTP server). The CMP work runs in a worker thread (:class:`~.cmp_service.CMPService` is
 synchronous and talks to the token and the database).
 
+Slow clients. A request holds one of the ``max_concurrent`` slots only once its whole body has
+arrived, so bodies that trickle in (slowloris) cannot fill the slots and starve everyone else.
+The whole body must arrive within ``body_timeout`` seconds of the headers (a CMP message is one
+small DER blob that clients send with the headers; 64 KiB in 5 s is 13 kB/s, so this is also
+the minimum body rate); past it the answer is 408 with ``Connection: close``. Headers and
+connections are guarded below the app by :func:`http_protocol`, the uvicorn protocol that
+``ca serve`` runs: request headers within ``header_timeout`` seconds of the connection (or of the
+previous answer on a kept-alive connection), at most ``max_per_client`` connections (hence
+requests in flight, HTTP/1.1 has one per connection) from one client address, and a connection
+whose request body was left unread by an answer is closed rather than kept alive.
+
 The CA key stays logged in on its token while the app runs: the lifespan holds one
 ``ca.signing_key(pin)`` open (the PKCS#11 session is re-entrant and reference-counted), so no
 request logs in. Each request writes one JSON line to the access log (stderr by default) with
@@ -33,18 +44,21 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import h11
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..ca.authority import CRL_FILE, CertificateAuthority
 from ..ca.registration import RegistrationAuthority
@@ -56,7 +70,7 @@ from .cmp_service import CMPService, StepHook
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 
-__all__ = ["CMP_CONTENT_TYPE", "create_app"]
+__all__ = ["CMP_CONTENT_TYPE", "create_app", "http_protocol"]
 
 CMP_CONTENT_TYPE = "application/pkixcmp"
 #: Seconds a client or load balancer should wait before repeating a request answered with 503.
@@ -75,6 +89,11 @@ class _Runtime:
 
     service: CMPService
     ca: CertificateAuthority
+
+
+#: Headers for an answer sent before the request body was read to its end: the rest of the body
+#: may still be on its way, so the connection cannot carry another request.
+_CLOSE = {"Connection": "close"}
 
 
 def _cmp_error(
@@ -106,13 +125,14 @@ def create_app(
     max_body: int = 64 * 1024,
     max_concurrent: int = 256,
     access_log: TextIO | None = None,
-    body_timeout: float = 30.0,
+    body_timeout: float = 5.0,
     on_step: StepHook | None = None,
 ) -> Starlette:
     """The CMP server for the CA in ``ca_dir``; ``access_log`` defaults to stderr.
 
-    Requests are limited to ``max_body`` octets and ``body_timeout`` seconds to arrive; at most
-    ``max_concurrent`` CMP requests are in progress at once (the rest are answered 503 at once).
+    Requests are limited to ``max_body`` octets and ``body_timeout`` seconds for the whole body
+    to arrive; at most ``max_concurrent`` CMP requests whose body has arrived are in progress at
+    once (the rest are answered 503 at once); a body still arriving holds no slot.
     ``on_step`` is the crash tests' fault-injection point, passed to :class:`CMPService`.
     """
     base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
@@ -138,34 +158,43 @@ def create_app(
             yield
 
     async def cmp_endpoint(request: Request) -> Response:
+        nonlocal in_progress
         fields: dict[str, Any] = request.scope[_LOG_KEY]
         fields["cmp"] = True  # counted as a CMP message in the metrics (not a 404/405 on the path)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != CMP_CONTENT_TYPE:
-            return _cmp_error(415, "badDataFormat", f"Send CMP messages as {CMP_CONTENT_TYPE}.", fields)
-        nonlocal in_progress
+            return _cmp_error(415, "badDataFormat", f"Send CMP messages as {CMP_CONTENT_TYPE}.", fields, _CLOSE)
         if in_progress >= max_concurrent:
-            fields["shed"] = True
-            return _cmp_error(503, "systemUnavail", busy_text, fields, {"Retry-After": str(RETRY_AFTER_S)})
-        in_progress += 1
+            # Busy already: not worth reading the body.
+            return _shed(fields, _CLOSE)
         try:
-            return await _handle(request, fields)
-        finally:
-            in_progress -= 1
-
-    async def _handle(request: Request, fields: dict[str, Any]) -> Response:
-        try:
-            # A client that trickles its body (slowloris) must not hold a connection forever.
+            # A client that trickles its body (slowloris) must not hold a connection for long,
+            # and while its body is arriving it holds no slot: only the connection.
             body = await asyncio.wait_for(_read_limited(request, max_body), timeout=body_timeout)
         except ClientDisconnect:
             # The client left before its message arrived: nothing to answer, and not a 500.
             fields["failure_info"] = "clientDisconnected"
             return Response(status_code=499)
         except TimeoutError:
-            return _cmp_error(408, "badRequest", f"The CMP message did not arrive within {body_timeout:g} s.", fields)
+            fields["slow_body"] = True
+            text = f"The CMP message did not arrive within {body_timeout:g} s."
+            return _cmp_error(408, "badRequest", text, fields, _CLOSE)
         if body is None:
-            return _cmp_error(413, "badRequest", f"The CMP message exceeds {max_body} bytes.", fields)
+            return _cmp_error(413, "badRequest", f"The CMP message exceeds {max_body} bytes.", fields, _CLOSE)
         fields["bytes_in"] = len(body)
+        if in_progress >= max_concurrent:
+            return _shed(fields)
+        in_progress += 1
+        try:
+            return await _handle(body, fields)
+        finally:
+            in_progress -= 1
+
+    def _shed(fields: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+        fields["shed"] = True
+        return _cmp_error(503, "systemUnavail", busy_text, fields, {"Retry-After": str(RETRY_AFTER_S), **(headers or {})})
+
+    async def _handle(body: bytes, fields: dict[str, Any]) -> Response:
         # CMP work has threads of its own (it is serialised on the token anyway), so a queue of
         # CMP requests never holds up /health, /ca.pem or /crl.pem, which share anyio's pool.
         status, der, service_fields = await anyio.to_thread.run_sync(runtime.service.handle, body, limiter=cmp_threads)
@@ -269,3 +298,92 @@ class _AccessLog:
                 stream.flush()
             except (OSError, ValueError):  # a closed stderr must not take the request down
                 pass
+
+
+#: Seconds a connection may take to send a request's headers, from its start or from the end of
+#: the previous answer (uvicorn itself has no such limit: a connection that sends nothing, or a
+#: header line now and then, would be kept for ever and count against ``limit_concurrency``).
+HEADER_TIMEOUT_S = 5.0
+#: Connections one client address may hold at once (0: no limit).
+MAX_PER_CLIENT = 32
+
+
+def http_protocol(*, header_timeout: float = HEADER_TIMEOUT_S, max_per_client: int = MAX_PER_CLIENT) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the guards a public CA server needs (pass it as ``http=``).
+
+    * Request headers must be complete within ``header_timeout`` seconds of the connection's start
+      or of the previous answer; otherwise the connection is closed. (h11 caps their size:
+      ``h11_max_incomplete_event_size``, 16 KiB by default.)
+    * One client address holds at most ``max_per_client`` connections (0: no limit); a
+      connection past it is closed at once, before anything is read. HTTP/1.1 carries one
+      request at a time per connection, so this also limits that client's requests in flight,
+      whether their headers, their body or their CMP work is under way.
+    * An answer sent before the request body was read to its end (408, 413, 415, 503, a 404 or
+      405 that never reads it) closes the connection instead of keeping it alive for the rest of a
+      body that may never come.
+
+    Behind a load balancer or reverse proxy every client has the proxy's address: limit per
+    client there and give ``max_per_client=0`` here.
+    """
+    open_per_client: Counter[str] = Counter()
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _counted: str | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            address = self.client[0] if self.client else None
+            if max_per_client and address is not None:
+                if open_per_client[address] >= max_per_client:
+                    transport.close()  # nothing read, nothing answered: the cheapest refusal
+                    return
+                open_per_client[address] += 1
+                self._counted = address
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            if self._counted is not None:
+                open_per_client[self._counted] -= 1
+                if open_per_client[self._counted] <= 0:
+                    del open_per_client[self._counted]
+                self._counted = None
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm_header_timer()  # the request line and headers are in
+
+        def on_response_complete(self) -> None:
+            # Armed first: the base class may go on to parse a pipelined request at once.
+            self._arm_header_timer()
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+                # The answer went out before the body was read: the rest of it may trickle in
+                # for ever, and the connection cannot carry another request anyway.
+                self._close()
+
+        def _arm_header_timer(self) -> None:
+            self._disarm_header_timer()
+            self._header_timer = self.loop.call_later(header_timeout, self._header_deadline)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_deadline(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete):
+                self._close()
+
+        def _close(self) -> None:
+            self._disarm_header_timer()
+            if not self.transport.is_closing():
+                with suppress(h11.LocalProtocolError):
+                    self.conn.send(h11.ConnectionClosed())
+                self.transport.close()
+
+    return GuardedH11Protocol

@@ -21,7 +21,9 @@ cr + signature          Re-enrollment by the holder of a valid certificate this 
 kur                     Signed with the key of the certificate being updated (valid, issued
                         here, not revoked, matching oldCertID when present); the new
                         certificate keeps subject, SANs and profile and records ``replaces``.
-rr                      Signed with the key of the certificate being revoked.
+rr                      Signed with the key of the certificate being revoked. Reason
+                        keyCompromise revokes every unexpired certificate of that key
+                        (CertificateAuthority.revoke), not only the one named.
 certConf                Must continue an open transaction (recipNonce = our senderNonce),
                         protected like its request; certHash must match. A rejection revokes
                         the certificate (RFC 4210 §5.3.18).
@@ -29,6 +31,12 @@ genm                    id-it-caCerts and id-it-rootCaCert, unprotected or prote
 ======================  =====================================================================
 
 A request signed by a revoked certificate is refused with certRevoked.
+
+Before a MAC-protected request authenticates, the answer tells nothing: an unknown or malformed
+reference and a wrong code, on a registration open, used, expired, locked or cancelled, all get
+the same badMessageCheck, text and HTTP status, signed by the CA (an unknown reference is checked
+against a decoy code, at the same cost). Only once the MAC verifies with the reference's code is
+the registration's state told (notAuthorized, MAC-protected), so references cannot be probed.
 
 Repeated transactionIDs. A client that lost an answer (or died after it) repeats its ir, cr,
 p10cr or kur with the same transactionID. If the repeat is the same kind, authenticated the
@@ -143,12 +151,22 @@ _REASONS: Final = {
 }
 _PBM_ITERATIONS: Final = 10_000  #: for answers when the request's count cannot be read
 _INTERNAL_TEXT: Final = "The CA could not process the request; try again later or ask the CA operator."
+#: The one answer to a MAC-protected request that did not authenticate: unknown or malformed
+#: reference, wrong code, on a registration in any state. It must not vary (see _authenticate_mac).
+_UNAUTHENTICATED_TEXT: Final = (
+    "The request's MAC does not verify with a registration: check the reference (senderKID) "
+    "and the authorization code."
+)
 _UNAVAILABLE_TEXT: Final = "The CA's database is unavailable right now; send the same request again in a moment."
 
 Reply = tuple[int, bytes, dict[str, Any]]
 #: Called with a step name at the points where a crash matters ("after-reserve",
 #: "after-issue", "after-consume"); the CLI's TOKENISSUE_SERVER_FAILPOINT kills the server there.
 StepHook = Callable[[str], None]
+
+
+def _unauthenticated() -> CMPError:
+    return CMPError("badMessageCheck", _UNAUTHENTICATED_TEXT)
 
 
 def _no_step(_: str) -> None:
@@ -286,41 +304,43 @@ class CMPService:
 
     # -- authentication ----------------------------------------------------------------------
     def _authenticate_mac(self, ctx: _Context) -> Registration:
+        """The registration whose code the request's MAC verifies with, if it is usable.
+
+        Nothing about the reference is told before the MAC verifies with its code: an unknown
+        or malformed reference and a wrong code get the same answer (:data:`_UNAUTHENTICATED`).
+        Only a sender who holds the code learns that the registration is used, expired, locked,
+        cancelled or reserved by another request.
+        """
         req = ctx.request
         ref = _ref(req)
         ctx.ref = ctx.fields["ref"] = ref
+        self._verify_mac(ctx, ref)
         try:
-            reg = self.ra.check_usable(ref)
-        except NotFound:
-            raise CMPError("badMessageCheck", "No registration has this reference (senderKID).") from None
+            return self.ra.check_usable(ref)
+        except NotFound:  # pragma: no cover - deleted between the two reads
+            raise _unauthenticated() from None
         except RequestRejected as e:
             raise CMPError("notAuthorized", e.message) from None
-        self._verify_mac(ctx, ref)
-        return reg
 
     def _verify_mac(self, ctx: _Context, ref: str) -> None:
         """Check the MAC with registration ``ref``'s code (derivable even once it is used).
 
         A wrong MAC counts towards the lock while the registration is open; a used, cancelled
-        or locked one has nothing left to guess for.
+        or locked one has nothing left to guess for. Every failure here gets the same answer,
+        whatever the registration's state (see :meth:`_authenticate_mac`); the access log keeps
+        what happened for the operator.
         """
-        code = self.ra.code_for(ref)
+        reg, code = self.ra.mac_secret(ref)
         try:
             verify_protection(ctx.request.message, secret=code)
         except CMPError as e:
-            reg = self.ca.inventory.get_registration(ref)
-            if e.failure_info != "badMessageCheck" or reg is None or reg.status is not RegistrationStatus.OPEN:
-                raise
-            after = self.ra.record_failure(ref)
-            if after.status is RegistrationStatus.LOCKED:
-                raise CMPError(
-                    "badMessageCheck",
-                    f"Wrong authorization code; registration {ref} is now locked. Ask the RA officer for a new one.",
-                ) from None
-            left = after.max_failures - after.failures
-            raise CMPError(
-                "badMessageCheck", f"Wrong authorization code for registration {ref}; {left} tries left."
-            ) from None
+            if e.failure_info == "badMessageCheck" and reg is not None and reg.status is RegistrationStatus.OPEN:
+                after = self.ra.record_failure(ref)
+                ctx.fields["ref_failures"] = after.failures
+            ctx.fields["auth"] = "unknown-ref" if reg is None else "wrong-mac"
+            raise _unauthenticated() from None
+        if reg is None:  # pragma: no cover - nobody knows the decoy
+            raise _unauthenticated()
         ctx.secret = code
 
     def _authenticate_signature(self, ctx: _Context) -> tuple[x509.Certificate, CertRecord]:
@@ -601,8 +621,11 @@ class CMPService:
             raise CMPError("badRequest", "That revocation reason cannot be requested by the certificate holder.")
         if repeat_of is None:
             self._begin(req, TransactionKind.RR, ctx)
-        self.ca.revoke(rec.serial, reason)
+        revoked = self.ca.revoke(rec.serial, reason)
         ctx.fields["serial"] = format(rec.serial, "x")
+        if len(revoked) > 1:
+            # keyCompromise: the key's other certificates went too (each has its audit entry).
+            ctx.fields["same_key_revoked"] = [format(r.serial, "x") for r in revoked[1:]]
         msg = build_rp(req, [StatusInfo("accepted")], sender=self._sender)
         der, nonce = self._protect_with_nonce(ctx, msg)
         self.ca.inventory.transaction_update(_tid(req), state=TransactionState.DONE, our_nonce=nonce)
@@ -634,7 +657,12 @@ class CMPService:
                 raise CMPError("wrongIntegrity", "Protect certConf like the request: with the registration code.")
             ctx.ref = tx.ref
             code = self.ra.code_for(tx.ref)
-            verify_protection(req.message, secret=code)
+            try:
+                verify_protection(req.message, secret=code)
+            except CMPError as e:
+                if e.failure_info == "badMessageCheck":
+                    raise _unauthenticated() from None
+                raise
             ctx.secret = code
         else:
             if _is_mac(req):
@@ -740,7 +768,7 @@ def _ref(req: CMPRequest) -> str:
     except UnicodeDecodeError:
         ref = ""
     if not ref.isprintable() or not 0 < len(ref) <= 32:
-        raise CMPError("badMessageCheck", "A MAC-protected request must carry its reference as senderKID.")
+        raise _unauthenticated()  # the same answer as a wrong code: see _authenticate_mac
     return ref
 
 
