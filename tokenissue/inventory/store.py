@@ -205,6 +205,31 @@ def _secure_file(path: Path) -> None:
         os.close(fd)
 
 
+def _set_wal(cursor: Any) -> None:
+    """Switch the database file to WAL, once: the mode is kept in the file.
+
+    Switching needs a moment of exclusive access, and SQLite answers "database is locked" at
+    once, without its busy handler, when another connection is using the file meanwhile (four
+    processes opening a brand-new inventory together hit this about 1 run in 15). So a file
+    already in WAL is left alone, and the switch is retried for as long as the busy timeout.
+    """
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()
+            if mode and str(mode[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     """Pragmas for every new SQLite connection, and explicit BEGIN statements.
 
@@ -221,7 +246,7 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys = ON")
             # WAL lets readers (status, list) run while a writer issues a certificate.
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _set_wal(cursor)
             cursor.execute("PRAGMA synchronous = FULL")
         finally:
             cursor.close()
