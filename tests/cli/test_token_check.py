@@ -9,8 +9,12 @@ what the token really does:
 * SoftHSM with a smart-card-like mechanism list (``slots.mechanisms``: raw CKM_RSA_PKCS and
   CKM_ECDSA only): the host hashes for RSA too, and there is no RSA-PSS.
 * tpm2-pkcs11 1.9 on swtpm: no rsa-4096, no Ed25519; the token hashes (CKM_ECDSA_SHA256/384);
-  every key can decrypt (RSA keys really do, with CKM_RSA_PKCS); CKA_ALLOWED_MECHANISMS and the
-  certificate category are kept; no PIN counters, a device-wide lockout; serial
+  CKA_DECRYPT is set on every key, yet sign-only keys can be had of every type: EC keys are
+  sign-only as made (PKCS#11 has no EC decryption, CKA_DERIVE is false), RSA keys made by
+  default decrypt with CKM_RSA_PKCS (a test decryption proves it), and the ones
+  --require-sign-only makes, whose CKA_ALLOWED_MECHANISMS leaves CKM_RSA_PKCS out, are refused
+  that decryption (CKR_MECHANISM_INVALID: the token enforces the list); CKA_ALLOWED_MECHANISMS
+  and the certificate category are kept; no PIN counters, a device-wide lockout; serial
   0000000000000000 on every token.
 
 ``--probe`` must leave the token exactly as it found it (objects compared raw, below the CLI),
@@ -34,6 +38,9 @@ from cryptography import x509
 ALL_TYPES = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
 IMPLEMENTATIONS = ["softhsm", "raw_softhsm", "tpm"]
 NO_PIN = ("TOKENISSUE_PIN",)
+#: The sign_only_keys finding (less its source) of a token that makes every key sign-only by its flags.
+SOFTHSM_SIGN_ONLY = {"value": True, "by_default": ALL_TYPES, "with_require_sign_only": [], "never": [],
+                     "decrypt_flag": False}  # fmt: skip
 
 # What each implementation really is (docs/tokens-and-keys.md#compatibility has the same facts).
 EXPECT: dict[str, dict[str, Any]] = {
@@ -51,7 +58,7 @@ EXPECT: dict[str, dict[str, Any]] = {
         "pss": "CKM_SHA256_RSA_PKCS_PSS (token hashes)",
         "template": "strict",
         "refused_templates": [],
-        "sign_only": True,
+        "sign_only": SOFTHSM_SIGN_ONLY,
         "pin_counters": True,
         "lockout": "pin",
         "serials_unique": True,
@@ -70,7 +77,7 @@ EXPECT: dict[str, dict[str, Any]] = {
         "pss": "",
         "template": "strict",
         "refused_templates": [],
-        "sign_only": True,
+        "sign_only": SOFTHSM_SIGN_ONLY,
         "pin_counters": True,
         "lockout": "pin",
         "serials_unique": True,
@@ -93,7 +100,10 @@ EXPECT: dict[str, dict[str, Any]] = {
             {"template": "no-allowed-mechanisms", "refusal": "CKR_GENERAL_ERROR"},
             {"template": "no-recover", "refusal": "CKR_GENERAL_ERROR"},
         ],
-        "sign_only": False,
+        # CKA_DECRYPT on every key; EC keys have no mechanism to use it, RSA keys keep
+        # CKM_RSA_PKCS (a signature mechanism too) unless --require-sign-only leaves it out.
+        "sign_only": {"value": True, "by_default": ["ec-p256", "ec-p384"],
+                      "with_require_sign_only": ["rsa-2048", "rsa-3072"], "never": [], "decrypt_flag": True},
         "pin_counters": False,
         "lockout": "device",
         "serials_unique": False,
@@ -199,7 +209,7 @@ def test_check_without_probe_needs_no_pin_and_tells_the_truth(impl: tuple[str, A
     # Nothing was made, so nothing is claimed as proven.
     assert all(r["template"] is None and r["verified"] is None and r["sign_only"] is None for r in rows.values())
     f = report["findings"]
-    assert f["sign_only_keys"] == {"value": want["sign_only"], "source": "known module behaviour"}
+    assert f["sign_only_keys"] == {**want["sign_only"], "source": "known module behaviour"}
     assert f["allowed_mechanisms"] == {"value": True, "source": "known module behaviour"}
     assert f["certificate_category"] == {"value": True, "source": "known module behaviour"}
     assert f["pin_counters"]["value"] is want["pin_counters"] and f["pin_counters"]["lockout"] == want["lockout"]
@@ -224,7 +234,7 @@ def test_check_text_without_probe(impl: tuple[str, Any]) -> None:
         assert "no: " in row and why in row, row
     assert "Template" not in out and "Can decrypt" not in out  # probe columns only with --probe
     sign_only = next(line for line in lines if line.startswith("Sign-only keys"))
-    assert sign_only.split()[2] == ("yes" if want["sign_only"] else "no")
+    assert sign_only.split()[2] == "yes", sign_only  # every implementation here can make them
     counters = next(line for line in lines if line.startswith("PIN try counters"))
     assert counters.split()[3] == ("yes" if want["pin_counters"] else "no")
     serial = next(line for line in lines if line.startswith("Unique serial"))
@@ -233,9 +243,17 @@ def test_check_text_without_probe(impl: tuple[str, Any]) -> None:
         assert "0000000000000000' is a placeholder" in serial
         assert "on any machine enrolling with the same CA" in out
         assert "dictionary-attack lockout" in out and "does not report PIN tries left" in out
-        assert "can also decrypt" in out and "docs/tokens-and-keys.md#sign-only-keys" in out
+        assert sign_only.endswith("(known module behaviour) ec-p256, ec-p384 as made; rsa-2048, rsa-3072 with "
+                                  "--require-sign-only"), sign_only  # fmt: skip
+        text = " ".join(out.split())
+        assert "ec-p256 and ec-p384 keys are sign-only as made: the token sets CKA_DECRYPT on them, but PKCS#11 " \
+               "has no EC decryption mechanism" in text  # fmt: skip
+        assert "rsa-2048 and rsa-3072 keys made by default decrypt too, with CKM_RSA_PKCS (--probe proves it" in text
+        assert "With --require-sign-only (or a CA profile's require_sign_only) rsa-2048 and rsa-3072 keys are " \
+               "made sign-only instead" in text and "docs/tokens-and-keys.md#sign-only-keys" in text  # fmt: skip
     else:
-        assert "can also decrypt" not in out and "tries left" not in out
+        assert sign_only.endswith("(known module behaviour)"), sign_only  # by their flags: nothing to add
+        assert "decrypt" not in out and "tries left" not in out
         assert "(tokens present)" in serial
 
 
@@ -247,12 +265,14 @@ def test_probe_proves_each_finding_and_which_keys_decrypt(impl: tuple[str, Any])
     assert report["probed"] is True
     rows = _rows(report)
     assert sorted(k for k, r in rows.items() if r["supported"]) == sorted(want["usable"])
+    sign_only = want["sign_only"]
     for kt in want["usable"]:
         r = rows[kt]
         assert r["verified"] is True, r  # a token signature, verified on the host
         assert r["template"] == want["template"], r
         assert r["refused_templates"] == want["refused_templates"], r
-        assert r["sign_only"] is want["sign_only"], r
+        assert r["sign_only"] is (kt in sign_only["by_default"]), r
+        assert r["decrypt_flag"] is sign_only["decrypt_flag"], r
         assert r["allowed_mechanisms"] is True, r
         # CKA_ALLOWED_MECHANISMS read back from the key: the signature mechanisms, and the one
         # tokenissue signs with among them.
@@ -260,26 +280,48 @@ def test_probe_proves_each_finding_and_which_keys_decrypt(impl: tuple[str, Any])
     for kt in want.get("refused", {}):
         assert rows[kt]["template"] is None and rows[kt]["verified"] is None  # never attempted
     f = report["findings"]
-    assert f["sign_only_keys"] == {"value": want["sign_only"], "source": "probe"}
+    assert f["sign_only_keys"] == {**sign_only, "source": "probe"}
     assert f["allowed_mechanisms"] == {"value": True, "source": "probe"}
     assert f["certificate_category"] == {"value": True, "source": "probe"}
     assert f["pin_counters"]["source"] == "known module behaviour"  # never probed: it takes wrong PINs
     assert report["certificates_stored"] is True
     assert report["refused_certificate_attributes"] == []  # tpm2-pkcs11 1.9 takes the category too
     assert report["leftovers"] == []
-    # 'Sign only: no' is not one thing: on the TPM an RSA key decrypts PKCS#1 v1.5 (a test
-    # decryption proves it), while an EC key carries CKA_DECRYPT with nothing to use it for.
-    if want["sign_only"]:
+    if not sign_only["decrypt_flag"]:
+        # SoftHSM: sign-only by CKA_DECRYPT/UNWRAP/DERIVE false; nothing to decrypt with, so no
+        # test decryption (a key whose CKA_DECRYPT is false is never asked) and no second key.
         for kt in want["usable"]:
-            assert rows[kt]["decrypts_with"] == [] and rows[kt]["decrypt_proven"] is None
+            r = rows[kt]
+            assert (r["sign_only_by"], r["decrypts_with"], r["decrypt_test"]) == ("flags", [], None), r
+            assert r["decrypt_proven"] is None and r["require_sign_only"] is None, r
         return
-    for kt in ("rsa-2048", "rsa-3072"):
-        assert rows[kt]["decrypts_with"] == ["CKM_RSA_PKCS"] and rows[kt]["decrypt_proven"] is True, rows[kt]
-        # CKA_ALLOWED_MECHANISMS is what keeps OAEP and raw RSA (both offered by the token) away.
-        assert "CKM_RSA_PKCS_OAEP" not in rows[kt]["allowed_mechanisms_read_back"]
-        assert "CKM_RSA_X_509" not in rows[kt]["allowed_mechanisms_read_back"]
+    # The TPM sets CKA_DECRYPT on every key, and what that means is not one thing.
     for kt in ("ec-p256", "ec-p384"):
-        assert rows[kt]["decrypts_with"] == [] and rows[kt]["decrypt_proven"] is None
+        # An EC key carries the flag with nothing behind it: no EC decryption mechanism exists in
+        # PKCS#11, CKA_DERIVE is false; so it is sign-only as made, and nothing is tried.
+        r = rows[kt]
+        assert (r["sign_only_by"], r["decrypts_with"], r["decrypt_test"]) == ("no-mechanism", [], None), r
+        assert r["require_sign_only"] is None, r
+        assert not any("ECDH" in m for m in r["allowed_mechanisms_read_back"]), r
+    for kt in ("rsa-2048", "rsa-3072"):
+        # Made by default, an RSA key decrypts PKCS#1 v1.5: a test decryption proves it. Its
+        # CKA_ALLOWED_MECHANISMS keeps CKM_RSA_PKCS (a signature mechanism too) and is what keeps
+        # OAEP and raw RSA (both offered by the token) away.
+        r = rows[kt]
+        assert r["sign_only_by"] is None and r["decrypts_with"] == ["CKM_RSA_PKCS"], r
+        assert r["decrypt_proven"] is True and r["decrypt_test"] == "decrypted", r
+        assert "CKM_RSA_PKCS" in r["allowed_mechanisms_read_back"]
+        assert "CKM_RSA_PKCS_OAEP" not in r["allowed_mechanisms_read_back"]
+        assert "CKM_RSA_X_509" not in r["allowed_mechanisms_read_back"]
+        # The key --require-sign-only makes instead: the same template with CKM_RSA_PKCS left out
+        # of its CKA_ALLOWED_MECHANISMS, and the token refuses it the same test decryption.
+        req = r["require_sign_only"]
+        assert req == {
+            "made": True, "reason": "", "template": "token-usage", "sign_only": True,
+            "sign_only_by": "allowed-mechanisms",
+            "allowed_mechanisms_read_back": ["CKM_SHA256_RSA_PKCS", "CKM_SHA384_RSA_PKCS", "CKM_SHA512_RSA_PKCS"],
+            "decrypt_test": "refused: CKR_MECHANISM_INVALID", "verified": True,
+        }, req  # fmt: skip
 
 
 def test_probe_text(impl: tuple[str, Any]) -> None:
@@ -289,21 +331,30 @@ def test_probe_text(impl: tuple[str, Any]) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if "Key type" in line)
-    assert all(col in header for col in ("Template", "Can decrypt", "Verified"))
+    assert all(col in header for col in ("Template", "Can decrypt", "With --require-sign-only", "Verified"))
     for kt in want["usable"]:
         row = next(line for line in lines if line.startswith(f"│ {kt} "))
         assert want["template"] in row and want["signature"][kt] in row, row
-        if want["sign_only"]:
-            assert re.search(r"│ no\s+│ yes\s+│$", row), row
+        cells = [c.strip() for c in row.strip("│").split("│")]
+        if name != "tpm":
+            assert cells[-3:] == ["no", "the same key", "yes"], row
         elif kt.startswith("rsa"):
-            assert "yes: CKM_RSA_PKCS, proven" in row, row
+            # COLUMNS=200 (the fixtures'): no cell wraps.
+            assert cells[-3:] == ["yes: CKM_RSA_PKCS, proven", "sign-only, decrypt refused", "yes"], row
         else:
-            assert "flag only (no mechanism)" in row, row
+            assert cells[-3:] == ["no (flag set, no mechanism)", "the same key", "yes"], row
     for line in ("Sign-only keys", "CKA_ALLOWED_MECHANISMS", "Certificate categories"):
         assert "(probe)" in next(x for x in lines if x.startswith(line))
+    text = " ".join(proc.stdout.split())
     if name == "tpm":
-        assert "rsa-2048 and rsa-3072 keys decrypt with CKM_RSA_PKCS" in proc.stdout
-        assert "ec-p256, ec-p384 keys carry CKA_DECRYPT but the token offers no mechanism" in proc.stdout
+        assert "Sign-only keys yes (probe) ec-p256, ec-p384 as made; rsa-2048, rsa-3072 with --require-sign-only" in text
+        assert "rsa-2048 and rsa-3072 keys made by default decrypt too, with CKM_RSA_PKCS (PKCS#1 v1.5; proven by a " \
+               "test decryption)" in text  # fmt: skip
+        assert "CKA_ALLOWED_MECHANISMS holds only CKM_SHA256_RSA_PKCS, CKM_SHA384_RSA_PKCS, CKM_SHA512_RSA_PKCS; a " \
+               "test decryption was refused with CKR_MECHANISM_INVALID" in text  # fmt: skip
+        assert "ec-p256 and ec-p384 keys are sign-only as made" in text
+    else:
+        assert "decrypt" not in text.lower().replace("can decrypt", ""), text
 
 
 def test_probe_leaves_the_token_exactly_as_it_was(impl: tuple[str, Any], software_ca: SoftwareCA) -> None:
@@ -403,7 +454,7 @@ def test_an_unknown_module_gets_unknown_not_softhsms_answers(softhsm: SoftHSM) -
     assert f["pin_counters"]["lockout"] is None
     assert any("no record of this module's PIN behaviour" in n for n in report["notes"])
     probed = json.loads(_run(softhsm, "token", "check", "--token", "test", "--json", "--probe", env=env).stdout)
-    assert probed["findings"]["sign_only_keys"] == {"value": True, "source": "probe"}
+    assert probed["findings"]["sign_only_keys"] == {**SOFTHSM_SIGN_ONLY, "source": "probe"}
     assert probed["findings"]["pin_counters"]["value"] is None
     text = _run(softhsm, "token", "check", "--token", "test", env=env, unset=NO_PIN).stdout
     assert re.search(r"^PIN try counters\s+unknown\s+\(module not on record", text, re.M), text

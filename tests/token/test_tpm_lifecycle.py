@@ -18,6 +18,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM, SoftwareCA
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 from lifecycle_support import add_token_fast, openssl
 from tpm_support import TPM2_MODULE, TPMTokens
 
@@ -52,6 +53,57 @@ require_sign_only = true
 """
 NOTE = re.compile(r"\(The PKCS#11 module also wrote (\d+) line\(s\) of its own to stderr; --debug shows them\.\)")
 FORCED = "the token made this key able to decrypt as well as sign"
+#: CKA_ALLOWED_MECHANISMS of an RSA key made with --require-sign-only on this TPM: the combined
+#: hash-and-sign mechanisms the token offers, without CKM_RSA_PKCS (which also decrypts).
+STRICT_RSA = ["SHA256_RSA_PKCS", "SHA384_RSA_PKCS", "SHA512_RSA_PKCS"]
+#: ... and of one made by default: CKM_RSA_PKCS too (kept by default for tools that hash on the host).
+DEFAULT_RSA = ["RSA_PKCS", *STRICT_RSA]
+
+# What an RSA key on the token really does when asked to decrypt, asked with python-pkcs11 alone
+# in a process of its own (not through tokenissue; a refused operation can upset a tpm2-pkcs11
+# process): its CKA_DECRYPT, its CKA_ALLOWED_MECHANISMS as read back, for each decryption
+# mechanism the token offers "decrypted" or the exception the token's answer is; and last (after
+# a refused C_SignInit tpm2-pkcs11 will not let the process delete the key) whether it signs a
+# host-made SHA-256 DigestInfo with CKM_RSA_PKCS, as tools that hash on the host do.
+_DECRYPT_TEST = r"""
+import array, json, os, sys
+import pkcs11
+from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11.attributes import AttributeMapper
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+mapper = AttributeMapper()  # python-pkcs11 0.10 cannot decode CKA_ALLOWED_MECHANISMS by itself
+mapper.register_handler(Attribute.ALLOWED_MECHANISMS, lambda v: array.array("L", [int(m) for m in v]).tobytes(),
+                        lambda b: list(array.array("L", b)))
+lib = pkcs11.lib(os.environ["TOKENISSUE_MODULE"])
+out = {}
+with lib.get_token(token_label=sys.argv[1]).open(user_pin=os.environ["TOKENISSUE_PIN"], attribute_mapper=mapper) as s:
+    for label in sys.argv[2:]:
+        [priv] = s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label})
+        [pub] = s.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label})
+        key = rsa.RSAPublicNumbers(int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big"),
+                                   int.from_bytes(pub[Attribute.MODULUS], "big")).public_key()
+        row = {"DECRYPT": priv[Attribute.DECRYPT], "allowed": [Mechanism(int(m)).name for m in priv[Attribute.ALLOWED_MECHANISMS]]}
+        oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+        for mech, pad in ((Mechanism.RSA_PKCS, padding.PKCS1v15()), (Mechanism.RSA_PKCS_OAEP, oaep),
+                          (Mechanism.RSA_X_509, padding.PKCS1v15())):
+            secret = os.urandom(16)
+            try:
+                plain = bytes(priv.decrypt(key.encrypt(secret, pad), mechanism=mech))
+                row[mech.name] = "decrypted" if plain.endswith(secret) else "wrong plaintext"
+            except pkcs11.PKCS11Error as e:
+                row[mech.name] = type(e).__name__
+        out[label] = row
+    digest_info = bytes.fromhex("3031300d060960864801650304020105000420") + os.urandom(32)
+    for label in sys.argv[2:]:
+        [priv] = s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label})
+        try:
+            priv.sign(digest_info, mechanism=Mechanism.RSA_PKCS)
+            out[label]["sign RSA_PKCS"] = "signed"
+        except pkcs11.PKCS11Error as e:
+            out[label]["sign RSA_PKCS"] = type(e).__name__
+print(json.dumps(out))
+"""
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -75,6 +127,25 @@ def _failure(proc: subprocess.CompletedProcess[str], code: int) -> tuple[str, in
     sentence = " ".join(text.split())  # rich wraps long sentences at $COLUMNS
     assert sentence.startswith("Error: ") and sentence.count("Error:") == 1, text
     return sentence, n
+
+
+def _decrypt_test(t: TPMTokens, *labels: str, on: str = "test") -> dict[str, dict[str, Any]]:
+    """Per RSA key label on token ``on``: what the token really does when asked to decrypt (see _DECRYPT_TEST)."""
+    proc = subprocess.run([sys.executable, "-c", _DECRYPT_TEST, on, *labels], capture_output=True, text=True,
+                          env=t.env, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out: dict[str, dict[str, Any]] = json.loads(proc.stdout)
+    return out
+
+
+#: What _decrypt_test finds for an RSA key made by default (it decrypts PKCS#1 v1.5; its
+#: CKA_ALLOWED_MECHANISMS keeps OAEP and raw RSA away) and for one made with --require-sign-only.
+#: Neither signs with CKM_RSA_PKCS: tpm2-pkcs11 1.9 makes that signature with raw RSA and checks
+#: CKM_RSA_X_509 against the list (measured: a key whose list has both signs with CKM_RSA_PKCS),
+#: so keeping CKM_RSA_PKCS in the default list gains tools that hash on the host nothing here.
+DECRYPTS = {"DECRYPT": True, "allowed": DEFAULT_RSA, "RSA_PKCS": "decrypted", "RSA_PKCS_OAEP": "MechanismInvalid",
+            "RSA_X_509": "MechanismInvalid", "sign RSA_PKCS": "MechanismInvalid"}  # fmt: skip
+REFUSES = {**DECRYPTS, "allowed": STRICT_RSA, "RSA_PKCS": "MechanismInvalid"}
 
 
 def _identity(t: dict[str, Any]) -> str:
@@ -154,22 +225,34 @@ REFUSED = [("rsa-4096", "RSA keys of 1024-3072 bits only"), ("ed25519", "cannot 
 
 
 def test_keys_generate_and_csr_for_every_key_type(tpm: TPMTokens, tmp_path: Path) -> None:
-    """EC P-256, P-384, RSA-2048 and RSA-3072: each key generated (negotiated down to the
-    token-usage template, reported as able to decrypt, never extractable, no module noise on
-    stderr), then a CSR signed on the token that OpenSSL verifies, with the hash that goes with
-    the key, for that very key (its CKA_ID is the SKI of the CSR's public key). RSA-4096 and
-    Ed25519: exit 4, one sentence naming the limit, the token never asked (the module wrote
-    nothing), and no key written."""
+    """EC P-256, P-384, RSA-2048 and RSA-3072, and RSA-2048 again with --require-sign-only (the
+    key size changes nothing there, and an RSA-3072 key costs seconds on this TPM): each key
+    generated (never extractable, no module noise on stderr; the token-usage template is
+    asserted by test_negotiation.py and test_token_check.py) and reported by 'keys generate' and
+    'keys list' as what it can really do. The token sets CKA_DECRYPT on every key (decrypt_flag);
+    an EC key cannot use it (sign_only, no note); an RSA key made by default can (can_decrypt,
+    the note), one made with --require-sign-only cannot (sign_only, no note). Read back and
+    tried with python-pkcs11 alone: the default RSA keys decrypt PKCS#1 v1.5, the strict one's
+    CKA_ALLOWED_MECHANISMS has no CKM_RSA_PKCS and the token refuses it that decryption; neither
+    signs a host-made DigestInfo with CKM_RSA_PKCS (see DECRYPTS). For
+    every key a CSR signed on the token that OpenSSL verifies, with the hash that goes with the
+    key, for that very key (its CKA_ID is the SKI of the CSR's public key). RSA-4096 and Ed25519:
+    exit 4, one sentence naming the limit, the token never asked (the module wrote nothing), and
+    no key written."""
     subject = "CN=홍길동,O=Example Bank,C=KR"
-    made = {}
-    for key_type, hash_name, public_type, bits in MADE:
-        gen = tpm.run("keys", "generate", "--token", "test", "--type", key_type, "--label", key_type, "--json")
-        key = _json(gen)
-        assert (key["type"], key["size"], key["template"]) == (key_type, bits, "token-usage")
-        assert (key["can_decrypt"], key["sign_only"]) == (True, False)
-        assert key["born_on_token"] and key["sensitive"] and not key["extractable"]
+    made: dict[str, tuple[str, int, bool]] = {}  # label -> (type, bits, decrypts)
+    ski: dict[str, str] = {}  # label -> the SKI of its CSR's public key
+    for key_type, hash_name, public_type, bits in [*MADE, ("rsa-2048-strict", *MADE[2][1:])]:
+        kt = key_type.removesuffix("-strict")
+        strict = key_type != kt
+        decrypts = kt.startswith("rsa") and not strict
+        # Text, not --json: the note is for people (--json says can_decrypt).
+        gen = tpm.run("keys", "generate", "--token", "test", "--type", kt, "--label", key_type,
+                      *(("--require-sign-only",) if strict else ()))  # fmt: skip
+        assert gen.returncode == 0 and f"Generated {kt} key '{key_type}'" in gen.stdout, gen.stdout + gen.stderr
         assert "ERROR" not in gen.stderr, gen.stderr
-        made[key["id"]] = key_type
+        assert (FORCED in gen.stderr) is decrypts, gen.stderr  # the note, for the keys that decrypt only
+        made[key_type] = (kt, bits, decrypts)
 
         out = tmp_path / f"{key_type}.csr"
         csr_run = tpm.run("csr", "--token", "test", "--key", key_type, "--subject", subject,
@@ -183,7 +266,18 @@ def test_keys_generate_and_csr_for_every_key_type(tpm: TPMTokens, tmp_path: Path
         public = csr.public_key()
         assert isinstance(public, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)) and isinstance(public, public_type)
         assert public.key_size == bits
-        assert x509.SubjectKeyIdentifier.from_public_key(public).digest.hex() == key["id"]
+        ski[key_type] = x509.SubjectKeyIdentifier.from_public_key(public).digest.hex()
+
+    listed = {k["label"]: k for k in _json(tpm.run("keys", "list", "--token", "test", "--json"))}
+    assert set(listed) == set(made)
+    for label, (kt, bits, decrypts) in made.items():
+        key = listed[label]
+        assert (key["type"], key["size"], key["id"]) == (kt, bits, ski[label]), key  # CKA_ID: the CSR key's SKI
+        assert (key["decrypt_flag"], key["can_decrypt"], key["sign_only"]) == (True, decrypts, not decrypts), key
+        assert key["born_on_token"] and key["sensitive"] and not key["extractable"]
+    # What the report says is what the token does.
+    tried = _decrypt_test(tpm, "rsa-2048", "rsa-3072", "rsa-2048-strict")
+    assert tried == {"rsa-2048": DECRYPTS, "rsa-3072": DECRYPTS, "rsa-2048-strict": REFUSES}
 
     for key_type, limit in REFUSED:
         sentence, module_lines = _failure(
@@ -191,9 +285,12 @@ def test_keys_generate_and_csr_for_every_key_type(tpm: TPMTokens, tmp_path: Path
         )
         assert limit in sentence and key_type in sentence, sentence
         assert module_lines == 0, "refused from the token's mechanism list, before the token was asked"
-    listed = _json(tpm.run("keys", "list", "--token", "test", "--json"))
-    assert {k["id"]: k["type"] for k in listed} == made
-    assert {k["sign_only"] for k in listed} == {False}
+    table = tpm.run("keys", "list", "--token", "test").stdout
+    sign_only = {ln.split("│")[2].strip(): ln.split("│")[7].strip() for ln in table.splitlines() if ln.count("│") > 8}
+    assert set(sign_only) == set(made), table  # nothing else written
+    assert (sign_only["rsa-2048"], sign_only["rsa-3072"]) == ("no: decrypts too",) * 2, table
+    assert sign_only["rsa-2048-strict"] == "yes (allowed mechanisms)", table
+    assert sign_only["ec-p256"].startswith("yes") and sign_only["ec-p384"].startswith("yes"), table
 
 
 # -- a certificate's life on the TPM, the CA on SoftHSM -----------------------------------------
@@ -204,39 +301,51 @@ def test_certificate_life_on_the_tpm_with_the_ca_on_softhsm_until_the_token_is_l
     first enrollment to the lost token. (One test, not six: each CA and TPM store costs seconds.)
 
     1. Sign-only keys required, by 'enroll --require-sign-only' or by a CA profile with
-       require_sign_only = true: refused with exit 4 and one sentence; no key left on the
-       token, the journal entries ended (aborted), nothing issued.
-    2. enroll (the holder is told the key can decrypt; the token is recorded by its identity
-       URI, not by serial 0000000000000000), status, the chain on the token verified by OpenSSL.
-    3. renew with the same key (--key forces it); --require-sign-only refuses that key too;
-       renew --rekey (new key, same label, old key deleted); revoke --key; status; the CRL.
+       require_sign_only = true, for RSA keys (EC keys on the TPM are sign-only anyway): both
+       enroll, with no note; the keys' CKA_ALLOWED_MECHANISMS leaves CKM_RSA_PKCS out, and asked
+       with python-pkcs11 alone the token refuses them a PKCS#1 v1.5 decryption.
+    2. enroll an RSA key by default (the holder is told the key can decrypt, and it does; the
+       token is recorded by its identity URI, not by serial 0000000000000000), status, the
+       chain on the token verified by OpenSSL.
+    3. renew with the same key (--key forces it); --require-sign-only refuses that key, which
+       can decrypt (exit 4; no certificate, key or record changed, the journal entry ended);
+       renew --rekey --require-sign-only (a new sign-only key, same label, the old key deleted);
+       revoke --key; the CRL.
     4. The token is lost: its tpm2-pkcs11 store (the SQLite file that holds the token and its
        wrapped keys) is deleted, so the module cannot even start (C_Initialize fails), as on the
        holder's machine. 'journal list' still shows the enrollment a crash left open (token not
        present); 'revoke --token-serial' with the bare serial finds the one token recorded under
        it, revokes every certificate, including the crashed enrollment's, and ends that entry.
-    5. The strict profile does take SoftHSM's sign-only keys: it refuses keys, not requests.
+    5. The strict profile takes SoftHSM's sign-only keys too (sign-only by CKA_DECRYPT false).
     """
     ca = str(holder.ca_dir)
     identity = _identity(holder.json("tokens")[0])
 
-    # 1. sign-only keys required
-    for extra in (("--require-sign-only",), ("--profile", "strict")):
-        proc = holder.run("enroll", "--token", "test", "--ca", ca, "--subject", "CN=Strict,C=KR", *extra)
-        sentence, _ = _failure(proc, 4)
-        assert "decrypt as well as sign" in sentence and "sign-only keys were required" in sentence, sentence
-    assert holder.json("keys", "list", "--token", "test") == []
+    # 1. sign-only keys required: RSA keys pinned to the mechanisms that do not decrypt
+    strict = ("strict-flag", "strict-profile")
+    for label, extra in zip(strict, (("--require-sign-only",), ("--profile", "strict")), strict=True):
+        proc = holder.run("enroll", "--token", "test", "--ca", ca, "--subject", f"CN={label},C=KR", "--type", "rsa-2048",
+                          "--label", label, *extra)  # fmt: skip
+        assert proc.returncode == 0 and f"Enrolled: CN={label},C=KR" in proc.stdout, proc.stdout + proc.stderr
+        assert FORCED not in proc.stderr, proc.stderr  # sign-only: nothing to tell
+    signed = holder.records()
+    assert sorted((r.subject, r.profile, r.token_serial) for r in signed.values()) == [
+        ("CN=strict-flag,C=KR", "personal", identity), ("CN=strict-profile,C=KR", "strict", identity)]  # fmt: skip
+    keys = holder.json("keys", "list", "--token", "test")
+    assert sorted(k["label"] for k in keys) == list(strict)
+    assert {(k["sign_only"], k["can_decrypt"], k["decrypt_flag"], k["has_certificate"]) for k in keys} == {
+        (True, False, True, True)}  # fmt: skip
+    assert _decrypt_test(holder.tpm, *strict) == dict.fromkeys(strict, REFUSES)
     assert holder.json("journal", "list") == []
-    assert holder.journal_entries() == [("aborted", True)] * 2
-    assert holder.records() == {}
 
-    # 2. enroll, status, chain
+    # 2. enroll an RSA key made by default, status, chain
     told = holder.run("enroll", "--token", "test", "--ca", ca, "--subject", "CN=Kim Tpm,O=Example Bank,C=KR",
-                      "--label", "tpm1")  # fmt: skip
+                      "--type", "rsa-2048", "--label", "tpm1")  # fmt: skip
     assert told.returncode == 0 and "Enrolled: CN=Kim Tpm" in told.stdout, told.stderr
     assert FORCED in told.stderr, "enroll tells that the token made the key able to decrypt"
-    [first] = holder.json("status", "--token", "test")
-    assert (first["state"], first["renew_due"], first["label"]) == ("valid", False, "tpm1")
+    assert _decrypt_test(holder.tpm, "tpm1") == {"tpm1": DECRYPTS}, "and it does"
+    [first] = [c for c in holder.json("status", "--token", "test") if c["label"] == "tpm1"]
+    assert (first["state"], first["renew_due"]) == ("valid", False)
     assert first["days_left"] in (364, 365), first
     assert holder.records()[first["serial"]].token_serial == identity
     chain = tmp_path / "chain.pem"
@@ -249,19 +358,24 @@ def test_certificate_life_on_the_tpm_with_the_ca_on_softhsm_until_the_token_is_l
     ok = openssl("verify", "-CAfile", str(ca_file), str(leaf_file))
     assert ok.returncode == 0 and ": OK" in ok.stdout, ok.stdout + ok.stderr
 
-    # 3. renew (same key, then refused when sign-only is required, then re-keyed), revoke
+    # 3. renew (same key; refused when sign-only is required, as the key can decrypt; then
+    # re-keyed to a sign-only key), revoke
     [same] = holder.json("renew", "--token", "test", "--key", "tpm1")
     assert (same["key_id"], same["label"], same["replaces"]) == (first["key_id"], "tpm1", first["serial"])
     assert same["serial"] != first["serial"] and (same["token_serial"], same["key_can_decrypt"]) == (identity, True)
+    before = (holder.records(), holder.json("keys", "list", "--token", "test"), holder.json("cert", "list", "--token", "test"))
     sentence, _ = _failure(holder.run("renew", "--token", "test", "--key", "tpm1", "--require-sign-only"), 4)
-    assert "decrypt" in sentence and "tpm1" in sentence, sentence
-    assert set(holder.records()) == {first["serial"], same["serial"]}
-    [rekeyed] = holder.json("renew", "--token", "test", "--key", "tpm1", "--rekey")
+    assert "can decrypt as well as sign" in sentence and "'tpm1'" in sentence, sentence
+    after = (holder.records(), holder.json("keys", "list", "--token", "test"), holder.json("cert", "list", "--token", "test"))
+    assert after == before, "a refused renewal changes nothing: records, keys, certificates"
+    assert holder.json("journal", "list") == [] and holder.journal_entries()[-1] == ("aborted", True)
+    [rekeyed] = holder.json("renew", "--token", "test", "--key", "tpm1", "--rekey", "--require-sign-only")
     assert rekeyed["key_id"] != first["key_id"] and rekeyed["label"] == "tpm1"
-    assert rekeyed["replaces"] == same["serial"] and rekeyed["key_can_decrypt"] is True
-    keys = holder.json("keys", "list", "--token", "test")
-    assert [(k["id"], k["label"], k["has_certificate"]) for k in keys] == [(rekeyed["key_id"], "tpm1", True)]
-    leaves = [c for c in holder.json("cert", "list", "--token", "test") if not c["ca"]]
+    assert rekeyed["replaces"] == same["serial"] and rekeyed["key_can_decrypt"] is False
+    [key] = [k for k in holder.json("keys", "list", "--token", "test") if k["label"] == "tpm1"]  # the old one is gone
+    assert (key["id"], key["has_certificate"], key["sign_only"], key["decrypt_flag"]) == (rekeyed["key_id"], True, True, True)
+    assert _decrypt_test(holder.tpm, "tpm1") == {"tpm1": REFUSES}
+    leaves = [c for c in holder.json("cert", "list", "--token", "test") if c["label"] == "tpm1"]
     assert [(c["id"], c["serial"]) for c in leaves] == [(rekeyed["key_id"], rekeyed["serial"])]
     [revoked] = holder.json("revoke", "--token", "test", "--key", "tpm1")
     assert (revoked["serial"], revoked["status"], revoked["token_serial"]) == (rekeyed["serial"], "revoked", identity)
@@ -277,15 +391,15 @@ def test_certificate_life_on_the_tpm_with_the_ca_on_softhsm_until_the_token_is_l
     assert (entry["token_serial"], entry["token_present"], entry["step"]) == (identity, False, "issued")
     proc = holder.run("revoke", "--token-serial", NO_SERIAL, "--ca", ca, "--json")
     lost = {r["serial"]: r for r in _json(proc)}
-    assert set(lost) == {first["serial"], same["serial"], entry["serial"]}
+    assert set(lost) == {first["serial"], same["serial"], entry["serial"], *signed}
     assert {(r["reason"], r["token_serial"]) for r in lost.values()} == {("key-compromise", identity)}
     assert entry["journal_id"] in proc.stderr, proc.stderr
     assert holder.json("journal", "list") == []
     listed = holder.ca("ca", "list", "--ca-dir", ca)
-    assert {(r["status"], r["token_serial"]) for r in listed} == {("revoked", identity)} and len(listed) == 4
+    assert {(r["status"], r["token_serial"]) for r in listed} == {("revoked", identity)} and len(listed) == 6
     assert holder.crl_serials(tmp_path / "crl2.pem") == {int(r["serial"], 16) for r in listed}
 
-    # 5. the strict profile and a sign-only key
+    # 5. the strict profile and a key that SoftHSM made sign-only by its flags
     softhsm, _tpm = tpm_with_softhsm
     add_token_fast(softhsm, "soft")
     out = holder.json("enroll", "--token", "soft", "--ca", ca, "--subject", "CN=Soft,C=KR", "--profile", "strict",
@@ -332,25 +446,42 @@ def test_cert_import_of_an_externally_signed_certificate(
 def test_ca_key_on_the_tpm_issues_to_a_softhsm_token(
     tpm_with_softhsm: tuple[SoftHSM, TPMTokens], tmp_path: Path
 ) -> None:
-    """'ca init' on the TPM token: ca.toml names the token by its identity URI (serial
-    0000000000000000 names no token) and the TPM module; from fresh processes the CA signs a CSR
-    ('ca sign'), an enrollment onto a SoftHSM token (recorded there by its serial, which is
-    unique) and a CRL, all verified by OpenSSL. With --require-sign-only the same 'ca init' is
-    refused and leaves no key and no CA."""
+    """'ca init' on the TPM token, three times: an EC key (sign-only as made: no note), an RSA
+    key made by default (it can decrypt, and 'ca init' says so and audits it), and an RSA key
+    with --require-sign-only (sign-only by its CKA_ALLOWED_MECHANISMS: no note, audited as not
+    decrypting; asked with python-pkcs11 alone, the token refuses it a PKCS#1 v1.5 decryption
+    that the default RSA key performs). The strict RSA CA is the one that issues: ca.toml names
+    the token by its identity URI (serial 0000000000000000 names no token) and the TPM module;
+    from fresh processes it signs a CSR ('ca sign'), an enrollment onto a SoftHSM token
+    (recorded there by its serial, which is unique) and a CRL, all verified by OpenSSL: a CA key
+    pinned to the hash-and-sign mechanisms signs everything a CA signs."""
     softhsm, tpm = tpm_with_softhsm
     [tok] = _json(tpm.run("tokens", "--json"))
     tpm_env = {"TOKENISSUE_MODULE": TPM2_MODULE, "TOKENISSUE_CA_PIN": USER_PIN}
-    refused = tpm.run("ca", "init", "--ca-dir", str(tmp_path / "strict-ca"), "--token", "test", "--subject", "CN=No",
-                      "--require-sign-only", env=tpm_env)  # fmt: skip
-    sentence, _ = _failure(refused, 4)
-    assert "sign-only keys were required" in sentence, sentence
-    assert not (tmp_path / "strict-ca" / "ca.toml").exists()
-    assert _json(tpm.run("keys", "list", "--token", "test", "--json")) == []
 
-    ca_dir = tpm.root / "tpm-ca"
-    init = _make_ca(tpm, ca_dir, "test", tpm_env)
-    assert init.returncode == 0, init.stderr
-    assert FORCED in init.stderr, "the CA key can decrypt too, and 'ca init' says so"
+    def audited(ca_dir: Path) -> dict[str, Any]:
+        [init] = [e for e in _json(tpm.run("ca", "audit", "list", "--ca-dir", str(ca_dir), "--json")) if e["action"] == "ca-init"]
+        return dict(init["details"])
+
+    ec_ca = tpm.root / "ec-ca"
+    init = _make_ca(tpm, ec_ca, "test", tpm_env)
+    assert init.returncode == 0 and FORCED not in init.stderr, init.stderr  # an EC key on the TPM is sign-only
+    assert (audited(ec_ca)["key_type"], audited(ec_ca)["key_can_decrypt"]) == ("ec-p256", False)
+    cas = {}
+    for name, extra in (("loose-ca", ()), ("strict-ca", ("--require-sign-only",))):
+        cas[name] = tpm.root / name
+        init = tpm.run("ca", "init", "--ca-dir", str(cas[name]), "--token", "test", "--label", name, "--subject",
+                       f"CN={name},O=tokenissue tests,C=KR", "--type", "rsa-2048", *extra, env=tpm_env)  # fmt: skip
+        assert init.returncode == 0, init.stderr
+        decrypts = name == "loose-ca"
+        assert (FORCED in init.stderr) is decrypts, init.stderr
+        assert (audited(cas[name])["key_type"], audited(cas[name])["key_can_decrypt"]) == ("rsa-2048", decrypts)
+    assert _decrypt_test(tpm, "loose-ca", "strict-ca") == {"loose-ca": DECRYPTS, "strict-ca": REFUSES}
+    keys = {k["label"]: k for k in _json(tpm.run("keys", "list", "--token", "test", "--json"))}
+    assert {k: (v["sign_only"], v["decrypt_flag"]) for k, v in keys.items()} == {
+        "tokenissue-ca": (True, True), "loose-ca": (False, True), "strict-ca": (True, True)}  # fmt: skip
+
+    ca_dir = cas["strict-ca"]
     config = tomllib.loads((ca_dir / "ca.toml").read_text())["ca"]
     assert config["token"] == _identity(tok)
     assert config["module"] == TPM2_MODULE
@@ -384,6 +515,8 @@ def test_ca_key_on_the_tpm_issues_to_a_softhsm_token(
     for leaf in (signed, enrolled):
         ok = openssl("verify", "-CAfile", str(ca_dir / "ca.pem"), str(leaf))
         assert ok.returncode == 0 and ": OK" in ok.stdout, ok.stdout + ok.stderr
+        algorithm = x509.load_pem_x509_certificate(leaf.read_bytes()).signature_algorithm_oid
+        assert algorithm == SignatureAlgorithmOID.RSA_WITH_SHA256, algorithm
     crl = tmp_path / "crl.pem"
     assert tpm.run("ca", "crl", "--ca-dir", str(ca_dir), "-o", str(crl), env=soft).returncode == 0
     checked = openssl("crl", "-in", str(crl), "-noout", "-verify", "-CAfile", str(ca_dir / "ca.pem"))
@@ -449,11 +582,12 @@ def test_wrong_pins_count_once_each_and_lock_the_tpm(locking_tpm: TPMTokens, tmp
 
 
 # -- what the module writes on stderr ----------------------------------------------------------
-def test_module_stderr_is_hidden_on_success_and_announced_after_our_sentence(tpm: TPMTokens) -> None:
+def test_module_stderr_is_hidden_on_success_and_announced_after_our_sentence(tpm: TPMTokens, tmp_path: Path) -> None:
     """tpm2-pkcs11 prints ERROR lines for every key template it refuses, also while tokenissue
     negotiates one it takes (--debug proves they are written). A successful 'keys generate'
-    shows none of them; a failing one ('--require-sign-only') ends with our sentence and then
-    the note counting them, which --debug replaces with the lines themselves."""
+    shows none of them; a command that fails after that negotiation (an enrollment whose key was
+    made, then refused by the CA's profile for its SAN) ends with our sentence and then the note
+    counting them, which --debug replaces with the lines themselves; the key it made is gone."""
     ok = tpm.run("keys", "generate", "--token", "test", "--type", "ec-p256", "--label", "quiet")
     assert ok.returncode == 0, ok.stderr
     assert "ERROR" not in ok.stderr and not NOTE.search(ok.stderr), ok.stderr
@@ -462,9 +596,14 @@ def test_module_stderr_is_hidden_on_success_and_announced_after_our_sentence(tpm
     module_lines = [ln for ln in raw.stderr.splitlines() if ln.startswith("ERROR:")]
     assert any("attr mismatch" in ln for ln in module_lines), raw.stderr
 
-    args = ("keys", "generate", "--token", "test", "--type", "ec-p256", "--label", "strict", "--require-sign-only")
-    sentence, n = _failure(tpm.run(*args), 4)
-    assert "sign-only keys were required" in sentence, sentence
+    ca_dir = tmp_path / "file-ca"
+    init = tpm.run("ca", "init", "--ca-dir", str(ca_dir), "--insecure-file-key", "--subject", "CN=File CA")
+    assert init.returncode == 0, init.stderr
+    # The 'personal' profile takes email SANs only; the CA's check comes once the key is made.
+    args = ("enroll", "--token", "test", "--ca", str(ca_dir), "--subject", "CN=Refused", "--san", "dns:host.example",
+            "--label", "refused")  # fmt: skip
+    sentence, n = _failure(tpm.run(*args), 6)
+    assert "Profile 'personal'" in sentence and "dns" in sentence, sentence
     shown = [ln for ln in tpm.run("--debug", *args).stderr.splitlines() if ln.startswith("ERROR:")]
     assert n == len(shown) == len(module_lines) > 0
     assert [k["label"] for k in _json(tpm.run("keys", "list", "--token", "test", "--json"))] == ["quiet", "loud"]

@@ -26,6 +26,7 @@ from ._render import plain, token_dict
 
 if TYPE_CHECKING:
     from .. import p11
+    from ..p11._check import RequiredKeyCheck
 
 app = typer.Typer(help="Inspect, initialise and manage the PINs of one token.", no_args_is_help=True)
 pin_app = typer.Typer(help="Change or unblock the user PIN.", no_args_is_help=True)
@@ -157,13 +158,14 @@ def _print_check(data: dict[str, Any], report: p11.TokenCheck, probe: bool) -> N
     c = console()
     c.print(f"Token '{escape(report.token.label)}' ({escape(report.token.manufacturer)} {escape(report.token.model)}, "
             f"module {escape(report.library)}), recorded as {escape(report.token.name)}")  # fmt: skip
-    extra = ("Template", "Can decrypt", "Verified") if probe else ()
+    extra = ("Template", "Can decrypt", "With --require-sign-only", "Verified") if probe else ()
     table = Table("Key type", "Usable", "Signature (CSRs, certificates)", *extra)
     for r in data["key_types"]:
         usable = "[green]yes[/]" if r["supported"] else f"[red]no[/]: {escape(r['reason'])}"
         cells = [r["type"], usable, escape(r["signature"] or "-")]
         if probe:
-            cells += [escape(r["template"] or "-"), escape(_decrypt_cell(r)), "-" if r["verified"] is None else _tri(r["verified"])]
+            cells += [escape(r["template"] or "-"), escape(_decrypt_cell(r)), _required_cell(r),
+                      "-" if r["verified"] is None else _tri(r["verified"])]  # fmt: skip
         table.add_row(*cells)
     c.print(table)
     for key, text in (
@@ -174,7 +176,13 @@ def _print_check(data: dict[str, Any], report: p11.TokenCheck, probe: bool) -> N
         ("serials_unique", "Unique serial"),
     ):
         f = data["findings"][key]
-        c.print(f"[bold]{text:<24}[/] {_tri(f['value']):<7} [dim]({escape(f['source'])})[/]")
+        how = ""
+        if key == "sign_only_keys" and f["decrypt_flag"]:
+            # Not by their flags: say per key type how (the notes say why).
+            parts = [(f["by_default"], "as made"), (f["with_require_sign_only"], "with --require-sign-only"),
+                     (f["never"], "never")]  # fmt: skip
+            how = " " + "; ".join(f"{', '.join(kts)} {what}" for kts, what in parts if kts)
+        c.print(f"[bold]{text:<24}[/] {_tri(f['value']):<7} [dim]({escape(f['source'])})[/]{escape(how)}")
     for line in data["notes"]:
         c.print(f"- {escape(line)}", highlight=False)
 
@@ -183,16 +191,127 @@ def _tri(v: bool | None) -> str:
     return "unknown" if v is None else ("yes" if v else "no")
 
 
+#: Why a key is sign-only, in the probe's "Can decrypt" column (see p11._check.SIGN_ONLY_BY).
+_SIGN_ONLY_BY = {
+    "flags": "no",
+    "no-mechanism": "no (flag set, no mechanism)",
+    "allowed-mechanisms": "no (allowed mechanisms)",
+}
+
+
 def _decrypt_cell(r: dict[str, Any]) -> str:
     if r["template"] is None:
         return "-"
     if r["sign_only"]:
-        return "no"
+        refused = ", refused" if (r["decrypt_test"] or "").startswith("refused") else ""
+        return _SIGN_ONLY_BY.get(r["sign_only_by"] or "", "no") + refused
     mechs = r["decrypts_with"] or []
-    if not mechs:
-        return "flag only (no mechanism)"
     proof = {True: ", proven", False: ", test failed", None: ""}[r["decrypt_proven"]]
     return f"yes: {', '.join(mechs)}{proof}"
+
+
+def _required_cell(r: dict[str, Any]) -> str:
+    """What --require-sign-only gets for this key type (probe)."""
+    from rich.markup import escape
+
+    if r["template"] is None:
+        return "-"
+    if r["sign_only"]:
+        return "the same key"
+    req = r["require_sign_only"]
+    if req is None:
+        return "-"
+    if not req["made"]:
+        return "[yellow]refused[/]"
+    if req["decrypt_test"] == "decrypted":
+        return "[red]still decrypts[/]"
+    if not req["sign_only"]:
+        return "[red]" + escape(_decrypt_cell({**req, "template": req["template"], "decrypts_with": [],
+                                               "decrypt_proven": None})) + "[/]"  # fmt: skip
+    # How (CKA_ALLOWED_MECHANISMS, on the tokens seen) is in the notes and --json.
+    return "sign-only, decrypt refused" if (req["decrypt_test"] or "").startswith("refused") else "sign-only"
+
+
+def _types(kts: Any) -> str:
+    names = [k.value for k in kts]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def _sign_only_notes(r: p11.TokenCheck) -> list[str]:
+    """The notes that say which keys decrypt and what --require-sign-only does about it."""
+    so = r.sign_only
+    if so.value is None or not so.decrypt_flag:
+        return []  # unknown, or sign-only by their flags (the finding says so)
+    rows = {k.key_type: k for k in r.key_types}
+    proven = r.probed and bool(r.source.get("sign_only_keys") == "probe")
+    notes = []
+    # What keeps each key type that is sign-only as made from decrypting, although the token set
+    # CKA_DECRYPT (probed: as read back; else as the template would have it).
+    groups: dict[str, list[KeyType]] = {}
+    for kt in so.by_default:
+        by = rows[kt].sign_only_by if proven else ("allowed-mechanisms" if kt.algorithm.value == "rsa" else "no-mechanism")
+        groups.setdefault(by or "flags", []).append(kt)
+    for by, why in (
+        ("no-mechanism", "PKCS#11 has no EC decryption mechanism and their CKA_DERIVE is false"),
+        ("allowed-mechanisms", "their CKA_ALLOWED_MECHANISMS, which the token enforces, holds no mechanism that decrypts"),
+    ):
+        if by in groups:
+            if by == "no-mechanism" and any(kt.algorithm.value != "ec" for kt in groups[by]):
+                why = "no mechanism the token offers can use it"
+            notes.append(f"{_types(groups[by])} keys are sign-only as made: the token sets CKA_DECRYPT on them, but {why}.")
+    decrypting = so.with_require_sign_only + so.never
+    if decrypting:
+        mechs = sorted({m for k in decrypting for m in (rows[k].decrypts_with or ())}) if proven else []
+        if proven:
+            proof = (" (PKCS#1 v1.5; proven by a test decryption)"
+                     if all(rows[k].decrypt_proven for k in decrypting) else "")  # fmt: skip
+        else:
+            proof = " (--probe proves it with a test decryption)"
+        why = ("their CKA_ALLOWED_MECHANISMS keeps CKM_RSA_PKCS, which tokenissue lists by default as a signature "
+               "mechanism for tools that hash on the host" if r.allowed_mechanisms
+               else "the token does not keep CKA_ALLOWED_MECHANISMS")  # fmt: skip
+        mechs = mechs or ["CKM_RSA_PKCS"]
+        notes.append(
+            f"{_types(decrypting)} keys made by default decrypt too, with {', '.join(mechs)}{proof}: the token sets "
+            f"CKA_DECRYPT on them, and {why}. tokenissue keeps such keys and says so."
+        )
+    if so.with_require_sign_only:
+        how = "CKA_ALLOWED_MECHANISMS holds only the hash-and-sign mechanisms, without CKM_RSA_PKCS"
+        if proven:
+            req = [rows[k].required for k in so.with_require_sign_only]
+            allowed = sorted({m for q in req if q is not None for m in (q.allowed or ())})
+            tests = {q.decrypt_test for q in req if q is not None and q.decrypt_test}
+            how = f"CKA_ALLOWED_MECHANISMS holds only {', '.join(allowed)}"
+            if tests and all(t.startswith("refused") for t in tests):
+                how += f"; a test decryption was {' / '.join(sorted(tests)).replace('refused: ', 'refused with ')}"
+        notes.append(
+            f"With --require-sign-only (or a CA profile's require_sign_only) {_types(so.with_require_sign_only)} keys "
+            f"are made sign-only instead: {how}. tokenissue signs with them; tools that sign a host-made hash "
+            "with CKM_RSA_PKCS cannot use them. See docs/tokens-and-keys.md#sign-only-keys."
+        )
+    if so.never:
+        why = ""
+        if proven:
+            reasons = {q.reason for k in so.never if (q := rows[k].required) is not None and not q.made and q.reason}
+            still = [k for k in so.never if (q := rows[k].required) is not None and q.decrypt_test == "decrypted"]
+            if still:
+                why = (f": a {_types(still)} key it made with a CKA_ALLOWED_MECHANISMS that leaves out every decryption "
+                       "mechanism decrypted a test message all the same. The token does not enforce "
+                       "CKA_ALLOWED_MECHANISMS; do not take any key on it for sign-only because of that list")  # fmt: skip
+            elif reasons:
+                why = " (" + "; ".join(sorted(reasons)) + ")"
+        notes.append(f"--require-sign-only (or a CA profile's require_sign_only) refuses {_types(so.never)} keys on "
+                     f"this token, which cannot make them sign-only{why}. See docs/tokens-and-keys.md#sign-only-keys.")  # fmt: skip
+    return notes
+
+
+def _required_dict(q: RequiredKeyCheck | None) -> dict[str, Any] | None:
+    if q is None:
+        return None
+    return {"made": q.made, "reason": q.reason, "template": q.template, "sign_only": q.sign_only,
+            "sign_only_by": q.sign_only_by,
+            "allowed_mechanisms_read_back": list(q.allowed) if q.allowed is not None else None,
+            "decrypt_test": q.decrypt_test, "verified": q.verified}  # fmt: skip
 
 
 def check_dict(r: p11.TokenCheck) -> dict[str, Any]:
@@ -200,26 +319,7 @@ def check_dict(r: p11.TokenCheck) -> dict[str, Any]:
     if r.probed and r.certificates_stored is False:
         notes.append(f"The token refused to store a certificate ({r.certificate_error}); 'enroll' and 'cert import' "
                      "would fail at the end on it.")  # fmt: skip
-    if r.sign_only_keys is False:
-        made = [k for k in r.key_types if k.template is not None and not k.sign_only]
-        by_mechs: dict[tuple[tuple[str, ...], bool], list[str]] = {}
-        for k in made:
-            if k.decrypts_with:
-                by_mechs.setdefault((k.decrypts_with, bool(k.decrypt_proven)), []).append(k.key_type.value)
-        how = [
-            f"{' and '.join(types)} keys decrypt with {', '.join(mechs)}"
-            + (" (PKCS#1 v1.5; proven by a test decryption)" if "CKM_RSA_PKCS" in mechs and proven else "")
-            for (mechs, proven), types in by_mechs.items()
-        ]
-        nominal = [k.key_type.value for k in made if not k.decrypts_with]
-        detail = ""
-        if how:
-            detail += "; " + "; ".join(how)
-        if nominal:
-            detail += "; " + ", ".join(nominal) + " keys carry CKA_DECRYPT but the token offers no mechanism to use it"
-        notes.append("The token makes signing keys that can also decrypt" + detail + ". tokenissue keeps them and reports "
-                     "them; --require-sign-only (or a CA profile's require_sign_only) refuses them. See "
-                     "docs/tokens-and-keys.md#sign-only-keys.")  # fmt: skip
+    notes += _sign_only_notes(r)
     if r.refused_cert_attributes:
         notes.append("Certificate objects are stored without " + ", ".join("CKA_" + a for a in r.refused_cert_attributes)
                      + " (the token refuses them).")  # fmt: skip
@@ -239,6 +339,7 @@ def check_dict(r: p11.TokenCheck) -> dict[str, Any]:
         notes.append(f"Its serial does not tell it apart; tokenissue records it as {r.token.name}. Give it a label no "
                      "other token of this model has, on any machine enrolling with the same CA: a lost-token revocation "
                      "(revoke --token-serial) revokes every certificate recorded under that name.")  # fmt: skip
+    so = r.sign_only
     return {
         "token": token_dict(r.token),
         "library": r.library,
@@ -247,14 +348,23 @@ def check_dict(r: p11.TokenCheck) -> dict[str, Any]:
             {"type": k.key_type.value, "supported": k.supported, "reason": k.reason, "hash": k.hash,
              "signature": k.signature, "pss": k.pss, "template": k.template,
              "refused_templates": [{"template": n, "refusal": why} for n, why in k.refused_steps],
-             "sign_only": k.sign_only, "decrypts_with": list(k.decrypts_with) if k.decrypts_with is not None else None,
-             "decrypt_proven": k.decrypt_proven, "allowed_mechanisms": k.allowed_mechanisms,
+             "sign_only": k.sign_only, "sign_only_by": k.sign_only_by, "decrypt_flag": k.decrypt_flag,
+             "decrypts_with": list(k.decrypts_with) if k.decrypts_with is not None else None,
+             "decrypt_proven": k.decrypt_proven, "decrypt_test": k.decrypt_test,
+             "require_sign_only": _required_dict(k.required),
+             "allowed_mechanisms": k.allowed_mechanisms,
              "allowed_mechanisms_read_back": list(k.allowed) if k.allowed is not None else None,
              "verified": k.verified}
             for k in r.key_types
         ],
         "findings": {
-            "sign_only_keys": {"value": r.sign_only_keys, "source": r.source["sign_only_keys"]},
+            # value: every usable key type can be had sign-only (by default, or with
+            # --require-sign-only); the lists say which way; decrypt_flag: the token sets
+            # CKA_DECRYPT/UNWRAP on its keys whatever the template asks (a TPM does).
+            "sign_only_keys": {"value": so.value, "source": r.source["sign_only_keys"],
+                               "by_default": [k.value for k in so.by_default],
+                               "with_require_sign_only": [k.value for k in so.with_require_sign_only],
+                               "never": [k.value for k in so.never], "decrypt_flag": so.decrypt_flag},
             "allowed_mechanisms": {"value": r.allowed_mechanisms, "source": r.source["allowed_mechanisms"]},
             "certificate_category": {"value": r.certificate_category, "source": r.source["certificate_category"]},
             "pin_counters": {"value": r.pin_counters, "source": r.source["pin_counters"], "lockout": r.lockout},
@@ -264,7 +374,7 @@ def check_dict(r: p11.TokenCheck) -> dict[str, Any]:
         "refused_certificate_attributes": r.refused_cert_attributes,
         "leftovers": r.leftovers,
         "notes": notes,
-    }
+    }  # fmt: skip
 
 
 @app.command("init")

@@ -6,11 +6,15 @@ finding says which, and a module tokenissue knows nothing about gets "unknown", 
 With ``probe=True`` every claim that can be proven is proven on the token itself: a scratch key
 per key type is generated with the negotiated template, its attributes are read back (usage
 flags, CKA_ALLOWED_MECHANISMS), it signs a test message with the hash tokenissue uses for that
-key type and the signature is verified on the host; an RSA key the token made able to decrypt
-is asked to decrypt a PKCS#1 v1.5 test message, so "can decrypt" is a fact, not a flag; a scratch
-certificate is stored with the optional attributes and read back; and everything scratch is
-deleted again (also when a step fails). A scratch object the token refuses to delete is named in
-the report (``leftovers``) instead of being passed over in silence.
+key type and the signature is verified on the host; an RSA key is given a test message encrypted
+on the host: one the token made able to decrypt must decrypt it, one that only its
+CKA_ALLOWED_MECHANISMS keeps from decrypting must be refused, so "can decrypt" is a fact, not a
+flag. For a key type whose keys decrypt by default, the key ``--require-sign-only`` makes is
+probed the same way (a token that forces CKA_DECRYPT but enforces CKA_ALLOWED_MECHANISMS makes
+it sign-only by leaving CKM_RSA_PKCS out of that list). A scratch certificate is stored with the
+optional attributes and read back; and everything scratch is deleted again (also when a step
+fails). A scratch object the token refuses to delete is named in the report (``leftovers``)
+instead of being passed over in silence.
 
 PIN try counters are never probed: that would take wrong PINs, and on a TPM every wrong PIN
 counts against the device-wide dictionary-attack lockout.
@@ -29,13 +33,12 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 
 from ..errors import TokenIssueError
 from ..models import KeyAlgorithm, KeyType, TokenInfo
-from ._capabilities import _LIBRARY_QUIRKS, OPTIONAL_CERT_ATTRIBUTES
-from ._errors import translate
-from ._module import placeholder_serial
+from ._capabilities import _LIBRARY_QUIRKS, OPTIONAL_CERT_ATTRIBUTES, decrypting_mechanisms, signing_mechanisms
+from ._module import _rv, placeholder_serial
 from .signing import plan_signature
 from .uri import KeySelector
 
-__all__ = ["KeyTypeCheck", "TokenCheck", "check_token"]
+__all__ = ["KeyTypeCheck", "RequiredKeyCheck", "SignOnlyKeys", "TokenCheck", "check_token"]
 
 _PROBE_LABEL = "tokenissue-check-"
 
@@ -43,18 +46,53 @@ _PROBE_LABEL = "tokenissue-check-"
 #: SHA-384 goes with P-384, Ed25519 signs the message itself, SHA-256 for the rest).
 _HASH = {KeyType.EC_P384: "sha384", KeyType.ED25519: None}
 
-#: Mechanisms with which a private key of each algorithm decrypts, unwraps or agrees on keys.
-#: PKCS#11 has no EC decryption mechanism: an EC key's only such use is ECDH (CKA_DERIVE).
-_DECRYPTING = {
-    KeyAlgorithm.RSA: (Mechanism.RSA_PKCS, Mechanism.RSA_PKCS_OAEP, Mechanism.RSA_X_509),
-    KeyAlgorithm.EC: (),
-    KeyAlgorithm.ED25519: (),
-}
-_DERIVING = {
-    KeyAlgorithm.RSA: (),
-    KeyAlgorithm.EC: (Mechanism.ECDH1_DERIVE, Mechanism.ECDH1_COFACTOR_DERIVE),
-    KeyAlgorithm.ED25519: (),
-}
+#: What keeps a key from decrypting (``KeyTypeCheck.sign_only_by``):
+#:   "flags"               CKA_DECRYPT, UNWRAP, DERIVE and SIGN_RECOVER are false (SoftHSM);
+#:   "no-mechanism"        a flag is set, but no mechanism can use it: PKCS#11 has no EC
+#:                         decryption, and CKA_DERIVE is false (an EC key on a TPM);
+#:   "allowed-mechanisms"  the flags would let it decrypt; its CKA_ALLOWED_MECHANISMS, which
+#:                         the token enforces, holds no mechanism that decrypts.
+SIGN_ONLY_BY = ("flags", "no-mechanism", "allowed-mechanisms")
+_USAGE_FLAGS = (Attribute.DECRYPT, Attribute.UNWRAP, Attribute.DERIVE, Attribute.SIGN_RECOVER)
+
+
+@dataclass(frozen=True)
+class RequiredKeyCheck:
+    """Probe: the key ``--require-sign-only`` makes, for a key type whose default key decrypts."""
+
+    made: bool
+    """Whether the token made one (False: refused, ``reason`` says why)."""
+    reason: str = ""
+    template: str | None = None
+    sign_only_by: str | None = None
+    """What keeps it from decrypting (see :data:`SIGN_ONLY_BY`); None: it can decrypt."""
+    allowed: tuple[str, ...] | None = None
+    """CKA_ALLOWED_MECHANISMS as read back."""
+    decrypt_test: str | None = None
+    """The token's answer to a test decryption ("decrypted", "refused: CKR_..."); None: nothing to try."""
+    verified: bool | None = None
+    """Whether a signature it made verified on the host."""
+
+    @property
+    def sign_only(self) -> bool:
+        """Whether the key is sign-only, as read back and, where a decryption can be tried, as tried."""
+        return bool(self.made and self.verified and self.sign_only_by is not None and self.decrypt_test != "decrypted")
+
+
+@dataclass(frozen=True)
+class SignOnlyKeys:
+    """The ``sign_only_keys`` finding: can tokenissue get sign-only keys on this token, and how."""
+
+    value: bool | None
+    """Whether every usable key type can be had sign-only (by default, or with --require-sign-only)."""
+    by_default: tuple[KeyType, ...] = ()
+    """Key types whose keys are sign-only as made by default."""
+    with_require_sign_only: tuple[KeyType, ...] = ()
+    """Key types whose default keys can decrypt, but --require-sign-only makes them sign-only."""
+    never: tuple[KeyType, ...] = ()
+    """Key types that cannot be made sign-only here (--require-sign-only refuses them)."""
+    decrypt_flag: bool | None = None
+    """Whether the token sets CKA_DECRYPT/UNWRAP on the keys it makes (whatever the template asks)."""
 
 
 @dataclass(frozen=True)
@@ -78,12 +116,21 @@ class KeyTypeCheck:
     refused_steps: tuple[tuple[str, str], ...] = ()
     """Probe: the template steps the token refused before that one, with its answer."""
     sign_only: bool | None = None
-    """Probe: whether the key came out with CKA_DECRYPT false."""
+    """Probe: whether the key made by default cannot decrypt, unwrap or derive (``decrypts_with``
+    is empty), whatever its CKA_DECRYPT says."""
+    decrypt_flag: bool | None = None
+    """Probe: CKA_DECRYPT or CKA_UNWRAP as read back (a TPM sets them on every key)."""
+    sign_only_by: str | None = None
+    """Probe: what keeps the default key from decrypting (:data:`SIGN_ONLY_BY`); None: it decrypts."""
     decrypts_with: tuple[str, ...] | None = None
     """Probe: mechanisms the key can decrypt, unwrap or derive with (its usage flags, the
     token's mechanism list and the CKA_ALLOWED_MECHANISMS read back, all three agreeing)."""
     decrypt_proven: bool | None = None
     """Probe, RSA keys that decrypt: whether the token really decrypted a PKCS#1 v1.5 message."""
+    decrypt_test: str | None = None
+    """Probe, RSA keys: the token's answer to a test decryption ("decrypted", "refused: CKR_...")."""
+    required: RequiredKeyCheck | None = None
+    """Probe, key types whose default key decrypts: the key --require-sign-only makes instead."""
     allowed_mechanisms: bool | None = None
     """Probe: whether CKA_ALLOWED_MECHANISMS was taken and reads back."""
     allowed: tuple[str, ...] | None = None
@@ -100,8 +147,8 @@ class TokenCheck:
     library: str
     key_types: list[KeyTypeCheck]
     probed: bool
-    sign_only_keys: bool | None
-    """Whether the token makes sign-only keys of every usable type (None: unknown)."""
+    sign_only: SignOnlyKeys
+    """Whether (and how) tokenissue gets sign-only keys of every usable type on this token."""
     allowed_mechanisms: bool | None
     certificate_category: bool | None
     """Whether certificate objects keep CKA_CERTIFICATE_CATEGORY."""
@@ -120,6 +167,11 @@ class TokenCheck:
     """Probe: why the scratch certificate could not be stored."""
     leftovers: list[str] = field(default_factory=list)
     """Probe: scratch objects the token refused to delete (label, what)."""
+
+    @property
+    def sign_only_keys(self) -> bool | None:
+        """Whether every usable key type can be had sign-only here (None: unknown)."""
+        return self.sign_only.value
 
 
 def _hash_of(kt: KeyType) -> str | None:
@@ -160,11 +212,12 @@ def check_token(session: Any, present: list[TokenInfo], *, probe: bool = False) 
             )
         )  # fmt: skip
     source = {"key_types": "mechanism list and key sizes"}
-    sign_only = quirks.expect_sign_only
     allowed = quirks.expect_allowed_mechanisms
     category = quirks.expect_certificate_category
+    usable = [r.key_type for r in rows if r.supported]
+    sign_only = _expected_sign_only(usable, quirks.expect_sign_only, allowed, caps.mechanisms)
     refused: list[str] | None = None
-    for k, v in (("sign_only_keys", sign_only), ("allowed_mechanisms", allowed), ("certificate_category", category)):
+    for k, v in (("sign_only_keys", sign_only.value), ("allowed_mechanisms", allowed), ("certificate_category", category)):
         source[k] = "known module behaviour" if v is not None else "module not on record; run with --probe"
     # A module tokenissue has no record of gets no claim about its PIN counters: proving them
     # would take wrong PINs.
@@ -180,7 +233,7 @@ def check_token(session: Any, present: list[TokenInfo], *, probe: bool = False) 
         rows = [_probe_key(session, r, leftovers) if r.supported else r for r in rows]
         made = [r for r in rows if r.template is not None]
         if made:
-            sign_only = all(r.sign_only for r in made)
+            sign_only = _proven_sign_only(made)
             allowed = all(r.allowed_mechanisms for r in made)
             source.update(sign_only_keys="probe", allowed_mechanisms="probe", key_types="probe")
         stored, refused, category, cert_error = _probe_certificate(session, leftovers)
@@ -198,7 +251,7 @@ def check_token(session: Any, present: list[TokenInfo], *, probe: bool = False) 
         library=caps.library,
         key_types=rows,
         probed=probe,
-        sign_only_keys=sign_only,
+        sign_only=sign_only,
         allowed_mechanisms=allowed,
         certificate_category=category,
         refused_cert_attributes=refused,
@@ -210,6 +263,56 @@ def check_token(session: Any, present: list[TokenInfo], *, probe: bool = False) 
         certificate_error=cert_error,
         leftovers=leftovers,
     )
+
+
+def _expected_sign_only(
+    usable: list[KeyType], flags_off: bool | None, allowed: bool | None, offered: frozenset[Any]
+) -> SignOnlyKeys:
+    """The sign_only_keys finding without a probe: from what the module is known to do (whether
+    it takes CKA_DECRYPT=False, whether it keeps CKA_ALLOWED_MECHANISMS) and the mechanism list,
+    the way key generation would template each key type."""
+    if flags_off is None or not usable:
+        return SignOnlyKeys(value=None)
+    if flags_off:
+        return SignOnlyKeys(value=True, by_default=tuple(usable), decrypt_flag=False)
+    if allowed is None:
+        return SignOnlyKeys(value=None, decrypt_flag=True)
+    by_default: list[KeyType] = []
+    required: list[KeyType] = []
+    never: list[KeyType] = []
+    for kt in usable:
+        alg = kt.algorithm
+        forced: dict[Any, Any] = {Attribute.DECRYPT: True}
+        pinned = {**forced, Attribute.ALLOWED_MECHANISMS: signing_mechanisms(alg, offered)} if allowed else forced
+        narrow = signing_mechanisms(alg, offered, sign_only=True)
+        strict = {**forced, Attribute.ALLOWED_MECHANISMS: narrow} if allowed else forced
+        if not decrypting_mechanisms(alg, pinned, offered):
+            by_default.append(kt)
+        elif (narrow or not allowed) and not decrypting_mechanisms(alg, strict, offered):
+            required.append(kt)
+        else:
+            never.append(kt)
+    return SignOnlyKeys(value=not never, by_default=tuple(by_default), with_require_sign_only=tuple(required),
+                        never=tuple(never), decrypt_flag=True)  # fmt: skip
+
+
+def _proven_sign_only(made: list[KeyTypeCheck]) -> SignOnlyKeys:
+    """The sign_only_keys finding from the probe's keys."""
+    by_default = tuple(r.key_type for r in made if r.sign_only)
+    required = tuple(r.key_type for r in made if not r.sign_only and r.required is not None and r.required.sign_only)
+    never = tuple(r.key_type for r in made if r.key_type not in by_default + required)
+    return SignOnlyKeys(value=not never, by_default=by_default, with_require_sign_only=required, never=never,
+                        decrypt_flag=any(r.decrypt_flag for r in made))  # fmt: skip
+
+
+def _sign_only_by(algorithm: KeyAlgorithm, usage: dict[Any, Any], offered: frozenset[Any]) -> str | None:
+    """What keeps a key with these usage attributes from decrypting (:data:`SIGN_ONLY_BY`), or None."""
+    if decrypting_mechanisms(algorithm, usage, offered):
+        return None
+    if not any(usage.get(a) for a in _USAGE_FLAGS):
+        return "flags"
+    unpinned = {a: v for a, v in usage.items() if a != Attribute.ALLOWED_MECHANISMS}
+    return "allowed-mechanisms" if decrypting_mechanisms(algorithm, unpinned, offered) else "no-mechanism"
 
 
 def _mech_names(values: Any) -> tuple[str, ...]:
@@ -236,31 +339,13 @@ def _read_usage(session: Any, kid: bytes) -> dict[Any, Any]:
 
 
 def _decrypting(kt: KeyType, usage: dict[Any, Any], offered: frozenset[Any]) -> tuple[Any, ...]:
-    """The mechanisms the key can decrypt, unwrap or derive with, by its flags, the token's list
-    and its CKA_ALLOWED_MECHANISMS (when the token keeps one, it is enforced by PKCS#11)."""
-    allowed = usage.get(Attribute.ALLOWED_MECHANISMS)
-    permitted = set(allowed) if allowed else None
-    mechs: list[Any] = []
-    if usage.get(Attribute.DECRYPT) or usage.get(Attribute.UNWRAP):
-        mechs += _DECRYPTING[kt.algorithm]
-    if usage.get(Attribute.SIGN_RECOVER) and kt.algorithm is KeyAlgorithm.RSA:
-        mechs.append(Mechanism.RSA_X_509)  # sign-recover with raw RSA is a decryption
-    if usage.get(Attribute.DERIVE):
-        mechs += _DERIVING[kt.algorithm]
-    seen: list[Any] = []
-    for m in mechs:
-        if m in offered and (permitted is None or int(m) in permitted) and m not in seen:
-            seen.append(m)
-    return tuple(seen)
+    return decrypting_mechanisms(kt.algorithm, usage, offered)
 
 
 def _probe_key(session: Any, row: KeyTypeCheck, leftovers: list[str]) -> KeyTypeCheck:
-    """Make, read back, use and delete a scratch key of ``row.key_type``."""
+    """Make, read back, use and delete a scratch key of ``row.key_type`` (and, when that key can
+    decrypt, the one --require-sign-only makes instead)."""
     from dataclasses import replace
-
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
     label = _PROBE_LABEL + os.urandom(4).hex()
     algorithm = row.key_type.algorithm
@@ -276,64 +361,141 @@ def _probe_key(session: Any, row: KeyTypeCheck, leftovers: list[str]) -> KeyType
         usage = _read_usage(session, info.id)
         allowed_back = usage.get(Attribute.ALLOWED_MECHANISMS)
         decrypts = _decrypting(row.key_type, usage, caps.mechanisms)
-        key = session.private_key(KeySelector(id=info.id))
-        data = b"tokenissue token check"
-        pub = key.public_key()
-        h: hashes.SHA256 | hashes.SHA384 = hashes.SHA384() if row.hash == "sha384" else hashes.SHA256()
-        try:
-            if isinstance(key, rsa.RSAPrivateKey):
-                assert isinstance(pub, rsa.RSAPublicKey)
-                sig = key.sign(data, padding.PKCS1v15(), h)
-                pub.verify(sig, data, padding.PKCS1v15(), h)
-            elif isinstance(key, ec.EllipticCurvePrivateKey):
-                assert isinstance(pub, ec.EllipticCurvePublicKey)
-                # The key type's own hash (CSRs, certificates), and SHA-256 (proofs of possession).
-                for hh in (h, hashes.SHA256()) if row.hash == "sha384" else (h,):
-                    sig = key.sign(data, ec.ECDSA(hh))
-                    pub.verify(sig, data, ec.ECDSA(hh))
-            else:
-                sig = key.sign(data)
-                pub.verify(sig, data)
-            verified = True
-        except (TokenIssueError, InvalidSignature):
-            verified = False
+        by = _sign_only_by(algorithm, usage, caps.mechanisms)
+        verified, pub = _sign_and_verify(session, info.id, row.hash)
         proven: bool | None = None
-        if verified and Mechanism.RSA_PKCS in decrypts and isinstance(pub, rsa.RSAPublicKey):
-            # Only a mechanism the key's flags and CKA_ALLOWED_MECHANISMS both permit is tried:
-            # a refused C_DecryptInit can leave a tpm2-pkcs11 key undeletable in this process.
-            proven = _try_decrypt(session, info.id, pub)
-        return replace(
-            row,
-            supported=verified,
-            reason="" if verified else "a signature made on the token did not verify",
-            template=step.name,
-            refused_steps=refused_steps,
-            sign_only=not info.can_decrypt,
-            decrypts_with=_mech_names(decrypts),
-            decrypt_proven=proven,
-            allowed_mechanisms=bool(allowed_back) if step.allowed_mechanisms else False,
-            allowed=_mech_names(allowed_back) if allowed_back else None,
-            verified=verified,
-        )
+        test: str | None = None
+        if verified:
+            test, tried = _decrypt_test(session, info.id, pub, usage, caps.mechanisms)
+            if decrypts and test is not None:
+                proven = test == "decrypted"
+            elif test == "decrypted":
+                # Its CKA_ALLOWED_MECHANISMS said no, and the token decrypted anyway: the list
+                # is not enforced, and the key is reported as what it did.
+                decrypts, by, proven = (tried,), None, True
     finally:
-        try:
-            session.delete_key(KeySelector(id=info.id))
-        except TokenIssueError as e:
-            leftovers.append(f"key '{label}' (id {info.id.hex()}): {e}")
+        _delete_key(session, info.id, label, leftovers)
+    required: RequiredKeyCheck | None = None
+    if verified and decrypts:
+        required = _probe_required(session, row, leftovers)
+    return replace(
+        row,
+        supported=verified,
+        reason="" if verified else "a signature made on the token did not verify",
+        template=step.name,
+        refused_steps=refused_steps,
+        sign_only=not decrypts,  # (a test decryption that worked is among decrypts)
+        decrypt_flag=bool(usage.get(Attribute.DECRYPT) or usage.get(Attribute.UNWRAP)),
+        sign_only_by=by,
+        decrypts_with=_mech_names(decrypts),
+        decrypt_proven=proven,
+        decrypt_test=test,
+        required=required,
+        allowed_mechanisms=bool(allowed_back) if step.allowed_mechanisms else False,
+        allowed=_mech_names(allowed_back) if allowed_back else None,
+        verified=verified,
+    )
 
 
-def _try_decrypt(session: Any, kid: bytes, pub: Any) -> bool:
-    """Whether the token decrypts, with the key ``kid``, a PKCS#1 v1.5 message made on the host."""
-    from cryptography.hazmat.primitives.asymmetric import padding
+def _probe_required(session: Any, row: KeyTypeCheck, leftovers: list[str]) -> RequiredKeyCheck:
+    """Make, read back, use and delete the scratch key --require-sign-only makes of ``row.key_type``."""
+    label = _PROBE_LABEL + os.urandom(4).hex()
+    algorithm = row.key_type.algorithm
+    try:
+        info = session.generate_key(row.key_type, label, require_sign_only=True)
+    except TokenIssueError as e:
+        return RequiredKeyCheck(made=False, reason=str(e))
+    caps = session.capabilities
+    try:
+        usage = _read_usage(session, info.id)
+        allowed_back = usage.get(Attribute.ALLOWED_MECHANISMS)
+        verified, pub = _sign_and_verify(session, info.id, row.hash)
+        test = _decrypt_test(session, info.id, pub, usage, caps.mechanisms)[0] if verified else None
+    finally:
+        _delete_key(session, info.id, label, leftovers)
+    return RequiredKeyCheck(
+        made=True,
+        template=caps.template_step[algorithm].name,
+        sign_only_by=_sign_only_by(algorithm, usage, caps.mechanisms),
+        allowed=_mech_names(allowed_back) if allowed_back else None,
+        decrypt_test=test,
+        verified=verified,
+    )
 
+
+def _sign_and_verify(session: Any, kid: bytes, hash_name: str | None) -> tuple[bool, Any]:
+    """Whether the key ``kid`` signs a test message (with the key type's hash) that verifies on
+    the host; and its public key."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    key = session.private_key(KeySelector(id=kid))
+    data = b"tokenissue token check"
+    pub = key.public_key()
+    h: hashes.SHA256 | hashes.SHA384 = hashes.SHA384() if hash_name == "sha384" else hashes.SHA256()
+    try:
+        if isinstance(key, rsa.RSAPrivateKey):
+            assert isinstance(pub, rsa.RSAPublicKey)
+            sig = key.sign(data, padding.PKCS1v15(), h)
+            pub.verify(sig, data, padding.PKCS1v15(), h)
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            assert isinstance(pub, ec.EllipticCurvePublicKey)
+            # The key type's own hash (CSRs, certificates), and SHA-256 (proofs of possession).
+            for hh in (h, hashes.SHA256()) if hash_name == "sha384" else (h,):
+                sig = key.sign(data, ec.ECDSA(hh))
+                pub.verify(sig, data, ec.ECDSA(hh))
+        else:
+            sig = key.sign(data)
+            pub.verify(sig, data)
+    except (TokenIssueError, InvalidSignature):
+        return False, pub
+    return True, pub
+
+
+def _delete_key(session: Any, kid: bytes, label: str, leftovers: list[str]) -> None:
+    try:
+        session.delete_key(KeySelector(id=kid))
+    except TokenIssueError as e:
+        leftovers.append(f"key '{label}' (id {kid.hex()}): {e}")
+
+
+def _decrypt_test(
+    session: Any, kid: bytes, pub: Any, usage: dict[Any, Any], offered: frozenset[Any]
+) -> tuple[str | None, Any]:
+    """Ask the RSA key ``kid`` to decrypt a message encrypted on the host, with the first of
+    CKM_RSA_PKCS and CKM_RSA_PKCS_OAEP that its usage flags and the token's list permit
+    (whatever its CKA_ALLOWED_MECHANISMS says: that is what is tested). ("decrypted", "refused:
+    CKR_..." or "wrong plaintext", the mechanism); (None, None) when there is nothing to try (EC
+    and Ed25519 keys, keys whose CKA_DECRYPT is false).
+
+    Only CKA_ALLOWED_MECHANISMS refusals are provoked: the token answers them before it starts
+    an operation, and the key can be deleted afterwards in the same process (measured on
+    tpm2-pkcs11 1.9; after a failed C_SignInit it cannot). A key whose CKA_DECRYPT is false is
+    never asked."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    if not isinstance(pub, rsa.RSAPublicKey) or not usage.get(Attribute.DECRYPT):
+        return None, None
+    unpinned = {a: v for a, v in usage.items() if a != Attribute.ALLOWED_MECHANISMS}
+    candidates = decrypting_mechanisms(KeyAlgorithm.RSA, unpinned, offered)
     secret = os.urandom(16)
-    ciphertext = pub.encrypt(secret, padding.PKCS1v15())
+    if Mechanism.RSA_PKCS in candidates:
+        mechanism, ciphertext = Mechanism.RSA_PKCS, pub.encrypt(secret, padding.PKCS1v15())
+    elif Mechanism.RSA_PKCS_OAEP in candidates:
+        # python-pkcs11's default OAEP parameters: SHA-1, MGF1-SHA-1, no label.
+        oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303
+        mechanism, ciphertext = Mechanism.RSA_PKCS_OAEP, pub.encrypt(secret, oaep)
+    else:
+        return None, None
     obj = session._one_private(KeySelector(id=kid))
     try:
-        with session.lock, translate("decrypt"):
-            return bytes(obj.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS)) == secret
-    except (TokenIssueError, px.PKCS11Error):
-        return False
+        with session.lock:
+            plain = bytes(obj.decrypt(ciphertext, mechanism=mechanism))
+    except px.PKCS11Error as e:
+        return f"refused: {_rv(e)}", mechanism
+    return ("decrypted" if plain == secret else "wrong plaintext"), mechanism
 
 
 def _probe_certificate(session: Any, leftovers: list[str]) -> tuple[bool, list[str] | None, bool | None, str]:
