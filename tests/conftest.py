@@ -597,9 +597,8 @@ DOCUMENTED_IMPLS: dict[str, ImplFacts] = {
     "tpm2": ImplFacts(
         key_types=frozenset({KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048, KeyType.RSA_3072}),
         sign_only=False, serials_unique=False, pin_counters=False,
-        # EC keys are pinned to ECDSA (and the TPM has no ECDH); RSA keys keep CKM_RSA_PKCS,
-        # which signs and decrypts, unless --require-sign-only narrows the list.
-        decrypting=frozenset({KeyType.RSA_2048, KeyType.RSA_3072}),
+        # CKA_DECRYPT is set on every key, but every key is pinned to signature-only mechanisms (no raw CKM_RSA_PKCS): none decrypts.
+        decrypting=frozenset(),
         token_hashes=frozenset({KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048, KeyType.RSA_3072}),
         secret_read_error="AttributeTypeInvalid", extractable_locked=False,
     ),
@@ -839,7 +838,8 @@ def _impl_facts(impl: str, tokens: Any) -> tuple[ImplFacts, dict[str, Any]]:
     documented = DOCUMENTED_IMPLS[impl]
     reported = ImplFacts(
         key_types=frozenset(k for k, r in rows.items() if r["supported"]),
-        sign_only=bool(findings["sign_only_keys"]["value"]),
+        # sign_only here is "CKA_DECRYPT comes out off"; token check reports the flag itself.
+        sign_only=not findings["sign_only_keys"]["decrypt_flag"],
         decrypting=documented.decrypting,
         token_hashes=frozenset(k for k, r in rows.items() if "(token hashes)" in r["signature"]),
         serials_unique=bool(findings["serials_unique"]["value"]),

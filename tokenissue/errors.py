@@ -17,7 +17,7 @@ Hierarchy (exit status in brackets)::
     │   ├── ObjectExists
     │   ├── MechanismUnsupported
     │   └── ProvenanceError       a key that could have been outside the token
-    │       └── KeyUsageForced    sign-only keys required; the token makes them decrypt too
+    │       └── KeyUsageForced    sign-only keys required; this token (or key) cannot be one
     ├── PinError [5]
     │   ├── PinIncorrect          .tries_left_hint tells what the token reports
     │   ├── PinLocked
@@ -118,7 +118,7 @@ class ProvenanceError(TokenError):
 
 
 class KeyUsageForced(ProvenanceError):
-    """Sign-only keys were required, and the token makes every key able to decrypt as well."""
+    """Sign-only keys were required, and the token cannot make (or the key reused is) one."""
 
 
 class PinError(TokenIssueError):

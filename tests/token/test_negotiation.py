@@ -124,31 +124,34 @@ def test_template_steps_never_relax_the_protections() -> None:
 
 
 @pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048], ids=lambda k: k.value)
-def test_tpm_falls_back_to_token_usage_and_reports_what_the_key_can_do(session_tpm: object, key_type: KeyType) -> None:
-    """tpm2-pkcs11 sets CKA_DECRYPT on every key; CKA_ALLOWED_MECHANISMS (which it enforces)
-    decides: an EC key pinned to ECDSA cannot decrypt, an RSA key whose list holds CKM_RSA_PKCS
-    (a signature mechanism that also decrypts) can, and is reported so."""
+def test_tpm_falls_back_to_token_usage_and_pins_the_key_to_signing(session_tpm: object, key_type: KeyType) -> None:
+    """tpm2-pkcs11 sets CKA_DECRYPT on every key; tokenissue then pins the key, through
+    CKA_ALLOWED_MECHANISMS (which the TPM enforces), to signature mechanisms that cannot decrypt
+    (no raw CKM_RSA_PKCS). The key is reported sign-only, and the TPM really refuses to decrypt."""
     from pkcs11 import Mechanism
+    from pkcs11.exceptions import MechanismInvalid
     from tpm_support import TPM2_MODULE
 
     with p11.open_token(TOKEN, Pin(USER_PIN), module=TPM2_MODULE) as s:
         info = s.generate_key(key_type, "tpm")
         assert info.template == "token-usage"
         assert info.decrypt_flag, "tpm2-pkcs11 sets CKA_DECRYPT on every signing key"
+        assert not info.can_decrypt, "pinned to signature mechanisms: it cannot decrypt"
         assert info.born_on_token and info.sensitive and not info.extractable
         refused = s.capabilities.template_refusals[key_type.algorithm]
         assert [name for name, _ in refused] == ["strict", "no-allowed-mechanisms", "no-recover"]
         assert {rv for _, rv in refused} == {"CKR_GENERAL_ERROR"}
         priv = s._one_private(p11.KeySelector(id=info.id))
-        allowed = priv.get_attributes([Attribute.ALLOWED_MECHANISMS])[Attribute.ALLOWED_MECHANISMS]
+        allowed = {int(m) for m in priv.get_attributes([Attribute.ALLOWED_MECHANISMS])[Attribute.ALLOWED_MECHANISMS]}
         assert allowed
         if key_type.algorithm is KeyType.RSA_2048.algorithm:
-            assert info.can_decrypt and int(Mechanism.RSA_PKCS) in {int(m) for m in allowed}
-            pub = s._public_object(info.id)
-            secret = pub.encrypt(b"secret", mechanism=Mechanism.RSA_PKCS)
-            assert priv.decrypt(secret, mechanism=Mechanism.RSA_PKCS) == b"secret", "the report is the truth"
+            assert int(Mechanism.RSA_PKCS) not in allowed and int(Mechanism.SHA256_RSA_PKCS) in allowed
+            secret = s._public_object(info.id).encrypt(b"secret", mechanism=Mechanism.RSA_PKCS)
+            with pytest.raises(MechanismInvalid):
+                priv.decrypt(secret, mechanism=Mechanism.RSA_PKCS)
         else:
-            assert not info.can_decrypt, "an EC key pinned to ECDSA has no way to decrypt"
+            assert allowed <= {int(m) for m in (Mechanism.ECDSA, Mechanism.ECDSA_SHA256, Mechanism.ECDSA_SHA384,
+                                                 Mechanism.ECDSA_SHA512)}  # fmt: skip
         # The second key of this type goes straight to the step that worked.
         s.generate_key(key_type, "tpm2")
         assert s.capabilities.template_refusals[key_type.algorithm] == refused
@@ -156,24 +159,15 @@ def test_tpm_falls_back_to_token_usage_and_reports_what_the_key_can_do(session_t
         assert len(list(s._session.get_objects({}))) == 4
 
 
-def test_tpm_require_sign_only_pins_rsa_to_mechanisms_that_cannot_decrypt(session_tpm: object) -> None:
-    """--require-sign-only on a token that forces CKA_DECRYPT: the RSA key is pinned to the
-    combined hash-and-sign mechanisms (no raw CKM_RSA_PKCS), the token refuses to decrypt with
-    it, and it still signs CSRs that verify."""
+def test_tpm_require_sign_only_is_met_and_the_pinned_rsa_key_signs(session_tpm: object) -> None:
+    """--require-sign-only on the TPM: the same pinned key, accepted; signatures go through the
+    combined mechanisms (planned within the key's own list) and verify."""
     from cryptography.hazmat.primitives.asymmetric import padding
-    from pkcs11 import Mechanism
-    from pkcs11.exceptions import MechanismInvalid
     from tpm_support import TPM2_MODULE
 
     with p11.open_token(TOKEN, Pin(USER_PIN), module=TPM2_MODULE) as s:
         info = s.generate_key(KeyType.RSA_2048, "strict", require_sign_only=True)
-        assert info.decrypt_flag and not info.can_decrypt
-        priv = s._one_private(p11.KeySelector(id=info.id))
-        allowed = {int(m) for m in priv.get_attributes([Attribute.ALLOWED_MECHANISMS])[Attribute.ALLOWED_MECHANISMS]}
-        assert int(Mechanism.RSA_PKCS) not in allowed and int(Mechanism.SHA256_RSA_PKCS) in allowed
-        secret = s._public_object(info.id).encrypt(b"secret", mechanism=Mechanism.RSA_PKCS)
-        with pytest.raises(MechanismInvalid):
-            priv.decrypt(secret, mechanism=Mechanism.RSA_PKCS)
+        assert info.decrypt_flag and not info.can_decrypt and info.template == "token-usage"
         key = s.private_key(p11.KeySelector(id=info.id))
         sig = key.sign(b"data", padding.PKCS1v15(), hashes.SHA256())
         key.public_key().verify(sig, b"data", padding.PKCS1v15(), hashes.SHA256())

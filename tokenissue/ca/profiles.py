@@ -90,8 +90,8 @@ class Profile:
     """Renewal is due this many days before notAfter."""
 
     require_sign_only: bool = False
-    """Refuse keys the holder's token made able to decrypt as well as sign (TPMs make every
-    key so). Enforced where the key is made, by an enrollment against this CA in the same
+    """Refuse keys that can decrypt as well as sign (where a token allows neither CKA_DECRYPT
+    off nor a signature-only CKA_ALLOWED_MECHANISMS). Enforced where the key is made, by an enrollment against this CA in the same
     process (``--ca DIR``); a CA reached over a network cannot see a key's attributes, so there
     the holder's ``--require-sign-only`` is what applies. See docs/tokens-and-keys.md."""
 

@@ -252,8 +252,9 @@ RequireSignOnlyOpt = Annotated[
     bool,
     typer.Option(
         "--require-sign-only",
-        help="Refuse (and destroy) a new key the token made able to decrypt as well as sign. By default such a key "
-        "is kept and reported: some tokens (TPMs) cannot make sign-only keys. See docs/tokens-and-keys.md.",
+        help="Refuse (and destroy) a new key that could decrypt as well as sign. tokenissue makes sign-only keys "
+        "wherever the token allows (CKA_DECRYPT off, or, where the token forces it on, a signature-only "
+        "CKA_ALLOWED_MECHANISMS); this makes the rare token that allows neither an error. See docs/tokens-and-keys.md.",
     ),
 ]
 

@@ -54,8 +54,8 @@ def key_dict(k: KeyInfo, token_label: str) -> dict[str, Any]:
 
 
 FORCED_NOTE = (
-    "Note: the token made this key able to decrypt as well as sign (it cannot make sign-only keys); "
-    "--require-sign-only refuses such keys. See docs/tokens-and-keys.md#sign-only-keys."
+    "Note: this key can decrypt as well as sign (the token set CKA_DECRYPT and could not pin the key to "
+    "signature-only mechanisms); --require-sign-only refuses such keys. See docs/tokens-and-keys.md#sign-only-keys."
 )
 
 

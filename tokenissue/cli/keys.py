@@ -117,7 +117,7 @@ def list_keys(
             yesno(r["local"]),
             yesno(r["never_extractable"]),
             yesno(r["always_sensitive"]),
-            ("yes (allowed mechanisms)" if r["decrypt_flag"] else "yes") if r["sign_only"] else "[yellow]no: decrypts too[/]",
+            ("yes (CKA_DECRYPT unusable)" if r["decrypt_flag"] else "yes") if r["sign_only"] else "[yellow]no: decrypts too[/]",
             "yes" if r["has_certificate"] else "-",
         )
     console().print(table)

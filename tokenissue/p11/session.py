@@ -295,9 +295,10 @@ class TokenSession:
     ) -> tuple[Any, Any, TemplateStep]:
         """Generate with the first template step the token accepts; remember it for the token.
 
-        With ``sign_only``, a step that leaves CKA_DECRYPT to the token pins the key to the
-        signature mechanisms that do not also decrypt (no raw CKM_RSA_PKCS), so that the token's
-        enforcement of CKA_ALLOWED_MECHANISMS keeps the key from decrypting.
+        A step that leaves CKA_DECRYPT to the token pins the key to the signature mechanisms that
+        do not also decrypt (no raw CKM_RSA_PKCS), so that the token's enforcement of
+        CKA_ALLOWED_MECHANISMS keeps the key from decrypting. With ``sign_only``, steps that
+        cannot give a sign-only key are not tried at all.
         """
         caps = self.capabilities
         algorithm = key_type.algorithm
@@ -343,11 +344,19 @@ class TokenSession:
         for step in steps:
             # pkcs11.DEFAULT removes the attribute from the template python-pkcs11 builds.
             priv_t = {**private_template, **dict.fromkeys(step.omit_private, pkcs11.DEFAULT)}
-            if sign_only and not step.sign_only and step.allowed_mechanisms:
-                if not narrow:
-                    skipped = True  # every signature mechanism it has also decrypts (raw RSA only)
+            if not step.sign_only:
+                # The token decides CKA_DECRYPT (and sets it: tpm2-pkcs11). Pin the key to the
+                # signature mechanisms that cannot decrypt, so that the token's enforcement of
+                # CKA_ALLOWED_MECHANISMS keeps it sign-only. Raw CKM_RSA_PKCS is left out: it is
+                # also a decryption, and tpm2-pkcs11 refuses host-hashed CKM_RSA_PKCS signatures
+                # with any key anyway (it checks them as CKM_RSA_X_509), so nothing is lost there.
+                if step.allowed_mechanisms and narrow:
+                    priv_t[Attribute.ALLOWED_MECHANISMS] = narrow
+                elif sign_only:
+                    # Without a list (or with only raw RSA to list) this step cannot give a
+                    # sign-only key: not tried, so no weaker step is learnt for the token.
+                    skipped = True
                     continue
-                priv_t[Attribute.ALLOWED_MECHANISMS] = narrow
             pub_t = {**public_template, **dict.fromkeys(step.omit_public, pkcs11.DEFAULT)}
             with self.lock, translate(f"generate a {key_type.value} key"):
                 try:
@@ -401,9 +410,10 @@ class TokenSession:
 
     def _forced_sentence(self, key_type: KeyType) -> str:
         return (
-            f"Token '{self.info.label}' makes every {key_type.value} key able to decrypt as well as sign, and "
-            "sign-only keys were required (--require-sign-only or the profile's require_sign_only); no key was kept. "
-            "Use a token that makes sign-only keys, or drop the requirement."
+            f"Token '{self.info.label}' cannot make a {key_type.value} key that is unable to decrypt (it sets "
+            "CKA_DECRYPT and cannot pin the key to signature mechanisms), and sign-only keys were required "
+            "(--require-sign-only or the profile's require_sign_only); no key was kept. Use a token that makes "
+            "sign-only keys, or drop the requirement."
         )
 
     def _destroy_pair(self, pub: Any, priv: Any) -> None:
