@@ -263,6 +263,16 @@ def open_ca(
     return enroller
 
 
+def unlock_local_ca(enroller: Any) -> None:
+    """Log in to a local CA's token now, before the holder's key is made: a wrong or missing CA
+    PIN must be told before anything is generated, not leave a key behind (revocation, which
+    needs no CA signature, does not call this)."""
+    from ..enroll.local import LocalCA
+
+    if isinstance(enroller, LocalCA) and enroller.needs_ca_pin:
+        enroller.unlock()
+
+
 _CA_PINS: dict[Path | None, Any] = {}
 
 
@@ -343,6 +353,7 @@ def enroll(
                 try:
                     enroller = open_ca(ctx, params.ca, ca_pin_file, cmp, acme)
                     try:
+                        unlock_local_ca(enroller)
                         out = run_enroll(
                             params, token=p11.TokenSelector.from_identity(params.token_serial), pin=pin, enroller=enroller,
                             state=db, module=mod, journal_id=e.id, on_step=step_hook(),
@@ -388,6 +399,7 @@ def enroll(
         enroller = open_ca(ctx, ca, ca_pin_file, fresh, acme)
         try:
             enroller.check_profile(profile)  # before any key is made
+            unlock_local_ca(enroller)
             params = EnrollParams(
                 token_serial=token_serial, subject=subject, profile=profile, key_type=key_type.value,
                 ca=enroller.location, label=label, san=tuple(san or ()), ref=fresh.ref if fresh else None,
@@ -659,6 +671,7 @@ def renew(
             code = AuthCodeSource(auth_code_file, why="Renewing an expired or revoked certificate at a CMP server")
             enroller = open_ca(ctx, where, ca_pin_file, CmpArgs(ref=cmp_ref, auth_code=code, trust_file=ca_trust), acme)
             try:
+                unlock_local_ca(enroller)
                 out = run_enroll(params, token=sel, pin=pin, enroller=enroller, state=db, module=mod, on_step=step_hook())
             finally:
                 enroller.close()
