@@ -143,3 +143,21 @@ def test_ca_revoke_of_a_lost_token_is_key_compromise_and_takes_rfc_reason_names(
         assert [r["reason"] for r in one] == ["cessation-of-operation"]
     bad = ca.run("ca", "revoke", "--ca-dir", str(ca.dir), "00", "--reason", "stolen")
     assert bad.returncode == 2 and "is not a revocation reason" in bad.stderr, bad.stderr
+
+
+def test_ca_revoke_takes_serials_as_users_paste_them(lost: tuple[TokenCA, str, str]) -> None:
+    """openssl's form (upper case, a leading zero, colons), 0x..., and a unique prefix all name
+    the certificate 'ca list' shows; a prefix of several is refused (exit 2)."""
+    ca, _, _ = lost
+    [rec] = [r for r in ca.json("ca", "list", "--ca-dir", str(ca.dir)) if r["status"] == "valid"][:1]
+    serial = rec["serial"]
+    pasted = ":".join(f"{int(serial, 16):X}".rjust(len(serial) + len(serial) % 2, "0")[i : i + 2]
+                      for i in range(0, len(serial) + len(serial) % 2, 2))  # fmt: skip
+    for form in (f"0{serial.upper()}", pasted, f"0x{serial}"):
+        proc = ca.run("ca", "revoke", "--ca-dir", str(ca.dir), form, "--reason", "superseded", "--json")
+        assert proc.returncode == 0, (form, proc.stderr)
+    others = [r for r in ca.json("ca", "list", "--ca-dir", str(ca.dir)) if r["status"] == "valid"]
+    if others:
+        one = ca.json("ca", "revoke", "--ca-dir", str(ca.dir), others[0]["serial"][:10], "--reason", "superseded")
+        assert one[0]["serial"] == others[0]["serial"]
+    assert {r["status"] for r in ca.json("ca", "list", "--ca-dir", str(ca.dir)) if r["serial"] == serial} == {"revoked"}

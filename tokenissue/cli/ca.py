@@ -232,6 +232,25 @@ def list_issued(
     _sweep(ctx, ca_dir, parse_duration(expiring), hook, renew, rekey, pin_file, pin_env, ca_pin_file, json_out)
 
 
+def resolve_serial(text: str, ca: Any) -> int:
+    """A certificate serial as users paste it: hex as 'ca list' prints it, openssl's upper case
+    with a leading zero or colons (0A:1B:...), 0x..., or a prefix naming one certificate."""
+    norm = text.strip().lower().removeprefix("0x").replace(":", "").replace(" ", "")
+    try:
+        number = int(norm, 16)
+    except ValueError:
+        raise UsageError(f"'{text}' is not a hex serial number.") from None
+    if ca.inventory.get_certificate(number) is not None:
+        return number
+    prefix = norm.lstrip("0") or "0"
+    found = [r.serial for r in ca.list() if format(r.serial, "x").startswith(prefix)] if len(prefix) >= 4 else []
+    if len(found) == 1:
+        return int(found[0])
+    if len(found) > 1:
+        raise UsageError(f"{len(found)} certificates have serials starting with {prefix}; give more of it.")
+    return number  # unknown: the CA says so in one sentence
+
+
 def _list_all(ctx: typer.Context, ca_dir: Path, json_out: bool) -> None:
     with _open(ctx, ca_dir) as ca:
         rows = [record_dict(r) for r in ca.list()]
@@ -241,9 +260,11 @@ def _list_all(ctx: typer.Context, ca_dir: Path, json_out: bool) -> None:
     if not rows:
         err_console().print("Nothing to list.")
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("Serial", "Subject", "Profile", "Not after", "Status", "Token")
+    # Serials and token identities are folded, never cut: they are what revoke takes.
+    table = Table(Column("Serial", overflow="fold"), "Subject", "Profile", "Not after", "Status",
+                  Column("Token", overflow="fold"))  # fmt: skip
     for r in rows:
         colour = "red" if r["status"] == "revoked" else "green"
         table.add_row(
@@ -342,10 +363,7 @@ def revoke(
     with _open(ctx, ca_dir) as ca:
         if serial is not None:
             why = parse_reason(reason, RevocationReason.UNSPECIFIED)
-            try:
-                number = int(serial.replace(":", ""), 16)
-            except ValueError:
-                raise UsageError(f"'{serial}' is not a hex serial number.") from None
+            number = resolve_serial(serial, ca)
             recs = ca.revoke(number, why)  # key-compromise: every certificate of the key
         else:
             assert token_serial is not None
