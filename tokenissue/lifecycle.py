@@ -307,10 +307,11 @@ def enroll(
             if st == "written":
                 if params.replaces_sha256 and params.old_key_id:
                     _retire(s, params.replaces_sha256, bytes.fromhex(params.old_key_id), keep_key_id=kid)
-                if params.final_label and key.label != params.final_label:
-                    # The old key held this label until _retire removed it; a crash in between
-                    # resumes here, so the label is never lost nor doubled.
-                    s.relabel(kid, params.final_label)
+                # The old key held this label until _retire removed it; a crash in between
+                # resumes here, so the label is never lost nor doubled. All three objects are
+                # checked, not the private key alone: a kill inside the relabel leaves the
+                # private key renamed and its public key or certificate not.
+                if params.final_label and s.relabel(kid, params.final_label):
                     key = s.key(KeySelector(id=kid))
                 record = cert_record(
                     cert, profile=params.profile, token_serial=s.info.name, key_id=kid, label=key.label,

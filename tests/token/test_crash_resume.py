@@ -156,14 +156,56 @@ def test_refusal_before_issuance_leaves_nothing(token_ca: TokenCA) -> None:
 
 def test_wrong_ca_pin_keeps_the_enrollment_for_a_rerun(token_ca: TokenCA) -> None:
     """Found by review: a refused CA PIN used to finalise the PKCS#11 module under the holder's
-    open session, which then failed with SessionHandleInvalid (exit 4). Now: exit 5 naming the
-    CA token, the holder's key stays, and the same command with the right PIN finishes once."""
+    open session, which then failed with SessionHandleInvalid (exit 4). Now the CA token is
+    logged in to before the holder's key is made: exit 5 naming the CA token, no key and no
+    journal entry, and the same command with the right PIN enrolls once."""
     args = [*token_ca.enroll_args(SUBJECT, "--label", "capin"), "--json"]
     bad = token_ca.run(*args, env={"TOKENISSUE_CA_PIN": "000000"})
     assert bad.returncode == 5, (bad.stdout, bad.stderr)
     assert "token 'ca'" in bad.stderr
     assert "Traceback" not in bad.stderr and "Exception ignored" not in bad.stderr
+    assert token_ca.private_keys() == []
     good = token_ca.run(*args)
     assert good.returncode == 0, good.stderr
-    assert json.loads(good.stdout)["resumed"] is True
+    assert json.loads(good.stdout)["resumed"] is False
     _assert_enrolled_once(token_ca, "capin")
+
+
+
+def test_a_relabel_cut_short_is_finished_by_the_resume(token_ca: TokenCA) -> None:
+    """renew --rekey: the new key takes the old one's label once the old key is gone. A kill
+    inside that relabel (here: after the private key was renamed, before its public key and
+    certificate were, made with python-pkcs11 as the kill leaves it) used to be left so: the
+    resume looked at the private key's label only. Now all three end with the label."""
+    import subprocess
+    import sys
+
+    old = token_ca.enroll(SUBJECT, "--label", "mine")
+    _crash(token_ca, ["renew", "--token", "test", "--key", "mine", "--rekey", "--ca", str(token_ca.dir)], "written")
+    resumed = token_ca.run("enroll", "--resume")  # retires the old key, then relabels the new one
+    assert resumed.returncode == 0, resumed.stderr
+    [key] = token_ca.private_keys()
+    assert key["label"] == "mine" and key["id"] != old["key_id"]
+    # The state a kill inside the relabel leaves: public key and certificate still on the
+    # interim label, private key renamed. Then the journal entry is re-opened at "written".
+    code = (
+        "import sys, os, pkcs11; from pkcs11 import Attribute, ObjectClass as C\n"
+        "lib = pkcs11.lib(sys.argv[1]); tok = lib.get_token(token_label='test')\n"
+        "with tok.open(rw=True, user_pin=sys.argv[2]) as s:\n"
+        "    for cls in (C.PUBLIC_KEY, C.CERTIFICATE):\n"
+        "        for o in s.get_objects({Attribute.CLASS: cls, Attribute.ID: bytes.fromhex(sys.argv[3])}):\n"
+        "            o[Attribute.LABEL] = 'interim'\n"
+    )
+    from conftest import SOFTHSM_MODULE, USER_PIN
+
+    subprocess.run([sys.executable, "-c", code, SOFTHSM_MODULE, USER_PIN, key["id"]], env=token_ca.hsm.env, check=True)
+    db = Path(token_ca.hsm.env["TOKENISSUE_STATE_DIR"]) / "state.db"
+    with sqlite3.connect(db) as conn:
+        (jid,) = conn.execute("SELECT id FROM journal WHERE state = 'done' ORDER BY updated_at DESC LIMIT 1").fetchone()
+        conn.execute("UPDATE journal SET state = 'written', finished = 0 WHERE id = ?", (jid,))
+    token_ca.run("enroll", "--resume", check=True)
+    labels = json.loads(token_ca.run("cert", "list", "--token", "test", "--json", check=True).stdout)
+    assert {c["label"] for c in labels if not c.get("ca")} == {"mine"}
+    out = subprocess.run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", "test", "--login", "--pin", USER_PIN, "-O"],
+                         capture_output=True, text=True, env=token_ca.hsm.env, check=True).stdout  # fmt: skip
+    assert "interim" not in out, out
