@@ -414,6 +414,10 @@ def _key_step(
         state.journal_update(jid, "started", **first)
         data.update(first)
     label = str(data["label"])
+    # A run killed inside key generation can leave the public half of a pair whose private key
+    # was never stored (on SoftHSM also empty object files): remove such halves of this label,
+    # which only this enrollment uses, before making the key again.
+    s.remove_orphan_public_keys(label)
     try:
         return s.generate_key(KeyType(params.key_type), label, require_sign_only=strict)
     except ObjectExists:

@@ -209,3 +209,29 @@ def test_a_relabel_cut_short_is_finished_by_the_resume(token_ca: TokenCA) -> Non
     out = subprocess.run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", "test", "--login", "--pin", USER_PIN, "-O"],
                          capture_output=True, text=True, env=token_ca.hsm.env, check=True).stdout  # fmt: skip
     assert "interim" not in out, out
+
+
+def test_a_public_key_left_by_a_kill_inside_key_generation_is_removed_on_resume(token_ca: TokenCA) -> None:
+    """Killed after the journal named the key, inside key generation: the public half stored,
+    the private never (made here with python-pkcs11, as the kill leaves it). The resume removes
+    that half before generating, instead of leaving a public key no private key goes with."""
+    import subprocess
+    import sys
+
+    from conftest import SOFTHSM_MODULE, USER_PIN
+
+    _crash(token_ca, [*token_ca.enroll_args(SUBJECT, "--label", "halfway")], "started")
+    code = (
+        "import sys, pkcs11; from pkcs11 import Attribute, KeyType\n"
+        "tok = pkcs11.lib(sys.argv[1]).get_token(token_label='test')\n"
+        "with tok.open(rw=True, user_pin=sys.argv[2]) as s:\n"
+        "    pub, priv = s.generate_keypair(KeyType.EC, store=True, label='halfway', id=b'\\x99',\n"
+        "        public_template={Attribute.EC_PARAMS: bytes.fromhex('06082a8648ce3d030107')})\n"
+        "    priv.destroy()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, SOFTHSM_MODULE, USER_PIN], env=token_ca.hsm.env, check=True)
+    token_ca.run("enroll", "--resume", check=True)
+    done = _assert_enrolled_once(token_ca, "halfway")
+    out = subprocess.run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", "test", "--login", "--pin", USER_PIN,
+                          "-O", "--type", "pubkey"], capture_output=True, text=True, env=token_ca.hsm.env, check=True).stdout  # fmt: skip
+    assert out.count("Public Key Object") == 1 and done["key"]["id"] in out.replace(":", "").lower(), out

@@ -439,6 +439,18 @@ class TokenSession:
             )
         )
 
+    def remove_orphan_public_keys(self, label: str) -> int:
+        """Destroy public keys labelled ``label`` whose private key (same CKA_ID) is not on the
+        token; return how many. What a key generation cut short leaves behind."""
+        n = 0
+        with self.lock, translate("remove a half key pair"):
+            for pub in list(self._session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label})):
+                kid = bytes(pub[Attribute.ID] or b"")
+                if not self._has_object(ObjectClass.PRIVATE_KEY, kid):
+                    pub.destroy()
+                    n += 1
+        return n
+
     def delete_key(self, sel: KeySelector, *, with_certificates: bool = True) -> KeyInfo:
         """Destroy the private key, its public key and (by default) certificates under its ID."""
         priv = self._one_private(sel)
