@@ -161,3 +161,27 @@ def test_ca_revoke_takes_serials_as_users_paste_them(lost: tuple[TokenCA, str, s
         one = ca.json("ca", "revoke", "--ca-dir", str(ca.dir), others[0]["serial"][:10], "--reason", "superseded")
         assert one[0]["serial"] == others[0]["serial"]
     assert {r["status"] for r in ca.json("ca", "list", "--ca-dir", str(ca.dir)) if r["serial"] == serial} == {"revoked"}
+
+
+def test_a_token_reinitialised_in_place_leaves_an_entry_that_can_be_ended(softhsm: SoftHSM) -> None:
+    """The token was re-initialised (same serial, same label) after the CA issued: it is
+    present, but the enrollment's key is gone. 'enroll --resume' says so and names 'journal
+    abandon', which accepts it (it used to refuse while the token was present, and the resume
+    failed on every run: an entry nothing could finish or end)."""
+    from conftest import SO_PIN, USER_PIN
+
+    ca = make_token_ca(softhsm)
+    add_token_fast(softhsm, "again")
+    serial = _serial_of(ca, "again")
+    _crash(ca, "again", "CN=Reinitialised Holder,O=Example Bank,C=KR", "issued-recorded")
+    ca.run("token", "init", "--label", "again", "--token", "again", "--yes",
+           env={"TOKENISSUE_SO_PIN": SO_PIN, "TOKENISSUE_PIN": USER_PIN}, check=True)  # fmt: skip
+    [entry] = ca.json("journal", "list")
+    assert entry["token_present"] is True and entry["token_serial"] == _serial_of(ca, "again") == serial
+    resumed = ca.run("enroll", "--resume")
+    said = " ".join(resumed.stderr.split())
+    assert resumed.returncode == 8 and "no longer on the token" in said and f"journal abandon {entry['journal_id']}" in said, said
+    ended = ca.run("journal", "abandon", entry["journal_id"])
+    assert ended.returncode == 0, ended.stderr
+    assert ca.json("journal", "list") == []
+    assert ca.run("enroll", "--resume").returncode == 0

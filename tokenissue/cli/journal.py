@@ -55,17 +55,33 @@ def abandon(
     json_out: JsonOpt = False,
 ) -> None:
     """End an unfinished enrollment whose token is gone for good (lost, broken, re-initialised),
-    so that 'enroll --resume' stops trying it. Refused while the token is present.
+    so that 'enroll --resume' stops trying it. Refused while the token is present with the
+    enrollment's key (a token re-initialised in place is present, but its key is gone).
 
     A certificate the CA already issued for it is kept in the holder's records (never written to
     a token) and must be revoked: its key went with the token. With the built-in CA,
     'tokenissue revoke --token-serial SERIAL --ca DIR' does both at once.
     """
+    from .. import p11
     from ..lifecycle import abandon as run_abandon
+    from ._common import state
 
     with holder_state(ctx) as db:
-        present = present_token_serials(ctx)
-        ended = run_abandon(db, journal_id, present=lambda serial: serial in present)
+        here = present_token_serials(ctx)
+        found = db.journal_get(journal_id)
+        key_id = str(found.data.get("key_id") or "") if found is not None else ""
+
+        def present(identity: str) -> bool:
+            """The token is here and still holds the entry's key: then the enrollment can be
+            finished. A token re-initialised in place (same serial) is here without it."""
+            if identity not in here:
+                return False
+            if not key_id:
+                return True
+            with p11.open_token(p11.TokenSelector.from_identity(identity), module=state(ctx).module) as s:
+                return s.has_key_id(bytes.fromhex(key_id))
+
+        ended = run_abandon(db, journal_id, present=present)
     if json_out:
         emit_json(ended.as_json())
         return

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ..credentials import Secret
-from ..errors import Incomplete, PinError, TokenIssueError, TokenNotFound, UsageError
+from ..errors import Incomplete, KeyNotFound, PinError, TokenIssueError, TokenNotFound, UsageError
 from ..models import CertStatus, KeyType, RevocationReason
 from ._common import (
     CaPinFileOpt,
@@ -368,6 +368,9 @@ def enroll(
                     failed.append({"journal_id": e.id, "token_serial": params.token_serial, "status": "failed",
                                    "error": str(err), "exit_code": err.exit_code})  # fmt: skip
                     hint = _absent_hint(e.id, params) if isinstance(err, TokenNotFound) else ""
+                    if isinstance(err, KeyNotFound):
+                        hint = (f" Its key is no longer on the token (was the token re-initialised?): end the enrollment "
+                                f"with 'tokenissue journal abandon {e.id}'.")  # fmt: skip
                     err_console().print(f"Enrollment {e.id} (token {params.token_serial}): {err}{hint}", markup=False)
                     continue
                 results.append(out.as_json())

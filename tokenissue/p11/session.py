@@ -439,6 +439,10 @@ class TokenSession:
             )
         )
 
+    def has_key_id(self, kid: bytes) -> bool:
+        """Whether any key object has CKA_ID ``kid``; the public key answers without a login."""
+        return self._has_object(ObjectClass.PUBLIC_KEY, kid) or self._has_object(ObjectClass.PRIVATE_KEY, kid)
+
     def remove_orphan_public_keys(self, label: str) -> int:
         """Destroy public keys labelled ``label`` whose private key (same CKA_ID) is not on the
         token; return how many. What a key generation cut short leaves behind."""
