@@ -25,6 +25,7 @@ Hierarchy (exit status in brackets)::
     ├── CAError [6]
     │   ├── RequestRejected       CSR signature, profile, subject, key type, ...
     │   ├── CAUnavailable         CA expired, not initialised, unreachable
+    │   │   ├── CANotReached      the request never reached the CA: nothing was issued
     │   │   └── CAOutcomeUnknown  the request may have reached the CA, no answer came back
     │   └── NotFound              serial / enrollment unknown to the CA
     ├── InventoryError [7]        the database cannot be opened, migrated or written
@@ -40,6 +41,7 @@ from __future__ import annotations
 __all__ = [
     "AmbiguousToken",
     "CAError",
+    "CANotReached",
     "CAOutcomeUnknown",
     "CAUnavailable",
     "ConfigError",
@@ -152,6 +154,12 @@ class RequestRejected(CAError):
 
 class CAUnavailable(CAError):
     pass
+
+
+class CANotReached(CAUnavailable):
+    """The request definitely did not reach the CA (no connection, its TLS certificate refused,
+    an HTTP 4xx answer without a CMP message): nothing was issued, so an enrollment can be
+    ended and its key removed."""
 
 
 class CAOutcomeUnknown(CAUnavailable):

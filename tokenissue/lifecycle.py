@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from .credentials import Pin, ProtectedAuth
 from .enroll import Enroller, EnrollResult, KeyUpdater
 from .errors import (
+    CANotReached,
     KeyNotFound,
     KeyUsageForced,
     ObjectExists,
@@ -284,7 +285,9 @@ def enroll(
                 # Once it has been asked ("csr"), only a definite refusal is; anything else (the
                 # CA's database busy, its chain file unreadable, ...) may follow an issuance, so
                 # the entry stays open and the next run asks again with the same request ID.
-                if st in ("started", "key") or (st == "csr" and isinstance(e, RequestRejected)):
+                # A request that never reached the CA (refused connection, unknown host, a 404
+                # from a mistyped URL) is as definite as a refusal: nothing was issued.
+                if st in ("started", "key") or (st == "csr" and isinstance(e, RequestRejected | CANotReached)):
                     _abort(s, state, jid, data, params)
                 raise
             cert = load_certificates(str(data["cert"]).encode())[0]

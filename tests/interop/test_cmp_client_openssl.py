@@ -243,7 +243,7 @@ def test_no_root_without_trust(run: Run) -> None:
 
 def test_server_down_is_unavailable(run: Run) -> None:
     got = run.outcomes["down"]
-    assert got["error"] == "CAUnavailable" and got["exit"] == 6, got
+    assert got["error"] == "CANotReached" and got["exit"] == 6, got
     assert got["message"].startswith("Cannot reach the CMP server at http://127.0.0.1:9/pkix/")
 
 

@@ -54,7 +54,7 @@ from pyasn1.type import char, univ
 from pyasn1_alt_modules import rfc9480
 
 from ..credentials import Secret
-from ..errors import CAOutcomeUnknown, CAUnavailable, RequestRejected, UsageError
+from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import verify_chain
 from ..protocols.cmp import (
@@ -546,19 +546,20 @@ class CMPEnroller:
         try:
             yield
         except httpx.ConnectTimeout as e:
-            raise CAUnavailable(f"Cannot reach the CMP server at {self.url}: no connection within {self._connect_timeout:g} s.") from e
+            raise CANotReached(f"Cannot reach the CMP server at {self.url}: no connection within {self._connect_timeout:g} s.") from e
         except httpx.TimeoutException as e:
             raise CAOutcomeUnknown(
                 f"The CMP server at {self.url} did not answer in time; run the same command again "
                 "(the request is repeated with the same transaction ID)."
             ) from e
         except httpx.ConnectError as e:
+            # No connection, or TLS refused before a byte of the request went out: not reached.
             if _is_tls_trust_error(e):
-                raise CAUnavailable(
+                raise CANotReached(
                     f"The TLS certificate of the CMP server at {self.url} is not trusted; "
                     "give its CA with --ca-trust (or TOKENISSUE_CA_TRUST)."
                 ) from e
-            raise CAUnavailable(f"Cannot reach the CMP server at {self.url}; check the URL and that the server runs.") from e
+            raise CANotReached(f"Cannot reach the CMP server at {self.url}; check the URL and that the server runs.") from e
         except httpx.TransportError as e:
             # Sent, maybe processed, no answer: the outcome is unknown.
             raise CAOutcomeUnknown(
@@ -589,7 +590,8 @@ class CMPEnroller:
                 return body
             if response.status_code >= 500:
                 raise CAOutcomeUnknown(f"The CMP server at {self.url} answered HTTP {response.status_code}; try again later.")
-            raise CAUnavailable(
+            # A 4xx with no CMP message (a wrong path: 404, 405): no CA processed the request.
+            raise CANotReached(
                 f"The CMP server at {self.url} answered HTTP {response.status_code}; check the URL (--ca)."
             )
         if ctype != CONTENT_TYPE:
