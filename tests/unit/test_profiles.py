@@ -23,7 +23,7 @@ from tokenissue.errors import ConfigError, RequestRejected, UsageError
 from tokenissue.models import KeyType
 from tokenissue.pkix.names import parse_san, parse_subject
 
-BUILT_IN = {"personal", "personal-banking", "tls-client", "tls-server", "smime", "code-signing"}
+BUILT_IN = {"personal", "personal-banking", "tls-client", "tls-server", "smime", "code-signing", "sub-ca"}
 
 
 @functools.cache
@@ -59,8 +59,10 @@ def test_built_in_profiles_load(profiles: dict[str, Profile]) -> None:
     for name, p in profiles.items():
         assert p.name == name
         assert p.description
-        assert p.days == 365
+        assert p.days == (1825 if p.ca else 365)  # an intermediate outlives the certificates it signs
         assert 0 < p.renew_before_days < p.days
+    assert [n for n, p in profiles.items() if p.ca] == ["sub-ca"]
+    assert profiles["sub-ca"].path_length == 0 and "key_cert_sign" in profiles["sub-ca"].key_usage
 
 
 GOOD = {
@@ -70,6 +72,7 @@ GOOD = {
     "tls-server": ("CN=www.example.kr", ["dns:www.example.kr", "ip:192.0.2.1"]),
     "smime": ("CN=Alice,emailAddress=alice@example.com", ["email:alice@example.com"]),
     "code-signing": ("CN=Example Release Signing,O=Example,C=KR", []),
+    "sub-ca": ("CN=Example Issuing CA,O=Example,C=KR", []),
 }
 
 
@@ -141,7 +144,7 @@ def test_get_profile(profiles: dict[str, Profile]) -> None:
         get_profile(profiles, "smine")
     assert str(e.value) == (
         "There is no profile 'smine'; available: code-signing, personal, personal-banking, "
-        "smime, tls-client, tls-server."
+        "smime, sub-ca, tls-client, tls-server."
     )
     assert e.value.exit_code == 2
 

@@ -386,6 +386,13 @@ class CertificateAuthority:
         ca_cert = self._check_usable(now)
         name = subject
         check_request(profile, subject=name, san=san, public_key=public_key)
+        if profile.ca:
+            bc = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+            if bc.path_length is not None and (bc.path_length == 0 or (profile.path_length or 0) >= bc.path_length):
+                raise RequestRejected(
+                    f"This CA's certificate allows {'no CA' if bc.path_length == 0 else f'at most {bc.path_length} CA level(s)'} "
+                    f"below it (pathLenConstraint {bc.path_length}), so it cannot issue under profile '{profile.name}'."
+                )
         not_before = now - _BACKDATE
         not_after = min(now + timedelta(days=profile.days), ca_cert.not_valid_after_utc)
         serial = random_serial()
@@ -405,6 +412,8 @@ class CertificateAuthority:
                 extended_key_usage=eku_for(profile),
                 policies=profile.policies,
                 crl_url=self.config.crl_url,
+                is_ca=profile.ca,
+                path_length=profile.path_length,
             )
         record = cert_record(
             cert, profile=profile.name, token_serial=token_serial, key_id=key_id, label=label,

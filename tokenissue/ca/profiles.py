@@ -89,6 +89,14 @@ class Profile:
     renew_before_days: int
     """Renewal is due this many days before notAfter."""
 
+    ca: bool = False
+    """Issue CA certificates (basicConstraints cA=TRUE): an intermediate under this CA. Needs
+    key_cert_sign in :attr:`key_usage`."""
+
+    path_length: int | None = None
+    """With :attr:`ca`: the pathLenConstraint (0: the intermediate may issue end-entity
+    certificates only); None: no constraint."""
+
     require_sign_only: bool = False
     """Refuse keys that can decrypt as well as sign (where a token allows neither CKA_DECRYPT
     off nor a signature-only CKA_ALLOWED_MECHANISMS). Enforced where the key is made, by an enrollment against this CA in the same
@@ -173,6 +181,7 @@ _DEFAULTS: dict[str, Any] = {
     "required_san_types": [],
     "max_san": 10,
     "require_sign_only": False,
+    "ca": False,
 }
 _LIST_KEYS = (
     "key_usage",
@@ -184,8 +193,8 @@ _LIST_KEYS = (
     "san_types",
     "required_san_types",
 )
-_INT_KEYS = ("days", "min_rsa_bits", "max_san", "renew_before_days")
-_KNOWN_KEYS = frozenset(_DEFAULTS) | set(_REQUIRED_KEYS) | {"renew_before_days"}
+_INT_KEYS = ("days", "min_rsa_bits", "max_san", "renew_before_days", "path_length")
+_KNOWN_KEYS = frozenset(_DEFAULTS) | set(_REQUIRED_KEYS) | {"renew_before_days", "path_length"}
 
 
 def _read_toml(data: bytes, source: str) -> dict[str, dict[str, Any]]:
@@ -308,6 +317,12 @@ def _build(name: str, raw: Mapping[str, Any], source: str) -> Profile:
     if not 0 <= renew < days:
         raise ConfigError(f"{where}: 'renew_before_days' must be between 0 and days - 1.")
 
+    is_ca = _bool(values["ca"], where, "ca")
+    path_length: int | None = values.get("path_length")
+    if path_length is not None and (not is_ca or path_length < 0):
+        raise ConfigError(f"{where}: 'path_length' goes with ca = true and must not be negative.")
+    if is_ca and "key_cert_sign" not in key_usage:
+        raise ConfigError(f"{where}: a CA profile (ca = true) needs key_cert_sign in key_usage.")
     return Profile(
         name=name,
         description=values["description"],
@@ -324,6 +339,8 @@ def _build(name: str, raw: Mapping[str, Any], source: str) -> Profile:
         max_san=max_san,
         renew_before_days=renew,
         require_sign_only=_bool(values["require_sign_only"], where, "require_sign_only"),
+        ca=is_ca,
+        path_length=path_length,
     )
 
 

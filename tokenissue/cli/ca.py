@@ -138,6 +138,30 @@ def init(
         err_console().print(FORCED_NOTE, markup=False)
 
 
+@app.command("profiles")
+def profiles(ctx: typer.Context, ca_dir: CaDirOpt, json_out: JsonOpt = False) -> None:
+    """The certificate types (profiles) this CA issues: the built-in ones and those of the CA
+    directory's own profiles.toml, with what each certifies."""
+    with _open(ctx, ca_dir) as ca:
+        rows = [
+            {"name": p.name, "description": p.description, "days": p.days, "key_usage": list(p.key_usage),
+             "extended_key_usage": list(p.extended_key_usage), "key_types": [k.value for k in p.allowed_key_types],
+             "san_types": list(p.san_types), "ca": p.ca, "path_length": p.path_length,
+             "require_sign_only": p.require_sign_only, "policies": list(p.policies)}
+            for p in ca.profiles.values()
+        ]  # fmt: skip
+    if json_out:
+        emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("Profile", "Days", "Extended key usage", "Key types", "Description")
+    for r in rows:
+        eku = ", ".join(r["extended_key_usage"]) or ("CA" if r["ca"] else "-")
+        table.add_row(r["name"], str(r["days"]), plain(eku), ", ".join(r["key_types"]), plain(r["description"]))
+    console().print(table)
+
+
 @app.command("install-cert")
 def install_cert(
     ctx: typer.Context,
@@ -156,7 +180,7 @@ def sign(
     ctx: typer.Context,
     ca_dir: CaDirOpt,
     csr_file: Annotated[Path, typer.Argument(help="The CSR (PEM or DER).", exists=True, dir_okay=False)],
-    profile: Annotated[str, typer.Option("--profile", "-p", help="Certificate type: personal, personal-banking, tls-client, tls-server, smime, code-signing, or one from the CA's profiles.toml.")],
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Certificate type: personal, personal-banking, tls-client, tls-server, smime, code-signing, sub-ca, or one from the CA's profiles.toml ('tokenissue ca profiles' lists them).")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the certificate here (PEM) instead of stdout.")] = None,
     ca_pin_file: CaPinFileOpt = None,
     json_out: JsonOpt = False,
