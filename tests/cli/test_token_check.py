@@ -9,11 +9,11 @@ what the token really does:
 * SoftHSM with a smart-card-like mechanism list (``slots.mechanisms``: raw CKM_RSA_PKCS and
   CKM_ECDSA only): the host hashes for RSA too, and there is no RSA-PSS.
 * tpm2-pkcs11 1.9 on swtpm: no rsa-4096, no Ed25519; the token hashes (CKM_ECDSA_SHA256/384);
-  CKA_DECRYPT is set on every key, yet sign-only keys can be had of every type: EC keys are
-  sign-only as made (PKCS#11 has no EC decryption, CKA_DERIVE is false), RSA keys made by
-  default decrypt with CKM_RSA_PKCS (a test decryption proves it), and the ones
-  --require-sign-only makes, whose CKA_ALLOWED_MECHANISMS leaves CKM_RSA_PKCS out, are refused
-  that decryption (CKR_MECHANISM_INVALID: the token enforces the list); CKA_ALLOWED_MECHANISMS
+  CKA_DECRYPT is set on every key, yet every key is sign-only as made: EC keys because PKCS#11
+  has no EC decryption (CKA_DERIVE is false), RSA keys because tokenissue pins them to the
+  hash-and-sign mechanisms (CKA_ALLOWED_MECHANISMS without CKM_RSA_PKCS) and the token enforces
+  the list: a test decryption is refused (CKR_MECHANISM_INVALID), so --require-sign-only gets
+  the same key and no second one is probed; CKA_ALLOWED_MECHANISMS
   and the certificate category are kept; no PIN counters, a device-wide lockout; serial
   0000000000000000 on every token.
 
@@ -100,10 +100,10 @@ EXPECT: dict[str, dict[str, Any]] = {
             {"template": "no-allowed-mechanisms", "refusal": "CKR_GENERAL_ERROR"},
             {"template": "no-recover", "refusal": "CKR_GENERAL_ERROR"},
         ],
-        # CKA_DECRYPT on every key; EC keys have no mechanism to use it, RSA keys keep
-        # CKM_RSA_PKCS (a signature mechanism too) unless --require-sign-only leaves it out.
-        "sign_only": {"value": True, "by_default": ["ec-p256", "ec-p384"],
-                      "with_require_sign_only": ["rsa-2048", "rsa-3072"], "never": [], "decrypt_flag": True},
+        # CKA_DECRYPT on every key; EC keys have no mechanism to use it, RSA keys are pinned to
+        # the hash-and-sign mechanisms (no CKM_RSA_PKCS), which the token enforces.
+        "sign_only": {"value": True, "by_default": ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"],
+                      "with_require_sign_only": [], "never": [], "decrypt_flag": True},
         "pin_counters": False,
         "lockout": "device",
         "serials_unique": False,
@@ -243,14 +243,15 @@ def test_check_text_without_probe(impl: tuple[str, Any]) -> None:
         assert "0000000000000000' is a placeholder" in serial
         assert "on any machine enrolling with the same CA" in out
         assert "dictionary-attack lockout" in out and "does not report PIN tries left" in out
-        assert sign_only.endswith("(known module behaviour) ec-p256, ec-p384 as made; rsa-2048, rsa-3072 with "
-                                  "--require-sign-only"), sign_only  # fmt: skip
+        assert sign_only.endswith("(known module behaviour) ec-p256, ec-p384, rsa-2048, rsa-3072 as made"), sign_only
         text = " ".join(out.split())
         assert "ec-p256 and ec-p384 keys are sign-only as made: the token sets CKA_DECRYPT on them, but PKCS#11 " \
                "has no EC decryption mechanism" in text  # fmt: skip
-        assert "rsa-2048 and rsa-3072 keys made by default decrypt too, with CKM_RSA_PKCS (--probe proves it" in text
-        assert "With --require-sign-only (or a CA profile's require_sign_only) rsa-2048 and rsa-3072 keys are " \
-               "made sign-only instead" in text and "docs/tokens-and-keys.md#sign-only-keys" in text  # fmt: skip
+        assert "rsa-2048 and rsa-3072 keys are sign-only as made: the token sets CKA_DECRYPT on them, but tokenissue " \
+               "pins them to signature mechanisms that cannot decrypt (CKA_ALLOWED_MECHANISMS without CKM_RSA_PKCS), " \
+               "and the token enforces that list (--probe proves it with a test decryption)." in text  # fmt: skip
+        assert "docs/tokens-and-keys.md#sign-only-keys" in text
+        assert "decrypt too" not in text and "With --require-sign-only" not in text and "refuses" not in text
     else:
         assert sign_only.endswith("(known module behaviour)"), sign_only  # by their flags: nothing to add
         assert "decrypt" not in out and "tries left" not in out
@@ -304,24 +305,16 @@ def test_probe_proves_each_finding_and_which_keys_decrypt(impl: tuple[str, Any])
         assert r["require_sign_only"] is None, r
         assert not any("ECDH" in m for m in r["allowed_mechanisms_read_back"]), r
     for kt in ("rsa-2048", "rsa-3072"):
-        # Made by default, an RSA key decrypts PKCS#1 v1.5: a test decryption proves it. Its
-        # CKA_ALLOWED_MECHANISMS keeps CKM_RSA_PKCS (a signature mechanism too) and is what keeps
-        # OAEP and raw RSA (both offered by the token) away.
+        # Made by default, an RSA key is pinned to the hash-and-sign mechanisms: its
+        # CKA_ALLOWED_MECHANISMS, read back, leaves out CKM_RSA_PKCS (and OAEP and raw RSA, both
+        # offered by the token), and the token refuses it a PKCS#1 v1.5 test decryption, although
+        # its CKA_DECRYPT is set. So --require-sign-only would get the same key: no second key.
         r = rows[kt]
-        assert r["sign_only_by"] is None and r["decrypts_with"] == ["CKM_RSA_PKCS"], r
-        assert r["decrypt_proven"] is True and r["decrypt_test"] == "decrypted", r
-        assert "CKM_RSA_PKCS" in r["allowed_mechanisms_read_back"]
-        assert "CKM_RSA_PKCS_OAEP" not in r["allowed_mechanisms_read_back"]
-        assert "CKM_RSA_X_509" not in r["allowed_mechanisms_read_back"]
-        # The key --require-sign-only makes instead: the same template with CKM_RSA_PKCS left out
-        # of its CKA_ALLOWED_MECHANISMS, and the token refuses it the same test decryption.
-        req = r["require_sign_only"]
-        assert req == {
-            "made": True, "reason": "", "template": "token-usage", "sign_only": True,
-            "sign_only_by": "allowed-mechanisms",
-            "allowed_mechanisms_read_back": ["CKM_SHA256_RSA_PKCS", "CKM_SHA384_RSA_PKCS", "CKM_SHA512_RSA_PKCS"],
-            "decrypt_test": "refused: CKR_MECHANISM_INVALID", "verified": True,
-        }, req  # fmt: skip
+        assert (r["sign_only_by"], r["decrypts_with"], r["decrypt_proven"]) == ("allowed-mechanisms", [], None), r
+        assert r["decrypt_test"] == "refused: CKR_MECHANISM_INVALID", r
+        assert r["allowed_mechanisms_read_back"] == ["CKM_SHA256_RSA_PKCS", "CKM_SHA384_RSA_PKCS",
+                                                     "CKM_SHA512_RSA_PKCS"], r  # fmt: skip
+        assert r["require_sign_only"] is None, r
 
 
 def test_probe_text(impl: tuple[str, Any]) -> None:
@@ -340,19 +333,20 @@ def test_probe_text(impl: tuple[str, Any]) -> None:
             assert cells[-3:] == ["no", "the same key", "yes"], row
         elif kt.startswith("rsa"):
             # COLUMNS=200 (the fixtures'): no cell wraps.
-            assert cells[-3:] == ["yes: CKM_RSA_PKCS, proven", "sign-only, decrypt refused", "yes"], row
+            assert cells[-3:] == ["no (allowed mechanisms), refused", "the same key", "yes"], row
         else:
             assert cells[-3:] == ["no (flag set, no mechanism)", "the same key", "yes"], row
     for line in ("Sign-only keys", "CKA_ALLOWED_MECHANISMS", "Certificate categories"):
         assert "(probe)" in next(x for x in lines if x.startswith(line))
     text = " ".join(proc.stdout.split())
     if name == "tpm":
-        assert "Sign-only keys yes (probe) ec-p256, ec-p384 as made; rsa-2048, rsa-3072 with --require-sign-only" in text
-        assert "rsa-2048 and rsa-3072 keys made by default decrypt too, with CKM_RSA_PKCS (PKCS#1 v1.5; proven by a " \
-               "test decryption)" in text  # fmt: skip
-        assert "CKA_ALLOWED_MECHANISMS holds only CKM_SHA256_RSA_PKCS, CKM_SHA384_RSA_PKCS, CKM_SHA512_RSA_PKCS; a " \
-               "test decryption was refused with CKR_MECHANISM_INVALID" in text  # fmt: skip
+        assert "Sign-only keys yes (probe) ec-p256, ec-p384, rsa-2048, rsa-3072 as made" in text
+        assert "rsa-2048 and rsa-3072 keys are sign-only as made: the token sets CKA_DECRYPT on them, but tokenissue " \
+               "pins them to signature mechanisms that cannot decrypt (CKA_ALLOWED_MECHANISMS without CKM_RSA_PKCS), " \
+               "and the token enforces that list: CKM_SHA256_RSA_PKCS, CKM_SHA384_RSA_PKCS, CKM_SHA512_RSA_PKCS; a " \
+               "test decryption was refused with CKR_MECHANISM_INVALID." in text  # fmt: skip
         assert "ec-p256 and ec-p384 keys are sign-only as made" in text
+        assert "decrypt too" not in text and "With --require-sign-only (" not in text
     else:
         assert "decrypt" not in text.lower().replace("can decrypt", ""), text
 

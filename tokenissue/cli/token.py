@@ -253,12 +253,26 @@ def _sign_only_notes(r: p11.TokenCheck) -> list[str]:
         groups.setdefault(by or "flags", []).append(kt)
     for by, why in (
         ("no-mechanism", "PKCS#11 has no EC decryption mechanism and their CKA_DERIVE is false"),
-        ("allowed-mechanisms", "their CKA_ALLOWED_MECHANISMS, which the token enforces, holds no mechanism that decrypts"),
+        ("allowed-mechanisms", "tokenissue pins them to signature mechanisms that cannot decrypt (CKA_ALLOWED_MECHANISMS "
+         "without CKM_RSA_PKCS), and the token enforces that list"),
     ):
         if by in groups:
+            tail = ""
             if by == "no-mechanism" and any(kt.algorithm.value != "ec" for kt in groups[by]):
                 why = "no mechanism the token offers can use it"
-            notes.append(f"{_types(groups[by])} keys are sign-only as made: the token sets CKA_DECRYPT on them, but {why}.")
+            if by == "allowed-mechanisms":
+                if proven:
+                    allowed = sorted({m for k in groups[by] for m in (rows[k].allowed or ())})
+                    tests = {t for k in groups[by] if (t := rows[k].decrypt_test)}
+                    why += f": {', '.join(allowed)}"
+                    if tests and all(t.startswith("refused") for t in tests):
+                        why += f"; a test decryption was {' / '.join(sorted(tests)).replace('refused: ', 'refused with ')}"
+                else:
+                    why += " (--probe proves it with a test decryption)"
+                tail = (" tokenissue signs with them; tools that sign a host-made hash with CKM_RSA_PKCS cannot use "
+                        "them. See docs/tokens-and-keys.md#sign-only-keys.")  # fmt: skip
+            notes.append(f"{_types(groups[by])} keys are sign-only as made: the token sets CKA_DECRYPT on them, but "
+                         f"{why}.{tail}")  # fmt: skip
     decrypting = so.with_require_sign_only + so.never
     if decrypting:
         mechs = sorted({m for k in decrypting for m in (rows[k].decrypts_with or ())}) if proven else []
@@ -267,8 +281,8 @@ def _sign_only_notes(r: p11.TokenCheck) -> list[str]:
                      if all(rows[k].decrypt_proven for k in decrypting) else "")  # fmt: skip
         else:
             proof = " (--probe proves it with a test decryption)"
-        why = ("their CKA_ALLOWED_MECHANISMS keeps CKM_RSA_PKCS, which tokenissue lists by default as a signature "
-               "mechanism for tools that hash on the host" if r.allowed_mechanisms
+        why = ("the token offers no signature mechanism for them that cannot also decrypt (raw CKM_RSA_PKCS only), "
+               "so CKA_ALLOWED_MECHANISMS cannot keep them from decrypting" if r.allowed_mechanisms
                else "the token does not keep CKA_ALLOWED_MECHANISMS")  # fmt: skip
         mechs = mechs or ["CKM_RSA_PKCS"]
         notes.append(
@@ -280,7 +294,7 @@ def _sign_only_notes(r: p11.TokenCheck) -> list[str]:
         if proven:
             req = [rows[k].required for k in so.with_require_sign_only]
             allowed = sorted({m for q in req if q is not None for m in (q.allowed or ())})
-            tests = {q.decrypt_test for q in req if q is not None and q.decrypt_test}
+            tests = {t for q in req if q is not None and (t := q.decrypt_test)}
             how = f"CKA_ALLOWED_MECHANISMS holds only {', '.join(allowed)}"
             if tests and all(t.startswith("refused") for t in tests):
                 how += f"; a test decryption was {' / '.join(sorted(tests)).replace('refused: ', 'refused with ')}"

@@ -9,9 +9,10 @@ flags, CKA_ALLOWED_MECHANISMS), it signs a test message with the hash tokenissue
 key type and the signature is verified on the host; an RSA key is given a test message encrypted
 on the host: one the token made able to decrypt must decrypt it, one that only its
 CKA_ALLOWED_MECHANISMS keeps from decrypting must be refused, so "can decrypt" is a fact, not a
-flag. For a key type whose keys decrypt by default, the key ``--require-sign-only`` makes is
-probed the same way (a token that forces CKA_DECRYPT but enforces CKA_ALLOWED_MECHANISMS makes
-it sign-only by leaving CKM_RSA_PKCS out of that list). A scratch certificate is stored with the
+flag (a token that forces CKA_DECRYPT gets every key pinned to the signature mechanisms that do
+not decrypt, without CKM_RSA_PKCS; tpm2-pkcs11 enforces that list). For a key type whose keys
+still decrypt as made (a token that can pin nothing, or does not enforce the list), what
+``--require-sign-only`` does instead is probed too. A scratch certificate is stored with the
 optional attributes and read back; and everything scratch is deleted again (also when a step
 fails). A scratch object the token refuses to delete is named in the report (``leftovers``)
 instead of being passed over in silence.
@@ -58,7 +59,8 @@ _USAGE_FLAGS = (Attribute.DECRYPT, Attribute.UNWRAP, Attribute.DERIVE, Attribute
 
 @dataclass(frozen=True)
 class RequiredKeyCheck:
-    """Probe: the key ``--require-sign-only`` makes, for a key type whose default key decrypts."""
+    """Probe: what ``--require-sign-only`` does, for a key type whose default key decrypts (on the
+    tokens seen it refuses: the default key was as narrow as the token allows)."""
 
     made: bool
     """Whether the token made one (False: refused, ``reason`` says why)."""
@@ -88,7 +90,8 @@ class SignOnlyKeys:
     by_default: tuple[KeyType, ...] = ()
     """Key types whose keys are sign-only as made by default."""
     with_require_sign_only: tuple[KeyType, ...] = ()
-    """Key types whose default keys can decrypt, but --require-sign-only makes them sign-only."""
+    """Key types whose default keys can decrypt, but a --require-sign-only key was sign-only (probe
+    only; none on the tokens seen: tokenissue already pins every key it can to signing)."""
     never: tuple[KeyType, ...] = ()
     """Key types that cannot be made sign-only here (--require-sign-only refuses them)."""
     decrypt_flag: bool | None = None
@@ -278,22 +281,19 @@ def _expected_sign_only(
     if allowed is None:
         return SignOnlyKeys(value=None, decrypt_flag=True)
     by_default: list[KeyType] = []
-    required: list[KeyType] = []
     never: list[KeyType] = []
     for kt in usable:
         alg = kt.algorithm
         forced: dict[Any, Any] = {Attribute.DECRYPT: True}
-        pinned = {**forced, Attribute.ALLOWED_MECHANISMS: signing_mechanisms(alg, offered)} if allowed else forced
+        # As key generation templates it where the token decides CKA_DECRYPT: pinned to the
+        # signature mechanisms that do not decrypt, when the token offers any (and keeps the list).
         narrow = signing_mechanisms(alg, offered, sign_only=True)
-        strict = {**forced, Attribute.ALLOWED_MECHANISMS: narrow} if allowed else forced
-        if not decrypting_mechanisms(alg, pinned, offered):
+        pinned = {**forced, Attribute.ALLOWED_MECHANISMS: narrow or signing_mechanisms(alg, offered)}
+        if not decrypting_mechanisms(alg, pinned if allowed else forced, offered):
             by_default.append(kt)
-        elif (narrow or not allowed) and not decrypting_mechanisms(alg, strict, offered):
-            required.append(kt)
         else:
-            never.append(kt)
-    return SignOnlyKeys(value=not never, by_default=tuple(by_default), with_require_sign_only=tuple(required),
-                        never=tuple(never), decrypt_flag=True)  # fmt: skip
+            never.append(kt)  # --require-sign-only refuses it: nothing narrower to ask for
+    return SignOnlyKeys(value=not never, by_default=tuple(by_default), never=tuple(never), decrypt_flag=True)
 
 
 def _proven_sign_only(made: list[KeyTypeCheck]) -> SignOnlyKeys:
