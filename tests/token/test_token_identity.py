@@ -227,3 +227,23 @@ def test_softhsm_identity_is_the_serial(softhsm: SoftHSM) -> None:
     assert out["token_serial"] == tokens["test"]["serial"]
     revoked = ca.json("revoke", "--token-serial", tokens["test"]["serial"], "--ca", str(ca.dir))
     assert [r["serial"] for r in revoked] == [out["serial"]]
+
+
+def test_reinitialising_a_tpm_token_is_refused_cleanly_and_erases_nothing(store: Store) -> None:
+    """'token init --token bob' where tokens share serial 0000000000000000: without a terminal
+    the question is refused naming --yes; with --yes, tpm2-pkcs11 cannot re-initialise a token
+    in place (CKR_ARGUMENTS_BAD), which is said in one sentence with the way out, and neither
+    token lost anything. (The child now picks the token by serial AND label, and refuses when
+    several match: it used to take the first token with the serial.)"""
+    from conftest import SO_PIN
+
+    for label in ("alice", "bob"):
+        assert store.run("keys", "generate", "--token", label, "--label", f"{label}-key").returncode == 0
+    asked = store.run("token", "init", "--label", "bob2", "--token", "bob", env={"TOKENISSUE_SO_PIN": SO_PIN})
+    assert asked.returncode == 2 and "--yes" in asked.stderr, asked.stderr
+    refused = store.run("token", "init", "--label", "bob2", "--token", "bob", "--yes", env={"TOKENISSUE_SO_PIN": SO_PIN})
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 4 and "cannot re-initialise a token in place" in said and "rmtoken" in said, said
+    assert {t["label"] for t in store.json("tokens")} == {"alice", "bob"}
+    for label in ("alice", "bob"):
+        assert [k["label"] for k in store.json("keys", "list", "--token", label)] == [f"{label}-key"]

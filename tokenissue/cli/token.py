@@ -16,6 +16,7 @@ from ._common import (
     PinSource,
     ProtectedAuthOpt,
     TokenOpt,
+    confirm_or_refuse,
     console,
     emit_json,
     err_console,
@@ -426,13 +427,14 @@ def init(
         raise UsageError("A token label is at most 32 bytes.")
     mod_path = state(ctx).module
     serial = None
+    current_label = None
     if token is not None:
         info = p11.load_module(mod_path).token_info(p11.TokenSelector.parse(token))
         serial = info.serial
+        current_label = info.label  # serials repeat on some modules: the child matches both
         if not yes:
-            typer.confirm(
-                f"Re-initialise token '{info.label}' (serial {info.serial})? Every key and certificate on it is erased",
-                abort=True,
+            confirm_or_refuse(
+                f"Re-initialise token '{info.label}' (serial {info.serial})? Every key and certificate on it is erased"
             )
     else:
         existing = [t for t in p11.load_module(mod_path).tokens() if t.label == label]
@@ -443,7 +445,7 @@ def init(
             )
     so_pin = PinSource("TOKENISSUE_SO_PIN", "SO PIN", pin_file=so_pin_file).get_value(confirm=True)
     user_pin = PinSource("TOKENISSUE_PIN", "new user PIN", pin_file=pin_file).get_value(confirm=True)
-    new_serial = p11.init_token(label, so_pin, user_pin, module=mod_path, serial=serial)
+    new_serial = p11.init_token(label, so_pin, user_pin, module=mod_path, serial=serial, current_label=current_label)
     if json_out:
         emit_json({"label": label, "serial": new_serial})
     else:

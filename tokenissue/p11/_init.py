@@ -77,5 +77,12 @@ def init_token(
             from ..errors import PinPolicyError
 
             raise PinPolicyError("The token refused the PIN length; SoftHSM wants 4 to 255 characters.")
+        if serial and rv == "CKR_ARGUMENTS_BAD":
+            # tpm2-pkcs11 answers this to C_InitToken on a token that exists (measured).
+            raise TokenError(
+                "This token's module cannot re-initialise a token in place (C_InitToken: CKR_ARGUMENTS_BAD); nothing "
+                "was erased. Remove the token with the module's own tool (tpm2-pkcs11: 'tpm2_ptool rmtoken'), then "
+                "make a new one with 'tokenissue token init --label LABEL'."
+            )
         raise TokenError(f"The token refused to initialise ({rv}).")
     return str(out["serial"])
