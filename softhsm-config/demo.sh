@@ -45,5 +45,25 @@ say "tokenissue cert export --token demo-user --key $label --chain -o $demo/hong
 "$ti" cert export --token demo-user --key "$label" --chain -o "$demo/hong.pem"
 openssl verify -CAfile "$demo/ca/ca.pem" -purpose sslclient "$demo/hong.pem"
 
-printf '\nDemo state is in %s. Try:\n  export SOFTHSM2_CONF=%s TOKENISSUE_STATE_DIR=%s\n' "$demo" "$SOFTHSM2_CONF" "$TOKENISSUE_STATE_DIR"
-printf '  tokenissue revoke --token demo-user --key %s   # PIN: demo-1234\n' "$label"
+# The token is lost: revoke what it held by its serial (no token needed), then re-issue onto a
+# new token. The lost token's directory is deleted, as a lost USB token is simply gone.
+serial=$("$ti" tokens --json | "${PYTHON:-python3}" -c 'import json,sys; print(next(t["serial"] for t in json.load(sys.stdin) if t["label"] == "demo-user"))')
+rm -rf "$("${PYTHON:-python3}" - "$demo/softhsm/tokens" <<'PY'
+import pathlib, sys
+print(next(p.parent for p in pathlib.Path(sys.argv[1]).glob("*/token.object") if b"demo-user" in p.read_bytes()))
+PY
+)"
+say "tokenissue revoke --token-serial $serial --ca $demo/ca"
+"$ti" revoke --token-serial "$serial" --ca "$demo/ca"
+
+say "tokenissue ca crl --ca-dir $demo/ca -o $demo/ca.crl"
+"$ti" ca crl --ca-dir "$demo/ca" -o "$demo/ca.crl"
+
+say "softhsm-config/make-token.sh $demo/softhsm demo-new && tokenissue enroll --token demo-new ..."
+bash "$here/make-token.sh" "$demo/softhsm" demo-new >/dev/null
+"$ti" enroll --token demo-new --ca "$demo/ca" --subject "CN=홍길동,O=Demo Bank,C=KR" --profile personal
+
+# The command itself: make demo installs it in .venv, not on PATH.
+printf '\nDemo state is in %s. The command is %s (or: source .venv/bin/activate). Try:\n' "$demo" "$ti"
+printf '  export SOFTHSM2_CONF=%s TOKENISSUE_STATE_DIR=%s TOKENISSUE_PIN=demo-1234\n' "$SOFTHSM2_CONF" "$TOKENISSUE_STATE_DIR"
+printf '  %s status --token demo-new\n' "$ti"
