@@ -36,7 +36,13 @@ from tokenissue.models import RegistrationStatus
 pytestmark = pytest.mark.slow
 
 
+# The load tests stand for many client hosts, but every test client comes from 127.0.0.1: the
+# per-address connection cap (--max-per-client, default 32) is off, as behind a load balancer.
+MANY_CLIENTS = ("--max-per-client", "0")
+
+
 @pytest.fixture
+
 def pg_ca(softhsm: SoftHSM, pg_url: str) -> TokenCA:
     return make_token_ca(softhsm, database=pg_url)
 
@@ -74,7 +80,7 @@ def test_two_replicas_200_concurrent_enrollments_contested_codes(pg_ca: TokenCA)
     attempts = [Attempt(reg, i % 2, implicit_confirm=i % 4 < 2) for i, reg in enumerate(regs)]
     contested = [Attempt(reg, (i + 1) % 2) for i, reg in enumerate(regs[:50])]
     mixed = [a for pair in zip(attempts[:50], contested, strict=True) for a in pair] + attempts[50:]
-    with served(pg_ca) as one, served(pg_ca) as two:
+    with served(pg_ca, *MANY_CLIENTS) as one, served(pg_ca, *MANY_CLIENTS) as two:
         # As many clients as enrollments: all 200 (and the 50 contenders) in flight at once.
         outcomes = run_attempts([one.url, two.url], mixed, workers=200)
         logs = [one.access_log(), two.access_log()]
@@ -111,7 +117,7 @@ def _metrics(url: str) -> dict[str, float]:
 def test_replica_killed_during_load_loses_and_doubles_nothing(pg_ca: TokenCA) -> None:
     regs = register_many(pg_ca.dir, 120, "Replica Kill")
     attempts = [Attempt(reg, i % 2) for i, reg in enumerate(regs)]
-    with served(pg_ca) as victim, served(pg_ca) as survivor:
+    with served(pg_ca, *MANY_CLIENTS) as victim, served(pg_ca, *MANY_CLIENTS) as survivor:
         urls = [victim.url, survivor.url]
 
         def kill_when_busy() -> None:
@@ -136,7 +142,7 @@ def test_replica_killed_during_load_loses_and_doubles_nothing(pg_ca: TokenCA) ->
 def test_postgresql_restart_during_load(pg_ca: TokenCA, pg_server: PgServer) -> None:
     regs = register_many(pg_ca.dir, 120, "PG Restart")
     attempts = [Attempt(reg, i % 2) for i, reg in enumerate(regs)]
-    with served(pg_ca) as one, served(pg_ca) as two:
+    with served(pg_ca, *MANY_CLIENTS) as one, served(pg_ca, *MANY_CLIENTS) as two:
 
         def restart_when_busy() -> None:
             deadline = time.monotonic() + 60
