@@ -338,10 +338,6 @@ def _read_usage(session: Any, kid: bytes) -> dict[Any, Any]:
     return out
 
 
-def _decrypting(kt: KeyType, usage: dict[Any, Any], offered: frozenset[Any]) -> tuple[Any, ...]:
-    return decrypting_mechanisms(kt.algorithm, usage, offered)
-
-
 def _probe_key(session: Any, row: KeyTypeCheck, leftovers: list[str]) -> KeyTypeCheck:
     """Make, read back, use and delete a scratch key of ``row.key_type`` (and, when that key can
     decrypt, the one --require-sign-only makes instead)."""
@@ -360,7 +356,7 @@ def _probe_key(session: Any, row: KeyTypeCheck, leftovers: list[str]) -> KeyType
     try:
         usage = _read_usage(session, info.id)
         allowed_back = usage.get(Attribute.ALLOWED_MECHANISMS)
-        decrypts = _decrypting(row.key_type, usage, caps.mechanisms)
+        decrypts = decrypting_mechanisms(row.key_type.algorithm, usage, caps.mechanisms)
         by = _sign_only_by(algorithm, usage, caps.mechanisms)
         verified, pub = _sign_and_verify(session, info.id, row.hash)
         proven: bool | None = None
