@@ -82,18 +82,26 @@ def make_softhsm(root: Path, *, mechanisms: str | None = None) -> SoftHSM:
     if mechanisms:
         lines.append(f"slots.mechanisms = {mechanisms}")
     conf.write_text("\n".join(lines) + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENISSUE_") and k not in ("SOFTHSM2_CONF",)}
-    env.update(
-        {
-            "SOFTHSM2_CONF": str(conf),
-            "TOKENISSUE_MODULE": SOFTHSM_MODULE,
-            "TOKENISSUE_PIN": USER_PIN,
-            "TOKENISSUE_STATE_DIR": str(root / "state"),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-            "COLUMNS": "200",
-        }
-    )
+    env = cli_env(root, SOFTHSM_MODULE)
+    env["SOFTHSM2_CONF"] = str(conf)
     return SoftHSM(root=root, conf=conf, env=env)
+
+
+def cli_env(
+    root: Path, module: str, *, drop: tuple[str, ...] = ("TOKENISSUE_",), drop_names: tuple[str, ...] = ("SOFTHSM2_CONF",)
+) -> dict[str, str]:
+    """The environment a test CLI runs with: this one without the variables that would point it
+    at another token (names starting with ``drop``, or in ``drop_names``), plus the module, the
+    test PIN, a state directory under ``root``, this checkout on PYTHONPATH and wide output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in drop_names}
+    env.update({
+        "TOKENISSUE_MODULE": module,
+        "TOKENISSUE_PIN": USER_PIN,
+        "TOKENISSUE_STATE_DIR": str(root / "state"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "COLUMNS": "200",
+    })  # fmt: skip
+    return env
 
 
 @pytest.fixture

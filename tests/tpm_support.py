@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import SO_PIN, USER_PIN, SoftHSM, run_cli
+from conftest import SO_PIN, USER_PIN, SoftHSM, cli_env, run_cli
 
 __all__ = [
     "PRIMARY_HANDLE",
@@ -516,23 +516,10 @@ def make_tpm_tokens(root: Path, tpm: SoftwareTPM, *, with_softhsm: SoftHSM | Non
     SOFTHSM2_CONF, so one process can use both modules (e.g. a CA on SoftHSM, a holder on the TPM)."""
     store = root / "store"
     store.mkdir(parents=True, exist_ok=True)
-    drop = ("TOKENISSUE_", "TPM2", "TSS2_")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(drop) and k not in ("SOFTHSM2_CONF", "DBUS_SESSION_BUS_ADDRESS")
-    }
+    env = cli_env(root, TPM2_MODULE, drop=("TOKENISSUE_", "TPM2", "TSS2_"),
+                  drop_names=("SOFTHSM2_CONF", "DBUS_SESSION_BUS_ADDRESS"))  # fmt: skip
     env.update(tpm.client_env)
-    env.update(
-        {
-            "TPM2_PKCS11_STORE": str(store),
-            "TOKENISSUE_MODULE": TPM2_MODULE,
-            "TOKENISSUE_PIN": USER_PIN,
-            "TOKENISSUE_STATE_DIR": str(root / "state"),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-            "COLUMNS": "200",
-        }
-    )
+    env["TPM2_PKCS11_STORE"] = str(store)
     if with_softhsm is not None:
         env["SOFTHSM2_CONF"] = str(with_softhsm.conf)
     return TPMTokens(root=root, tpm=tpm, store=store, env=env)
