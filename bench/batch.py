@@ -75,7 +75,7 @@ def setup(root: Path, n: int, round_no: int) -> tuple[list[str], list[str]]:
         )
         _make_tokens(root, ["ca"])
         subprocess.run(
-            [sys.executable, "-m", "tokenissue.cli", "ca", "init", "--ca-dir", str(root / "ca"), "--token", "ca",
+            [sys.executable, "-m", "tokenissue.cli", "ca", "init", "--ca", str(root / "ca"), "--token", "ca",
              "--subject", "CN=Bench Batch CA,O=tokenissue bench"],
             env=_env(root), check=True, capture_output=True,
         )  # fmt: skip

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
             )
             _tokens(root, ["ca"])
-            _cli(root, "ca", "init", "--ca-dir", str(root / "ca"), "--token", "ca", "--subject", "CN=Bench Jobs CA")
+            _cli(root, "ca", "init", "--ca", str(root / "ca"), "--token", "ca", "--subject", "CN=Bench Jobs CA")
             samples: dict[int, list[float]] = {j: [] for j in [1, *args.jobs]}
             for r in range(args.runs + 1):  # round 0 warms the bytecode and page caches
                 for jobs in samples:

@@ -79,7 +79,7 @@ def _init_token(root: Path) -> None:
 def _init_ca(root: Path, ca_dir: Path, *extra: str) -> Path:
     """``tokenissue ca init`` in ``ca_dir``, EC P-256 key on the token 'ca' (``extra``: e.g. --db, --label)."""
     subprocess.run(
-        [sys.executable, "-m", "tokenissue.cli", "ca", "init", "--ca-dir", str(ca_dir), "--token", "ca",
+        [sys.executable, "-m", "tokenissue.cli", "ca", "init", "--ca", str(ca_dir), "--token", "ca",
          "--subject", CA_SUBJECT, "--type", "ec-p256", *extra],
         env=_env(root), check=True, capture_output=True,
     )  # fmt: skip
@@ -269,8 +269,9 @@ def _serve(ca_dir: Path, root: Path, log_name: str = "serve.log") -> tuple[subpr
     log = root / log_name
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenissue.cli", "ca", "serve", "--ca-dir", str(ca_dir),
-             "--listen", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "tokenissue.cli", "ca", "serve", "--ca", str(ca_dir),
+             # every bench client is 127.0.0.1: lift the per-address cap, as behind a load balancer
+             "--listen", f"127.0.0.1:{port}", "--max-per-client", "0"],
             env=_env(root), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -134,7 +134,7 @@ class Case:
             _run([*self.ti, "token", "init", "--label", label],
                  {**self.ti_env, "TOKENISSUE_SO_PIN": SO_PIN})
         self.ca_dir = tdir / "ca"
-        _run([*self.ti, "ca", "init", "--ca-dir", str(self.ca_dir), "--token", "ca",
+        _run([*self.ti, "ca", "init", "--ca", str(self.ca_dir), "--token", "ca",
               "--subject", "CN=tokenissue bench CA,O=tokenissue"], self.ti_env)
         # pipeline side: its own SoftHSM dir, token and file CA (classic_pipeline.sh init).
         self.pipe_base = self.root / "pipe"
@@ -249,7 +249,7 @@ def inprocess_loop(root: Path, runs: int) -> dict[str, object]:
            "TOKENISSUE_STATE_DIR": str(root / "state")}
     for label in ("ca", "holder"):
         _run([*ti, "token", "init", "--label", label], {**env, "TOKENISSUE_SO_PIN": SO_PIN})
-    _run([*ti, "ca", "init", "--ca-dir", str(root / "ca"), "--token", "ca",
+    _run([*ti, "ca", "init", "--ca", str(root / "ca"), "--token", "ca",
           "--subject", "CN=tokenissue bench CA,O=tokenissue"], env)
     _, out = _run([sys.executable, "-c", _INPROCESS, str(root / "ca"), str(runs), PROFILE,
                    SOFTHSM_MODULE], env)

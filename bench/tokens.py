@@ -519,7 +519,7 @@ class Bench:
                 tpm.add_token(label)
             self.impls.append(tpm)
         self.ca_dir = self.root / "ca"
-        _run([*_tokenissue_argv(), "ca", "init", "--ca-dir", str(self.ca_dir), "--token", "ca",
+        _run([*_tokenissue_argv(), "ca", "init", "--ca", str(self.ca_dir), "--token", "ca",
               "--subject", "CN=tokenissue bench CA,O=tokenissue"], soft.env)  # fmt: skip
 
     def stop(self) -> None:

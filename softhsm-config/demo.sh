@@ -26,8 +26,8 @@ export SOFTHSM2_CONF
 say "tokenissue tokens"
 "$ti" tokens
 
-say "tokenissue ca init --ca-dir $demo/ca --token demo-ca --subject 'CN=Demo Root CA,O=Demo Bank,C=KR'"
-"$ti" ca init --ca-dir "$demo/ca" --token demo-ca --subject "CN=Demo Root CA,O=Demo Bank,C=KR" \
+say "tokenissue ca init --ca $demo/ca --token demo-ca --subject 'CN=Demo Root CA,O=Demo Bank,C=KR'"
+"$ti" ca init --ca "$demo/ca" --token demo-ca --subject "CN=Demo Root CA,O=Demo Bank,C=KR" \
   --crl-url http://127.0.0.1/demo.crl
 
 say "tokenissue enroll --token demo-user --ca $demo/ca --subject 'CN=홍길동,O=Demo Bank,C=KR' --profile personal --san email:gildong.hong@example.kr"
@@ -56,8 +56,8 @@ PY
 say "tokenissue revoke --token-serial $serial --ca $demo/ca"
 "$ti" revoke --token-serial "$serial" --ca "$demo/ca"
 
-say "tokenissue ca crl --ca-dir $demo/ca -o $demo/ca.crl"
-"$ti" ca crl --ca-dir "$demo/ca" -o "$demo/ca.crl"
+say "tokenissue ca crl --ca $demo/ca -o $demo/ca.crl"
+"$ti" ca crl --ca "$demo/ca" -o "$demo/ca.crl"
 
 say "softhsm-config/make-token.sh $demo/softhsm demo-new && tokenissue enroll --token demo-new ..."
 bash "$here/make-token.sh" "$demo/softhsm" demo-new >/dev/null

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -45,6 +46,11 @@ class CAConfig:
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            if re.match(r"^[a-z][a-z0-9+.-]*:/", str(ca_dir)):  # a URL, its '//' folded by Path
+                raise ConfigError(
+                    f"'{ca_dir}' looks like a CA server's address; 'tokenissue ca' and 'ra' commands work "
+                    "on the CA's own directory (set --ca or TOKENISSUE_CA_DIR to it)."
+                ) from None
             raise ConfigError(
                 f"'{ca_dir}' is not a CA directory (no {CA_CONFIG_NAME}); create one with 'tokenissue ca init'."
             ) from None

@@ -435,11 +435,19 @@ def _key_step(
 def _abort(s: TokenSession, state: Inventory, jid: str, data: dict[str, Any], params: EnrollParams) -> None:
     """Undo an enrollment that failed before issuance: remove the key it generated."""
     if not params.reuse_key_id and data.get("generated"):
-        label = str(data.get("label"))
-        for k in s.find_keys(label):
-            if not k.has_certificate:
-                s.delete_key(KeySelector(id=k.id))
+        remove_uncertified_keys(s, str(data.get("label")))
     state.journal_finish(jid, "aborted")
+
+
+def remove_uncertified_keys(s: TokenSession, label: str) -> int:
+    """Remove the keys labelled ``label`` that no certificate on the token belongs to: the key
+    an enrollment generated and never got a certificate onto. Returns how many."""
+    removed = 0
+    for k in s.find_keys(label):
+        if not k.has_certificate:
+            s.delete_key(KeySelector(id=k.id))
+            removed += 1
+    return removed
 
 
 def _retire(s: TokenSession, old_sha256: str, old_key_id: bytes, *, keep_key_id: bytes) -> None:
@@ -515,6 +523,8 @@ def _enrolled_with(state: Inventory, record: CertRecord | None, name: str) -> st
     if record is None or record.request_id is None:
         return None
     entry = state.journal_get(record.request_id)
+    if entry is not None and name == "ca":
+        return journal_ca(entry) or None  # where it was finished, after a corrected address
     value = entry.params.get(name) if entry else None
     return str(value) if value else None
 
@@ -682,12 +692,31 @@ def _unfinished(entry: JournalEntry, state: str = "open") -> Unfinished:
         journal_id=entry.id,
         token_serial=str(entry.params.get("token_serial", "")),
         subject=str(entry.params.get("subject", "")),
-        ca=str(entry.params.get("ca", "")),
+        ca=journal_ca(entry),
         step=entry.state,
         certificate=load_certificates(str(pem).encode())[0] if pem else None,
         updated_at=entry.updated_at,
         state=state,
     )
+
+
+def journal_ca(entry: JournalEntry) -> str:
+    """Where an enrollment asks for its certificate: the CA it was started with, or the one
+    ``enroll --resume --ca`` moved it to."""
+    return str(entry.data.get("ca") or entry.params.get("ca", ""))
+
+
+def relocate(state: Inventory, journal_id: str, ca: str) -> None:
+    """Send an open enrollment to another CA location from now on (``enroll --resume --ca``).
+
+    For an address that was wrong or has moved. The request keeps its ID, so the same CA at its
+    new address answers a repeated request with the certificate it already issued.
+    """
+    entry = state.journal_get(journal_id)
+    if entry is None or entry.finished:
+        raise UsageError(f"Enrollment {journal_id} is no longer open; nothing to resume.")
+    if journal_ca(entry) != ca:
+        state.journal_update(journal_id, entry.state, ca=ca)
 
 
 def unfinished(state: Inventory, *, token_serial: str | None = None) -> list[Unfinished]:
@@ -696,7 +725,13 @@ def unfinished(state: Inventory, *, token_serial: str | None = None) -> list[Unf
     return [u for u in out if token_serial is None or u.token_serial == token_serial]
 
 
-def abandon(state: Inventory, journal_id: str, *, present: Callable[[str], bool]) -> Unfinished:
+def abandon(
+    state: Inventory,
+    journal_id: str,
+    *,
+    present: Callable[[str], bool],
+    remove_key: Callable[[str, str], None] | None = None,
+) -> Unfinished:
     """End an enrollment whose token is gone for good (lost, broken, re-initialised).
 
     Its journal entry is closed as "abandoned", so ``enroll --resume`` stops trying it. A
@@ -705,6 +740,14 @@ def abandon(state: Inventory, journal_id: str, *, present: Callable[[str], bool]
     ``revoke --token-serial`` and the CA operator work from. Refused while the token is present
     (``present(serial)``): then the enrollment can still be finished, and ending it would leave
     a key without its certificate. Ending an entry already ended returns it unchanged.
+
+    The way out of an enrollment that the token is present for but that can never be finished
+    (its CA's address is gone for good, the outcome of the request unknown) is ``remove_key``:
+    called with the token's identity and the label of the key this enrollment generated, it
+    removes that key, after which any certificate the CA may have issued is for a key that no
+    longer exists. Refused once a certificate is in hand (then resuming finishes the work) and
+    for a renewal that kept its key (that key still carries the certificate being renewed, so
+    the entry is ended and the key kept).
     """
     entry = state.journal_get(journal_id)
     if entry is None or entry.kind != "enroll":
@@ -712,10 +755,12 @@ def abandon(state: Inventory, journal_id: str, *, present: Callable[[str], bool]
     serial = str(entry.params.get("token_serial", ""))
     busy = TokenBusy(f"Another tokenissue process is enrolling on token {serial}; try again once it has finished.")
     with state.exclusive(f"enroll:{serial}", busy=busy):
-        return _abandon(state, journal_id, present)
+        return _abandon(state, journal_id, present, remove_key)
 
 
-def _abandon(state: Inventory, journal_id: str, present: Callable[[str], bool]) -> Unfinished:
+def _abandon(
+    state: Inventory, journal_id: str, present: Callable[[str], bool], remove_key: Callable[[str, str], None] | None
+) -> Unfinished:
     entry = state.journal_get(journal_id)
     assert entry is not None
     if entry.finished:
@@ -723,10 +768,20 @@ def _abandon(state: Inventory, journal_id: str, present: Callable[[str], bool]) 
             return _unfinished(entry, "abandoned")
         raise UsageError(f"Enrollment {journal_id} is already finished ({entry.state}); there is nothing to abandon.")
     found = _unfinished(entry)
+    if remove_key is not None and present(found.token_serial):
+        if found.certificate is not None:
+            raise UsageError(
+                f"Enrollment {journal_id} already has its certificate; finish it with 'tokenissue enroll --resume'."
+            )
+        if entry.data.get("generated") and not entry.params.get("reuse_key_id"):
+            remove_key(found.token_serial, str(entry.data.get("label")))
+        state.journal_finish(journal_id, "abandoned")
+        return replace(found, state="abandoned")
     if present(found.token_serial):
         raise UsageError(
             f"Token serial {found.token_serial} is present: finish this enrollment with 'tokenissue enroll --resume' "
-            "instead of abandoning it."
+            "(--ca LOCATION if its CA's address was wrong or has moved), or give up on it and remove its key with "
+            f"'tokenissue journal abandon {journal_id} --remove-key'."
         )
     record = None
     if found.certificate is not None:

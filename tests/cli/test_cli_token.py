@@ -427,6 +427,100 @@ def test_every_option_has_help_text() -> None:
     assert no_doc == []
 
 
+def test_every_argument_shows_its_help_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """SERIAL, REF, FILE, ...: each says what it is in --help. (click 8.5 gave Argument a help of
+    its own that overwrote typer's, so the text was declared but never shown.)"""
+    from tokenissue.cli import main
+
+    arguments = [(path, p) for path, cmd in _command_tree() for p in cmd.params if p.param_type_name == "argument"]
+    assert len(arguments) >= 7
+    unshown = []
+    for path, param in arguments:
+        assert main([*path, "--help"]) == 0
+        shown = " ".join(capsys.readouterr().out.replace("│", " ").split())
+        if not (param.help or "").strip() or " ".join(param.help.split()) not in shown:
+            unshown.append(f"{' '.join(path)} {param.name}")
+    assert unshown == []
+
+
+# One name per concept: the CA is --ca and the renewal window --within in every command; the old
+# names keep working for scripts but are not shown.
+OLD_NAMES = {"--ca-dir": "--ca", "-d": "--ca", "--expiring": "--within"}
+
+
+def test_old_option_names_are_hidden_and_never_taken_by_another_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenissue.cli import main
+    from tokenissue.cli._run import HIDDEN_ALIASES
+
+    assert {old: new for new, olds in HIDDEN_ALIASES.items() for old in olds} == OLD_NAMES
+    for path, cmd in _command_tree():
+        declared = [o for p in cmd.params if _is_option(p) for o in (*p.opts, *p.secondary_opts)]
+        assert not set(declared) & set(OLD_NAMES), path
+        if path:
+            assert main([*path, "--help"]) == 0
+            out = capsys.readouterr().out
+            assert "--ca-dir" not in out and "--expiring" not in out, path
+
+
+def test_ca_and_ra_commands_take_ca_and_still_understand_ca_dir(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from tokenissue.cli import main
+
+    missing = str(tmp_path / "no-ca")
+    for spelling in (["--ca", missing], ["--ca-dir", missing], ["-d", missing], [f"--ca-dir={missing}"]):
+        for command in (["ca", "list"], ["ra", "list"]):
+            assert main([*command, *spelling]) == 3, (command, spelling)
+            assert "is not a CA directory" in " ".join(capfd.readouterr().err.split()), (command, spelling)
+
+
+def test_ca_list_sweep_window_is_within_and_expiring_still_works(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from tokenissue.cli import main
+
+    assert main(["ca", "list", "--ca", str(tmp_path), "--hook", "true"]) == 2
+    assert "give --within too" in capfd.readouterr().err
+    for spelling in ("--within", "--expiring"):
+        assert main(["ca", "list", "--ca", str(tmp_path), spelling, "soon"]) == 2, spelling
+        assert "'soon' is not a duration like 30d, 12h, 30m or 2w." in capfd.readouterr().err
+
+
+def test_a_ca_server_address_given_to_a_ca_command_gets_a_sentence(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder's TOKENISSUE_CA (a CMP URL) reaching 'ca list' is named as what it is."""
+    from tokenissue.cli import main
+
+    monkeypatch.delenv("TOKENISSUE_CA_DIR", raising=False)
+    monkeypatch.setenv("TOKENISSUE_CA", "cmp+https://ca.example.org/pkix/")
+    assert main(["ca", "list"]) == 3
+    err = " ".join(capfd.readouterr().err.split())
+    assert "looks like a CA server's address" in err and "CA's own directory" in err
+
+
+def test_option_help_states_units_and_every_ca_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenissue.cli import main
+
+    for command in (["status"], ["renew"], ["ca", "list"]):
+        assert main([*command, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+        assert "30d (days), 12h (hours), 30m (minutes)" in out, command
+    for command in (["enroll"], ["renew"], ["revoke"]):
+        assert main([*command, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+        assert "cmp+https://" in out and "acme+https://" in out, command
+
+
+def test_one_duration_syntax_everywhere() -> None:
+    from datetime import timedelta
+
+    from tokenissue.cli._common import parse_duration
+    from tokenissue.errors import UsageError
+
+    assert parse_duration("30m") == timedelta(minutes=30)  # minutes, as ra register --valid always read it
+    assert parse_duration("2w") == parse_duration("14") == timedelta(days=14)
+    assert parse_duration(" 12H ") == timedelta(hours=12)
+    assert parse_duration("90s") == timedelta(seconds=90)
+    for bad in ("", "soon", "-1d", "nan", "inf", "36501d", "1y"):
+        with pytest.raises(UsageError):
+            parse_duration(bad)
+
+
 def test_help_exits_0_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     from tokenissue.cli import main
 

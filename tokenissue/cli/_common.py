@@ -287,18 +287,34 @@ def parse_reason(text: str | None, default: RevocationReason) -> RevocationReaso
     )
 
 
-def parse_duration(text: str) -> timedelta:
-    """'30d', '12h', '2w' or a plain number of days."""
-    text = text.strip().lower()
-    units = {"d": 1.0, "w": 7.0, "h": 1 / 24, "s": 1 / 86400}
-    try:
-        days = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
-        if not 0 <= days <= 36500:  # also refuses inf and nan
-            raise ValueError(text)
-        return timedelta(days=days)
-    except ValueError:
-        raise UsageError(f"'{text}' is not a duration like 30d, 12h or 2w.") from None
+DURATION_HELP = "a number and a unit: 30d (days), 12h (hours), 30m (minutes), 90s, 2w (weeks); a bare number is days"
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
+
+def parse_duration(text: str) -> timedelta:
+    """'30d', '12h', '30m', '90s', '2w' or a plain number of days (at most 100 years)."""
+    t = text.strip().lower()
+    try:
+        seconds = float(t[:-1]) * _DURATION_UNITS[t[-1]] if t and t[-1] in _DURATION_UNITS else float(t) * 86400
+        if not 0 <= seconds <= 36500 * 86400:  # also refuses inf and nan
+            raise ValueError(text)
+        return timedelta(seconds=seconds)
+    except ValueError:
+        raise UsageError(f"'{text.strip()}' is not a duration like 30d, 12h, 30m or 2w.") from None
+
+
+CaDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--ca",
+        help="The CA directory made by 'tokenissue ca init' (ca.toml, ca.pem, ca.db). "
+        "Default: $TOKENISSUE_CA_DIR, else $TOKENISSUE_CA.",
+        envvar=["TOKENISSUE_CA_DIR", "TOKENISSUE_CA"],
+        show_envvar=False,
+    ),
+]
+"""A local CA, for the commands that run one (``ca ...``, ``ra ...``). Holder commands take
+:data:`tokenissue.cli.lifecycle.CaOpt`, which also accepts a CA server's URL."""
 
 CaPinFileOpt = Annotated[
     Path | None,

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 import traceback
+from typing import Any
 
 import click
 
 from ..errors import TokenIssueError
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Old option names that keep working but are no longer shown: one name per concept in --help
+# and the docs (a CA is --ca everywhere, a renewal window --within), without breaking scripts.
+HIDDEN_ALIASES: dict[str, tuple[str, ...]] = {"--ca": ("--ca-dir", "-d"), "--within": ("--expiring",)}
 
 
 def run(args: list[str], *, debug: bool) -> int:
@@ -40,6 +45,7 @@ def _run(args: list[str], *, debug: bool) -> int:
     from ._common import err_console
 
     command = typer.main.get_command(app)
+    add_hidden_aliases(command)
     try:
         rv = command.main(args=args, prog_name="tokenissue", standalone_mode=False)
         return rv if isinstance(rv, int) else EXIT_OK
@@ -71,3 +77,33 @@ def _run(args: list[str], *, debug: bool) -> int:
                 highlight=False,
             )
         return EXIT_UNEXPECTED
+
+
+def add_hidden_aliases(command: click.Command) -> None:
+    """Let every option named in :data:`HIDDEN_ALIASES` also be spelt by its old names.
+
+    The parser learns the old names; ``--help``, which reads ``opts``, keeps showing one.
+    """
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_hidden_aliases(sub)
+    for param in command.params:
+        if not isinstance(param, click.Option):
+            continue
+        aliases = HIDDEN_ALIASES.get(param.opts[0])
+        if aliases:
+            param.add_to_parser = _also_parsed_as(param, aliases)  # type: ignore[method-assign]
+
+
+def _also_parsed_as(option: click.Option, aliases: tuple[str, ...]) -> Any:
+    shown_add = option.add_to_parser
+
+    def add_to_parser(parser: Any, ctx: click.Context) -> None:
+        shown = option.opts
+        option.opts = [*shown, *aliases]
+        try:
+            shown_add(parser, ctx)
+        finally:
+            option.opts = shown
+
+    return add_to_parser

@@ -11,6 +11,8 @@ import typer
 from ..errors import UsageError
 from ..models import CertRecord, KeyType, RevocationReason
 from ._common import (
+    DURATION_HELP,
+    CaDirOpt,
     CaPinFileOpt,
     JsonOpt,
     PinEnvOpt,
@@ -31,7 +33,6 @@ app = typer.Typer(help="Run a certificate authority whose key lives on a token."
 audit_app = typer.Typer(help="The CA's append-only, hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-CaDirOpt = Annotated[Path, typer.Option("--ca-dir", "-d", help="The CA directory (ca.toml, ca.pem, ca.db).", envvar="TOKENISSUE_CA_DIR")]
 KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
 
 
@@ -210,19 +211,19 @@ def sign(
 def list_issued(
     ctx: typer.Context,
     ca_dir: CaDirOpt,
-    expiring: Annotated[
+    within: Annotated[
         str | None,
         typer.Option(
-            "--expiring",
-            help="The expiry sweep: only valid certificates expiring within this time (e.g. 30d) that no "
-            "newer certificate replaces yet.",
+            "--within",
+            help="The expiry sweep: only valid certificates expiring within this time that no newer "
+            f"certificate replaces yet; {DURATION_HELP}.",
         ),
     ] = None,
     hook: Annotated[
         str | None,
         typer.Option(
             "--hook",
-            help="With --expiring: run this command once per certificate (PEM on stdin, TOKENISSUE_SERIAL, "
+            help="With --within: run this command once per certificate (PEM on stdin, TOKENISSUE_SERIAL, "
             "_SUBJECT, _NOT_AFTER, _DAYS_LEFT, _TOKEN_SERIAL, _SWEEP_ACTION... in the environment; no shell). "
             "Exit 0 = notified.",
         ),
@@ -231,7 +232,7 @@ def list_issued(
         bool,
         typer.Option(
             "--renew",
-            help="With --expiring: renew each certificate on its token when that token is present here "
+            help="With --within: renew each certificate on its token when that token is present here "
             "(the token serial the CA recorded at enrollment), with the holder PIN options.",
         ),
     ] = False,
@@ -241,19 +242,19 @@ def list_issued(
     ca_pin_file: CaPinFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List what the CA issued, with status; with --expiring, the expiry sweep (notify or renew).
+    """List what the CA issued, with status; with --within, the expiry sweep (notify or renew).
 
     Run the sweep daily. Exit status 8 when a renewal or a hook failed, or a token needed for
     --renew is not present and no hook told its holder.
     """
-    if expiring is None and (hook or renew or rekey):
-        raise UsageError("--hook, --renew and --rekey belong to the expiry sweep; give --expiring too (e.g. 30d).")
+    if within is None and (hook or renew or rekey):
+        raise UsageError("--hook, --renew and --rekey belong to the expiry sweep; give --within too (e.g. 30d).")
     if rekey and not renew:
         raise UsageError("--rekey goes with --renew.")
-    if expiring is None:
+    if within is None:
         _list_all(ctx, ca_dir, json_out)
         return
-    _sweep(ctx, ca_dir, parse_duration(expiring), hook, renew, rekey, pin_file, pin_env, ca_pin_file, json_out)
+    _sweep(ctx, ca_dir, parse_duration(within), hook, renew, rekey, pin_file, pin_env, ca_pin_file, json_out)
 
 
 def resolve_serial(text: str, ca: Any) -> int:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import JsonOpt, console, emit_json
+from ._common import JsonOpt, PinEnvOpt, PinFileOpt, ProtectedAuthOpt, console, emit_json, user_pin_source
 from ._render import plain
 from .lifecycle import holder_state, present_token_serials, revoke_lost_command
 
@@ -52,6 +52,17 @@ def list_open(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 def abandon(
     ctx: typer.Context,
     journal_id: Annotated[str, typer.Argument(help="The entry to end, as 'tokenissue journal list' shows it.")],
+    remove_key: Annotated[
+        bool,
+        typer.Option(
+            "--remove-key",
+            help="The token is here but the enrollment can never be finished (its CA's address is gone, the "
+            "outcome unknown): remove the key it generated (with the holder PIN options) and end it.",
+        ),
+    ] = False,
+    pin_file: PinFileOpt = None,
+    pin_env: PinEnvOpt = None,
+    protected_auth: ProtectedAuthOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """End an unfinished enrollment whose token is gone for good (lost, broken, re-initialised),
@@ -61,9 +72,13 @@ def abandon(
     A certificate the CA already issued for it is kept in the holder's records (never written to
     a token) and must be revoked: its key went with the token. With the built-in CA,
     'tokenissue revoke --token-serial SERIAL --ca DIR' does both at once.
+
+    With the token present, --remove-key gives up on an enrollment that cannot be finished:
+    resume it against a corrected address first ('enroll --resume --ca LOCATION') if there is one.
     """
     from .. import p11
     from ..lifecycle import abandon as run_abandon
+    from ..lifecycle import remove_uncertified_keys
     from ._common import state
 
     with holder_state(ctx) as db:
@@ -81,7 +96,12 @@ def abandon(
             with p11.open_token(p11.TokenSelector.from_identity(identity), module=state(ctx).module) as s:
                 return s.has_key_id(bytes.fromhex(key_id))
 
-        ended = run_abandon(db, journal_id, present=present)
+        def remove(identity: str, label: str) -> None:
+            pin = user_pin_source(pin_file, pin_env, protected_auth).get()
+            with p11.open_token(p11.TokenSelector.from_identity(identity), pin, module=state(ctx).module) as s:
+                remove_uncertified_keys(s, label)
+
+        ended = run_abandon(db, journal_id, present=present, remove_key=remove if remove_key else None)
     if json_out:
         emit_json(ended.as_json())
         return
@@ -90,6 +110,13 @@ def abandon(
         what = f"The CA issued certificate {ended.certificate.serial_number:x} for it, whose key is lost"
     elif ended.may_be_issued:
         what = f"The CA was asked, and may have issued a certificate (request ID {ended.journal_id}) that never arrived"
+        if remove_key:
+            console().print(
+                f"{what}; its key is removed from the token, so no one can use such a certificate. Ask the operator "
+                f"of {ended.ca} to revoke it (reason cessation-of-operation) if it exists.",
+                markup=False,
+            )
+            return
     else:
         return
     command = revoke_lost_command(ended.ca, ended.token_serial)

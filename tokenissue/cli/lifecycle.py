@@ -18,6 +18,7 @@ from ..credentials import Secret
 from ..errors import Incomplete, KeyNotFound, PinError, TokenIssueError, TokenNotFound, UsageError
 from ..models import CertStatus, KeyType, RevocationReason
 from ._common import (
+    DURATION_HELP,
     CaPinFileOpt,
     JsonOpt,
     PinEnvOpt,
@@ -48,8 +49,9 @@ CaOpt = Annotated[
     str | None,
     typer.Option(
         "--ca",
-        help="The CA: a CA directory made by 'tokenissue ca init', or a CMP server as "
-        "cmp+http://HOST:PORT/PATH or cmp+https://HOST/PATH.",
+        help="The CA: a CA directory made by 'tokenissue ca init', a CMP server as "
+        "cmp+http://HOST:PORT/PATH or cmp+https://HOST/PATH, or an ACME server as "
+        "acme+https://HOST/DIRECTORY-PATH.",
         envvar="TOKENISSUE_CA",
     ),
 ]
@@ -291,7 +293,14 @@ def enroll(
     key_type: Annotated[KeyTypeChoice, typer.Option("--type", help="Key type to generate on the token.")] = KeyTypeChoice("ec-p256"),  # noqa: B008
     label: Annotated[str | None, typer.Option("--label", "-l", help="Label for the new key and certificate. Default: PROFILE-DATE-RANDOM.")] = None,
     san: Annotated[list[str] | None, typer.Option("--san", help="dns:NAME, email:ADDR, uri:URI or ip:ADDR (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Finish every unfinished enrollment in the journal, then stop.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Finish every unfinished enrollment in the journal, then stop. With --ca: ask that CA from now on "
+            "(the address they were started with was wrong or has moved).",
+        ),
+    ] = False,
     ref: RefOpt = None,
     auth_code_file: AuthCodeFileOpt = None,
     ca_trust: CaTrustOpt = None,
@@ -319,7 +328,7 @@ def enroll(
     (--ca acme+https://HOST/DIRECTORY) give --domain; the CA decides the profile (see docs/acme.md).
     """
     from .. import p11
-    from ..lifecycle import EnrollParams
+    from ..lifecycle import EnrollParams, journal_ca
     from ..lifecycle import enroll as run_enroll
 
     pin_src = user_pin_source(pin_file, pin_env, protected_auth)
@@ -343,6 +352,9 @@ def enroll(
             if not entries:
                 console().print("No unfinished enrollment; nothing to do.")
                 return
+            if ca is not None:
+                _relocate_all(db, entries, ca)
+                entries = db.journal_open("enroll")
             pin = pin_src.get()
             code = AuthCodeSource(auth_code_file, why="Resuming an enrollment at a CMP server")
             results: list[dict[str, Any]] = []
@@ -351,7 +363,7 @@ def enroll(
                 params = EnrollParams(**{**e.params, "san": tuple(e.params.get("san") or ())})
                 cmp = CmpArgs(ref=params.ref, auth_code=code, trust_file=ca_trust)
                 try:
-                    enroller = open_ca(ctx, params.ca, ca_pin_file, cmp, acme)
+                    enroller = open_ca(ctx, journal_ca(e), ca_pin_file, cmp, acme)
                     try:
                         unlock_local_ca(enroller)
                         out = run_enroll(
@@ -367,7 +379,7 @@ def enroll(
                     # the others from finishing: report it and go on, as a batch does.
                     failed.append({"journal_id": e.id, "token_serial": params.token_serial, "status": "failed",
                                    "error": str(err), "exit_code": err.exit_code})  # fmt: skip
-                    hint = _absent_hint(e.id, params) if isinstance(err, TokenNotFound) else ""
+                    hint = _absent_hint(e.id, journal_ca(e), params.token_serial) if isinstance(err, TokenNotFound) else ""
                     if isinstance(err, KeyNotFound):
                         hint = (f" Its key is no longer on the token (was the token re-initialised?): end the enrollment "
                                 f"with 'tokenissue journal abandon {e.id}'.")  # fmt: skip
@@ -504,9 +516,24 @@ def _names(wanted: Any, identity: str) -> bool:
     return bool(wanted.matches(t.label or "", t.serial or "", t.manufacturer or "", t.model or ""))
 
 
-def _absent_hint(journal_id: str, params: Any) -> str:
+def _relocate_all(db: Any, entries: list[Any], ca: str) -> None:
+    """``enroll --resume --ca LOCATION``: the open enrollments go to LOCATION from now on. They
+    must all have been started at one CA: a corrected address is a correction of one address."""
+    from ..lifecycle import journal_ca, relocate
+
+    recorded = {journal_ca(e) for e in entries}
+    if len(recorded) > 1:
+        raise UsageError(
+            f"The {len(entries)} unfinished enrollments were started at {len(recorded)} different CAs; --ca with "
+            "--resume moves enrollments of one CA. End the others first ('tokenissue journal list')."
+        )
+    for e in entries:
+        relocate(db, e.id, ca)
+
+
+def _absent_hint(journal_id: str, ca: str, token_serial: str) -> str:
     """What to do about an enrollment whose token is not there (it may be gone for good)."""
-    command = revoke_lost_command(params.ca, params.token_serial)
+    command = revoke_lost_command(ca, token_serial)
     if command is None:
         return (
             f" If that token is gone for good: 'tokenissue journal abandon {journal_id}', and ask the CA's operator "
@@ -539,8 +566,8 @@ def status(
         str | None,
         typer.Option(
             "--within",
-            help="Call a certificate 'expiring' this long before it expires. "
-            "Default: 30 days or a third of its lifetime, whichever is shorter.",
+            help="Call a certificate 'expiring' this long before it expires; "
+            f"{DURATION_HELP}. Default: 30 days or a third of its lifetime, whichever is shorter.",
         ),
     ] = None,
     pin_file: PinFileOpt = None,
@@ -600,7 +627,7 @@ def renew(
         str | None,
         typer.Option(
             "--within",
-            help="Renew certificates expiring within this time. "
+            help=f"Renew certificates expiring within this time; {DURATION_HELP}. "
             "Default: 30 days or a third of the certificate's lifetime, whichever is shorter.",
         ),
     ] = None,

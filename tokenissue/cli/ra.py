@@ -7,24 +7,19 @@ enrolls with them over CMP. Codes are never stored, listed or logged.
 from __future__ import annotations
 
 import enum
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..errors import UsageError
 from ..models import RegistrationStatus
-from ._common import JsonOpt, console, emit_json, err_console, parse_duration, state
+from ._common import CaDirOpt, JsonOpt, console, emit_json, err_console, parse_duration, state
 
 app = typer.Typer(
     help="Registration authority: reference numbers and one-time authorization codes for CMP enrollment.",
     no_args_is_help=True,
 )
 
-CaDirOpt = Annotated[
-    Path, typer.Option("--ca-dir", "-d", help="The CA directory (ca.toml, ca.db, ra.key).", envvar="TOKENISSUE_CA_DIR")
-]
 StatusChoice = enum.Enum("StatusChoice", {s.name: s.value for s in RegistrationStatus}, type=str)  # type: ignore[misc]
 
 
@@ -32,18 +27,6 @@ def _open(ctx: typer.Context, ca_dir: Path) -> Any:
     from ..ca.authority import CertificateAuthority
 
     return CertificateAuthority.open(ca_dir, module=state(ctx).module)
-
-
-def _validity(text: str) -> timedelta:
-    """'7d', '12h', '30m', '90s', '2w' or a plain number of days."""
-    t = text.strip().lower()
-    seconds = {"s": 1, "m": 60}
-    if t and t[-1] in seconds:
-        try:
-            return timedelta(seconds=float(t[:-1]) * seconds[t[-1]])
-        except ValueError:
-            raise UsageError(f"'{text}' is not a duration like 7d, 12h, 30m or 90s.") from None
-    return parse_duration(t)
 
 
 def _row(reg: Any, now: Any) -> dict[str, Any]:
@@ -82,7 +65,7 @@ def register(
     """Register a holder: prints a reference number and an authorization code, once."""
     from ..ca.registration import RegistrationAuthority
 
-    validity = _validity(valid)
+    validity = parse_duration(valid)
     with _open(ctx, ca_dir) as ca:
         reg, code = RegistrationAuthority(ca).register(subject, profile, valid=validity, san=san or [])
     if json_out:
