@@ -101,11 +101,19 @@ def test_personal_banking_carries_the_example_policy(profiles: dict[str, Profile
     assert p.days == 365
 
 
-@pytest.mark.parametrize("name", ["tls-server", "smime"])
-def test_builtin_profiles_certify_no_key_transport(profiles: dict[str, Profile], name: str) -> None:
-    """tokenissue's token keys cannot decrypt, so no built-in profile may say they can."""
+def test_smime_certifies_no_key_transport(profiles: dict[str, Profile]) -> None:
+    """tokenissue's token keys cannot decrypt, so S/MIME must not invite mail encrypted to them."""
     for kind in ("rsa-2048", "ec-p256", "ec-p384", "ed25519"):
-        usage = key_usage_for(profiles[name], pub(kind))
+        usage = key_usage_for(profiles["smime"], pub(kind))
+        assert usage.digital_signature and not usage.key_encipherment
+
+
+def test_tls_server_marks_rsa_keys_for_key_encipherment(profiles: dict[str, Profile]) -> None:
+    """NSS refuses an RSA server certificate without keyEncipherment (tests/interop/test_nss.py);
+    EC and Ed25519 keys never get it."""
+    assert key_usage_for(profiles["tls-server"], pub("rsa-2048")).key_encipherment
+    for kind in ("ec-p256", "ec-p384", "ed25519"):
+        usage = key_usage_for(profiles["tls-server"], pub(kind))
         assert usage.digital_signature and not usage.key_encipherment
 
 

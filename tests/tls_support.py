@@ -1,0 +1,81 @@
+"""OpenSSL pieces the TLS interop tests share: an environment for openssl commands, libp11's
+engine configuration for keys on the SoftHSM token, and an ``openssl s_server`` on 127.0.0.1
+started by a test and stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import SOFTHSM_MODULE, SoftHSM
+from lifecycle_support import ENGINE_SO
+
+
+def openssl_env(hsm: SoftHSM, **extra: str) -> dict[str, str]:
+    """The environment for an openssl command next to ``hsm``. OPENSSL_CONF only for the command
+    that uses the token key (pass it in ``extra``): with the engine loaded, OpenSSL cannot use
+    file keys in the same command."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
+    env.update({"SOFTHSM2_CONF": str(hsm.conf), "LC_ALL": "C", **extra})
+    return env
+
+
+def engine_conf(path: Path) -> Path:
+    """An OpenSSL configuration at ``path`` that loads libp11's engine for SoftHSM."""
+    assert ENGINE_SO is not None
+    path.write_text(
+        "openssl_conf = openssl_init\n"
+        "[openssl_init]\nengines = engine_section\n"
+        "[engine_section]\npkcs11 = pkcs11_section\n"
+        "[pkcs11_section]\nengine_id = pkcs11\n"
+        f"dynamic_path = {ENGINE_SO}\nMODULE_PATH = {SOFTHSM_MODULE}\ninit = 0\n"
+    )
+    return path
+
+
+def pkcs11_id(hex_id: str) -> str:
+    """A key ID in hex as a PKCS#11 URI's percent-encoded ``id``."""
+    return "".join(f"%{hex_id[i:i + 2]}" for i in range(0, len(hex_id), 2))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def s_server(args: list[str], env: dict[str, str]) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """``openssl s_server -accept 127.0.0.1:PORT *args``, once it listens; killed by PID after."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        # Wait until it listens: s_server prints ACCEPT once the socket is bound. Read the raw
+        # pipe (not the buffered text wrapper, which would swallow lines the selector then misses).
+        assert server.stdout is not None
+        fd = server.stdout.fileno()
+        seen = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"ACCEPT\n" not in seen:
+                if not sel.select(timeout=60):
+                    pytest.fail(f"openssl s_server did not start: {seen.decode(errors='replace')}")
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    pytest.fail(f"openssl s_server exited {server.wait()}: {seen.decode(errors='replace')}")
+                seen += chunk
+        yield port, server
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, 9)
+        server.wait(timeout=30)
