@@ -63,7 +63,7 @@ from .models import CertObject, CertRecord, CertStatus, JournalEntry, KeyInfo, K
 from .p11 import KeySelector, TokenSelector, TokenSession, open_token
 from .pkix.certs import cert_record, fingerprint_sha256, load_certificates, verify_chain
 from .pkix.csr import build_csr, load_csr
-from .pkix.names import format_san, parse_san, parse_subject
+from .pkix.names import format_san, parse_san, parse_subject, sans_of
 from .pkix.proof import prove_possession
 
 __all__ = [
@@ -579,10 +579,7 @@ def renewal_params(
 ) -> EnrollParams:
     """Enrollment parameters that renew ``report``'s certificate: same subject, SANs and profile."""
     cert = x509.load_der_x509_certificate(report.cert.der)
-    try:
-        sans = tuple(format_san(n) for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        sans = ()
+    sans = tuple(format_san(n) for n in sans_of(cert))
     kt = _key_type_of(cert.public_key())
     return EnrollParams(
         token_serial=token_serial,

@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 from cmp_server_support import Served, served
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
+from conftest import USER_PIN, SoftHSM
 from cryptography import x509
 from lifecycle_support import ENGINE_SO, TokenCA, make_token_ca
+from tls_support import engine_conf
 
 pytestmark = [
     pytest.mark.interop,
@@ -74,25 +75,13 @@ class Setup:
         return {row["serial"]: row for row in self.ca.issued()}
 
 
-def _engine_conf(path: Path) -> Path:
-    assert ENGINE_SO is not None
-    path.write_text(
-        "openssl_conf = openssl_init\n"
-        "[openssl_init]\nengines = engine_section\n"
-        "[engine_section]\npkcs11 = pkcs11_section\n"
-        "[pkcs11_section]\nengine_id = pkcs11\n"
-        f"dynamic_path = {ENGINE_SO}\nMODULE_PATH = {SOFTHSM_MODULE}\ninit = 0\n"
-    )
-    return path
-
-
 @pytest.fixture
 def setup(softhsm: SoftHSM, tmp_path: Path) -> Iterator[Setup]:
     if ENGINE_SO is None:
         pytest.skip("libengine-pkcs11-openssl is not installed")
     ca = make_token_ca(softhsm)
     with served(ca) as server:
-        yield Setup(ca, server, tmp_path, _engine_conf(tmp_path / "engine.cnf"))
+        yield Setup(ca, server, tmp_path, engine_conf(tmp_path / "engine.cnf"))
 
 
 def _cert(path: Path) -> x509.Certificate:

@@ -17,8 +17,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from tokenissue.errors import CAUnavailable, UsageError
 from tokenissue.models import RevocationReason
 from tokenissue.pkix.certs import dump_certificates, issue_certificate, random_serial, self_signed_ca
-from tokenissue.pkix.crl import REASON_FLAGS, build_crl
+from tokenissue.pkix.crl import build_crl
 from tokenissue.pkix.names import parse_subject
+from tokenissue.pkix.reasons import REASON_FLAGS
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 

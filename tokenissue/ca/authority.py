@@ -46,7 +46,8 @@ from ..pkix.certs import (
 )
 from ..pkix.crl import build_crl
 from ..pkix.csr import verify_csr
-from ..pkix.names import parse_subject
+from ..pkix.names import parse_subject, sans_of
+from ..publickeys import same_public_key
 from .profiles import Profile, check_request, eku_for, get_profile, key_usage_for, load_profiles
 
 __all__ = ["CertificateAuthority", "Issued"]
@@ -206,7 +207,7 @@ class CertificateAuthority:
         certs = load_certificates(cert_data)
         cert = certs[0]
         chain = certs[1:] + (load_certificates(chain_data) if chain_data else [])
-        if _spki(load_csr(csr_path.read_bytes()).public_key()) != _spki(cert.public_key()):
+        if not same_public_key(load_csr(csr_path.read_bytes()).public_key(), cert.public_key()):
             raise RequestRejected("That certificate is not for this CA's key.")
         try:
             bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -315,9 +316,7 @@ class CertificateAuthority:
                 return earlier
         verify_csr(csr)
         try:
-            san = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-        except x509.ExtensionNotFound:
-            san = []
+            san = sans_of(csr)
         except ValueError:
             # A duplicated or malformed extension: cryptography refuses to read the list.
             raise RequestRejected("The CSR's extensions cannot be read; make a new request.") from None
@@ -347,7 +346,7 @@ class CertificateAuthority:
         if earlier is None:
             return None
         cert = x509.load_der_x509_certificate(earlier.der)
-        if _spki(cert.public_key()) != _spki(public_key):
+        if not same_public_key(cert.public_key(), public_key):
             raise RequestRejected(f"Request {request_id} was already answered for another key.")
         return Issued(cert, earlier, self.chain())
 
@@ -523,6 +522,3 @@ class CertificateAuthority:
         return self.inventory.list_certificates(status=status, expiring_before=before)
 
 
-def _spki(public_key: Any) -> bytes:
-    der: bytes = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return der

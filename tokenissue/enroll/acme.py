@@ -71,8 +71,10 @@ from .. import hooks
 from ..errors import CAUnavailable, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import load_certificates
+from ..pkix.reasons import reason_code
+from ..publickeys import same_public_key
 from .acme_options import ACMEOptions, Challenge, directory_url
-from .base import EnrollResult
+from .base import EnrollResult, retry_after_seconds
 
 __all__ = ["ACMEEnroller", "renewal_info_id"]
 
@@ -83,17 +85,6 @@ BAD_NONCE_RETRIES: Final = 8
 ORDER_KEEP: Final = datetime.timedelta(days=30)
 USER_AGENT: Final = "tokenissue"
 
-# RFC 5280 CRLReason codes, which ACME's revokeCert takes.
-_REASON_CODES: Final[dict[RevocationReason, int]] = {
-    RevocationReason.UNSPECIFIED: 0,
-    RevocationReason.KEY_COMPROMISE: 1,
-    RevocationReason.CA_COMPROMISE: 2,
-    RevocationReason.AFFILIATION_CHANGED: 3,
-    RevocationReason.SUPERSEDED: 4,
-    RevocationReason.CESSATION_OF_OPERATION: 5,
-    RevocationReason.CERTIFICATE_HOLD: 6,
-    RevocationReason.PRIVILEGE_WITHDRAWN: 9,
-}
 # Problem types that say the server, not the request, is the trouble (RFC 8555 §6.7).
 _UNAVAILABLE: Final = frozenset({"serverInternal", "badNonce"})
 
@@ -111,11 +102,6 @@ def renewal_info_id(cert: x509.Certificate) -> str:
     serial = n.to_bytes(n.bit_length() // 8 + 1, "big")  # a leading 0 octet keeps it positive
     b64 = base64.urlsafe_b64encode
     return f"{b64(aki).decode().rstrip('=')}.{b64(serial).decode().rstrip('=')}"
-
-
-def _spki(public_key: Any) -> bytes:
-    der: bytes = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return der
 
 
 class _Responder(http.server.ThreadingHTTPServer):
@@ -221,7 +207,7 @@ class ACMEEnroller:
             pem = self._post_as_get(acme, str(body.certificate)).text
         certs = load_certificates(pem.encode())
         leaf, chain = certs[0], certs[1:]
-        if _spki(leaf.public_key()) != _spki(csr.public_key()):
+        if not same_public_key(leaf.public_key(), csr.public_key()):
             raise RequestRejected("The ACME server issued a certificate for another key than the CSR's; it is not used.")
         chain = self._complete_chain(leaf, chain)
         self.options.progress(f"ACME: certificate issued in {time.monotonic() - started:.1f} s.")
@@ -238,7 +224,7 @@ class ACMEEnroller:
             raise UsageError("Revoking at an ACME server needs the certificate itself (it is on the token).")
         acme = self._connect()
         with self._translate("the revocation"):
-            acme.revoke(cert, _REASON_CODES[reason])
+            acme.revoke(cert, reason_code(reason))
 
     def status(self, serial: int) -> CertStatus | None:
         del serial
@@ -529,7 +515,7 @@ class ACMEEnroller:
                     f"The ACME server did not finish {what} within {self.options.timeout:.0f} s; "
                     "run the same command again to pick up the order."
                 )
-            wait = _retry_after(result[1], delay)
+            wait = retry_after_seconds(result[1].headers.get("Retry-After"), delay)
             self.options.progress(f"ACME: {what} is {result[0]}; asking again in {wait:.1f} s.")
             time.sleep(max(0.0, min(wait, deadline - now)))
             delay = min(delay * 2, MAX_POLL)
@@ -583,23 +569,6 @@ def _problem_text(problem: Any) -> str:
     code = getattr(problem, "code", None)
     text = str(detail or code or "no detail given").rstrip(".")
     return f"{text} ({code})" if code and detail else text
-
-
-def _retry_after(response: requests.Response, default: float) -> float:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return default
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return default
-    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def _system_roots() -> Iterator[x509.Certificate]:

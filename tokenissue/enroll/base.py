@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 
 from ..models import CertStatus, RevocationReason
 
-__all__ = ["EnrollResult", "Enroller", "KeyUpdater"]
+__all__ = ["EnrollResult", "Enroller", "KeyUpdater", "retry_after_seconds"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,30 @@ class KeyUpdater(Protocol):
         extensions, authenticated by ``current_key``, the key of ``current_cert``. Asking again
         with the same ``request_id`` returns the same answer."""
         ...
+
+
+def retry_after_seconds(value: str | None, default: float, *, now: datetime | None = None) -> float:
+    """Seconds to wait as an HTTP Retry-After header says (RFC 9110 §10.2.3): delta-seconds or
+    an HTTP-date, never negative; ``default`` when the header is missing, unreadable, or not a
+    finite number ("nan", "inf"). Callers cap the wait for the user in front of them.
+
+    Not certbot's ``ClientV2.retry_after``: it answers with a naive local time, and compares an
+    HTTP-date (which is UTC) with the local clock, hours off outside UTC.
+    """
+    if value is None or not value.strip():
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return default
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        return default
+    return max(0.0, seconds)

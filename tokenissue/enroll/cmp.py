@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import ssl
 import time
@@ -57,6 +56,7 @@ from ..credentials import Secret
 from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import verify_chain
+from ..pkix.reasons import REASON_FLAGS
 from ..protocols.cmp import (
     DEFAULT_MAX_MESSAGE_SIZE,
     CMPError,
@@ -73,7 +73,8 @@ from ..protocols.cmp import (
     protect_signature,
     verify_protection,
 )
-from .base import EnrollResult
+from ..publickeys import same_public_key
+from .base import EnrollResult, retry_after_seconds
 
 __all__ = ["CMPEnroller", "canonical_auth_code", "transaction_id_for"]
 
@@ -86,16 +87,6 @@ ID_IT_CERT_PROFILE: Final = "1.3.6.1.5.5.7.4.21"
 AuthCode = Secret | SharedSecret
 AuthCodeSource = AuthCode | Callable[[], AuthCode]
 
-_REASONS: Final[dict[RevocationReason, x509.ReasonFlags]] = {
-    RevocationReason.UNSPECIFIED: x509.ReasonFlags.unspecified,
-    RevocationReason.KEY_COMPROMISE: x509.ReasonFlags.key_compromise,
-    RevocationReason.CA_COMPROMISE: x509.ReasonFlags.ca_compromise,
-    RevocationReason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
-    RevocationReason.SUPERSEDED: x509.ReasonFlags.superseded,
-    RevocationReason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
-    RevocationReason.CERTIFICATE_HOLD: x509.ReasonFlags.certificate_hold,
-    RevocationReason.PRIVILEGE_WITHDRAWN: x509.ReasonFlags.privilege_withdrawn,
-}
 # Refusals that say the server, not the request, is the problem.
 _UNAVAILABLE: Final = frozenset({"systemUnavail", "systemFailure", "timeNotAvailable", "transactionIdInUse"})
 _AUTH_FAILURES: Final = frozenset(
@@ -130,11 +121,6 @@ def _nonce() -> bytes:
     return os.urandom(16)
 
 
-def _spki(public_key: Any) -> bytes:
-    der: bytes = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
@@ -296,7 +282,7 @@ class CMPEnroller:
     ) -> EnrollResult:
         """kur signed by the current certificate's key, POP by ``new_key`` (RFC 9483 §4.1.3)."""
         del token_serial, key_id, label, replaces
-        if _spki(new_key.public_key()) != _spki(csr.public_key()):
+        if not same_public_key(new_key.public_key(), csr.public_key()):
             raise UsageError("The renewal CSR was not made with the key to be certified.")
         nonce = _nonce()
         msg = build_kur(
@@ -326,7 +312,7 @@ class CMPEnroller:
         if cert.serial_number != serial:
             raise UsageError(f"The certificate given has serial {cert.serial_number:x}, not {serial:x}.")
         nonce = _nonce()
-        msg = build_rr(cert.issuer, serial, _REASONS[reason], sender=cert.subject, sender_nonce=nonce)
+        msg = build_rr(cert.issuer, serial, REASON_FLAGS[reason], sender=cert.subject, sender_nonce=nonce)
         protection = _Protection(key=key, cert=cert, anchors=self._trust)
         rsp = self._exchange(protection.protect(msg), "rp", protection, msg, nonce)
         # An authenticated certRevoked (in the rp, or as the error refusing a request signed by
@@ -399,7 +385,7 @@ class CMPEnroller:
         if cert is None:
             raise CAUnavailable(f"The CMP server at {self.url} accepted the request but sent no certificate.")
         try:
-            if _spki(cert.public_key()) != _spki(public_key):
+            if not same_public_key(cert.public_key(), public_key):
                 raise CMPError(
                     "badCertTemplate",
                     f"The CMP server at {self.url} issued a certificate for another key than the one requested; "
@@ -582,7 +568,8 @@ class CMPEnroller:
                 break
             # 503: the server (its database, say) is briefly unavailable and did nothing with the
             # request. The same message (same transactionID) is sent again after Retry-After.
-            time.sleep(_retry_after(response.headers.get("retry-after")))
+            # Repeat soon: the user is waiting (1 s without a Retry-After, a few seconds at most).
+            time.sleep(min(retry_after_seconds(response.headers.get("retry-after"), 1.0), _RETRY_AFTER_MAX_S))
         ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if response.status_code != 200:
             if ctype == CONTENT_TYPE and body:
@@ -605,18 +592,6 @@ class CMPEnroller:
 
 _UNAVAILABLE_TRIES: Final = 3
 _RETRY_AFTER_MAX_S = 5.0
-
-
-def _retry_after(value: str | None) -> float:
-    """Seconds to wait before repeating after a 503: the server's Retry-After (delta-seconds
-    only), 1 s without one, never more than a few seconds (the user is waiting)."""
-    try:
-        wait = float(value) if value is not None else 1.0
-    except ValueError:
-        wait = 1.0
-    if not math.isfinite(wait):  # "nan", "inf"
-        wait = 1.0
-    return min(max(wait, 0.0), _RETRY_AFTER_MAX_S)
 
 
 def _is_tls_trust_error(e: BaseException) -> bool:

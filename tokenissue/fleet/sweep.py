@@ -27,10 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
 from .. import hooks
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
@@ -40,6 +36,7 @@ from ..lifecycle import EnrollParams, StepHook, certificate_status, enroll, rene
 from ..models import CertRecord, CertStatus
 from ..p11 import TokenSelector, load_module, open_token
 from ..pkix.certs import dump_certificates, load_certificates
+from ..publickeys import certificate_spki
 
 __all__ = ["HOOK_TIMEOUT_S", "SweepItem", "due", "renewer", "resume_renewals", "run_hook", "superseded", "sweep"]
 
@@ -108,7 +105,7 @@ def superseded(records: list[CertRecord]) -> set[int]:
     for r in records:
         if r.status is not CertStatus.VALID:
             continue
-        spki = _spki(r.der)
+        spki = certificate_spki(r.der)
         if spki is None:
             continue
         k = (spki, r.subject, r.profile)
@@ -120,14 +117,6 @@ def superseded(records: list[CertRecord]) -> set[int]:
         out.add(older.serial)
         newest[k] = newer
     return out
-
-
-def _spki(der: bytes) -> bytes | None:
-    try:
-        key = x509.load_der_x509_certificate(der).public_key()
-        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    except (ValueError, UnsupportedAlgorithm):
-        return None
 
 
 def sweep(

@@ -42,6 +42,7 @@ from ..models import (
     TransactionKind,
     TransactionState,
 )
+from ..publickeys import certificate_spki
 from ._audit import GENESIS_HASH, audit_hash, canonical_json, check_no_secrets
 from ._errors import DuplicateRegistration, DuplicateRequest, DuplicateTransaction, translate
 from ._schema import audit, certificates, cmp_transactions, counters, journal, registrations, settings
@@ -137,19 +138,6 @@ def _octets_hex(value: bytes, name: str, limit: int) -> str:
     if not isinstance(value, bytes | bytearray) or not 0 < len(value) <= limit:
         raise ValueError(f"{name} must be 1 to {limit} bytes")
     return bytes(value).hex()
-
-
-def _spki_of(der: bytes) -> bytes | None:
-    """The DER SubjectPublicKeyInfo of a DER certificate; None if either does not parse."""
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        key = x509.load_der_x509_certificate(der).public_key()
-        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    except (ValueError, UnsupportedAlgorithm):
-        return None
 
 
 def _json_dict(text: str) -> dict[str, object]:
@@ -624,7 +612,7 @@ class Inventory:
         verbatim), and a match is confirmed by parsing. Key compromises are rare, and that
         costs microseconds per certificate, so no index (and no migration) is needed.
         """
-        spki = _spki_of(bytes(row.der))
+        spki = certificate_spki(bytes(row.der))
         if spki is None:
             return []
         query = select(certificates).where(
@@ -635,7 +623,7 @@ class Inventory:
         ).order_by(certificates.c.not_before, certificates.c.serial)
         if lock:
             query = query.with_for_update()
-        return [r for r in conn.execute(query).all() if spki in bytes(r.der) and _spki_of(bytes(r.der)) == spki]
+        return [r for r in conn.execute(query).all() if spki in bytes(r.der) and certificate_spki(bytes(r.der)) == spki]
 
     def serial_exists(self, serial: int) -> bool:
         """Whether a certificate with this serial is recorded (the CA's reuse check)."""

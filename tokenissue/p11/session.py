@@ -43,6 +43,7 @@ from ..errors import (
     UsageError,
 )
 from ..models import CertObject, KeyAlgorithm, KeyInfo, KeyType, TokenInfo
+from ..publickeys import spki_der
 from ._capabilities import (
     KEY_TEMPLATE_STEPS,
     OPTIONAL_CERT_ATTRIBUTES,
@@ -521,14 +522,14 @@ class TokenSession:
 
     def find_key_for(self, public: Any) -> KeyInfo | None:
         """The private key whose public half is ``public``, if any."""
-        want = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        want = spki_der(public)
         ids = self._cert_ids()
         for priv in self._private_objects():
             try:
                 have = self._public_from(self._public_object(bytes(priv[Attribute.ID])), priv)
             except TokenError:
                 continue
-            if have.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == want:
+            if spki_der(have) == want:
                 return self._key_info(priv, ids)
         return None
 

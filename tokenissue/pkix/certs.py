@@ -21,6 +21,7 @@ from cryptography.x509.oid import ObjectIdentifier
 
 from ..errors import CAUnavailable, RequestRejected, UsageError
 from ..models import CertRecord
+from ..publickeys import same_public_key
 from .csr import hash_for
 
 __all__ = [
@@ -101,20 +102,13 @@ def _utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _spki(public_key: Any) -> bytes:
-    der: bytes = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der
-
-
 def check_key_matches_certificate(private_key: Any, cert: x509.Certificate) -> None:
     """Raise :class:`CAUnavailable` unless ``private_key`` belongs to ``cert``.
 
     Signing with the wrong key produces a certificate nobody can verify, and on a token the
     mistake (a wrong CKA_ID or label) is easy to make, so we compare public keys first.
     """
-    if _spki(private_key.public_key()) != _spki(cert.public_key()):
+    if not same_public_key(private_key.public_key(), cert.public_key()):
         raise CAUnavailable(
             f"The CA key does not match the CA certificate for "
             f"'{cert.subject.rfc4514_string()}'; select the key that belongs to it."

@@ -12,20 +12,9 @@ from ..errors import CAUnavailable, UsageError
 from ..models import RevocationReason
 from .certs import check_key_matches_certificate
 from .csr import hash_for
+from .reasons import REASON_FLAGS
 
-__all__ = ["REASON_FLAGS", "build_crl"]
-
-#: How each CLI reason name is written in a CRL entry's reasonCode extension.
-REASON_FLAGS: dict[RevocationReason, x509.ReasonFlags] = {
-    RevocationReason.UNSPECIFIED: x509.ReasonFlags.unspecified,
-    RevocationReason.KEY_COMPROMISE: x509.ReasonFlags.key_compromise,
-    RevocationReason.CA_COMPROMISE: x509.ReasonFlags.ca_compromise,
-    RevocationReason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
-    RevocationReason.SUPERSEDED: x509.ReasonFlags.superseded,
-    RevocationReason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
-    RevocationReason.CERTIFICATE_HOLD: x509.ReasonFlags.certificate_hold,
-    RevocationReason.PRIVILEGE_WITHDRAWN: x509.ReasonFlags.privilege_withdrawn,
-}
+__all__ = ["build_crl"]
 
 # RFC 5280 §5.2.3: a CRL number is at most 20 octets, so non-negative and below 2**159.
 _MAX_CRL_NUMBER = 1 << 159

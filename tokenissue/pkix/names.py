@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from ..errors import RequestRejected, UsageError
 
-__all__ = ["check_names", "format_san", "parse_san", "parse_subject"]
+__all__ = ["check_names", "format_san", "parse_san", "parse_subject", "sans_of"]
 
 # Attribute names beyond cryptography's own (CN, L, ST, O, OU, C, STREET, DC, UID), in the
 # spellings of RFC 4519 and OpenSSL. cryptography looks names up case-sensitively although
@@ -338,6 +338,19 @@ def parse_san(items: list[str]) -> list[x509.GeneralName]:
             raise UsageError(e.message) from None
         out.append(general)
     return out
+
+
+def sans_of(item: x509.Certificate | x509.CertificateSigningRequest | x509.Extensions) -> list[x509.GeneralName]:
+    """The subjectAltName entries of a certificate, a CSR or an extension list; none without one.
+
+    A CSR whose extensions cryptography cannot read (a duplicated or malformed one) raises
+    ValueError: the caller decides what to tell.
+    """
+    extensions = item if isinstance(item, x509.Extensions) else item.extensions
+    try:
+        return list(extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
 
 
 def format_san(name: x509.GeneralName) -> str:

@@ -7,18 +7,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from ..errors import RequestRejected
 
-__all__ = ["prove_possession", "same_public_key"]
-
-
-def same_public_key(a: Any, b: Any) -> bool:
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    return bool(a.public_bytes(der, spki) == b.public_bytes(der, spki))
+__all__ = ["prove_possession"]
 
 
 def prove_possession(private_key: Any, cert: x509.Certificate) -> None:

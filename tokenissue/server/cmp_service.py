@@ -100,7 +100,8 @@ from ..models import (
     TransactionKind,
     TransactionState,
 )
-from ..pkix.names import parse_san, parse_subject
+from ..pkix.names import parse_san, parse_subject, sans_of
+from ..pkix.reasons import reason_from_flag
 from ..protocols.cmp import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ID_IT_CA_CERTS,
@@ -129,6 +130,7 @@ from ..protocols.cmp import (
     verify_pop,
     verify_protection,
 )
+from ..publickeys import same_public_key
 
 __all__ = ["CMPService", "Reply", "StepHook"]
 
@@ -138,17 +140,9 @@ _MAC_OIDS: Final = (PBM_OID, PBMAC1_OID)
 _NEW_TRANSACTION: Final = ("ir", "cr", "p10cr", "kur", "rr")
 # Requests a client may repeat with the same transactionID to collect what it was issued.
 _REPEATABLE: Final = ("ir", "cr", "p10cr", "kur")
-# CRLReason as CMP carries it → what the inventory records. removeFromCRL and aACompromise
-# make no sense from a holder and are refused.
-_REASONS: Final = {
-    x509.ReasonFlags.unspecified: RevocationReason.UNSPECIFIED,
-    x509.ReasonFlags.key_compromise: RevocationReason.KEY_COMPROMISE,
-    x509.ReasonFlags.affiliation_changed: RevocationReason.AFFILIATION_CHANGED,
-    x509.ReasonFlags.superseded: RevocationReason.SUPERSEDED,
-    x509.ReasonFlags.cessation_of_operation: RevocationReason.CESSATION_OF_OPERATION,
-    x509.ReasonFlags.certificate_hold: RevocationReason.CERTIFICATE_HOLD,
-    x509.ReasonFlags.privilege_withdrawn: RevocationReason.PRIVILEGE_WITHDRAWN,
-}
+# Reasons a holder cannot give for its own certificate (besides removeFromCRL and aACompromise,
+# which name none): a compromise of the CA is for the CA operator to declare.
+_NOT_FROM_HOLDER: Final = frozenset({RevocationReason.CA_COMPROMISE})
 _PBM_ITERATIONS: Final = 10_000  #: for answers when the request's count cannot be read
 _INTERNAL_TEXT: Final = "The CA could not process the request; try again later or ask the CA operator."
 #: The one answer to a MAC-protected request that did not authenticate: unknown or malformed
@@ -408,7 +402,7 @@ class CMPService:
             assert ctx.ref is not None
             self._verify_mac(ctx, ctx.ref)
         cert = x509.load_der_x509_certificate(rec.der)
-        if req.public_key is None or _spki(req.public_key) != _spki(cert.public_key()):
+        if req.public_key is None or not same_public_key(req.public_key, cert.public_key()):
             raise in_use
         _check_pop(req)
         ctx.fields["serial"] = format(rec.serial, "x")
@@ -480,7 +474,7 @@ class CMPService:
         try:
             _check_pop(req)
             subject = _same_subject(signer.subject, req.subject, "the protection certificate")
-            san = _allowed_san(_sans(signer), req.sans, "the protection certificate")
+            san = _allowed_san(sans_of(signer), req.sans, "the protection certificate")
             public_key = self._checked_key(ctx, rec.profile, subject, san)
         except CMPError:
             self._give_up(ctx)  # a definite refusal
@@ -498,7 +492,7 @@ class CMPService:
                     raise CMPError("badCertId", "oldCertID does not name the certificate that signed the request.")
             _check_pop(req)
             subject = _same_subject(signer.subject, req.subject, "the certificate being updated")
-            san = _allowed_san(_sans(signer), req.sans, "the certificate being updated")
+            san = _allowed_san(sans_of(signer), req.sans, "the certificate being updated")
             public_key = self._checked_key(ctx, rec.profile, subject, san)
         except CMPError:
             self._give_up(ctx)  # a definite refusal
@@ -554,7 +548,7 @@ class CMPService:
             # same transactionID can try again and nothing can be issued twice.
             self._give_up(ctx)
             raise
-        if _spki(issued.certificate.public_key()) != _spki(public_key):
+        if not same_public_key(issued.certificate.public_key(), public_key):
             # Two requests with this transactionID for different keys raced; the other won.
             raise CMPError("transactionIdInUse", "This transactionID was used before; start over with a new one.")
         ctx.fields["serial"] = format(issued.record.serial, "x")
@@ -616,8 +610,8 @@ class CMPService:
         target = req.revocations[0]
         if target.issuer != self._ca_cert.subject or target.serial != signer.serial_number:
             raise CMPError("notAuthorized", "A certificate can only be revoked with a request signed by its own key.")
-        reason = _REASONS.get(target.reason or x509.ReasonFlags.unspecified)
-        if reason is None:
+        reason = reason_from_flag(target.reason or x509.ReasonFlags.unspecified)
+        if reason is None or reason in _NOT_FROM_HOLDER:
             raise CMPError("badRequest", "That revocation reason cannot be requested by the certificate holder.")
         if repeat_of is None:
             self._begin(req, TransactionKind.RR, ctx)
@@ -741,13 +735,6 @@ class CMPService:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _spki(public_key: Any) -> bytes:
-    der: bytes = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der
-
-
 def _tid(req: CMPRequest) -> bytes:
     assert req.transaction_id is not None  # parse_request requires it
     return req.transaction_id
@@ -798,13 +785,6 @@ def _registered_subject(reg: Registration, requested: x509.Name | None) -> x509.
     except UsageError as e:  # pragma: no cover - register() parsed it before storing
         raise CMPError("systemFailure", "The registration's subject is damaged.") from e
     return _same_subject(fixed, requested, f"registration {reg.ref}")
-
-
-def _sans(cert: x509.Certificate) -> list[x509.GeneralName]:
-    try:
-        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        return []
 
 
 def _allowed_san(

@@ -23,7 +23,7 @@ from pyasn1.type import univ
 from pyasn1_alt_modules import rfc4211, rfc5280, rfc9480
 
 from ._crypto import HASH_OIDS, sign
-from ._der import cert_to_asn1, decode_as, name_to_general_name, tlv
+from ._der import cert_to_asn1, decode_as, name_to_general_name, same_public_key, spki_der, tlv
 from ._errors import FAILURE_INFO_NAMES, FailureInfo
 from ._parse import (
     ID_IT_CA_CERTS,
@@ -369,10 +369,8 @@ def _cert_req_msg(
     cert_req_id: int,
     old_cert: x509.Certificate | None,
 ) -> Any:
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
     public_key = public_key if public_key is not None else signing_key.public_key()
-    if signing_key.public_key().public_bytes(der, spki) != public_key.public_bytes(der, spki):
+    if not same_public_key(signing_key.public_key(), public_key):
         raise ValueError("the proof of possession must be signed with the key being certified")
     msg = rfc4211.CertReqMsg()
     request = msg["certReq"]
@@ -381,7 +379,7 @@ def _cert_req_msg(
     spec = template.componentType
     if subject is not None:
         template["subject"] = decode_as(spec["subject"].asn1Object, subject.public_bytes())
-    template["publicKey"] = decode_as(spec["publicKey"].asn1Object, public_key.public_bytes(der, spki))
+    template["publicKey"] = decode_as(spec["publicKey"].asn1Object, spki_der(public_key))
     all_extensions = list(extensions)
     if sans:
         # RFC 5280 §4.2.1.6: with an empty subject the SAN is the identity and is critical.

@@ -43,7 +43,9 @@ __all__ = [
     "oid_str",
     "plain_der",
     "public_key_from_spki",
+    "same_public_key",
     "set_bits",
+    "spki_der",
     "tlv",
     "to_der",
 ]
@@ -371,6 +373,17 @@ def public_key_from_spki(value: Any) -> Any:
         raise CMPError("badCertTemplate", "The public key in the certificate template cannot be parsed.") from e
     except UnsupportedAlgorithm as e:
         raise CMPError("badAlg", "The public key in the certificate template is of an unsupported type.") from e
+
+
+def spki_der(public_key: Any) -> bytes:
+    """The DER SubjectPublicKeyInfo of a cryptography public key."""
+    der: bytes = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der
+
+
+def same_public_key(a: Any, b: Any) -> bool:
+    """Whether two cryptography public keys are the same key (the same SubjectPublicKeyInfo)."""
+    return spki_der(a) == spki_der(b)
 
 
 def oid_str(value: Any) -> str:

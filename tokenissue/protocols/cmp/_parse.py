@@ -9,7 +9,6 @@ the header's senderKID and sender select. The pyasn1 message stays available as 
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import unicodedata
 from dataclasses import dataclass, field, replace
@@ -113,6 +112,13 @@ _REASONS: Final[dict[int, x509.ReasonFlags]] = {
     9: x509.ReasonFlags.privilege_withdrawn,
     10: x509.ReasonFlags.aa_compromise,
 }
+
+
+def _sans(extensions: x509.Extensions) -> tuple[x509.GeneralName, ...]:
+    try:
+        return tuple(extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return ()
 
 
 def sanitize_text(text: str) -> str:
@@ -379,10 +385,7 @@ def _crmf_request(body: Any) -> dict[str, Any]:
     subject = name_from_asn1(template["subject"]) if is_present(template["subject"]) else None
     public_key = _public_key(template["publicKey"]) if is_present(template["publicKey"]) else None
     extensions = extensions_from_asn1(template["extensions"]) if is_present(template["extensions"]) else None
-    sans: tuple[x509.GeneralName, ...] = ()
-    if extensions is not None:
-        with contextlib.suppress(x509.ExtensionNotFound):
-            sans = tuple(extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    sans = _sans(extensions) if extensions is not None else ()
     old_cert_id = None
     if is_present(cert_req["controls"]):
         for control in cert_req["controls"]:
@@ -529,10 +532,7 @@ def _parse_request(msg: Any) -> CMPRequest:
             raise CMPError("badAlg", "The PKCS#10 request's key type is not supported.") from e
         if not isinstance(public_key, _CERTIFIABLE):
             raise CMPError("badAlg", "The PKCS#10 request's key type cannot be certified.")
-        try:
-            sans = tuple(extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-        except x509.ExtensionNotFound:
-            sans = ()
+        sans = _sans(extensions)
         fields = {
             "cert_req_id": -1,
             "subject": subject,

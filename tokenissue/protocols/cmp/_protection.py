@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.type import univ
@@ -52,6 +52,7 @@ from ._der import (
     name_to_general_name,
     octets,
     oid_str,
+    same_public_key,
     set_bits,
     tlv,
 )
@@ -382,9 +383,7 @@ def protect_signature(
     to build a path). ``private_key`` may be a token key: only ``sign()`` and
     ``public_key()`` are called.
     """
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if private_key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+    if not same_public_key(private_key.public_key(), cert.public_key()):
         raise ConfigError(
             f"The signing key does not belong to the CMP protection certificate "
             f"'{cert.subject.rfc4514_string()}'; select the key that belongs to it."
