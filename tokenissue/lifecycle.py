@@ -567,8 +567,8 @@ def certificate_status(
     return out
 
 
-def find_due(reports: list[CertStatusReport], key: KeySelector | None, kid: bytes | None) -> list[CertStatusReport]:
-    """The certificates to renew: those due (or all of one key's when it is named)."""
+def find_due(reports: list[CertStatusReport], kid: bytes | None = None) -> list[CertStatusReport]:
+    """The certificates to renew: those due, or every one of the key ``kid`` when it is named."""
     if kid is not None:
         return [r for r in reports if r.cert.id == kid]
     return [r for r in reports if r.renew_due]

@@ -130,7 +130,6 @@ class KeyInfo:
     decrypt_flag: bool = False
     """CKA_DECRYPT or CKA_UNWRAP as the token set them (a TPM sets them on every key)."""
     has_certificate: bool = False
-    key_description: str = ""
     template: str = ""
     """The key template step the token accepted (p11 KEY_TEMPLATE_STEPS); empty when not made now."""
 

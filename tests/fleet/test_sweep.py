@@ -154,3 +154,35 @@ def test_a_pin_in_a_locale_like_variable_never_reaches_the_hook(fleet: TokenCA, 
         text = (told / str(i["serial"])).read_text()
         assert "LC_PIN" not in text and USER_PIN not in text and "secret" not in text, text
         assert "LC_ALL=C.UTF-8" in text
+
+
+def test_due_sweeps_by_each_profile_renew_before_days(softhsm: SoftHSM) -> None:
+    ca = make_token_ca(softhsm)
+    personal = ca.enroll("CN=By Profile,O=Example", "--label", "p")
+    ca.enroll("CN=Default Window,O=Example", "--profile", "tls-client", "--label", "t")
+    # The CA's administrator now asks for personal certificates to be renewed 399 days before
+    # they expire (a 400-day profile): the one issued for 365 days is due, tls-client's is not.
+    (ca.dir / "profiles.toml").write_text("[profiles.personal]\ndays = 400\nrenew_before_days = 399\n")
+    proc = ca.run("ca", "list", "--ca", str(ca.dir), "--due", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [i["serial"] for i in json.loads(proc.stdout)] == [personal["serial"]]
+    both = ca.run("ca", "list", "--ca", str(ca.dir), "--due", "--within", "30d")
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_profile_window_falls_back_for_a_profile_the_ca_no_longer_has() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tokenissue.ca.profiles import load_profiles
+    from tokenissue.fleet.sweep import profile_window
+    from tokenissue.models import CertRecord
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def record(profile: str, days: int) -> CertRecord:
+        return CertRecord(1, "CN=x", "CN=ca", start, start + timedelta(days=days), "00", profile, b"")
+
+    window = profile_window(load_profiles(None))
+    assert window(record("personal", 365)) == timedelta(days=load_profiles(None)["personal"].renew_before_days)
+    assert window(record("gone", 365)) == timedelta(days=30)
+    assert window(record("gone", 9)) == timedelta(days=3)

@@ -219,11 +219,19 @@ def list_issued(
             f"certificate replaces yet; {DURATION_HELP}.",
         ),
     ] = None,
+    due: Annotated[
+        bool,
+        typer.Option(
+            "--due",
+            help="The expiry sweep by each certificate's profile: those whose renewal is due, "
+            "renew_before_days before they expire (default 30 days, or a third of the lifetime).",
+        ),
+    ] = False,
     hook: Annotated[
         str | None,
         typer.Option(
             "--hook",
-            help="With --within: run this command once per certificate (PEM on stdin, TOKENISSUE_SERIAL, "
+            help="With --within or --due: run this command once per certificate (PEM on stdin, TOKENISSUE_SERIAL, "
             "_SUBJECT, _NOT_AFTER, _DAYS_LEFT, _TOKEN_SERIAL, _SWEEP_ACTION... in the environment; no shell). "
             "Exit 0 = notified.",
         ),
@@ -232,7 +240,7 @@ def list_issued(
         bool,
         typer.Option(
             "--renew",
-            help="With --within: renew each certificate on its token when that token is present here "
+            help="With --within or --due: renew each certificate on its token when that token is present here "
             "(the token serial the CA recorded at enrollment), with the holder PIN options.",
         ),
     ] = False,
@@ -242,19 +250,24 @@ def list_issued(
     ca_pin_file: CaPinFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List what the CA issued, with status; with --within, the expiry sweep (notify or renew).
+    """List what the CA issued, with status; with --within or --due, the expiry sweep (notify or renew).
 
     Run the sweep daily. Exit status 8 when a renewal or a hook failed, or a token needed for
     --renew is not present and no hook told its holder.
     """
-    if within is None and (hook or renew or rekey):
-        raise UsageError("--hook, --renew and --rekey belong to the expiry sweep; give --within too (e.g. 30d).")
+    if within is not None and due:
+        raise UsageError("Give --within or --due, not both.")
+    if within is None and not due and (hook or renew or rekey):
+        raise UsageError(
+            "--hook, --renew and --rekey belong to the expiry sweep; give --within (e.g. 30d) or --due too."
+        )
     if rekey and not renew:
         raise UsageError("--rekey goes with --renew.")
-    if within is None:
+    if within is None and not due:
         _list_all(ctx, ca_dir, json_out)
         return
-    _sweep(ctx, ca_dir, parse_duration(within), hook, renew, rekey, pin_file, pin_env, ca_pin_file, json_out)
+    window = parse_duration(within) if within is not None else None
+    _sweep(ctx, ca_dir, window, hook, renew, rekey, pin_file, pin_env, ca_pin_file, json_out)
 
 
 def resolve_serial(text: str, ca: Any) -> int:
@@ -306,7 +319,7 @@ def _sweep(
     from contextlib import ExitStack
 
     from ..errors import Incomplete
-    from ..fleet.sweep import renewer, resume_renewals, sweep
+    from ..fleet.sweep import profile_window, renewer, resume_renewals, sweep
     from ._common import user_pin_source
     from .lifecycle import holder_state, open_ca, step_hook
 
@@ -337,7 +350,8 @@ def _sweep(
             records = ca.list()  # renewals just finished have replaced their certificates
         # ... and their successors, issued moments ago, are not due.
         fresh = frozenset(i.new_serial for i in resumed if i.new_serial is not None)
-        items = resumed + sweep(records, within=within, hook=hook, renew=renew_one, skip=fresh)
+        window = within if within is not None else profile_window(ca.profiles)
+        items = resumed + sweep(records, within=window, hook=hook, renew=renew_one, skip=fresh)
     if json_out:
         emit_json(
             [{**record_dict(i.record), "days_left": i.days_left, "action": i.action, "notified": i.notified,

@@ -659,7 +659,7 @@ def renew(
     when the server offers it; otherwise by the rule above.
     """
     from .. import p11
-    from ..lifecycle import certificate_status, ref_of, renewal_params
+    from ..lifecycle import certificate_status, find_due, ref_of, renewal_params
     from ..lifecycle import enroll as run_enroll
 
     pin = user_pin_source(pin_file, pin_env, protected_auth).get()
@@ -676,7 +676,7 @@ def renew(
             token_serial = s.info.name
         if kid is None and within is None:
             reports = [_ari(ctx, r, acme, ca_trust) for r in reports]
-        todo = [r for r in reports if r.cert.id == kid] if kid is not None else [r for r in reports if r.renew_due]
+        todo = find_due(reports, kid)
         if kid is not None and not todo:
             raise UsageError(f"Key '{key}' has no certificate on the token to renew.")
         if not todo:

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from .. import hooks
+from ..ca.profiles import Profile
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
 from ..errors import KeyNotFound, PinIncorrect, TokenIssueError, TokenNotFound, UsageError
@@ -65,17 +66,37 @@ class SweepItem:
         return self.action in ("due", "renewed") or (self.action == "token-absent" and self.notified is True)
 
 
+Window = timedelta | Callable[[CertRecord], timedelta]
+
+
+def profile_window(profiles: Mapping[str, Profile]) -> Callable[[CertRecord], timedelta]:
+    """Each certificate's renewal window from its profile's ``renew_before_days``; for a profile
+    the CA no longer has, the same default a profile gets (30 days, or a third of the lifetime
+    when that is shorter)."""
+
+    def window(record: CertRecord) -> timedelta:
+        profile = profiles.get(record.profile)
+        if profile is not None:
+            return timedelta(days=profile.renew_before_days)
+        return min(timedelta(days=30), (record.not_after - record.not_before) / 3)
+
+    return window
+
+
 def due(
-    records: list[CertRecord], within: timedelta, *, now: datetime | None = None, skip: frozenset[int] = frozenset()
+    records: list[CertRecord], within: Window, *, now: datetime | None = None, skip: frozenset[int] = frozenset()
 ) -> list[CertRecord]:
-    """Valid certificates expiring within ``within`` that nothing has superseded (and whose
-    serial is not in ``skip``: successors issued moments ago). See :func:`superseded`."""
+    """Valid certificates expiring within ``within`` (one time for all, or each certificate's
+    own, such as its profile's renew_before_days) that nothing has superseded, and whose serial
+    is not in ``skip`` (successors issued moments ago). See :func:`superseded`."""
     now = now or datetime.now(UTC)
     replaced = superseded(records) | skip
+    window = within if callable(within) else (lambda _r: within)
     return sorted(
-        (r for r in records if r.status is CertStatus.VALID and r.not_after <= now + within and r.serial not in replaced),
+        (r for r in records
+         if r.status is CertStatus.VALID and r.serial not in replaced and r.not_after <= now + window(r)),
         key=lambda r: r.not_after,
-    )
+    )  # fmt: skip
 
 
 def superseded(records: list[CertRecord]) -> set[int]:
@@ -122,7 +143,7 @@ def superseded(records: list[CertRecord]) -> set[int]:
 def sweep(
     records: list[CertRecord],
     *,
-    within: timedelta,
+    within: Window,
     hook: str | None = None,
     renew: Callable[[CertRecord], int] | None = None,
     on_item: Callable[[SweepItem], None] | None = None,
