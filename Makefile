@@ -18,7 +18,7 @@ PROBES := /usr/bin/softhsm2-util /usr/bin/pkcs11-tool /usr/bin/p11tool \
           /usr/lib/x86_64-linux-gnu/libtss2-tcti-tabrmd.so.0 /usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so \
           /usr/bin/tpm2_ptool /usr/bin/dbus-daemon /usr/bin/certutil
 
-.PHONY: demo test deps venv lint clean bench
+.PHONY: demo test test-fast deps venv lint clean bench
 
 deps:
 	@missing=0; for p in $(PROBES); do \
@@ -45,6 +45,12 @@ demo: deps venv
 
 test: deps venv
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory lint
+
+# The fast tier while working: the pure tests (no token, no server, about a minute) and the
+# static checks. CI runs the whole suite with 'make test'.
+test-fast: venv
+	$(BIN)/pytest -q tests/unit
 	$(MAKE) --no-print-directory lint
 
 lint: venv

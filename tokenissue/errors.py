@@ -181,3 +181,10 @@ class Incomplete(TokenIssueError):
     its own, and running the same command again retries them (the finished ones are kept)."""
 
     exit_code = 8
+
+
+def stops_a_run(error: BaseException) -> bool:
+    """Whether ``error``, met on one item of a run over many tokens (batch, sweep, resume),
+    stops the run: a refused PIN, or one that cannot be had, would be the same for every further
+    item, and each try of a refused one counts on its token. A locked PIN is its token's alone."""
+    return isinstance(error, PinError) and not isinstance(error, PinLocked)

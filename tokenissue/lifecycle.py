@@ -59,7 +59,8 @@ from .errors import (
     UsageError,
 )
 from .inventory import Inventory
-from .models import CertObject, CertRecord, CertStatus, JournalEntry, KeyInfo, KeyType, RevocationReason
+from .models import CertObject, CertRecord, CertState, CertStatus, JournalEntry, KeyInfo, KeyType, RevocationReason
+from .models import JournalStep as Step
 from .p11 import KeySelector, TokenSelector, TokenSession, open_token
 from .pkix.certs import cert_record, fingerprint_sha256, load_certificates, verify_chain
 from .pkix.csr import build_csr, load_csr
@@ -169,7 +170,7 @@ def _find_done(s: TokenSession, entries: list[JournalEntry], state: Inventory, p
     """
     now = datetime.now(UTC)
     for entry in reversed(entries):
-        if not entry.finished or entry.state != "done" or "cert" not in entry.data or "key_id" not in entry.data:
+        if not entry.finished or entry.state != Step.DONE or "cert" not in entry.data or "key_id" not in entry.data:
             continue
         cert = load_certificates(str(entry.data["cert"]).encode())[0]
         kid = bytes.fromhex(str(entry.data["key_id"]))
@@ -233,18 +234,18 @@ def enroll(
                 resumed = False
                 entry = state.journal_start("enroll", params.as_json(), data=_first_data(s, params))
                 jid = entry.id
-                on_step("started")
+                on_step(Step.STARTED)
             else:
                 found = state.journal_get(jid)
-                if found is None or (found.finished and found.state != "done"):
+                if found is None or (found.finished and found.state != Step.DONE):
                     raise UsageError(f"Enrollment {jid} is no longer open (another process ended it); nothing to resume.")
                 entry = found
             data: dict[str, Any] = dict(entry.data)
             st = entry.state
             # The profile's require_sign_only is known only to a CA in this process.
-            strict = params.require_sign_only or (st in ("started", "key") and enroller.sign_only_required(params.profile))
+            strict = params.require_sign_only or (st in (Step.STARTED, Step.KEY) and enroller.sign_only_required(params.profile))
             try:
-                if st == "started":
+                if st == Step.STARTED:
                     key = _key_step(s, params, state, jid, data, strict=strict)
                     on_step("key-generated")
                     kid = key.id
@@ -256,27 +257,27 @@ def enroll(
                         f"Key '{key.label}' does not prove it was generated on the token and never left it "
                         "(CKA_LOCAL, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE); refusing to certify it."
                     )
-                if strict and key.can_decrypt and st in ("started", "key"):
+                if strict and key.can_decrypt and st in (Step.STARTED, Step.KEY):
                     # A key reused for renewal (or adopted from an interrupted run) is checked too.
                     raise KeyUsageForced(
                         f"Key '{key.label}' on token '{s.info.label}' can decrypt as well as sign, and sign-only keys "
                         "were required (--require-sign-only or the profile's require_sign_only); refusing to certify it."
                     )
                 private = s.private_key(KeySelector(id=kid))
-                if st in ("started", "key"):
+                if st in (Step.STARTED, Step.KEY):
                     csr = build_csr(private, name, sans)
                     # Recorded with the request: whether the token forced the key to decrypt too.
                     entry = state.journal_update(
-                        jid, "csr", key_id=kid.hex(), label=key.label, csr=csr.public_bytes(serialization.Encoding.PEM).decode(),
+                        jid, Step.CSR, key_id=kid.hex(), label=key.label, csr=csr.public_bytes(serialization.Encoding.PEM).decode(),
                         key_can_decrypt=key.can_decrypt,
                     )
                     data, st = dict(entry.data), entry.state
-                    on_step("csr")
-                if st == "csr":
+                    on_step(Step.CSR)
+                if st == Step.CSR:
                     result = _ask_ca(s, state, enroller, params, load_csr(str(data["csr"]).encode()), private, jid, kid, key.label)
-                    on_step("issued")
+                    on_step(Step.ISSUED)
                     entry = state.journal_update(
-                        jid, "issued", cert=_pem(result.certificate), chain=[_pem(c) for c in result.chain]
+                        jid, Step.ISSUED, cert=_pem(result.certificate), chain=[_pem(c) for c in result.chain]
                     )
                     data, st = dict(entry.data), entry.state
                     on_step("issued-recorded")
@@ -287,27 +288,27 @@ def enroll(
                 # the entry stays open and the next run asks again with the same request ID.
                 # A request that never reached the CA (refused connection, unknown host, a 404
                 # from a mistyped URL) is as definite as a refusal: nothing was issued.
-                if st in ("started", "key") or (st == "csr" and isinstance(e, RequestRejected | CANotReached)):
+                if st in (Step.STARTED, Step.KEY) or (st == Step.CSR and isinstance(e, RequestRejected | CANotReached)):
                     _abort(s, state, jid, data, params)
                 raise
             cert = load_certificates(str(data["cert"]).encode())[0]
             chain = [load_certificates(p.encode())[0] for p in data.get("chain", [])]
-            if st == "issued":
+            if st == Step.ISSUED:
                 prove_possession(private, cert)
                 verify_chain(cert, chain)
                 s.write_certificate(cert, key_id=kid, label=key.label)
                 for ca in chain:
                     ski = x509.SubjectKeyIdentifier.from_public_key(ca.public_key()).digest
                     s.write_certificate(ca, key_id=ski, label=_cn(ca), trusted=True)
-                on_step("written")
+                on_step(Step.WRITTEN)
                 if params.replaces_sha256 or params.final_label:
                     # A renewal removes the old certificate next: journal that this one is on the
                     # token first, so a crash in between never leaves the holder with neither.
-                    st = state.journal_update(jid, "written").state
+                    st = state.journal_update(jid, Step.WRITTEN).state
                 else:
-                    st = "written"  # writing again is idempotent: "done" below is the next write
+                    st = Step.WRITTEN  # writing again is idempotent: "done" below is the next write
             replaced = int(params.replaces, 16) if params.replaces else None
-            if st == "written":
+            if st == Step.WRITTEN:
                 if params.replaces_sha256 and params.old_key_id:
                     _retire(s, params.replaces_sha256, bytes.fromhex(params.old_key_id), keep_key_id=kid)
                 # The old key held this label until _retire removed it; a crash in between
@@ -320,8 +321,8 @@ def enroll(
                     cert, profile=params.profile, token_serial=s.info.name, key_id=kid, label=key.label,
                     request_id=jid, replaces=replaced,
                 )  # fmt: skip
-                state.journal_finish(jid, "done", record=record)
-                on_step("done")
+                state.journal_finish(jid, Step.DONE, record=record)
+                on_step(Step.DONE)
             return EnrollOutcome(
                 journal_id=jid,
                 token_label=s.info.label,
@@ -414,7 +415,7 @@ def _key_step(
         # An entry an older version started and left before journaling its label: journal
         # it now, before generating, as that version would have.
         first = _first_data(s, params)
-        state.journal_update(jid, "started", **first)
+        state.journal_update(jid, Step.STARTED, **first)
         data.update(first)
     label = str(data["label"])
     # A run killed inside key generation can leave the public half of a pair whose private key
@@ -436,7 +437,7 @@ def _abort(s: TokenSession, state: Inventory, jid: str, data: dict[str, Any], pa
     """Undo an enrollment that failed before issuance: remove the key it generated."""
     if not params.reuse_key_id and data.get("generated"):
         remove_uncertified_keys(s, str(data.get("label")))
-    state.journal_finish(jid, "aborted")
+    state.journal_finish(jid, Step.ABORTED)
 
 
 def remove_uncertified_keys(s: TokenSession, label: str) -> int:
@@ -477,7 +478,7 @@ def _cn(cert: x509.Certificate) -> str:
 @dataclass(frozen=True)
 class CertStatusReport:
     cert: CertObject
-    state: str  # valid | expiring | expired | revoked
+    state: CertState
     days_left: int
     renew_due: bool
     record: CertRecord | None
@@ -556,14 +557,14 @@ def certificate_status(
         secs = (c.not_after - now).total_seconds()
         days_left = int(secs // 86400)
         if revoked:
-            st = "revoked"
+            st = CertState.REVOKED
         elif secs <= 0:
-            st = "expired"
+            st = CertState.EXPIRED
         elif c.not_after - now <= (within if within is not None else default_renewal_window(c)):
-            st = "expiring"
+            st = CertState.EXPIRING
         else:
-            st = "valid"
-        out.append(CertStatusReport(c, st, days_left, st != "valid", rec, ca))
+            st = CertState.VALID
+        out.append(CertStatusReport(c, st, days_left, st is not CertState.VALID, rec, ca))
     return out
 
 
@@ -671,7 +672,7 @@ class Unfinished:
     @property
     def may_be_issued(self) -> bool:
         """The CA was asked, so it may hold a certificate even when none came back."""
-        return self.step not in ("started", "key")
+        return self.step not in (Step.STARTED, Step.KEY)
 
     def as_json(self) -> dict[str, object]:
         cert = self.certificate
@@ -761,7 +762,7 @@ def _abandon(
     entry = state.journal_get(journal_id)
     assert entry is not None
     if entry.finished:
-        if entry.state == "abandoned":
+        if entry.state == Step.ABANDONED:
             return _unfinished(entry, "abandoned")
         raise UsageError(f"Enrollment {journal_id} is already finished ({entry.state}); there is nothing to abandon.")
     found = _unfinished(entry)
@@ -772,7 +773,7 @@ def _abandon(
             )
         if entry.data.get("generated") and not entry.params.get("reuse_key_id"):
             remove_key(found.token_serial, str(entry.data.get("label")))
-        state.journal_finish(journal_id, "abandoned")
+        state.journal_finish(journal_id, Step.ABANDONED)
         return replace(found, state="abandoned")
     if present(found.token_serial):
         raise UsageError(
@@ -788,5 +789,5 @@ def _abandon(
             key_id=bytes.fromhex(str(kid)) if kid else None, label=str(entry.data.get("label") or "") or None,
             request_id=entry.id, replaces=None,
         )  # fmt: skip
-    state.journal_finish(journal_id, "abandoned", record=record)
+    state.journal_finish(journal_id, Step.ABANDONED, record=record)
     return replace(found, state="abandoned")

@@ -14,8 +14,10 @@ __all__ = [
     "CMPTransaction",
     "CertObject",
     "CertRecord",
+    "CertState",
     "CertStatus",
     "JournalEntry",
+    "JournalStep",
     "KeyAlgorithm",
     "KeyInfo",
     "KeyType",
@@ -157,6 +159,15 @@ class CertObject:
     has_key: bool
 
 
+class CertState(enum.StrEnum):
+    """A certificate on a token as the holder sees it; the value is what status prints."""
+
+    VALID = "valid"
+    EXPIRING = "expiring"  #: within its renewal window: renewal is due
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
 class CertStatus(enum.Enum):
     VALID = "valid"
     REVOKED = "revoked"
@@ -195,6 +206,26 @@ class CertRecord:
     label: str | None = None
     request_id: str | None = None  # the enrollment that asked for it: makes issuance idempotent
     replaces: int | None = None  # serial of the certificate this one renews or re-issues
+
+
+class JournalStep(enum.StrEnum):
+    """How far an enrollment's journal entry has come; the value is what the journal stores.
+
+    Open: STARTED (label chosen), CSR (key made, CSR signed: the CA may now be asked), ISSUED
+    (the CA's answer kept), WRITTEN (the certificate on the token; a renewal retires the old
+    one after this). KEY is written by no current version: entries older versions left there
+    (key made, no CSR yet) resume like STARTED ones. Ended: DONE (recorded), ABORTED (failed
+    before the CA could have issued, the key removed), ABANDONED (ended by the holder).
+    """
+
+    STARTED = "started"
+    KEY = "key"
+    CSR = "csr"
+    ISSUED = "issued"
+    WRITTEN = "written"
+    DONE = "done"
+    ABORTED = "aborted"
+    ABANDONED = "abandoned"
 
 
 @dataclass(frozen=True)

@@ -476,7 +476,7 @@ def test_ca_list_sweep_window_is_within_and_expiring_still_works(tmp_path: Path,
     from tokenissue.cli import main
 
     assert main(["ca", "list", "--ca", str(tmp_path), "--hook", "true"]) == 2
-    assert "give --within too" in capfd.readouterr().err
+    assert "give --within (e.g. 30d) or --due too" in capfd.readouterr().err
     for spelling in ("--within", "--expiring"):
         assert main(["ca", "list", "--ca", str(tmp_path), spelling, "soon"]) == 2, spelling
         assert "'soon' is not a duration like 30d, 12h, 30m or 2w." in capfd.readouterr().err

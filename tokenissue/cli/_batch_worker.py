@@ -38,8 +38,7 @@ def _serve() -> int:
     from ..fleet.batch import RowResult, run_batch
     from ..fleet.parallel import worker_rows
     from ..inventory import Inventory
-    from .batch import Enrollers
-    from .lifecycle import CmpArgs, step_hook
+    from ._enrolling import CmpArgs, Enrollers, step_hook
 
     setup: dict[str, Any] = json.loads(sys.stdin.readline() or "{}")
     pin = PROTECTED_AUTH if setup.get("protected_auth") else (Pin(setup["pin"]) if setup.get("pin") is not None else None)

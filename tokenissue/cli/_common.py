@@ -339,3 +339,15 @@ def holder_token(
 
 def ca_pin_source(ca_pin_file: Path | None) -> PinSource:
     return PinSource("TOKENISSUE_CA_PIN", "CA PIN", pin_file=ca_pin_file)
+
+
+CaTrustOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-trust",
+        help="CMP: PEM file of CA certificates to trust: the root of the issued chain, the signer of "
+        "the server's signed answers, and for cmp+https the server's TLS certificate "
+        "(default: the system's trust store).",
+        envvar="TOKENISSUE_CA_TRUST",
+    ),
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ..models import CertObject, KeyInfo, TokenInfo
+from ..models import CertObject, CertRecord, KeyInfo, RevocationReason, TokenInfo
 from ..p11.uri import format_uri
 
 
@@ -92,3 +92,28 @@ def plain(value: object) -> Any:
 
 def yesno(v: bool) -> str:
     return "[green]yes[/]" if v else "[red]no[/]"
+
+
+def record_dict(r: Any) -> dict[str, Any]:
+    return {
+        "serial": format(r.serial, "x"),
+        "subject": r.subject,
+        "profile": r.profile,
+        "not_before": r.not_before,
+        "not_after": r.not_after,
+        "status": r.status.value,
+        "revoked_at": r.revoked_at,
+        "reason": r.revocation_reason.value if r.revocation_reason else None,
+        "token_serial": r.token_serial,
+        "key_id": r.key_id.hex() if r.key_id else None,
+        "sha256": r.sha256,
+    }
+
+
+def revoked_lines(recs: list[CertRecord], why: RevocationReason, *, one_key: bool) -> list[str]:
+    """What a revocation tells the user: each certificate, and, when a key compromise revoked a
+    key's certificates (``one_key``: ``recs`` are all of one key), how many."""
+    names = [f"{r.serial:x} ({r.subject})" for r in recs]
+    if one_key and len(recs) > 1:
+        return [f"Revoked {len(recs)} certificates of this key: {', '.join(names)}; reason {why.value}."]
+    return [f"Revoked {name}, reason {why.value}." for name in names]

@@ -6,7 +6,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,6 +16,7 @@ import typer
 from ..errors import Incomplete, TokenIssueError, UsageError
 from ._common import (
     CaPinFileOpt,
+    CaTrustOpt,
     JsonOpt,
     PinEnvOpt,
     PinFileOpt,
@@ -25,11 +26,10 @@ from ._common import (
     state,
     user_pin_source,
 )
-from .lifecycle import CaTrustOpt, CmpArgs, holder_state, open_ca, step_hook
+from ._enrolling import Enrollers, holder_state, open_ca, step_hook
 
 if TYPE_CHECKING:
     from ..credentials import Pin, ProtectedAuth, Secret
-    from ..enroll.base import Enroller
     from ..fleet.batch import BatchRow, RowResult
 
 app = typer.Typer(help="Work on many tokens at once.", no_args_is_help=True)
@@ -268,37 +268,6 @@ def _read_codes(path: Path) -> dict[str, Secret]:
             raise UsageError(f"{path} line {n}: ref {ref} appears twice.")
         codes[ref] = Secret(code.strip())
     return codes
-
-
-class Enrollers:
-    """One enroller for the batch's CA (a local CA: one for the whole batch, the CA PIN asked
-    once); for CMP one per row, since each row has its own reference and code. ``opener``
-    opens an enroller, given the row's CMP arguments or None."""
-
-    def __init__(self, opener: Callable[[CmpArgs | None], Enroller], codes: dict[str, Secret], trust: Path | None) -> None:
-        self.opener, self.codes, self.trust = opener, codes, trust
-        self._shared: Enroller | None = None
-        self._last: Enroller | None = None
-
-    def get(self, row: BatchRow) -> Enroller:
-        if not self.codes:
-            if self._shared is None:
-                # Asks for the CA PIN only when the CA first signs, once for the whole batch.
-                self._shared = self.opener(None)
-            return self._shared
-        if self._last is not None:
-            self._last.close()
-        assert row.ref is not None
-        self._last = self.opener(CmpArgs(ref=row.ref, auth_code=self.codes[row.ref], trust_file=self.trust))
-        return self._last
-
-    def __enter__(self) -> Enrollers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for e in (self._shared, self._last):
-            if e is not None:
-                e.close()
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from ..models import CertRecord, KeyType, RevocationReason
+from ..models import KeyType, RevocationReason
 from ._common import (
     DURATION_HELP,
     CaDirOpt,
@@ -27,7 +27,7 @@ from ._common import (
     parse_reason,
     state,
 )
-from ._render import FORCED_NOTE, plain
+from ._render import FORCED_NOTE, plain, record_dict, revoked_lines
 
 app = typer.Typer(help="Run a certificate authority whose key lives on a token.", no_args_is_help=True)
 audit_app = typer.Typer(help="The CA's append-only, hash-chained audit log.", no_args_is_help=True)
@@ -40,22 +40,6 @@ def _open(ctx: typer.Context, ca_dir: Path) -> Any:
     from ..ca.authority import CertificateAuthority
 
     return CertificateAuthority.open(ca_dir, module=state(ctx).module)
-
-
-def record_dict(r: Any) -> dict[str, Any]:
-    return {
-        "serial": format(r.serial, "x"),
-        "subject": r.subject,
-        "profile": r.profile,
-        "not_before": r.not_before,
-        "not_after": r.not_after,
-        "status": r.status.value,
-        "revoked_at": r.revoked_at,
-        "reason": r.revocation_reason.value if r.revocation_reason else None,
-        "token_serial": r.token_serial,
-        "key_id": r.key_id.hex() if r.key_id else None,
-        "sha256": r.sha256,
-    }
 
 
 def _url_has_password(url: str) -> bool:
@@ -321,7 +305,7 @@ def _sweep(
     from ..errors import Incomplete
     from ..fleet.sweep import profile_window, renewer, resume_renewals, sweep
     from ._common import user_pin_source
-    from .lifecycle import holder_state, open_ca, step_hook
+    from ._enrolling import holder_state, open_ca, step_hook
 
     with ExitStack() as stack:
         ca = stack.enter_context(_open(ctx, ca_dir))
@@ -395,7 +379,7 @@ def revoke(
 
     Key compromise revokes the key: every unexpired certificate of that public key goes too.
     """
-    from .lifecycle import lost_token_identity, require_recorded_token
+    from ._enrolling import lost_token_identity, require_recorded_token
 
     if (serial is None) == (token_serial is None):
         raise UsageError("Give either a SERIAL or --token-serial.")
@@ -418,15 +402,6 @@ def revoke(
         for line in revoked_lines(recs, why, one_key=serial is not None):
             console().print(line, markup=False)
         console().print("Publish a CRL with 'tokenissue ca crl'.")
-
-
-def revoked_lines(recs: list[CertRecord], why: RevocationReason, *, one_key: bool) -> list[str]:
-    """What a revocation tells the user: each certificate, and, when a key compromise revoked a
-    key's certificates (``one_key``: ``recs`` are all of one key), how many."""
-    names = [f"{r.serial:x} ({r.subject})" for r in recs]
-    if one_key and len(recs) > 1:
-        return [f"Revoked {len(recs)} certificates of this key: {', '.join(names)}; reason {why.value}."]
-    return [f"Revoked {name}, reason {why.value}." for name in names]
 
 
 @app.command("crl")

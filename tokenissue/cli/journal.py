@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from ._common import JsonOpt, PinEnvOpt, PinFileOpt, ProtectedAuthOpt, console, emit_json, user_pin_source
+from ._enrolling import holder_state, present_token_serials, revoke_lost_command
 from ._render import plain
-from .lifecycle import holder_state, present_token_serials, revoke_lost_command
 
 app = typer.Typer(
     help="Enrollments and renewals not finished yet: list them, or end one whose token is gone for good.",

@@ -4,38 +4,44 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import os
-import signal
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..credentials import Secret
-from ..errors import Incomplete, KeyNotFound, PinError, TokenIssueError, TokenNotFound, UsageError
-from ..models import CertStatus, KeyType, RevocationReason
+from ..errors import Incomplete, KeyNotFound, TokenIssueError, TokenNotFound, UsageError, stops_a_run
+from ..models import CertState, CertStatus, KeyType, RevocationReason
 from ._common import (
     DURATION_HELP,
     CaPinFileOpt,
+    CaTrustOpt,
     JsonOpt,
     PinEnvOpt,
     PinFileOpt,
     ProtectedAuthOpt,
     ReasonOpt,
     RequireSignOnlyOpt,
-    ca_pin_source,
     console,
     emit_json,
     err_console,
     holder_token,
     parse_duration,
     parse_reason,
-    read_secret_file,
     state,
     user_pin_source,
+)
+from ._enrolling import (
+    AcmeArgs,
+    AuthCodeSource,
+    CmpArgs,
+    holder_state,
+    lost_token_identity,
+    open_ca,
+    present_token_serials,
+    require_recorded_token,
+    revoke_lost_command,
+    step_hook,
+    unlock_local_ca,
 )
 from ._render import FORCED_NOTE, plain
 
@@ -71,17 +77,6 @@ AuthCodeFileOpt = Annotated[
         "first line (must be chmod 600); '-' reads stdin. Default: $TOKENISSUE_AUTH_CODE, else a hidden prompt.",
     ),
 ]
-CaTrustOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--ca-trust",
-        help="CMP: PEM file of CA certificates to trust: the root of the issued chain, the signer of "
-        "the server's signed answers, and for cmp+https the server's TLS certificate "
-        "(default: the system's trust store).",
-        envvar="TOKENISSUE_CA_TRUST",
-    ),
-]
-
 DomainOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -130,159 +125,6 @@ AcmeTrustOpt = Annotated[
         envvar="TOKENISSUE_ACME_TRUST",
     ),
 ]
-
-AUTH_CODE_ENV = "TOKENISSUE_AUTH_CODE"
-
-
-@dataclass
-class AuthCodeSource:
-    """Where the CMP authorization code comes from: --auth-code-file, $TOKENISSUE_AUTH_CODE or a
-    hidden prompt, never argv. Read once, when first needed, then kept for this process."""
-
-    file: Path | None
-    why: str = "Enrolling at a CMP server"  #: what needs it, for the message when it is missing
-    _value: Secret | None = field(default=None, repr=False)
-
-    def __call__(self) -> Secret:
-        if self._value is None:
-            self._value = self._read()
-        return self._value
-
-    def _read(self) -> Secret:
-        if self.file is not None:
-            return Secret(read_secret_file(self.file, "authorization code"))
-        value = os.environ.get(AUTH_CODE_ENV)
-        if value:
-            return Secret(value)
-        if not sys.stdin.isatty():
-            raise PinError(
-                f"{self.why} needs the authorization code: set {AUTH_CODE_ENV} or give --auth-code-file."
-            )
-        code: str = typer.prompt("Authorization code", hide_input=True)
-        return Secret(code)
-
-
-@dataclass(frozen=True)
-class CmpArgs:
-    """The CMP options of one command, passed to every enroller it opens."""
-
-    ref: str | None = None
-    auth_code: Callable[[], Secret] | Secret | None = None
-    trust_file: Path | None = None
-
-    def trust(self) -> list[Any]:
-        if self.trust_file is None:
-            return []
-        from ..pkix.certs import load_certificates
-
-        try:
-            data = self.trust_file.read_bytes()
-        except OSError:
-            raise UsageError(f"Cannot read the --ca-trust file '{self.trust_file}'.") from None
-        try:
-            return load_certificates(data)
-        except UsageError:
-            raise UsageError(f"The --ca-trust file '{self.trust_file}' holds no certificates.") from None
-
-
-@dataclass(frozen=True)
-class AcmeArgs:
-    """The ACME options of one command; the EAB HMAC key is read from its file only when set."""
-
-    email: str | None = None
-    eab_kid: str | None = None
-    eab_hmac_file: Path | None = None
-    challenge: str = "http-01"
-    http01_address: str = "0.0.0.0:80"
-    dns_hook: str | None = None
-    acme_trust: Path | None = None
-
-    def options(self, ctx: typer.Context, roots: list[Any]) -> Any:
-        from ..enroll.acme_options import ACMEOptions, Challenge, ExternalAccount
-
-        if (self.eab_kid is None) != (self.eab_hmac_file is None):
-            raise UsageError("External account binding needs both --eab-kid and --eab-hmac-file.")
-        eab = None
-        if self.eab_kid is not None and self.eab_hmac_file is not None:
-            eab = ExternalAccount(self.eab_kid, Secret(read_secret_file(self.eab_hmac_file, "EAB HMAC key")))
-        if self.acme_trust is not None and not self.acme_trust.is_file():
-            raise UsageError(f"Cannot read the --acme-trust file '{self.acme_trust}'.")
-        host, sep, port = self.http01_address.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UsageError(f"--http-01-address wants HOST:PORT, not '{self.http01_address}'.")
-        challenge = Challenge(self.challenge)
-        if challenge is Challenge.DNS_01 and not self.dns_hook:
-            raise UsageError("--challenge dns-01 needs --dns-hook, the command that publishes the TXT record.")
-
-        def progress(message: str) -> None:
-            err_console().print(message, markup=False, highlight=False)
-
-        return ACMEOptions(
-            state_dir=state(ctx).state_dir, email=self.email, eab=eab, challenge=challenge,
-            http01_address=(host.strip("[]") or "0.0.0.0", int(port)), dns_hook=self.dns_hook,  # noqa: S104
-            tls_trust=self.acme_trust, roots=roots, progress=progress,
-        )  # fmt: skip
-
-
-def holder_state(ctx: typer.Context) -> Any:
-    from ..inventory import Inventory
-
-    d = state(ctx).state_dir
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Inventory.open(d / "state.db")
-
-
-def step_hook() -> Any:
-    """Progress on stderr, and a fault-injection point for the crash tests.
-
-    TOKENISSUE_FAILPOINT=STEP kills this process with SIGKILL right after STEP, exactly as a
-    power cut would; the journal must then let the next run finish the work.
-    """
-    failpoint = os.environ.get("TOKENISSUE_FAILPOINT")
-
-    def hook(step: str) -> None:
-        if failpoint == step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
-
-
-def open_ca(
-    ctx: typer.Context, location: str, ca_pin_file: Path | None, cmp: CmpArgs | None = None, acme: AcmeArgs | None = None
-) -> Any:
-    from ..enroll import is_acme_location, is_cmp_location, open_enroller
-    from ..enroll.local import LocalCA
-
-    if acme is not None and is_acme_location(location):
-        enroller = open_enroller(location, acme=acme.options(ctx, cmp.trust() if cmp else []))
-    elif cmp is not None and is_cmp_location(location):
-        enroller = open_enroller(location, ref=cmp.ref, auth_code=cmp.auth_code, trust=cmp.trust())
-    else:
-        enroller = open_enroller(location, module=state(ctx).module)
-    if isinstance(enroller, LocalCA) and enroller.needs_ca_pin:
-        # Asked for only when the CA signs, and once per command however many CAs it opens.
-        enroller.ca_pin_provider = lambda: _ca_pin_once(ca_pin_file)
-    return enroller
-
-
-def unlock_local_ca(enroller: Any) -> None:
-    """Log in to a local CA's token now, before the holder's key is made: a wrong or missing CA
-    PIN must be told before anything is generated, not leave a key behind (revocation, which
-    needs no CA signature, does not call this)."""
-    from ..enroll.local import LocalCA
-
-    if isinstance(enroller, LocalCA) and enroller.needs_ca_pin:
-        enroller.unlock()
-
-
-_CA_PINS: dict[Path | None, Any] = {}
-
-
-def _ca_pin_once(ca_pin_file: Path | None) -> Any:
-    if ca_pin_file not in _CA_PINS:
-        _CA_PINS[ca_pin_file] = ca_pin_source(ca_pin_file).get()
-    return _CA_PINS[ca_pin_file]
-
 
 def enroll(
     ctx: typer.Context,
@@ -372,9 +214,9 @@ def enroll(
                         )  # fmt: skip
                     finally:
                         enroller.close()
-                except PinError:
-                    raise  # a refused PIN must not cost one try per entry
                 except TokenIssueError as err:
+                    if stops_a_run(err):
+                        raise  # a refused PIN must not cost one try per entry
                     # One entry that cannot go on (its token is absent, its CA down) must not keep
                     # the others from finishing: report it and go on, as a batch does.
                     failed.append({"journal_id": e.id, "token_serial": params.token_serial, "status": "failed",
@@ -424,96 +266,6 @@ def enroll(
         finally:
             enroller.close()
     _report([out.as_json()], json_out)
-
-
-def revoke_lost_command(ca: str, token_serial: str) -> str | None:
-    """The command that revokes a lost token's certificates at ``ca`` (and ends its unfinished
-    enrollments); None for a CMP or ACME CA, which revokes only with the certificate's key."""
-    from ..enroll import is_acme_location, is_cmp_location
-
-    if is_cmp_location(ca) or is_acme_location(ca):
-        return None
-    import shlex
-
-    # Quoted for the shell it is pasted into: a token identity URI is full of ';'.
-    return f"tokenissue revoke --token-serial {shlex.quote(token_serial)} --ca {shlex.quote(ca)}"
-
-
-def present_token_serials(ctx: typer.Context, *, unusable_module_is_none: bool = False) -> set[str]:
-    """Identities (p11.token_identity) of the tokens present now.
-
-    With ``unusable_module_is_none``, a module that cannot start (or be found) counts as no
-    token present. That is what a lost token can look like: a tpm2-pkcs11 store deleted with
-    its token makes C_Initialize itself fail, and 'revoke --token-serial' and 'journal list'
-    are the commands that must still work then. ('journal abandon' keeps the error: it may
-    only end an entry whose token is known to be absent.)
-    """
-    from .. import p11
-    from ..errors import ConfigError, TokenError
-
-    try:
-        return {t.name for t in p11.load_module(state(ctx).module).tokens()}
-    except (ConfigError, TokenError):
-        if not unusable_module_is_none:
-            raise
-        return set()
-
-
-def require_recorded_token(identity: str, *inventories: Any) -> None:
-    """Refuse a lost-token revocation that names no token these inventories ever recorded (a
-    label, a mistyped serial): 'nothing revoked' would read as success."""
-    from ..errors import NotFound
-
-    if any(inv.list_certificates(token_serial=identity) for inv in inventories):
-        return
-    raise NotFound(
-        f"No certificate is recorded for token '{identity}' at this CA, so nothing was revoked; --token-serial "
-        "takes the token's serial (or the pkcs11: URI where serials repeat) as 'tokenissue ca list' shows it in "
-        "its Token column, not its label."
-    )
-
-
-def lost_token_identity(value: str, *inventories: Any) -> str:
-    """The recorded identity a lost token's ``--token-serial`` names.
-
-    A serial that tells tokens apart is its own identity. Where serials repeat (every
-    tpm2-pkcs11 token has 0000000000000000) tokens are recorded under a pkcs11: URI: one such
-    token with that serial is taken; several are refused with the URIs to choose from.
-    """
-    from .. import p11
-    from ..errors import AmbiguousToken
-
-    if value.startswith("pkcs11:"):
-        # Recorded URIs are compared as tokens, not as strings: the holder may write the one
-        # 'journal list' showed with fewer attributes, another order or other percent-encoding.
-        wanted = p11.TokenSelector.parse(value)
-        if wanted.serial is None:
-            return value
-        recorded = {i for inv in inventories for i in inv.token_identities(wanted.serial)}
-        if value in recorded:
-            return value
-        found = sorted(i for i in recorded if i.startswith("pkcs11:") and _names(wanted, i))
-        if len(found) > 1:
-            raise AmbiguousToken(
-                f"{len(found)} recorded tokens match '{value}'; name one with --token-serial and its URI: "
-                f"{', '.join(repr(f) for f in found)}."
-            )
-        return found[0] if found else value
-    found = sorted({i for inv in inventories for i in inv.token_identities(value)})
-    if len(found) <= 1:
-        return found[0] if found else value
-    raise AmbiguousToken(
-        f"{len(found)} tokens with serial {value} are recorded (their serials do not tell them apart); "
-        f"name one with --token-serial and its URI: {', '.join(repr(f) for f in found)}."
-    )
-
-
-def _names(wanted: Any, identity: str) -> bool:
-    """Whether the selector ``wanted`` names the token recorded as the URI ``identity``."""
-    from .. import p11
-
-    t = p11.TokenSelector.parse(identity)
-    return bool(wanted.matches(t.label or "", t.serial or "", t.manufacturer or "", t.model or ""))
 
 
 def _relocate_all(db: Any, entries: list[Any], ca: str) -> None:
@@ -596,9 +348,9 @@ def status(
         table.add_row(plain(r.cert.label), plain(r.cert.subject), format(r.cert.serial, "x")[:16], f"{r.cert.not_after:%Y-%m-%d}", str(r.days_left), f"[{c}]{r.state}[/]")
     console().print(table)
     due = [r for r in reports if r.renew_due]
-    if any(r.state == "revoked" for r in due):
+    if any(r.state is CertState.REVOKED for r in due):
         console().print("[red]A certificate is revoked:[/] re-issue with 'tokenissue renew --rekey --key LABEL'.")
-    if any(r.state in ("expiring", "expired") for r in due):
+    if any(r.state in (CertState.EXPIRING, CertState.EXPIRED) for r in due):
         console().print("[yellow]Renewal is due:[/] run 'tokenissue renew --token ...'.")
 
 
@@ -688,7 +440,7 @@ def renew(
             return
         results = []
         for r in todo:
-            if r.state == "revoked" and not rekey:
+            if r.state is CertState.REVOKED and not rekey:
                 raise UsageError(f"Certificate {r.cert.serial:x} is revoked; re-issue it with --rekey (a revoked key is not reused).")
             where = ca or r.ca
             prof = profile or (r.record.profile if r.record else None)
@@ -746,7 +498,7 @@ def _ari(ctx: typer.Context, report: Any, acme: AcmeArgs, ca_trust: Path | None)
         return report
     if start is None or datetime.now(UTC) < start:
         return report
-    return dataclasses.replace(report, state="expiring", renew_due=True)
+    return dataclasses.replace(report, state=CertState.EXPIRING, renew_due=True)
 
 
 def revoke(
@@ -780,7 +532,7 @@ def revoke(
     from .. import p11
     from ..enroll import is_cmp_location
     from ..lifecycle import revoke_on_token
-    from .ca import record_dict, revoked_lines
+    from ._render import record_dict, revoked_lines
 
     if token_serial is not None:
         if ca is None:

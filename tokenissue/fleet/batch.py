@@ -35,7 +35,7 @@ from typing import Any
 
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
-from ..errors import PinError, PinIncorrect, TokenIssueError, TokenNotFound, UsageError
+from ..errors import PinError, TokenIssueError, TokenNotFound, UsageError, stops_a_run
 from ..inventory import Inventory
 from ..lifecycle import EnrollOutcome, EnrollParams, StepHook, enroll
 from ..models import KeyType
@@ -309,7 +309,7 @@ def _one(
     except TokenIssueError as e:
         return RowResult.of(
             row, "failed", token_serial=token_serial, error=e.message, exit_code=e.exit_code,
-            pin_refused=isinstance(e, PinIncorrect),
+            pin_refused=stops_a_run(e),
         )  # fmt: skip
     return _done(row, out)
 

@@ -21,6 +21,7 @@ Exit status 0 means notified; anything else is reported as a failed notification
 
 from __future__ import annotations
 
+import enum
 import shlex
 import subprocess
 from collections.abc import Callable, Mapping
@@ -31,7 +32,7 @@ from .. import hooks
 from ..ca.profiles import Profile
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
-from ..errors import KeyNotFound, PinIncorrect, TokenIssueError, TokenNotFound, UsageError
+from ..errors import KeyNotFound, TokenIssueError, TokenNotFound, UsageError, stops_a_run
 from ..inventory import Inventory
 from ..lifecycle import EnrollParams, StepHook, certificate_status, enroll, renewal_params
 from ..models import CertRecord, CertStatus
@@ -39,10 +40,19 @@ from ..p11 import TokenSelector, load_module, open_token
 from ..pkix.certs import dump_certificates, load_certificates
 from ..publickeys import certificate_spki
 
-__all__ = ["HOOK_TIMEOUT_S", "SweepItem", "due", "renewer", "resume_renewals", "run_hook", "superseded", "sweep"]
+__all__ = ["HOOK_TIMEOUT_S", "SweepAction", "SweepItem", "due", "renewer", "resume_renewals", "run_hook", "superseded", "sweep"]
 
 HOOK_TIMEOUT_S = 60
 _DETAIL_MAX = 300
+
+
+class SweepAction(enum.StrEnum):
+    """What the sweep did with a certificate; the value is what hooks and --json see."""
+
+    DUE = "due"  #: due, and only told (no --renew)
+    RENEWED = "renewed"
+    FAILED = "failed"
+    TOKEN_ABSENT = "token-absent"  # noqa: S105 (not a secret) --renew, but its token is not here
 
 
 @dataclass
@@ -50,7 +60,7 @@ class SweepItem:
     record: CertRecord
     days_left: int
     #: due (listed only), renewed, failed or token-absent
-    action: str = "due"
+    action: SweepAction = SweepAction.DUE
     detail: str | None = None
     new_serial: int | None = None
     #: None: no hook; True/False: the hook ran and succeeded / failed
@@ -63,7 +73,9 @@ class SweepItem:
         """Nothing left for a person to do: renewed, or listed / holder notified successfully."""
         if self.notified is False:
             return False
-        return self.action in ("due", "renewed") or (self.action == "token-absent" and self.notified is True)
+        return self.action in (SweepAction.DUE, SweepAction.RENEWED) or (
+            self.action is SweepAction.TOKEN_ABSENT and self.notified is True
+        )
 
 
 Window = timedelta | Callable[[CertRecord], timedelta]
@@ -160,20 +172,20 @@ def sweep(
     for rec in due(records, within, now=now, skip=skip):
         item = SweepItem(rec, int((rec.not_after - now).total_seconds() // 86400))
         if renew is not None and stopped is not None:
-            item.action, item.detail = "failed", stopped
+            item.action, item.detail = SweepAction.FAILED, stopped
         elif renew is not None:
             try:
                 item.new_serial = renew(rec)
-                item.action = "renewed"
+                item.action = SweepAction.RENEWED
             except TokenNotFound as e:
-                item.action, item.detail = "token-absent", e.message
-            except PinIncorrect as e:
-                # The same PIN goes to every token (and the CA PIN to the CA token at every
-                # renewal): one more try each would only spend tries, and lock tokens.
-                item.action, item.detail, item.pin_refused = "failed", e.message, True
-                stopped = f"Not renewed: a PIN was refused ({e.message.rstrip('.')}); no other token was tried."
+                item.action, item.detail = SweepAction.TOKEN_ABSENT, e.message
             except TokenIssueError as e:
-                item.action, item.detail = "failed", e.message
+                item.action, item.detail = SweepAction.FAILED, e.message
+                if stops_a_run(e):
+                    # The same PIN goes to every token (and the CA PIN to the CA token at every
+                    # renewal): one more try each would only spend tries, and lock tokens.
+                    item.pin_refused = True
+                    stopped = f"Not renewed: a PIN was refused ({e.message.rstrip('.')}); no other token was tried."
         if hook is not None:
             item.notified, why = run_hook(hook, item)
             if why:
@@ -207,7 +219,7 @@ def run_hook(hook: str, item: SweepItem) -> tuple[bool, str | None]:
         "TOKENISSUE_PROFILE": rec.profile,
         "TOKENISSUE_TOKEN_SERIAL": rec.token_serial or "",
         "TOKENISSUE_SHA256": rec.sha256,
-        "TOKENISSUE_SWEEP_ACTION": item.action,
+        "TOKENISSUE_SWEEP_ACTION": str(item.action),
     }
     pem = dump_certificates(load_certificates(rec.der), "pem")
     try:
@@ -295,15 +307,13 @@ def resume_renewals(
             load_module(module).token_info(selector)
             out = enroll(params, token=selector, pin=pin(), enroller=enroller, state=state, module=module,
                          journal_id=entry.id)  # fmt: skip
-            item.action, item.new_serial = "renewed", out.certificate.serial_number
+            item.action, item.new_serial = SweepAction.RENEWED, out.certificate.serial_number
             item.detail = "an interrupted renewal, finished now"
         except TokenNotFound:
-            item.action, item.detail = "token-absent", f"Token {params.token_serial} is not present; its renewal is half-done."
-        except PinIncorrect as e:
-            item.action, item.detail, item.pin_refused = "failed", e.message, True
-            items.append(item)
-            break
+            item.action, item.detail = SweepAction.TOKEN_ABSENT, f"Token {params.token_serial} is not present; its renewal is half-done."
         except TokenIssueError as e:
-            item.action, item.detail = "failed", e.message
+            item.action, item.detail, item.pin_refused = SweepAction.FAILED, e.message, stops_a_run(e)
         items.append(item)
+        if item.pin_refused:
+            break
     return items
