@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import selectors
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cmp_server_support import free_port
 from conftest import SOFTHSM_MODULE, SoftHSM
 from lifecycle_support import ENGINE_SO
 
@@ -42,13 +42,6 @@ def engine_conf(path: Path) -> Path:
 def pkcs11_id(hex_id: str) -> str:
     """A key ID in hex as a PKCS#11 URI's percent-encoded ``id``."""
     return "".join(f"%{hex_id[i:i + 2]}" for i in range(0, len(hex_id), 2))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager
