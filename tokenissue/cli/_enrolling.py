@@ -210,63 +210,6 @@ def present_token_serials(ctx: typer.Context, *, unusable_module_is_none: bool =
         return set()
 
 
-def require_recorded_token(identity: str, *inventories: Any) -> None:
-    """Refuse a lost-token revocation that names no token these inventories ever recorded (a
-    label, a mistyped serial): 'nothing revoked' would read as success."""
-    from ..errors import NotFound
-
-    if any(inv.list_certificates(token_serial=identity) for inv in inventories):
-        return
-    raise NotFound(
-        f"No certificate is recorded for token '{identity}' at this CA, so nothing was revoked; --token-serial "
-        "takes the token's serial (or the pkcs11: URI where serials repeat) as 'tokenissue ca list' shows it in "
-        "its Token column, not its label."
-    )
-
-
-def lost_token_identity(value: str, *inventories: Any) -> str:
-    """The recorded identity a lost token's ``--token-serial`` names.
-
-    A serial that tells tokens apart is its own identity. Where serials repeat (every
-    tpm2-pkcs11 token has 0000000000000000) tokens are recorded under a pkcs11: URI: one such
-    token with that serial is taken; several are refused with the URIs to choose from.
-    """
-    from .. import p11
-    from ..errors import AmbiguousToken
-
-    if value.startswith("pkcs11:"):
-        # Recorded URIs are compared as tokens, not as strings: the holder may write the one
-        # 'journal list' showed with fewer attributes, another order or other percent-encoding.
-        wanted = p11.TokenSelector.parse(value)
-        if wanted.serial is None:
-            return value
-        recorded = {i for inv in inventories for i in inv.token_identities(wanted.serial)}
-        if value in recorded:
-            return value
-        found = sorted(i for i in recorded if i.startswith("pkcs11:") and _names(wanted, i))
-        if len(found) > 1:
-            raise AmbiguousToken(
-                f"{len(found)} recorded tokens match '{value}'; name one with --token-serial and its URI: "
-                f"{', '.join(repr(f) for f in found)}."
-            )
-        return found[0] if found else value
-    found = sorted({i for inv in inventories for i in inv.token_identities(value)})
-    if len(found) <= 1:
-        return found[0] if found else value
-    raise AmbiguousToken(
-        f"{len(found)} tokens with serial {value} are recorded (their serials do not tell them apart); "
-        f"name one with --token-serial and its URI: {', '.join(repr(f) for f in found)}."
-    )
-
-
-def _names(wanted: Any, identity: str) -> bool:
-    """Whether the selector ``wanted`` names the token recorded as the URI ``identity``."""
-    from .. import p11
-
-    t = p11.TokenSelector.parse(identity)
-    return bool(wanted.matches(t.label or "", t.serial or "", t.manufacturer or "", t.model or ""))
-
-
 class Enrollers:
     """One enroller for the batch's CA (a local CA: one for the whole batch, the CA PIN asked
     once); for CMP one per row, since each row has its own reference and code. ``opener``

@@ -54,7 +54,9 @@ def _run(args: list[str], *, debug: bool) -> int:
             traceback.print_exception(e, file=sys.stderr)
         from rich.markup import escape
 
-        err_console().print(f"[bold red]Error:[/] {escape(e.message)}", highlight=False)
+        from ._messages import say
+
+        err_console().print(f"[bold red]Error:[/] {escape(say(e))}", highlight=False)
         return e.exit_code
     except click.exceptions.Exit as e:
         return int(e.exit_code)

@@ -379,7 +379,7 @@ def revoke(
 
     Key compromise revokes the key: every unexpired certificate of that public key goes too.
     """
-    from ._enrolling import lost_token_identity, require_recorded_token
+    from ..fleet.lost_token import recorded_identity, require_recorded
 
     if (serial is None) == (token_serial is None):
         raise UsageError("Give either a SERIAL or --token-serial.")
@@ -391,8 +391,8 @@ def revoke(
         else:
             assert token_serial is not None
             why = parse_reason(reason, RevocationReason.KEY_COMPROMISE)
-            token_serial = lost_token_identity(token_serial, ca.inventory)
-            require_recorded_token(token_serial, ca.inventory)
+            token_serial = recorded_identity(token_serial, ca.inventory)
+            require_recorded(token_serial, ca.inventory)
             recs = ca.revoke_token(token_serial, why)
     if json_out:
         emit_json([record_dict(r) for r in recs])

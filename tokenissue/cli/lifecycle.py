@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import Incomplete, KeyNotFound, TokenIssueError, TokenNotFound, UsageError, stops_a_run
-from ..models import CertState, CertStatus, KeyType, RevocationReason
+from ..models import CertState, KeyType, RevocationReason
 from ._common import (
     DURATION_HELP,
     CaPinFileOpt,
@@ -35,10 +35,8 @@ from ._enrolling import (
     AuthCodeSource,
     CmpArgs,
     holder_state,
-    lost_token_identity,
     open_ca,
     present_token_serials,
-    require_recorded_token,
     revoke_lost_command,
     step_hook,
     unlock_local_ca,
@@ -527,8 +525,6 @@ def revoke(
 
     At a CMP server the revocation request is signed with the certificate's own key on the token.
     """
-    from datetime import UTC, datetime
-
     from .. import p11
     from ..enroll import is_cmp_location
     from ..lifecycle import revoke_on_token
@@ -544,25 +540,13 @@ def revoke(
             )
         why = parse_reason(reason, RevocationReason.KEY_COMPROMISE)  # a lost token's keys are out of reach
         from ..ca.authority import CertificateAuthority
-        from ..lifecycle import abandon, unfinished
+        from ..fleet.lost_token import revoke_lost_token
 
         with CertificateAuthority.open(Path(ca), module=state(ctx).module) as authority, holder_state(ctx) as db:
-            token_serial = lost_token_identity(token_serial, authority.inventory, db)
-            if not unfinished(db, token_serial=token_serial):  # an entry alone is reason enough to go on
-                require_recorded_token(token_serial, authority.inventory, db)
             # The token is said to be lost: a module that cannot even start shows none present.
-            present = token_serial in present_token_serials(ctx, unusable_module_is_none=True)
-            recs = authority.revoke_token(token_serial, why)
-            # Enrollments the token took with it are ended (a certificate the CA issued for one is
-            # among those just revoked, and now in the holder's records too).
-            ended = [] if present else [
-                abandon(db, u.journal_id, present=lambda _s: False) for u in unfinished(db, token_serial=token_serial)
-            ]  # fmt: skip
-            # The holder's records follow the CA's, including what a run cut short left behind.
-            for r in db.list_certificates(status=CertStatus.VALID, token_serial=token_serial):
-                at_ca = authority.inventory.get_certificate(r.serial)
-                if at_ca is not None and at_ca.status is CertStatus.REVOKED:
-                    db.revoke(r.serial, at_ca.revocation_reason or why, at_ca.revoked_at or datetime.now(UTC))
+            present = present_token_serials(ctx, unusable_module_is_none=True)
+            done = revoke_lost_token(authority, db, token_serial, why, present=present)
+        recs, ended = done.revoked, done.ended
         for u in ended:
             err_console().print(f"Ended the unfinished enrollment {u.journal_id} ({u.subject}) of the lost token.", markup=False)
     else:
