@@ -12,7 +12,9 @@ that the next run finishes, and nothing half-done::
   being orphaned; its ID and the CSR signed with it are journaled together.
 * Four durable writes per enrollment, each one transaction: started, csr, issued, and done
   with the certificate's record (a renewal adds "written" before it retires the old
-  certificate). Entries in state "key", left by older versions, resume too.
+  certificate). Every entry says which journal format wrote it (:data:`JOURNAL_FORMAT`):
+  entries of format 1, left by older versions, resume too; a format this version does not
+  know is refused, not guessed at.
 * One enrollment per token at a time, across processes: from the journal lookup to its last
   write an enrollment holds the lock ``enroll:SERIAL`` (:meth:`Inventory.exclusive`), so two
   runs of one batch, or a sweep overlapping the last, never pick up the same entry.
@@ -57,6 +59,7 @@ from .errors import (
     TokenBusy,
     TokenIssueError,
     UsageError,
+    stops_a_run,
 )
 from .inventory import Inventory
 from .models import CertObject, CertRecord, CertState, CertStatus, JournalEntry, KeyInfo, KeyType, RevocationReason
@@ -82,6 +85,38 @@ StepHook = Callable[[str], None]
 
 def _nothing(_: str) -> None:
     return None
+
+
+#: The journal format this version writes, as ``"format"`` in each entry's data:
+#:
+#: 1. (no ``"format"``; versions before 2026-12) the key's label may be journaled in a write
+#:    after "started", so an entry can lack it; a step "key" may come between "started" and
+#:    "csr" (:attr:`Step.KEY`).
+#: 2. the label is in the entry's first write (unless an existing key is reused), and the key
+#:    is journaled together with the CSR: no step "key".
+JOURNAL_FORMAT = 2
+
+
+def journal_format(entry: JournalEntry) -> int:
+    """The journal format ``entry`` was written in; one newer than this version's is refused,
+    as its meaning is not known here."""
+    fmt = entry.data.get("format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or not 1 <= fmt <= JOURNAL_FORMAT:
+        raise UsageError(
+            f"Enrollment {entry.id} was journaled by another version of tokenissue (journal format {fmt!r}, "
+            f"this version knows 1 to {JOURNAL_FORMAT}); finish it with that version."
+        )
+    return fmt
+
+
+def _before_csr(step: str, fmt: int) -> bool:
+    """Whether an entry at ``step`` has no CSR yet: "started", or format 1's "key"."""
+    return step == Step.STARTED or (step == Step.KEY and fmt == 1)
+
+
+def token_lock(token_identity: str) -> str:
+    """The name of the lock (:meth:`Inventory.exclusive`) an enrollment on this token holds."""
+    return f"enroll:{token_identity}"
 
 
 @dataclass(frozen=True)
@@ -220,7 +255,7 @@ def enroll(
             f"Another tokenissue process is enrolling on token '{s.info.label}' ({s.info.name}); "
             "try again once it has finished."
         )
-        with state.exclusive(f"enroll:{s.info.name}", busy=busy):
+        with state.exclusive(token_lock(s.info.name), busy=busy):
             resumed = True
             jid = journal_id
             if jid is None:
@@ -242,8 +277,9 @@ def enroll(
                 entry = found
             data: dict[str, Any] = dict(entry.data)
             st = entry.state
+            fmt = journal_format(entry)
             # The profile's require_sign_only is known only to a CA in this process.
-            strict = params.require_sign_only or (st in (Step.STARTED, Step.KEY) and enroller.sign_only_required(params.profile))
+            strict = params.require_sign_only or (_before_csr(st, fmt) and enroller.sign_only_required(params.profile))
             try:
                 if st == Step.STARTED:
                     key = _key_step(s, params, state, jid, data, strict=strict)
@@ -257,14 +293,14 @@ def enroll(
                         f"Key '{key.label}' does not prove it was generated on the token and never left it "
                         "(CKA_LOCAL, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE); refusing to certify it."
                     )
-                if strict and key.can_decrypt and st in (Step.STARTED, Step.KEY):
+                if strict and key.can_decrypt and _before_csr(st, fmt):
                     # A key reused for renewal (or adopted from an interrupted run) is checked too.
                     raise KeyUsageForced(
                         f"Key '{key.label}' on token '{s.info.label}' can decrypt as well as sign, and sign-only keys "
                         "were required (--require-sign-only or the profile's require_sign_only); refusing to certify it."
                     )
                 private = s.private_key(KeySelector(id=kid))
-                if st in (Step.STARTED, Step.KEY):
+                if _before_csr(st, fmt):
                     csr = build_csr(private, name, sans)
                     # Recorded with the request: whether the token forced the key to decrypt too.
                     entry = state.journal_update(
@@ -288,7 +324,7 @@ def enroll(
                 # the entry stays open and the next run asks again with the same request ID.
                 # A request that never reached the CA (refused connection, unknown host, a 404
                 # from a mistyped URL) is as definite as a refusal: nothing was issued.
-                if st in (Step.STARTED, Step.KEY) or (st == Step.CSR and isinstance(e, RequestRejected | CANotReached)):
+                if _before_csr(st, fmt) or (st == Step.CSR and isinstance(e, RequestRejected | CANotReached)):
                     _abort(s, state, jid, data, params)
                 raise
             cert = load_certificates(str(data["cert"]).encode())[0]
@@ -399,11 +435,11 @@ def _first_data(s: TokenSession, params: EnrollParams) -> dict[str, object]:
     """The new entry's data: the label of the key about to be generated, journaled in the
     entry's first write so that a key made just before a crash is found again."""
     if params.reuse_key_id:
-        return {}
+        return {"format": JOURNAL_FORMAT}
     label = params.label or _default_label(params.profile)
     if s.find_keys(label):
         raise ObjectExists(f"Token '{s.info.label}' already has a key labelled '{label}'; choose another --label.")
-    return {"label": label, "generated": True}
+    return {"format": JOURNAL_FORMAT, "label": label, "generated": True}
 
 
 def _key_step(
@@ -412,8 +448,8 @@ def _key_step(
     if params.reuse_key_id:
         return s.key(KeySelector(id=bytes.fromhex(params.reuse_key_id)))
     if "label" not in data:
-        # An entry an older version started and left before journaling its label: journal
-        # it now, before generating, as that version would have.
+        # Journal format 1: an entry an older version started and left before journaling its
+        # label. Journal it now, before generating, as that version would have.
         first = _first_data(s, params)
         state.journal_update(jid, Step.STARTED, **first)
         data.update(first)
@@ -717,6 +753,80 @@ def relocate(state: Inventory, journal_id: str, ca: str) -> None:
         state.journal_update(journal_id, entry.state, ca=ca)
 
 
+class SeveralCAs(UsageError):
+    """Open enrollments of several CAs were to be moved to one address; ``cas`` are theirs."""
+
+    def __init__(self, entries: int, cas: set[str]) -> None:
+        super().__init__(
+            f"The {entries} unfinished enrollments were started at {len(cas)} different CAs, and only the "
+            "enrollments of one CA can be moved to a corrected address."
+        )
+        self.cas = frozenset(cas)
+
+
+def relocate_all(state: Inventory, ca: str) -> None:
+    """Send every open enrollment to the CA location ``ca`` from now on (see :func:`relocate`).
+    They must all have been started at one CA: a corrected address corrects one address."""
+    entries = state.journal_open("enroll")
+    recorded = {journal_ca(e) for e in entries}
+    if len(recorded) > 1:
+        raise SeveralCAs(len(entries), recorded)
+    for e in entries:
+        relocate(state, e.id, ca)
+
+
+def entry_params(entry: JournalEntry) -> EnrollParams:
+    """The parameters an enrollment's journal entry was started with."""
+    return EnrollParams(**{**entry.params, "san": tuple(entry.params.get("san") or ())})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """An open enrollment :func:`resume_all` tried: finished (``outcome``) or not (``error``)."""
+
+    journal_id: str
+    params: EnrollParams
+    ca: str  #: where it asked (:func:`journal_ca`)
+    outcome: EnrollOutcome | None = None
+    error: TokenIssueError | None = None
+
+
+def resume_all(
+    state: Inventory,
+    *,
+    open_enroller: Callable[[str, EnrollParams], Enroller],
+    pin: Pin | ProtectedAuth | None,
+    module: str | None = None,
+    on_step: StepHook = _nothing,
+) -> list[Resumed]:
+    """Finish every open enrollment, each at the CA it asks (``open_enroller(location,
+    params)`` opens that CA for it; it is closed after the entry).
+
+    An entry that cannot go on (its token absent, its CA down, its key gone) is reported and
+    the others go on, as in a batch. An error that stops a run (:func:`~tokenissue.errors.stops_a_run`:
+    a refused PIN) is raised instead, since every further entry would cost its token a try.
+    """
+    out: list[Resumed] = []
+    for e in state.journal_open("enroll"):
+        params, ca = entry_params(e), journal_ca(e)
+        try:
+            enroller = open_enroller(ca, params)
+            try:
+                outcome = enroll(
+                    params, token=TokenSelector.from_identity(params.token_serial), pin=pin, enroller=enroller,
+                    state=state, module=module, journal_id=e.id, on_step=on_step,
+                )  # fmt: skip
+            finally:
+                enroller.close()
+        except TokenIssueError as err:
+            if stops_a_run(err):
+                raise
+            out.append(Resumed(e.id, params, ca, error=err))
+            continue
+        out.append(Resumed(e.id, params, ca, outcome=outcome))
+    return out
+
+
 def unfinished(state: Inventory, *, token_serial: str | None = None) -> list[Unfinished]:
     """The enrollments and renewals not finished yet, oldest first (of one token, if given)."""
     out = [_unfinished(e) for e in state.journal_open("enroll")]
@@ -752,7 +862,7 @@ def abandon(
         raise UsageError(f"There is no enrollment {journal_id} in the journal; 'tokenissue journal list' shows the open ones.")
     serial = str(entry.params.get("token_serial", ""))
     busy = TokenBusy(f"Another tokenissue process is enrolling on token {serial}; try again once it has finished.")
-    with state.exclusive(f"enroll:{serial}", busy=busy):
+    with state.exclusive(token_lock(serial), busy=busy):
         return _abandon(state, journal_id, present, remove_key)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import Incomplete, KeyNotFound, TokenIssueError, TokenNotFound, UsageError, stops_a_run
+from ..errors import Incomplete, KeyNotFound, TokenIssueError, TokenNotFound, UsageError
 from ..models import CertState, KeyType, RevocationReason
 from ._common import (
     DURATION_HELP,
@@ -41,6 +41,7 @@ from ._enrolling import (
     step_hook,
     unlock_local_ca,
 )
+from ._messages import join, say
 from ._render import FORCED_NOTE, plain
 
 KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
@@ -168,7 +169,7 @@ def enroll(
     (--ca acme+https://HOST/DIRECTORY) give --domain; the CA decides the profile (see docs/acme.md).
     """
     from .. import p11
-    from ..lifecycle import EnrollParams, journal_ca
+    from ..lifecycle import EnrollParams
     from ..lifecycle import enroll as run_enroll
 
     pin_src = user_pin_source(pin_file, pin_env, protected_auth)
@@ -188,50 +189,7 @@ def enroll(
         profile = "acme"  # The CA decides what it issues; this is the name in tokenissue's records.
     with holder_state(ctx) as db:
         if resume:
-            entries = db.journal_open("enroll")
-            if not entries:
-                console().print("No unfinished enrollment; nothing to do.")
-                return
-            if ca is not None:
-                _relocate_all(db, entries, ca)
-                entries = db.journal_open("enroll")
-            pin = pin_src.get()
-            code = AuthCodeSource(auth_code_file, why="Resuming an enrollment at a CMP server")
-            results: list[dict[str, Any]] = []
-            failed: list[dict[str, Any]] = []
-            for e in entries:
-                params = EnrollParams(**{**e.params, "san": tuple(e.params.get("san") or ())})
-                cmp = CmpArgs(ref=params.ref, auth_code=code, trust_file=ca_trust)
-                try:
-                    enroller = open_ca(ctx, journal_ca(e), ca_pin_file, cmp, acme)
-                    try:
-                        unlock_local_ca(enroller)
-                        out = run_enroll(
-                            params, token=p11.TokenSelector.from_identity(params.token_serial), pin=pin, enroller=enroller,
-                            state=db, module=mod, journal_id=e.id, on_step=step_hook(),
-                        )  # fmt: skip
-                    finally:
-                        enroller.close()
-                except TokenIssueError as err:
-                    if stops_a_run(err):
-                        raise  # a refused PIN must not cost one try per entry
-                    # One entry that cannot go on (its token is absent, its CA down) must not keep
-                    # the others from finishing: report it and go on, as a batch does.
-                    failed.append({"journal_id": e.id, "token_serial": params.token_serial, "status": "failed",
-                                   "error": str(err), "exit_code": err.exit_code})  # fmt: skip
-                    hint = _absent_hint(e.id, journal_ca(e), params.token_serial) if isinstance(err, TokenNotFound) else ""
-                    if isinstance(err, KeyNotFound):
-                        hint = (f" Its key is no longer on the token (was the token re-initialised?): end the enrollment "
-                                f"with 'tokenissue journal abandon {e.id}'.")  # fmt: skip
-                    err_console().print(f"Enrollment {e.id} (token {params.token_serial}): {err}{hint}", markup=False)
-                    continue
-                results.append(out.as_json())
-            if json_out:
-                _report([*results, *failed], True)
-            else:
-                _report(results, False)
-            if failed:
-                raise Incomplete(f"{len(failed)} of {len(entries)} unfinished enrollment(s) could not be finished; see above.")
+            _resume(ctx, db, ca, pin_src, auth_code_file, ca_trust, ca_pin_file, acme, json_out)
             return
         if token is None or ca is None or subject is None:
             raise UsageError("enroll needs --token, --ca and --subject (or --resume).")
@@ -266,19 +224,52 @@ def enroll(
     _report([out.as_json()], json_out)
 
 
-def _relocate_all(db: Any, entries: list[Any], ca: str) -> None:
-    """``enroll --resume --ca LOCATION``: the open enrollments go to LOCATION from now on. They
-    must all have been started at one CA: a corrected address is a correction of one address."""
-    from ..lifecycle import journal_ca, relocate
+def _resume(
+    ctx: typer.Context, db: Any, ca: str | None, pin_src: Any, auth_code_file: Path | None, ca_trust: Path | None,
+    ca_pin_file: Path | None, acme: AcmeArgs, json_out: bool,
+) -> None:  # fmt: skip
+    """``enroll --resume``: finish every unfinished enrollment (at ``ca``, when given, from now on)."""
+    from ..lifecycle import SeveralCAs, relocate_all, resume_all
 
-    recorded = {journal_ca(e) for e in entries}
-    if len(recorded) > 1:
-        raise UsageError(
-            f"The {len(entries)} unfinished enrollments were started at {len(recorded)} different CAs; --ca with "
-            "--resume moves enrollments of one CA. End the others first ('tokenissue journal list')."
-        )
-    for e in entries:
-        relocate(db, e.id, ca)
+    total = len(db.journal_open("enroll"))
+    if not total:
+        console().print("No unfinished enrollment; nothing to do.")
+        return
+    if ca is not None:
+        try:
+            relocate_all(db, ca)
+        except SeveralCAs as e:
+            raise UsageError(join(e.message, "--ca with --resume moves enrollments of one CA. End the others first "
+                                  "('tokenissue journal list').")) from e  # fmt: skip
+    code = AuthCodeSource(auth_code_file, why="Resuming an enrollment at a CMP server")
+
+    def opener(where: str, params: Any) -> Any:
+        enroller = open_ca(ctx, where, ca_pin_file, CmpArgs(ref=params.ref, auth_code=code, trust_file=ca_trust), acme)
+        try:
+            unlock_local_ca(enroller)
+        except BaseException:
+            enroller.close()
+            raise
+        return enroller
+
+    tried = resume_all(db, open_enroller=opener, pin=pin_src.get(), module=state(ctx).module, on_step=step_hook())
+    results = [r.outcome.as_json() for r in tried if r.outcome is not None]
+    failed = [r for r in tried if r.error is not None]
+    for r in failed:
+        assert r.error is not None
+        hint = _absent_hint(r.journal_id, r.ca, r.params.token_serial) if isinstance(r.error, TokenNotFound) else ""
+        if isinstance(r.error, KeyNotFound):
+            hint = (f" Its key is no longer on the token (was the token re-initialised?): end the enrollment "
+                    f"with 'tokenissue journal abandon {r.journal_id}'.")  # fmt: skip
+        err_console().print(f"Enrollment {r.journal_id} (token {r.params.token_serial}): {say(r.error)}{hint}", markup=False)
+    if json_out:
+        rows = [{"journal_id": r.journal_id, "token_serial": r.params.token_serial, "status": "failed",
+                 "error": str(r.error), "exit_code": r.error.exit_code} for r in failed if r.error is not None]  # fmt: skip
+        _report([*results, *rows], True)
+    else:
+        _report(results, False)
+    if failed:
+        raise Incomplete(f"{len(failed)} of {len(tried)} unfinished enrollment(s) could not be finished; see above.")
 
 
 def _absent_hint(journal_id: str, ca: str, token_serial: str) -> str:
@@ -355,7 +346,6 @@ def status(
 def _ask_ca(ctx: typer.Context) -> Any:
     def ask(location: str, serial: int) -> Any:
         from ..enroll import open_enroller
-        from ..errors import TokenIssueError
 
         try:
             e = open_enroller(location, module=state(ctx).module)
@@ -478,7 +468,6 @@ def _ari(ctx: typer.Context, report: Any, acme: AcmeArgs, ca_trust: Path | None)
     from cryptography import x509
 
     from ..enroll import is_acme_location
-    from ..errors import TokenIssueError
 
     if report.renew_due or report.ca is None or not is_acme_location(report.ca):
         return report

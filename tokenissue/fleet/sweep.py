@@ -34,7 +34,7 @@ from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
 from ..errors import KeyNotFound, TokenIssueError, TokenNotFound, UsageError, stops_a_run
 from ..inventory import Inventory
-from ..lifecycle import EnrollParams, StepHook, certificate_status, enroll, renewal_params
+from ..lifecycle import StepHook, certificate_status, enroll, entry_params, renewal_params
 from ..models import CertRecord, CertStatus
 from ..p11 import TokenSelector, load_module, open_token
 from ..pkix.certs import dump_certificates, load_certificates
@@ -297,7 +297,7 @@ def resume_renewals(
     by_serial = {r.serial: r for r in records}
     items: list[SweepItem] = []
     for entry in state.journal_open("enroll"):
-        params = EnrollParams(**{**entry.params, "san": tuple(entry.params.get("san") or ())})  # type: ignore[arg-type]
+        params = entry_params(entry)
         old = by_serial.get(int(params.replaces, 16)) if params.replaces else None
         if old is None or params.ca != enroller.location:
             continue
