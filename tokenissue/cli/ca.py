@@ -303,15 +303,13 @@ def _sweep(
     from contextlib import ExitStack
 
     from ..errors import Incomplete
-    from ..fleet.sweep import profile_window, renewer, resume_renewals, sweep
+    from ..fleet.sweep import Renewing, run_sweep
     from ._common import user_pin_source
     from ._enrolling import holder_state, open_ca, step_hook
 
     with ExitStack() as stack:
         ca = stack.enter_context(_open(ctx, ca_dir))
-        records = ca.list()
-        renew_one = None
-        resumed: list[Any] = []
+        renewing = None
         if renew:
             source = user_pin_source(pin_file, pin_env, False)
             pins: dict[str, Any] = {}
@@ -323,19 +321,11 @@ def _sweep(
 
             enroller = open_ca(ctx, str(ca_dir), ca_pin_file)
             stack.callback(enroller.close)
-            holder_db = stack.enter_context(holder_state(ctx))
-            resumed = resume_renewals(records, enroller=enroller, pin=holder_pin, state=holder_db, module=state(ctx).module)
-            renew_one = renewer(
-                enroller=enroller, pin=holder_pin, state=holder_db, module=state(ctx).module, rekey=rekey,
-                on_step=step_hook(),
+            renewing = Renewing(
+                enroller=enroller, pin=holder_pin, state=stack.enter_context(holder_state(ctx)),
+                module=state(ctx).module, rekey=rekey, on_step=step_hook(),
             )  # fmt: skip
-            if any(i.pin_refused for i in resumed):
-                renew_one = None  # a PIN was refused: no token gets another wrong try
-            records = ca.list()  # renewals just finished have replaced their certificates
-        # ... and their successors, issued moments ago, are not due.
-        fresh = frozenset(i.new_serial for i in resumed if i.new_serial is not None)
-        window = within if within is not None else profile_window(ca.profiles)
-        items = resumed + sweep(records, within=window, hook=hook, renew=renew_one, skip=fresh)
+        items = run_sweep(ca, within=within, hook=hook, renewing=renewing)
     if json_out:
         emit_json(
             [{**record_dict(i.record), "days_left": i.days_left, "action": i.action, "notified": i.notified,

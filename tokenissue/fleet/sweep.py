@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from .. import hooks
+from ..ca.authority import CertificateAuthority
 from ..ca.profiles import Profile
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
@@ -40,7 +41,20 @@ from ..p11 import TokenSelector, load_module, open_token
 from ..pkix.certs import dump_certificates, load_certificates
 from ..publickeys import certificate_spki
 
-__all__ = ["HOOK_TIMEOUT_S", "SweepAction", "SweepItem", "due", "renewer", "resume_renewals", "run_hook", "superseded", "sweep"]
+__all__ = [
+    "HOOK_TIMEOUT_S",
+    "Renewing",
+    "SweepAction",
+    "SweepItem",
+    "due",
+    "profile_window",
+    "renewer",
+    "resume_renewals",
+    "run_hook",
+    "run_sweep",
+    "superseded",
+    "sweep",
+]
 
 HOOK_TIMEOUT_S = 60
 _DETAIL_MAX = 300
@@ -317,3 +331,45 @@ def resume_renewals(
         if item.pin_refused:
             break
     return items
+
+
+@dataclass(frozen=True)
+class Renewing:
+    """How :func:`run_sweep` renews: the holder's side of a renewal (see :func:`renewer`)."""
+
+    enroller: Enroller  #: the CA swept, as an enroller
+    pin: Callable[[], Pin | ProtectedAuth | None]  #: asked once a token is present
+    state: Inventory  #: the holder's records and journal
+    module: str | None = None
+    rekey: bool = False
+    on_step: StepHook | None = None
+
+
+def run_sweep(
+    ca: CertificateAuthority,
+    *,
+    within: timedelta | Callable[[CertRecord], timedelta] | None = None,
+    hook: str | None = None,
+    renewing: Renewing | None = None,
+) -> list[SweepItem]:
+    """The expiry sweep of ``ca`` (``ca list --due``): what expires within ``within`` (each
+    certificate's profile window when None) is reported, renewed with ``renewing`` where its
+    token is here, and told to ``hook``.
+
+    Renewals an earlier sweep left half-done are finished first (:func:`resume_renewals`), and
+    their successors, issued moments ago, are not swept. A refused PIN stops the renewals.
+    """
+    records = ca.list()
+    renew_one = None
+    resumed: list[SweepItem] = []
+    if renewing is not None:
+        r = renewing
+        resumed = resume_renewals(records, enroller=r.enroller, pin=r.pin, state=r.state, module=r.module)
+        if not any(i.pin_refused for i in resumed):  # a PIN was refused: no token gets another wrong try
+            renew_one = renewer(
+                enroller=r.enroller, pin=r.pin, state=r.state, module=r.module, rekey=r.rekey, on_step=r.on_step
+            )  # fmt: skip
+        records = ca.list()  # renewals just finished have replaced their certificates
+    fresh = frozenset(i.new_serial for i in resumed if i.new_serial is not None)
+    window = within if within is not None else profile_window(ca.profiles)
+    return resumed + sweep(records, within=window, hook=hook, renew=renew_one, skip=fresh)
