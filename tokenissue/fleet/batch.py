@@ -42,7 +42,7 @@ from ..models import KeyType
 from ..p11 import TokenSelector, load_module
 from ..pkix.names import parse_san, parse_subject
 
-__all__ = ["COLUMNS", "FIELDS", "BatchRow", "RowResult", "present_tokens", "read_rows", "run_batch"]
+__all__ = ["COLUMNS", "FIELDS", "BatchRow", "RowResult", "present_tokens", "read_rows", "run_batch", "stopped_by"]
 
 COLUMNS = ("token", "subject", "profile", "key_type", "label", "san", "ref")
 _REQUIRED = ("token", "subject")
@@ -247,14 +247,19 @@ def run_batch(
             if result.pin_refused:
                 # Every token gets the same PIN (and the CA token the same CA PIN): each further
                 # try would only spend a try, and tokens lock after a few.
-                stopped = (
-                    f"Not tried: line {row.line} had a PIN refused ({(result.error or '').rstrip('.')}); fix the PIN "
-                    "and run the batch again (stopped so the other tokens do not spend a PIN try each)."
-                )
+                stopped = stopped_by(result)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
+
+
+def stopped_by(result: RowResult) -> str:
+    """What the rows not tried after ``result`` (a PIN refused) say about it."""
+    return (
+        f"Not tried: line {result.line} had a PIN refused ({(result.error or '').rstrip('.')}); fix the PIN "
+        "and run the batch again (stopped so the other tokens do not spend a PIN try each)."
+    )
 
 
 def present_tokens(rows: Sequence[BatchRow], module: str | None) -> dict[str, str]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import PinError, TokenIssueError
-from .batch import BatchRow, RowResult, present_tokens
+from .batch import BatchRow, RowResult, present_tokens, stopped_by
 
 __all__ = ["run_batch_parallel"]
 
@@ -97,10 +97,7 @@ def run_batch_parallel(
         nonlocal stopped
         found[result.line] = result
         if result.pin_refused and stopped is None:
-            stopped = (
-                f"Not tried: line {result.line} had a PIN refused ({(result.error or '').rstrip('.')}); fix the PIN "
-                "and run the batch again (stopped so the other tokens do not spend a PIN try each)."
-            )
+            stopped = stopped_by(result)
         if on_result is not None:
             on_result(result)
 
