@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, Remedy
 
 __all__ = ["CA_CONFIG_NAME", "CAConfig", "write_private_file"]
 
@@ -47,12 +47,9 @@ class CAConfig:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             if re.match(r"^[a-z][a-z0-9+.-]*:/", str(ca_dir)):  # a URL, its '//' folded by Path
-                raise ConfigError(
-                    f"'{ca_dir}' looks like a CA server's address; 'tokenissue ca' and 'ra' commands work "
-                    "on the CA's own directory (set --ca or TOKENISSUE_CA_DIR to it)."
-                ) from None
+                raise ConfigError(f"'{ca_dir}' looks like a CA server's address.", remedy=Remedy.CA_DIRECTORY) from None
             raise ConfigError(
-                f"'{ca_dir}' is not a CA directory (no {CA_CONFIG_NAME}); create one with 'tokenissue ca init'."
+                f"'{ca_dir}' is not a CA directory (no {CA_CONFIG_NAME}).", remedy=Remedy.CREATE_CA
             ) from None
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"Cannot read {path}: {e}.") from None

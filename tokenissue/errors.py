@@ -34,9 +34,18 @@ Hierarchy (exit status in brackets)::
 
 Lower-layer exceptions (python-pkcs11, SQLAlchemy, cryptography) are translated at the
 boundary of the package that imports them, with the original chained as ``__cause__``.
+
+Messages name no command-line option or command: the same error reaches a server, a batch
+worker or another program. An error the user fixes with one of tokenissue's own commands
+carries that as data, a :class:`Remedy` with its ``details`` (a journal ID, a URL); the CLI
+says it in its own words (``tokenissue.cli._messages``), as yubikey-manager's CLI turns
+``InvalidPinError.attempts_remaining`` into a sentence.
 """
 
 from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
 
 __all__ = [
     "AmbiguousToken",
@@ -57,6 +66,7 @@ __all__ = [
     "PinLocked",
     "PinPolicyError",
     "ProvenanceError",
+    "Remedy",
     "RequestRejected",
     "TokenBusy",
     "TokenError",
@@ -66,14 +76,60 @@ __all__ = [
 ]
 
 
+class Remedy(enum.Enum):
+    """What the user can do about an error with tokenissue itself; ``details`` name what for."""
+
+    GIVE_PIN = enum.auto()  #: give the PIN another way (environment, file, prompt)
+    GIVE_PIN_NOT_PAD = enum.auto()  #: the token has no PIN pad: give the PIN
+    NAME_TOKEN = enum.auto()  #: name the token to use
+    LIST_TOKENS = enum.auto()  #: see which tokens are present
+    RELABEL_TOKEN = enum.auto()  #: tokens alike in every way: re-label one (details: example)
+    INIT_TOKEN = enum.auto()  #: make a new token
+    INSPECT_TOKEN = enum.auto()  #: see what fills the token, remove what is unused, try again
+    PROBE_TOKEN = enum.auto()
+    LIST_KEY_TYPES = enum.auto()  #: see which key types the token can make  #: find out what the token accepts
+    LIST_KEYS = enum.auto()  #: see the keys on the token
+    FREE_TOKEN = enum.auto()  #: remove unused keys and certificates, then resume
+    UNBLOCK_PIN = enum.auto()  #: unblock the user PIN with the SO PIN
+    SET_USER_PIN = enum.auto()  #: the token has no user PIN yet
+    CHECK_MODULE = enum.auto()  #: the module named is wrong
+    NAME_MODULE = enum.auto()  #: no module found: name one
+    OTHER_LABEL = enum.auto()  #: choose another key label
+    SIGN_ONLY_HOW = enum.auto()  #: sign-only keys were required, by the holder or the profile
+    NAME_CA = enum.auto()  #: name the CA the certificate came from
+    LIST_JOURNAL = enum.auto()  #: see the open enrollments
+    RESUME = enum.auto()  #: finish the enrollment
+    RESUME_OR_ABANDON = enum.auto()  #: finish it, or give up on it (details: journal_id)
+    LIST_REGISTRATIONS = enum.auto()  #: check the reference
+    LIST_CERTIFICATES = enum.auto()  #: check the serial
+    CREATE_CA = enum.auto()  #: no CA here yet
+    CA_DIRECTORY = enum.auto()  #: a server address where the CA's directory was wanted
+    INSTALL_CA_CERT = enum.auto()
+    NAME_CA_TOKEN = enum.auto()  #: the CA key needs a token
+    GIVE_CHAIN = enum.auto()  #: give the parent CA's chain
+    GIVE_DNS_HOOK = enum.auto()  #: ACME dns-01 needs the command that publishes the record
+    GIVE_EAB = enum.auto()  #: the ACME server wants an external account binding
+    CHECK_EAB_HMAC = enum.auto()  #: the binding's HMAC key file is wrong
+    HTTP_01_ADDRESS = enum.auto()  #: where the http-01 responder listens
+    GIVE_CA_TRUST = enum.auto()  #: name the CA certificate(s) to trust
+    GIVE_CA_TRUST_AGAIN = enum.auto()  #: name the root the chain ends in, then run the command again
+    GIVE_ACME_TRUST = enum.auto()  #: name the CA of the ACME server's TLS certificate  #: the CA waits for its certificate
+
+
 class TokenIssueError(Exception):
-    """Base class. ``str(err)`` is one sentence that is safe to show to the user."""
+    """Base class. ``str(err)`` is one sentence that is safe to show to the user.
+
+    ``remedy`` is what the user can do about it with tokenissue's own commands, if anything;
+    ``details`` are the values that remedy needs (all safe to show).
+    """
 
     exit_code: int = 1
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, remedy: Remedy | None = None, details: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.remedy = remedy
+        self.details: Mapping[str, str] = dict(details or {})
 
     def __str__(self) -> str:
         return self.message
@@ -130,8 +186,10 @@ class PinError(TokenIssueError):
 class PinIncorrect(PinError):
     """A PIN was refused. It is never retried automatically: each try counts on real tokens."""
 
-    def __init__(self, message: str, *, count_low: bool = False, final_try: bool = False) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, count_low: bool = False, final_try: bool = False, remedy: Remedy | None = None
+    ) -> None:
+        super().__init__(message, remedy=remedy)
         self.count_low = count_low
         self.final_try = final_try
 

@@ -55,6 +55,7 @@ from .errors import (
     KeyUsageForced,
     ObjectExists,
     ProvenanceError,
+    Remedy,
     RequestRejected,
     TokenBusy,
     TokenIssueError,
@@ -297,7 +298,8 @@ def enroll(
                     # A key reused for renewal (or adopted from an interrupted run) is checked too.
                     raise KeyUsageForced(
                         f"Key '{key.label}' on token '{s.info.label}' can decrypt as well as sign, and sign-only keys "
-                        "were required (--require-sign-only or the profile's require_sign_only); refusing to certify it."
+                        "were required; refusing to certify it.",
+                        remedy=Remedy.SIGN_ONLY_HOW,
                     )
                 private = s.private_key(KeySelector(id=kid))
                 if _before_csr(st, fmt):
@@ -438,7 +440,7 @@ def _first_data(s: TokenSession, params: EnrollParams) -> dict[str, object]:
         return {"format": JOURNAL_FORMAT}
     label = params.label or _default_label(params.profile)
     if s.find_keys(label):
-        raise ObjectExists(f"Token '{s.info.label}' already has a key labelled '{label}'; choose another --label.")
+        raise ObjectExists(f"Token '{s.info.label}' already has a key labelled '{label}'.", remedy=Remedy.OTHER_LABEL)
     return {"format": JOURNAL_FORMAT, "label": label, "generated": True}
 
 
@@ -669,7 +671,7 @@ def revoke_on_token(
         rec = state.get_certificate(c.serial)
         where = ca or ca_of(state, rec)
         if where is None:
-            raise UsageError(f"tokenissue did not enroll certificate {c.serial:x}; name its CA with --ca.")
+            raise UsageError(f"tokenissue did not enroll certificate {c.serial:x}.", remedy=Remedy.NAME_CA)
         now = datetime.now(UTC)
         others = state.same_key(c.serial, now) if rec is not None and reason is RevocationReason.KEY_COMPROMISE else []
         enroller = enroller_for(where)
@@ -859,7 +861,7 @@ def abandon(
     """
     entry = state.journal_get(journal_id)
     if entry is None or entry.kind != "enroll":
-        raise UsageError(f"There is no enrollment {journal_id} in the journal; 'tokenissue journal list' shows the open ones.")
+        raise UsageError(f"There is no enrollment {journal_id} in the journal.", remedy=Remedy.LIST_JOURNAL)
     serial = str(entry.params.get("token_serial", ""))
     busy = TokenBusy(f"Another tokenissue process is enrolling on token {serial}; try again once it has finished.")
     with state.exclusive(token_lock(serial), busy=busy):
@@ -878,18 +880,15 @@ def _abandon(
     found = _unfinished(entry)
     if remove_key is not None and present(found.token_serial):
         if found.certificate is not None:
-            raise UsageError(
-                f"Enrollment {journal_id} already has its certificate; finish it with 'tokenissue enroll --resume'."
-            )
+            raise UsageError(f"Enrollment {journal_id} already has its certificate.", remedy=Remedy.RESUME)
         if entry.data.get("generated") and not entry.params.get("reuse_key_id"):
             remove_key(found.token_serial, str(entry.data.get("label")))
         state.journal_finish(journal_id, Step.ABANDONED)
         return replace(found, state="abandoned")
     if present(found.token_serial):
         raise UsageError(
-            f"Token serial {found.token_serial} is present: finish this enrollment with 'tokenissue enroll --resume' "
-            "(--ca LOCATION if its CA's address was wrong or has moved), or give up on it and remove its key with "
-            f"'tokenissue journal abandon {journal_id} --remove-key'."
+            f"Token serial {found.token_serial} is present, so this enrollment can still be finished.",
+            remedy=Remedy.RESUME_OR_ABANDON, details={"journal_id": journal_id},
         )
     record = None
     if found.certificate is not None:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..config import CAConfig, write_private_file
 from ..credentials import Pin, ProtectedAuth
-from ..errors import CAUnavailable, NotFound, RequestRejected, UsageError
+from ..errors import CAUnavailable, NotFound, Remedy, RequestRejected, UsageError
 from ..inventory import DuplicateRequest, Inventory
 from ..models import CertRecord, CertStatus, KeyType, RevocationReason
 from ..p11 import KeySelector, TokenSelector, open_token
@@ -125,7 +125,7 @@ class CertificateAuthority:
         if (ca_dir / "ca.toml").exists():
             raise UsageError(f"'{ca_dir}' is a CA directory already; choose an empty directory.")
         if days <= 0:
-            raise UsageError("--days must be positive.")
+            raise UsageError(f"The CA certificate's validity must be at least one day, not {days}.")
         ca_dir.mkdir(parents=True, exist_ok=True)
         ca_dir.chmod(0o700)
         if database is not None:
@@ -151,7 +151,7 @@ class CertificateAuthority:
             cert_or_csr = cls._make_root_or_csr(key, name, days, csr_out)
         else:
             if token is None:
-                raise UsageError("Name the token for the CA key with --token (or use --insecure-file-key).")
+                raise UsageError("The CA key needs a token to be generated on.", remedy=Remedy.NAME_CA_TOKEN)
             with open_token(TokenSelector.parse(token), pin, module=module) as s:
                 info = s.generate_key(key_type, label, require_sign_only=require_sign_only)
                 key_can_decrypt = info.can_decrypt
@@ -203,7 +203,7 @@ class CertificateAuthority:
 
         csr_path = self.dir / CSR_FILE
         if not csr_path.exists():
-            raise UsageError("This CA is not waiting for a certificate (no pending ca.csr from 'ca init --csr-out').")
+            raise UsageError("This CA is not waiting for a certificate (it has no pending ca.csr).")
         certs = load_certificates(cert_data)
         cert = certs[0]
         chain = certs[1:] + (load_certificates(chain_data) if chain_data else [])
@@ -223,7 +223,8 @@ class CertificateAuthority:
             pass
         if not chain:
             raise RequestRejected(
-                "Give the parent CA's chain up to its root with --chain; holders need it to verify certificates."
+                "The parent CA's chain up to its root is missing; holders need it to verify certificates.",
+                remedy=Remedy.GIVE_CHAIN,
             )
         verify_chain(cert, chain)
         (self.dir / CHAIN_FILE).write_bytes(dump_certificates(chain, "pem"))
@@ -238,9 +239,7 @@ class CertificateAuthority:
         path = self.dir / CERT_FILE
         if not path.exists():
             if (self.dir / CSR_FILE).exists():
-                raise CAUnavailable(
-                    "This CA waits for its certificate; install it with 'tokenissue ca install-cert'."
-                )
+                raise CAUnavailable("This CA waits for its certificate.", remedy=Remedy.INSTALL_CA_CERT)
             raise CAUnavailable(f"The CA certificate {path} is missing.")
         try:
             return x509.load_pem_x509_certificate(path.read_bytes())

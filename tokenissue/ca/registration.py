@@ -44,7 +44,7 @@ from cryptography.x509.oid import NameOID
 
 from ..config import write_private_file
 from ..credentials import Secret
-from ..errors import ConfigError, NotFound, PinIncorrect, PinLocked, RequestRejected, UsageError
+from ..errors import ConfigError, NotFound, PinIncorrect, PinLocked, Remedy, RequestRejected, UsageError
 from ..inventory import DuplicateRegistration
 from ..models import Registration, RegistrationStatus
 from ..pkix.names import format_san, parse_san, parse_subject
@@ -418,7 +418,7 @@ class RegistrationAuthority:
     def _get(self, ref: str) -> Registration:
         reg = self._inv.get_registration(ref)
         if reg is None:
-            raise NotFound(f"There is no registration {ref}; check the reference with 'tokenissue ra list'.")
+            raise NotFound(f"There is no registration {ref}.", remedy=Remedy.LIST_REGISTRATIONS)
         return reg
 
     # Last, so that the name ``list`` means the builtin everywhere above.

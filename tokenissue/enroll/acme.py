@@ -68,7 +68,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from .. import hooks
-from ..errors import CAUnavailable, RequestRejected, UsageError
+from ..errors import CAUnavailable, Remedy, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import load_certificates
 from ..pkix.reasons import reason_code
@@ -175,7 +175,7 @@ class ACMEEnroller:
         if self.options.challenge is Challenge.HTTP_01:
             self._start_responder().server_close()
         elif not self.options.dns_hook:
-            raise UsageError("dns-01 needs --dns-hook, the command that publishes the TXT record.")
+            raise UsageError("dns-01 needs a hook, the command that publishes the TXT record.", remedy=Remedy.GIVE_DNS_HOOK)
 
     def request(
         self,
@@ -294,8 +294,7 @@ class ACMEEnroller:
         eab = None
         if acme.external_account_required() and self.options.eab is None:
             raise RequestRejected(
-                f"The ACME server at {self.url} requires an external account binding: give --eab-kid and "
-                "--eab-hmac-file with the key ID and HMAC key the CA gave you."
+                f"The ACME server at {self.url} requires an external account binding.", remedy=Remedy.GIVE_EAB
             )
         if self.options.eab is not None:
             try:
@@ -306,7 +305,9 @@ class ACMEEnroller:
                     directory=acme.directory,
                 )
             except (ValueError, TypeError) as e:
-                raise UsageError("The --eab-hmac-file does not hold a base64url HMAC key.") from e
+                raise UsageError(
+                    "The external account binding's HMAC key is not base64url.", remedy=Remedy.CHECK_EAB_HMAC
+                ) from e
         reg = messages.NewRegistration.from_data(
             email=self.options.email, terms_of_service_agreed=True, external_account_binding=eab
         )
@@ -437,8 +438,8 @@ class ACMEEnroller:
             return _Responder((host, port))
         except OSError as e:
             raise UsageError(
-                f"Cannot listen on {host}:{port} for the http-01 challenge ({e.strerror}); "
-                "give --http-01-address HOST:PORT where the CA's port 80 reaches this machine."
+                f"Cannot listen on {host}:{port} for the http-01 challenge ({e.strerror}).",
+                remedy=Remedy.HTTP_01_ADDRESS,
             ) from e
 
     def _dns_hook(self, action: str, domain: str, name: str, value: str) -> None:
@@ -455,9 +456,9 @@ class ACMEEnroller:
                 shlex.split(self.options.dns_hook), extra_env=extra, stdout=sys.stderr, timeout=self.options.timeout
             )
         except (OSError, subprocess.TimeoutExpired, ValueError) as e:
-            raise RequestRejected(f"The --dns-hook command could not run for {domain} ({action}): {e}.") from e
+            raise RequestRejected(f"The DNS hook command could not run for {domain} ({action}): {e}.") from e
         if proc.returncode != 0:
-            raise RequestRejected(f"The --dns-hook command failed for {domain} ({action}, exit status {proc.returncode}).")
+            raise RequestRejected(f"The DNS hook command failed for {domain} ({action}, exit status {proc.returncode}).")
 
     def _answer_and_wait(self, acme: client.ClientV2, picked: list[Any], deadline: float) -> None:
         assert self._jwk is not None
@@ -535,7 +536,8 @@ class ACMEEnroller:
                 return [*chain, root]
         raise CAUnavailable(
             f"The certificate was issued but its chain ends at '{top.issuer.rfc4514_string()}', a root that is neither "
-            "in --ca-trust nor in the system's trust store; give it with --ca-trust and run the same command again."
+            "among the trusted roots given nor in the system's trust store.",
+            remedy=Remedy.GIVE_CA_TRUST_AGAIN,
         )
 
     # -- errors ----------------------------------------------------------------------------
@@ -548,8 +550,7 @@ class ACMEEnroller:
             raise
         except requests.exceptions.SSLError as e:
             raise CAUnavailable(
-                f"The ACME server's TLS certificate at {self.url} is not trusted: give its CA with --acme-trust "
-                "(or $TOKENISSUE_ACME_TRUST)."
+                f"The ACME server's TLS certificate at {self.url} is not trusted.", remedy=Remedy.GIVE_ACME_TRUST
             ) from e
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
             raise CAUnavailable(f"Cannot reach the ACME server at {self.url} ({type(e).__name__}); is it running?") from e

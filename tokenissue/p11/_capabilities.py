@@ -206,8 +206,9 @@ class _Quirks:
     lockout: str = "pin"
     """"pin": a locked PIN is unblocked with the SO PIN. "device": the device's own
     dictionary-attack protection locks every PIN on it until its recovery time passes."""
-    unlock_hint: str = "unblock it with 'tokenissue token pin unblock' (needs the SO PIN)"
-    """What the holder does about CKR_PIN_LOCKED."""
+    unlock_hint: str | None = None
+    """What the holder does about CKR_PIN_LOCKED, when it is not tokenissue's own unblocking
+    with the SO PIN (:attr:`~tokenissue.errors.Remedy.UNBLOCK_PIN`)."""
     concurrent_writers: bool = True
     """Whether processes may write to different tokens of this module at once (tpm2-pkcs11
     keeps every token of a store in one SQLite file: parallel writers get "database is

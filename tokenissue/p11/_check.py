@@ -221,7 +221,7 @@ def check_token(session: Any, present: list[TokenInfo], *, probe: bool = False) 
     sign_only = _expected_sign_only(usable, quirks.expect_sign_only, allowed, caps.mechanisms)
     refused: list[str] | None = None
     for k, v in (("sign_only_keys", sign_only.value), ("allowed_mechanisms", allowed), ("certificate_category", category)):
-        source[k] = "known module behaviour" if v is not None else "module not on record; run with --probe"
+        source[k] = "known module behaviour" if v is not None else "module not on record; the probe tells"
     # A module tokenissue has no record of gets no claim about its PIN counters: proving them
     # would take wrong PINs.
     pin_counters: bool | None = caps.pin_counters if known else None

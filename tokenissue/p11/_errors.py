@@ -11,6 +11,7 @@ from ..errors import (
     MechanismUnsupported,
     PinLocked,
     PinPolicyError,
+    Remedy,
     TokenError,
     TokenIssueError,
     TokenNotFound,
@@ -34,7 +35,7 @@ def translate(doing: str) -> Iterator[None]:
         # login session before it can say anything about the PIN.
         raise
     except px.PinLocked as e:
-        raise PinLocked("The PIN is locked; unblock it with 'tokenissue token pin unblock' (needs the SO PIN).") from e
+        raise PinLocked("The PIN is locked.", remedy=Remedy.UNBLOCK_PIN) from e
     except (px.PinLenRange, px.PinInvalid) as e:
         raise PinPolicyError("The token refused the new PIN (length or characters); choose another.") from e
     except (px.MechanismInvalid, px.MechanismParamInvalid) as e:
@@ -56,9 +57,8 @@ def translate(doing: str) -> Iterator[None]:
         # SoftHSM says FunctionFailed when its token directory is full, GeneralError when the
         # directory vanished; USB tokens say DeviceError when pulled mid-operation.
         raise TokenError(
-            f"The token could not {doing} ({type(e).__name__}): it may be full, failing or removed. "
-            "Check it with 'tokenissue tokens' and 'tokenissue keys list', delete unused keys if it is full, "
-            "then run the same command again."
+            f"The token could not {doing} ({type(e).__name__}): it may be full, failing or removed.",
+            remedy=Remedy.INSPECT_TOKEN,
         ) from e
     except px.TemplateInconsistent as e:
         raise TokenError(f"The token refused the attributes needed to {doing}.") from e

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from ..credentials import Pin
-from ..errors import ConfigError, PinIncorrect, TokenError, TokenNotFound
+from ..errors import ConfigError, PinIncorrect, Remedy, TokenError, TokenNotFound
 from ._module import load_module
 
 __all__ = ["init_token"]
@@ -68,7 +68,7 @@ def init_token(
     if err == "noslot":
         if serial:
             raise TokenNotFound(f"No initialised token with serial {serial} to re-initialise.")
-        raise TokenNotFound("No free slot for a new token (SoftHSM always offers one; a USB token needs --token).")
+        raise TokenNotFound("No free slot for a new token (SoftHSM always offers one).", remedy=Remedy.NAME_TOKEN)
     if err == "pkcs11":
         rv = out.get("rv", "")
         if rv == "CKR_PIN_INCORRECT":
@@ -81,8 +81,8 @@ def init_token(
             # tpm2-pkcs11 answers this to C_InitToken on a token that exists (measured).
             raise TokenError(
                 "This token's module cannot re-initialise a token in place (C_InitToken: CKR_ARGUMENTS_BAD); nothing "
-                "was erased. Remove the token with the module's own tool (tpm2-pkcs11: 'tpm2_ptool rmtoken'), then "
-                "make a new one with 'tokenissue token init --label LABEL'."
+                "was erased. Remove the token with the module's own tool (tpm2-pkcs11: 'tpm2_ptool rmtoken').",
+                remedy=Remedy.INIT_TOKEN,
             )
         raise TokenError(f"The token refused to initialise ({rv}).")
     return str(out["serial"])

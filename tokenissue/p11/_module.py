@@ -33,6 +33,7 @@ from ..errors import (
     PinError,
     PinIncorrect,
     PinLocked,
+    Remedy,
     TokenError,
     TokenIssueError,
     TokenNotFound,
@@ -62,15 +63,12 @@ def find_module(explicit: str | None = None) -> str:
     """The module path to use: the one given, else the first candidate that exists."""
     if explicit:
         if not Path(explicit).is_file():
-            raise ConfigError(f"PKCS#11 module '{explicit}' does not exist; check --module / TOKENISSUE_MODULE.")
+            raise ConfigError(f"PKCS#11 module '{explicit}' does not exist.", remedy=Remedy.CHECK_MODULE)
         return explicit
     for candidate in CANDIDATE_MODULES:
         if Path(candidate).is_file():
             return candidate
-    raise ConfigError(
-        "No PKCS#11 module found; install softhsm2 or your token's driver, "
-        "or name it with --module / TOKENISSUE_MODULE."
-    )
+    raise ConfigError("No PKCS#11 module found; install softhsm2 or your token's driver.", remedy=Remedy.NAME_MODULE)
 
 
 _MODULES: dict[str, Module] = {}
@@ -195,8 +193,8 @@ class Module:
                     # and a CKR_* subclass when the module loaded but its C_Initialize failed.
                     if type(e) is px.PKCS11Error:
                         raise ConfigError(
-                            f"Cannot load PKCS#11 module '{self.path}': it is not a loadable PKCS#11 library; "
-                            "check --module / TOKENISSUE_MODULE."
+                            f"Cannot load PKCS#11 module '{self.path}': it is not a loadable PKCS#11 library.",
+                            remedy=Remedy.CHECK_MODULE,
                         ) from e
                     raise ConfigError(
                         f"PKCS#11 module '{self.path}' loaded but would not start (C_Initialize: {_rv(e)}); check its "
@@ -259,22 +257,21 @@ class Module:
                 self.refresh()
                 found = self._matching(selector)
         if not found:
-            raise TokenNotFound(f"No token '{selector}' found; 'tokenissue tokens' lists the tokens present.")
+            raise TokenNotFound(f"No token '{selector}' found.", remedy=Remedy.LIST_TOKENS)
         if len(found) > 1:
-            raise AmbiguousToken(self._ambiguous(selector, found))
+            raise self._ambiguous(selector, found)
         return found[0]
 
-    def _ambiguous(self, selector: TokenSelector, found: list[Any]) -> str:
+    def _ambiguous(self, selector: TokenSelector, found: list[Any]) -> AmbiguousToken:
         labels = [t.label for t in found]
+        what = f"{len(found)} tokens match '{selector}' (serials do not tell them apart)"
         if len(set(labels)) == len(labels):
             # The labels tell them apart: name one by label (with its serial, if that helps).
             example = format_uri(token=labels[0], serial=_serial(found[0]))
-            how = f"name one by label, e.g. '{labels[0]}' or '{example}'"
-        else:
-            t = found[0]
-            example = format_uri(token=t.label, manufacturer=t.manufacturer_id, model=t.model, serial=_serial(t))
-            how = f"they share labels too, so re-label one ('tokenissue token init') or name it by URI, e.g. '{example}'"
-        return f"{len(found)} tokens match '{selector}' (serials do not tell them apart); {how}."
+            return AmbiguousToken(f"{what}; name one by label, e.g. '{labels[0]}' or '{example}'.")
+        t = found[0]
+        example = format_uri(token=t.label, manufacturer=t.manufacturer_id, model=t.model, serial=_serial(t))
+        return AmbiguousToken(f"{what}.", remedy=Remedy.RELABEL_TOKEN, details={"example": example})
 
     def _matching(self, selector: TokenSelector) -> list[Any]:
         key = str(selector)
@@ -428,13 +425,12 @@ class Module:
         if isinstance(e, px.PinLocked):
             return self.pin_locked(label, so)
         if isinstance(e, px.UserPinNotInitialized):
-            return PinError(f"Token '{label}' has no user PIN yet; set one with 'tokenissue token pin unblock'.")
+            return PinError(f"Token '{label}' has no user PIN yet.", remedy=Remedy.SET_USER_PIN)
         if isinstance(e, px.UserAlreadyLoggedIn):
             return TokenError(f"Token '{label}' is already logged in by this process.")
         if isinstance(e, px.ArgumentsBad | px.FunctionNotSupported) and pin is PROTECTED_AUTH:
             return TokenError(
-                f"Token '{label}' has no PIN pad (protected authentication path); "
-                "give the PIN instead of --protected-auth."
+                f"Token '{label}' has no PIN pad (protected authentication path).", remedy=Remedy.GIVE_PIN_NOT_PAD
             )
         try:
             with translate(f"open a session on token '{label}'"):
@@ -489,6 +485,8 @@ class Module:
         if quirks.lockout == "device":
             return PinLocked(
                 f"Token '{label}' is locked (CKR_PIN_LOCKED): the device locked every PIN on it after too many wrong "
-                f"ones; {quirks.unlock_hint}, then try again with the right PIN."
+                f"ones; {quirks.unlock_hint or 'wait for its lockout to end'}, then try again with the right PIN."
             )
-        return PinLocked(f"The {who} of token '{label}' is locked (CKR_PIN_LOCKED); {quirks.unlock_hint}.")
+        if quirks.unlock_hint:
+            return PinLocked(f"The {who} of token '{label}' is locked (CKR_PIN_LOCKED); {quirks.unlock_hint}.")
+        return PinLocked(f"The {who} of token '{label}' is locked (CKR_PIN_LOCKED).", remedy=Remedy.UNBLOCK_PIN)

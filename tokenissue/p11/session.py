@@ -37,6 +37,7 @@ from ..errors import (
     MechanismUnsupported,
     ObjectExists,
     ProvenanceError,
+    Remedy,
     TokenError,
     TokenIssueError,
     TokenNotFound,
@@ -150,9 +151,7 @@ class TokenSession:
     def _one_private(self, sel: KeySelector) -> Any:
         found = self._private_objects(sel)
         if not found:
-            raise KeyNotFound(
-                f"No private key '{sel}' on token '{self.info.label}'; 'tokenissue keys list' shows the keys."
-            )
+            raise KeyNotFound(f"No private key '{sel}' on token '{self.info.label}'.", remedy=Remedy.LIST_KEYS)
         if len(found) > 1:
             raise UsageError(f"{len(found)} keys match '{sel}' on token '{self.info.label}'; name one by id:HEX.")
         return found[0]
@@ -254,13 +253,13 @@ class TokenSession:
         (``KeyInfo.can_decrypt``), unless ``require_sign_only`` asks for it to be refused.
         """
         if not label:
-            raise UsageError("A key needs a label (--label).")
+            raise UsageError("A key needs a label.")
         caps = self.capabilities
         refusal = caps.key_size_refusal(key_type)
         if refusal is not None:
             raise MechanismUnsupported(
-                f"Token '{self.info.label}' cannot make a {key_type.value} key: {refusal}; "
-                "'tokenissue token check' lists the key types it can make."
+                f"Token '{self.info.label}' cannot make a {key_type.value} key: {refusal}.",
+                remedy=Remedy.LIST_KEY_TYPES,
             )
         if self._private_objects(KeySelector(label=label)):
             raise ObjectExists(f"Token '{self.info.label}' already has a key labelled '{label}'; choose another label.")
@@ -378,7 +377,7 @@ class TokenSession:
             return pub, priv, step
         if skipped:
             # The steps that would have made a key were left out: it could not be sign-only.
-            raise KeyUsageForced(self._forced_sentence(key_type))
+            raise KeyUsageForced(self._forced_sentence(key_type), remedy=Remedy.SIGN_ONLY_HOW)
         kinds = {r for _, r in refusals}
         # CKR_ATTRIBUTE_VALUE_INVALID for a template the token takes for other sizes: the size.
         size = (
@@ -388,12 +387,14 @@ class TokenSession:
         if known is not None:
             raise TokenError(
                 f"Token '{self.info.label}' refused a {key_type.value} key with the template it accepted before"
-                f"{size or f' ({refusals[-1][1]}); it may be full or failing. Check it with tokenissue keys list'}."
+                f"{size or f' ({refusals[-1][1]}); it may be full or failing'}.",
+                remedy=None if size else Remedy.INSPECT_TOKEN,
             )
         caps.template_refusals[algorithm] = refusals
         raise TokenError(
             f"Token '{self.info.label}' refused every key template tokenissue can use for a {key_type.value} key"
-            f"{size or ' (' + ', '.join(sorted(kinds)) + ')'}; 'tokenissue token check --probe' shows what it accepts."
+            f"{size or ' (' + ', '.join(sorted(kinds)) + ')'}.",
+            remedy=Remedy.PROBE_TOKEN,
         )
 
     def _check_generated(self, priv: Any, key_type: KeyType, require_sign_only: bool) -> KeyInfo:
@@ -406,15 +407,14 @@ class TokenSession:
                 "the key was destroyed. Such a token cannot hold a key tokenissue can vouch for."
             )
         if require_sign_only and info.can_decrypt:
-            raise KeyUsageForced(self._forced_sentence(key_type))
+            raise KeyUsageForced(self._forced_sentence(key_type), remedy=Remedy.SIGN_ONLY_HOW)
         return info
 
     def _forced_sentence(self, key_type: KeyType) -> str:
         return (
             f"Token '{self.info.label}' cannot make a {key_type.value} key that is unable to decrypt (it sets "
-            "CKA_DECRYPT and cannot pin the key to signature mechanisms), and sign-only keys were required "
-            "(--require-sign-only or the profile's require_sign_only); no key was kept. Use a token that makes "
-            "sign-only keys, or drop the requirement."
+            "CKA_DECRYPT and cannot pin the key to signature mechanisms), and sign-only keys were required; "
+            "no key was kept. Use a token that makes sign-only keys, or drop the requirement."
         )
 
     def _destroy_pair(self, pub: Any, priv: Any) -> None:
@@ -631,7 +631,8 @@ class TokenSession:
                 return
         raise TokenError(
             f"Token '{self.info.label}' refused to store the certificate ({_rv(first)}) even with only the "
-            "required attributes (class, type, id, label, subject, value); 'tokenissue token check --probe' tells more."
+            "required attributes (class, type, id, label, subject, value).",
+            remedy=Remedy.PROBE_TOKEN,
         ) from first
 
     def _store_failed(self, e: Exception) -> TokenError:
@@ -649,9 +650,9 @@ class TokenSession:
                 "run the same command again."
             )
         return TokenError(
-            f"Token '{self.info.label}' could not store the certificate ({_rv(e)}): it is probably full. Delete keys "
-            "or certificates it no longer needs ('tokenissue keys list', 'tokenissue keys delete'), then run the "
-            "same command again; nothing is lost meanwhile."
+            f"Token '{self.info.label}' could not store the certificate ({_rv(e)}): it is probably full; nothing is "
+            "lost meanwhile.",
+            remedy=Remedy.FREE_TOKEN,
         )
 
     def _remove_leftovers(self, attrs: dict[Any, Any]) -> None:

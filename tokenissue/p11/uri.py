@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
-from ..errors import UsageError
+from ..errors import Remedy, UsageError
 
 __all__ = ["KeySelector", "TokenSelector", "format_uri", "parse_uri"]
 
@@ -31,9 +31,7 @@ def parse_uri(uri: str) -> dict[str, bytes]:
     if "?" in body:
         body, query = body.split("?", 1)
         if "pin-value" in query:
-            raise UsageError(
-                "PKCS#11 URIs with pin-value are refused; give the PIN with TOKENISSUE_PIN, --pin-file or the prompt."
-            )
+            raise UsageError("PKCS#11 URIs with pin-value are refused.", remedy=Remedy.GIVE_PIN)
     out: dict[str, bytes] = {}
     for part in filter(None, body.split(";")):
         if "=" not in part:

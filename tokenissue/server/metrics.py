@@ -81,7 +81,7 @@ class Metrics:
                            "CMP requests answered, by body type and outcome (ok, or the failInfo sent back).",
                            [({"body": b, "outcome": o}, n) for (b, o), n in sorted(self._cmp.items())])  # fmt: skip
         yield from _family("tokenissue_cmp_shed_total", "counter",
-                           "CMP requests refused with 503 because --max-concurrent were in progress.", [({}, self._shed)])  # fmt: skip
+                           "CMP requests refused with 503 because the most allowed at once were in progress.", [({}, self._shed)])  # fmt: skip
         yield from _family("tokenissue_certificates_issued_total", "counter",
                            "Certificates signed by this process.", [({}, self._issued)])  # fmt: skip
         yield "# HELP tokenissue_cmp_request_seconds Time to answer a CMP request.\n"
