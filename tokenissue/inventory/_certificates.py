@@ -12,7 +12,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..errors import InventoryError, NotFound
+from ..errors import InventoryError, NotFound, Remedy
 from ..models import CertRecord, CertStatus, RevocationReason
 from ..publickeys import certificate_spki
 from ._audit_log import AUDIT_RETRIES, append_audit, prepare_audit
@@ -234,8 +234,7 @@ class CertificateStore(Database):
             ).first()
             if row is None:
                 raise NotFound(
-                    f"No certificate with serial {serial:#x} is in the inventory; "
-                    "check the serial with 'tokenissue cert list'."
+                    f"No certificate with serial {serial:#x} is in the inventory.", remedy=Remedy.LIST_CERTIFICATES
                 )
             if row.status == CertStatus.REVOKED.value:
                 return _row_to_cert(row)
@@ -290,8 +289,7 @@ class CertificateStore(Database):
             row = conn.execute(_CERT_BY_SERIAL.with_for_update(), {"serial": serial_hex(serial)}).first()
             if row is None:
                 raise NotFound(
-                    f"No certificate with serial {serial:#x} is in the inventory; "
-                    "check the serial with 'tokenissue cert list'."
+                    f"No certificate with serial {serial:#x} is in the inventory.", remedy=Remedy.LIST_CERTIFICATES
                 )
             rows = [row] if row.status == CertStatus.REVOKED.value else []
             todo = ([] if rows else [row]) + _same_key_rows(conn, row, at, lock=True)

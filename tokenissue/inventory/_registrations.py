@@ -14,7 +14,7 @@ from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Row
 
-from ..errors import InventoryError, NotFound
+from ..errors import InventoryError, NotFound, Remedy
 from ..models import Registration, RegistrationStatus
 from ._audit import canonical_json
 from ._engine import Database
@@ -232,10 +232,7 @@ class RegistrationStore(Database):
         return _row_to_registration(row)
 
     def _no_registration(self, ref: str) -> NotFound:
-        return NotFound(
-            f"No registration {ref} is in the inventory at {self._where}; "
-            "check the reference with 'tokenissue ra list'."
-        )
+        return NotFound(f"No registration {ref} is in the inventory at {self._where}.", remedy=Remedy.LIST_REGISTRATIONS)
 
     def registration_count(self) -> int:
         """How many registrations exist, in any state (the RA makes no new key while any exist)."""
