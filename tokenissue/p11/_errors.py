@@ -26,7 +26,7 @@ def translate(doing: str) -> Iterator[None]:
 
     ``doing`` completes "The token refused to ...", e.g. ``"generate the key"``.
     PinIncorrect is not handled here: the session layer must clean up after a failed login
-    first (see :meth:`Module.login`).
+    first (see :meth:`Module._after_failed_login`).
     """
     try:
         yield
