@@ -150,7 +150,7 @@ def child_batch(root: Path, labels: list[str], profile_out: Path | None) -> floa
         start = time.perf_counter()
         if profiler:
             profiler.enable()
-        results = run_batch(rows, pin=Pin(USER_PIN), enroller_for=lambda _r: local, state=db, module=SOFTHSM_MODULE)
+        results = run_batch(rows, pin=Pin(USER_PIN), enroller_for=lambda _r: local, holder=db, module=SOFTHSM_MODULE)
         if profiler:
             profiler.disable()
         elapsed = time.perf_counter() - start

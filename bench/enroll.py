@@ -228,7 +228,7 @@ with Inventory.open(state_dir / "state.db") as db:
                                       profile=profile, key_type=kt, ca=enroller.location,
                                       san=(f"dns:{cn}.example.test",))
                 a = time.perf_counter()
-                res = enroll(params, token=sel, pin=pin, enroller=enroller, state=db, module=mod)
+                res = enroll(params, token=sel, pin=pin, enroller=enroller, holder=db, module=mod)
                 dt = time.perf_counter() - a
                 assert not res.resumed
                 if i:

@@ -454,7 +454,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                     params = EnrollParams(token_serial=serial, subject=f"CN={cn},O=tokenissue", profile=PROFILE,
                                           key_type="ec-p256", ca=enroller.location, san=(f"dns:{cn}.example.test",))
                     t0 = time.perf_counter()
-                    enroll(params, token=sel, pin=Pin(USER_PIN), enroller=enroller, state=db, module=module)
+                    enroll(params, token=sel, pin=Pin(USER_PIN), enroller=enroller, holder=db, module=module)
                     (samples.append if i else first.append)(time.perf_counter() - t0)
             finally:
                 enroller.close()

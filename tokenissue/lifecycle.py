@@ -195,7 +195,7 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-def _find_done(s: TokenSession, entries: list[JournalEntry], state: Inventory, params: EnrollParams) -> EnrollOutcome | None:
+def _find_done(s: TokenSession, entries: list[JournalEntry], holder: Inventory, params: EnrollParams) -> EnrollOutcome | None:
     """The outcome of a finished enrollment with the same parameters (``entries``, oldest
     first) whose certificate is still on the token, valid and not revoked.
 
@@ -211,7 +211,7 @@ def _find_done(s: TokenSession, entries: list[JournalEntry], state: Inventory, p
         cert = load_certificates(str(entry.data["cert"]).encode())[0]
         kid = bytes.fromhex(str(entry.data["key_id"]))
         der = cert.public_bytes(serialization.Encoding.DER)
-        rec = state.get_certificate(cert.serial_number)
+        rec = holder.get_certificate(cert.serial_number)
         if rec is not None and rec.status is CertStatus.REVOKED:
             continue
         if cert.not_valid_after_utc <= now or not any(c.der == der for c in s.certificates(key_id=kid)):
@@ -237,7 +237,7 @@ def enroll(
     token: TokenSelector,
     pin: Pin | ProtectedAuth | None,
     enroller: Enroller,
-    state: Inventory,
+    holder: Inventory,
     module: str | None = None,
     journal_id: str | None = None,
     on_step: StepHook = _nothing,
@@ -256,23 +256,23 @@ def enroll(
             f"Another tokenissue process is enrolling on token '{s.info.label}' ({s.info.name}); "
             "try again once it has finished."
         )
-        with state.exclusive(token_lock(s.info.name), busy=busy):
+        with holder.exclusive(token_lock(s.info.name), busy=busy):
             resumed = True
             jid = journal_id
             if jid is None:
-                earlier = state.journal_by_params("enroll", params.as_json())
+                earlier = holder.journal_by_params("enroll", params.as_json())
                 jid = next((e.id for e in earlier if not e.finished), None)
                 if jid is None:
-                    done = _find_done(s, earlier, state, params)
+                    done = _find_done(s, earlier, holder, params)
                     if done is not None:
                         return done
             if jid is None:
                 resumed = False
-                entry = state.journal_start("enroll", params.as_json(), data=_first_data(s, params))
+                entry = holder.journal_start("enroll", params.as_json(), data=_first_data(s, params))
                 jid = entry.id
                 on_step(Step.STARTED)
             else:
-                found = state.journal_get(jid)
+                found = holder.journal_get(jid)
                 if found is None or (found.finished and found.state != Step.DONE):
                     raise UsageError(f"Enrollment {jid} is no longer open (another process ended it); nothing to resume.")
                 entry = found
@@ -283,7 +283,7 @@ def enroll(
             strict = params.require_sign_only or (_before_csr(st, fmt) and enroller.sign_only_required(params.profile))
             try:
                 if st == Step.STARTED:
-                    key = _key_step(s, params, state, jid, data, strict=strict)
+                    key = _key_step(s, params, holder, jid, data, strict=strict)
                     on_step("key-generated")
                     kid = key.id
                 else:
@@ -305,16 +305,16 @@ def enroll(
                 if _before_csr(st, fmt):
                     csr = build_csr(private, name, sans)
                     # Recorded with the request: whether the token forced the key to decrypt too.
-                    entry = state.journal_update(
+                    entry = holder.journal_update(
                         jid, Step.CSR, key_id=kid.hex(), label=key.label, csr=csr.public_bytes(serialization.Encoding.PEM).decode(),
                         key_can_decrypt=key.can_decrypt,
                     )
                     data, st = dict(entry.data), entry.state
                     on_step(Step.CSR)
                 if st == Step.CSR:
-                    result = _ask_ca(s, state, enroller, params, load_csr(str(data["csr"]).encode()), private, jid, kid, key.label)
+                    result = _ask_ca(s, holder, enroller, params, load_csr(str(data["csr"]).encode()), private, jid, kid, key.label)
                     on_step(Step.ISSUED)
-                    entry = state.journal_update(
+                    entry = holder.journal_update(
                         jid, Step.ISSUED, cert=_pem(result.certificate), chain=[_pem(c) for c in result.chain]
                     )
                     data, st = dict(entry.data), entry.state
@@ -327,7 +327,7 @@ def enroll(
                 # A request that never reached the CA (refused connection, unknown host, a 404
                 # from a mistyped URL) is as definite as a refusal: nothing was issued.
                 if _before_csr(st, fmt) or (st == Step.CSR and isinstance(e, RequestRejected | CANotReached)):
-                    _abort(s, state, jid, data, params)
+                    _abort(s, holder, jid, data, params)
                 raise
             cert = load_certificates(str(data["cert"]).encode())[0]
             chain = [load_certificates(p.encode())[0] for p in data.get("chain", [])]
@@ -342,7 +342,7 @@ def enroll(
                 if params.replaces_sha256 or params.final_label:
                     # A renewal removes the old certificate next: journal that this one is on the
                     # token first, so a crash in between never leaves the holder with neither.
-                    st = state.journal_update(jid, Step.WRITTEN).state
+                    st = holder.journal_update(jid, Step.WRITTEN).state
                 else:
                     st = Step.WRITTEN  # writing again is idempotent: "done" below is the next write
             replaced = int(params.replaces, 16) if params.replaces else None
@@ -359,7 +359,7 @@ def enroll(
                     cert, profile=params.profile, token_serial=s.info.name, key_id=kid, label=key.label,
                     request_id=jid, replaces=replaced,
                 )  # fmt: skip
-                state.journal_finish(jid, Step.DONE, record=record)
+                holder.journal_finish(jid, Step.DONE, record=record)
                 on_step(Step.DONE)
             return EnrollOutcome(
                 journal_id=jid,
@@ -377,7 +377,7 @@ def enroll(
 
 def _ask_ca(
     s: TokenSession,
-    state: Inventory,
+    holder: Inventory,
     enroller: Enroller,
     params: EnrollParams,
     csr: x509.CertificateSigningRequest,
@@ -391,7 +391,7 @@ def _ask_ca(
     revoked); else ``request``."""
     replaces = int(params.replaces, 16) if params.replaces else None
     if replaces is not None and params.replaces_sha256 and isinstance(enroller, KeyUpdater):
-        current = _current_certificate(s, state, replaces, params.replaces_sha256)
+        current = _current_certificate(s, holder, replaces, params.replaces_sha256)
         if current is not None:
             cert, current_kid = current
             return enroller.renew(
@@ -413,11 +413,11 @@ def _ask_ca(
 
 
 def _current_certificate(
-    s: TokenSession, state: Inventory, serial: int, sha256: str
+    s: TokenSession, holder: Inventory, serial: int, sha256: str
 ) -> tuple[x509.Certificate, bytes] | None:
     """The certificate being replaced (by fingerprint) and its key's ID, if it is on the token
     with its key and can still vouch for its holder (within its validity, not known revoked)."""
-    rec = state.get_certificate(serial)
+    rec = holder.get_certificate(serial)
     if rec is not None and rec.status is CertStatus.REVOKED:
         return None
     now = datetime.now(UTC)
@@ -445,7 +445,7 @@ def _first_data(s: TokenSession, params: EnrollParams) -> dict[str, object]:
 
 
 def _key_step(
-    s: TokenSession, params: EnrollParams, state: Inventory, jid: str, data: dict[str, Any], *, strict: bool = False
+    s: TokenSession, params: EnrollParams, holder: Inventory, jid: str, data: dict[str, Any], *, strict: bool = False
 ) -> KeyInfo:
     if params.reuse_key_id:
         return s.key(KeySelector(id=bytes.fromhex(params.reuse_key_id)))
@@ -453,7 +453,7 @@ def _key_step(
         # Journal format 1: an entry an older version started and left before journaling its
         # label. Journal it now, before generating, as that version would have.
         first = _first_data(s, params)
-        state.journal_update(jid, Step.STARTED, **first)
+        holder.journal_update(jid, Step.STARTED, **first)
         data.update(first)
     label = str(data["label"])
     # A run killed inside key generation can leave the public half of a pair whose private key
@@ -471,11 +471,11 @@ def _key_step(
         return existing[0]
 
 
-def _abort(s: TokenSession, state: Inventory, jid: str, data: dict[str, Any], params: EnrollParams) -> None:
+def _abort(s: TokenSession, holder: Inventory, jid: str, data: dict[str, Any], params: EnrollParams) -> None:
     """Undo an enrollment that failed before issuance: remove the key it generated."""
     if not params.reuse_key_id and data.get("generated"):
         remove_uncertified_keys(s, str(data.get("label")))
-    state.journal_finish(jid, Step.ABORTED)
+    holder.journal_finish(jid, Step.ABORTED)
 
 
 def remove_uncertified_keys(s: TokenSession, label: str) -> int:
@@ -548,20 +548,20 @@ def default_renewal_window(cert: CertObject) -> timedelta:
     return min(DEFAULT_RENEWAL_WINDOW, (cert.not_after - cert.not_before) / 3)
 
 
-def ca_of(state: Inventory, record: CertRecord | None) -> str | None:
+def ca_of(holder: Inventory, record: CertRecord | None) -> str | None:
     """Where the holder enrolled a certificate (from the journal entry that asked for it)."""
-    return _enrolled_with(state, record, "ca")
+    return _enrolled_with(holder, record, "ca")
 
 
-def ref_of(state: Inventory, record: CertRecord | None) -> str | None:
+def ref_of(holder: Inventory, record: CertRecord | None) -> str | None:
     """The CMP reference the holder enrolled a certificate with, if any."""
-    return _enrolled_with(state, record, "ref")
+    return _enrolled_with(holder, record, "ref")
 
 
-def _enrolled_with(state: Inventory, record: CertRecord | None, name: str) -> str | None:
+def _enrolled_with(holder: Inventory, record: CertRecord | None, name: str) -> str | None:
     if record is None or record.request_id is None:
         return None
-    entry = state.journal_get(record.request_id)
+    entry = holder.journal_get(record.request_id)
     if entry is not None and name == "ca":
         return journal_ca(entry) or None  # where it was finished, after a corrected address
     value = entry.params.get(name) if entry else None
@@ -570,7 +570,7 @@ def _enrolled_with(state: Inventory, record: CertRecord | None, name: str) -> st
 
 def certificate_status(
     s: TokenSession,
-    state: Inventory,
+    holder: Inventory,
     *,
     within: timedelta | None = None,
     ask_ca: Callable[[str, int], CertStatus | None] | None = None,
@@ -587,8 +587,8 @@ def certificate_status(
     for c in s.certificates():
         if c.is_ca or not c.has_key:
             continue
-        rec = state.get_certificate(c.serial)
-        ca = ca_of(state, rec)
+        rec = holder.get_certificate(c.serial)
+        ca = ca_of(holder, rec)
         revoked = rec is not None and rec.status is CertStatus.REVOKED
         if not revoked and ask_ca is not None and ca is not None:
             revoked = ask_ca(ca, c.serial) is CertStatus.REVOKED
@@ -652,7 +652,7 @@ def _key_type_of(pub: Any) -> KeyType:
 
 
 def revoke_on_token(
-    s: TokenSession, state: Inventory, key: KeySelector, enroller_for: Callable[[str], Enroller],
+    s: TokenSession, holder: Inventory, key: KeySelector, enroller_for: Callable[[str], Enroller],
     reason: RevocationReason, ca: str | None = None,
 ) -> list[CertRecord]:
     """Revoke the certificates of one key on a present token, at their CA, and remember it.
@@ -668,12 +668,12 @@ def revoke_on_token(
     for c in s.certificates(key_id=kid):
         if c.is_ca or c.serial in out:
             continue
-        rec = state.get_certificate(c.serial)
-        where = ca or ca_of(state, rec)
+        rec = holder.get_certificate(c.serial)
+        where = ca or ca_of(holder, rec)
         if where is None:
             raise UsageError(f"tokenissue did not enroll certificate {c.serial:x}.", remedy=Remedy.NAME_CA)
         now = datetime.now(UTC)
-        others = state.same_key(c.serial, now) if rec is not None and reason is RevocationReason.KEY_COMPROMISE else []
+        others = holder.same_key(c.serial, now) if rec is not None and reason is RevocationReason.KEY_COMPROMISE else []
         enroller = enroller_for(where)
         try:
             # The certificate and its key go along: CMP authenticates a revocation by that key.
@@ -685,9 +685,9 @@ def revoke_on_token(
         if rec is None:
             continue
         if reason is RevocationReason.KEY_COMPROMISE:
-            out.update((r.serial, r) for r in state.revoke_key(c.serial, reason, now))
+            out.update((r.serial, r) for r in holder.revoke_key(c.serial, reason, now))
         else:
-            out[c.serial] = state.revoke(c.serial, reason, now)
+            out[c.serial] = holder.revoke(c.serial, reason, now)
     return list(out.values())
 
 
@@ -742,17 +742,17 @@ def journal_ca(entry: JournalEntry) -> str:
     return str(entry.data.get("ca") or entry.params.get("ca", ""))
 
 
-def relocate(state: Inventory, journal_id: str, ca: str) -> None:
+def relocate(holder: Inventory, journal_id: str, ca: str) -> None:
     """Send an open enrollment to another CA location from now on (``enroll --resume --ca``).
 
     For an address that was wrong or has moved. The request keeps its ID, so the same CA at its
     new address answers a repeated request with the certificate it already issued.
     """
-    entry = state.journal_get(journal_id)
+    entry = holder.journal_get(journal_id)
     if entry is None or entry.finished:
         raise UsageError(f"Enrollment {journal_id} is no longer open; nothing to resume.")
     if journal_ca(entry) != ca:
-        state.journal_update(journal_id, entry.state, ca=ca)
+        holder.journal_update(journal_id, entry.state, ca=ca)
 
 
 class SeveralCAs(UsageError):
@@ -766,15 +766,15 @@ class SeveralCAs(UsageError):
         self.cas = frozenset(cas)
 
 
-def relocate_all(state: Inventory, ca: str) -> None:
+def relocate_all(holder: Inventory, ca: str) -> None:
     """Send every open enrollment to the CA location ``ca`` from now on (see :func:`relocate`).
     They must all have been started at one CA: a corrected address corrects one address."""
-    entries = state.journal_open("enroll")
+    entries = holder.journal_open("enroll")
     recorded = {journal_ca(e) for e in entries}
     if len(recorded) > 1:
         raise SeveralCAs(len(entries), recorded)
     for e in entries:
-        relocate(state, e.id, ca)
+        relocate(holder, e.id, ca)
 
 
 def entry_params(entry: JournalEntry) -> EnrollParams:
@@ -794,7 +794,7 @@ class Resumed:
 
 
 def resume_all(
-    state: Inventory,
+    holder: Inventory,
     *,
     open_enroller: Callable[[str, EnrollParams], Enroller],
     pin: Pin | ProtectedAuth | None,
@@ -809,14 +809,14 @@ def resume_all(
     a refused PIN) is raised instead, since every further entry would cost its token a try.
     """
     out: list[Resumed] = []
-    for e in state.journal_open("enroll"):
+    for e in holder.journal_open("enroll"):
         params, ca = entry_params(e), journal_ca(e)
         try:
             enroller = open_enroller(ca, params)
             try:
                 outcome = enroll(
                     params, token=TokenSelector.from_identity(params.token_serial), pin=pin, enroller=enroller,
-                    state=state, module=module, journal_id=e.id, on_step=on_step,
+                    holder=holder, module=module, journal_id=e.id, on_step=on_step,
                 )  # fmt: skip
             finally:
                 enroller.close()
@@ -829,14 +829,14 @@ def resume_all(
     return out
 
 
-def unfinished(state: Inventory, *, token_serial: str | None = None) -> list[Unfinished]:
+def unfinished(holder: Inventory, *, token_serial: str | None = None) -> list[Unfinished]:
     """The enrollments and renewals not finished yet, oldest first (of one token, if given)."""
-    out = [_unfinished(e) for e in state.journal_open("enroll")]
+    out = [_unfinished(e) for e in holder.journal_open("enroll")]
     return [u for u in out if token_serial is None or u.token_serial == token_serial]
 
 
 def abandon(
-    state: Inventory,
+    holder: Inventory,
     journal_id: str,
     *,
     present: Callable[[str], bool],
@@ -859,19 +859,19 @@ def abandon(
     for a renewal that kept its key (that key still carries the certificate being renewed, so
     the entry is ended and the key kept).
     """
-    entry = state.journal_get(journal_id)
+    entry = holder.journal_get(journal_id)
     if entry is None or entry.kind != "enroll":
         raise UsageError(f"There is no enrollment {journal_id} in the journal.", remedy=Remedy.LIST_JOURNAL)
     serial = str(entry.params.get("token_serial", ""))
     busy = TokenBusy(f"Another tokenissue process is enrolling on token {serial}; try again once it has finished.")
-    with state.exclusive(token_lock(serial), busy=busy):
-        return _abandon(state, journal_id, present, remove_key)
+    with holder.exclusive(token_lock(serial), busy=busy):
+        return _abandon(holder, journal_id, present, remove_key)
 
 
 def _abandon(
-    state: Inventory, journal_id: str, present: Callable[[str], bool], remove_key: Callable[[str, str], None] | None
+    holder: Inventory, journal_id: str, present: Callable[[str], bool], remove_key: Callable[[str, str], None] | None
 ) -> Unfinished:
-    entry = state.journal_get(journal_id)
+    entry = holder.journal_get(journal_id)
     assert entry is not None
     if entry.finished:
         if entry.state == Step.ABANDONED:
@@ -883,7 +883,7 @@ def _abandon(
             raise UsageError(f"Enrollment {journal_id} already has its certificate.", remedy=Remedy.RESUME)
         if entry.data.get("generated") and not entry.params.get("reuse_key_id"):
             remove_key(found.token_serial, str(entry.data.get("label")))
-        state.journal_finish(journal_id, Step.ABANDONED)
+        holder.journal_finish(journal_id, Step.ABANDONED)
         return replace(found, state="abandoned")
     if present(found.token_serial):
         raise UsageError(
@@ -898,5 +898,5 @@ def _abandon(
             key_id=bytes.fromhex(str(kid)) if kid else None, label=str(entry.data.get("label") or "") or None,
             request_id=entry.id, replaces=None,
         )  # fmt: skip
-    state.journal_finish(journal_id, Step.ABANDONED, record=record)
+    holder.journal_finish(journal_id, Step.ABANDONED, record=record)
     return replace(found, state="abandoned")

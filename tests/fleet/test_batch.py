@@ -169,7 +169,7 @@ def _run_in_process(hsm: SoftHSM, ca: TokenCA, rows: list[Any], on_step: Any = N
     try:
         with Inventory.open(hsm.root / "state" / "state.db") as db:
             return run_batch(
-                rows, pin=Pin(USER_PIN), enroller_for=lambda _row: local, state=db, module=SOFTHSM_MODULE, on_step=on_step
+                rows, pin=Pin(USER_PIN), enroller_for=lambda _row: local, holder=db, module=SOFTHSM_MODULE, on_step=on_step
             )
     finally:
         local.close()

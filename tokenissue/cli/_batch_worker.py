@@ -38,7 +38,7 @@ def _serve() -> int:
     from ..fleet.batch import RowResult, run_batch
     from ..fleet.parallel import worker_rows
     from ..inventory import Inventory
-    from ._enrolling import CmpArgs, Enrollers, step_hook
+    from ._enrolling import Enrollers, ServerArgs, step_hook
 
     setup: dict[str, Any] = json.loads(sys.stdin.readline() or "{}")
     pin = PROTECTED_AUTH if setup.get("protected_auth") else (Pin(setup["pin"]) if setup.get("pin") is not None else None)
@@ -50,7 +50,7 @@ def _serve() -> int:
     state_path = Path(setup["state"])
     setup.clear()
 
-    def opener(cmp: CmpArgs | None) -> Any:
+    def opener(cmp: ServerArgs | None) -> Any:
         if cmp is None:
             return open_enroller(location, ca_pin=ca_pin, module=module)
         return open_enroller(location, ref=cmp.ref, auth_code=cmp.auth_code, trust=cmp.trust())
@@ -66,7 +66,7 @@ def _serve() -> int:
                 continue
             group = worker_rows(json.loads(line))
             run_batch(
-                [row for row, _ in group], pin=pin, enroller_for=enrollers.get, state=db, module=module,
+                [row for row, _ in group], pin=pin, enroller_for=enrollers.get, holder=db, module=module,
                 on_result=emit, on_step=hook, present={row.token: serial for row, serial in group if serial},
             )  # fmt: skip
     return 0

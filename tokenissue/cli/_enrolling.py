@@ -56,8 +56,10 @@ class AuthCodeSource:
 
 
 @dataclass(frozen=True)
-class CmpArgs:
-    """The CMP options of one command, passed to every enroller it opens."""
+class ServerArgs:
+    """What a command gives a CA server, passed to every enroller it opens: the CMP reference
+    and authorization code, and the CA certificates to trust (--ca-trust: the CMP server's
+    signer, or the roots an ACME chain may end in)."""
 
     ref: str | None = None
     auth_code: Callable[[], Secret] | Secret | None = None
@@ -140,9 +142,11 @@ def step_hook() -> Any:
     return hook
 
 
-def open_ca(
-    ctx: typer.Context, location: str, ca_pin_file: Path | None, cmp: CmpArgs | None = None, acme: AcmeArgs | None = None
+def ca_enroller(
+    ctx: typer.Context, location: str, ca_pin_file: Path | None, cmp: ServerArgs | None = None, acme: AcmeArgs | None = None
 ) -> Any:
+    """The enroller for the CA at ``location`` (a CA directory, a CMP or an ACME server), with
+    this command's server arguments; a local CA asks for its PIN once, when it first signs."""
     from ..enroll import is_acme_location, is_cmp_location, open_enroller
     from ..enroll.local import LocalCA
 
@@ -215,7 +219,7 @@ class Enrollers:
     once); for CMP one per row, since each row has its own reference and code. ``opener``
     opens an enroller, given the row's CMP arguments or None."""
 
-    def __init__(self, opener: Callable[[CmpArgs | None], Enroller], codes: dict[str, Secret], trust: Path | None) -> None:
+    def __init__(self, opener: Callable[[ServerArgs | None], Enroller], codes: dict[str, Secret], trust: Path | None) -> None:
         self.opener, self.codes, self.trust = opener, codes, trust
         self._shared: Enroller | None = None
         self._last: Enroller | None = None
@@ -229,7 +233,7 @@ class Enrollers:
         if self._last is not None:
             self._last.close()
         assert row.ref is not None
-        self._last = self.opener(CmpArgs(ref=row.ref, auth_code=self.codes[row.ref], trust_file=self.trust))
+        self._last = self.opener(ServerArgs(ref=row.ref, auth_code=self.codes[row.ref], trust_file=self.trust))
         return self._last
 
     def __enter__(self) -> Enrollers:

@@ -26,7 +26,7 @@ from ._common import (
     state,
     user_pin_source,
 )
-from ._enrolling import Enrollers, holder_state, open_ca, step_hook
+from ._enrolling import Enrollers, ca_enroller, holder_state, step_hook
 
 if TYPE_CHECKING:
     from ..credentials import Pin, ProtectedAuth, Secret
@@ -142,7 +142,7 @@ def enroll(
     with ExitStack() as stack:
         db = stack.enter_context(holder_state(ctx))
         enrollers = stack.enter_context(
-            Enrollers(lambda cmp_args: open_ca(ctx, ca, ca_pin_file, cmp_args), codes, ca_trust)
+            Enrollers(lambda cmp_args: ca_enroller(ctx, ca, ca_pin_file, cmp_args), codes, ca_trust)
         )
         if not cmp:
             # A local CA knows its profiles: an unknown one is a fault of the file, found now.
@@ -171,7 +171,7 @@ def enroll(
             done = _run_parallel(ctx, rows, jobs, ca, pin, enrollers, codes, ca_trust, view.start, on_result)
         else:
             done = run_batch(
-                rows, pin=pin, enroller_for=enrollers.get, state=db, module=state(ctx).module,
+                rows, pin=pin, enroller_for=enrollers.get, holder=db, module=state(ctx).module,
                 on_start=view.start, on_result=on_result, on_step=step_hook(),
             )  # fmt: skip
     counts = {s: sum(1 for r in done if r.status == s) for s in ("enrolled", "resumed", "already-done", "failed", "skipped")}

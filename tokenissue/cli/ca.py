@@ -305,7 +305,7 @@ def _sweep(
     from ..errors import Incomplete
     from ..fleet.sweep import Renewing, run_sweep
     from ._common import user_pin_source
-    from ._enrolling import holder_state, open_ca, step_hook
+    from ._enrolling import ca_enroller, holder_state, step_hook
 
     with ExitStack() as stack:
         ca = stack.enter_context(_open(ctx, ca_dir))
@@ -319,10 +319,10 @@ def _sweep(
                     pins["pin"] = source.get()
                 return pins["pin"]
 
-            enroller = open_ca(ctx, str(ca_dir), ca_pin_file)
+            enroller = ca_enroller(ctx, str(ca_dir), ca_pin_file)
             stack.callback(enroller.close)
             renewing = Renewing(
-                enroller=enroller, pin=holder_pin, state=stack.enter_context(holder_state(ctx)),
+                enroller=enroller, pin=holder_pin, holder=stack.enter_context(holder_state(ctx)),
                 module=state(ctx).module, rekey=rekey, on_step=step_hook(),
             )  # fmt: skip
         items = run_sweep(ca, within=within, hook=hook, renewing=renewing)

@@ -33,9 +33,9 @@ from ._common import (
 from ._enrolling import (
     AcmeArgs,
     AuthCodeSource,
-    CmpArgs,
+    ServerArgs,
+    ca_enroller,
     holder_state,
-    open_ca,
     present_token_serials,
     revoke_lost_command,
     step_hook,
@@ -199,17 +199,17 @@ def enroll(
         parse_san(san or [])
         from ..enroll import is_cmp_location
 
-        fresh: CmpArgs | None = None
+        fresh: ServerArgs | None = None
         if is_cmp_location(ca):
             if not ref:
                 raise UsageError("Enrolling at a CMP server needs --ref, the reference the CA gave with the authorization code.")
             # Asked for now, before a key is made, and kept out of the journal.
-            fresh = CmpArgs(ref=ref, auth_code=AuthCodeSource(auth_code_file)(), trust_file=ca_trust)
+            fresh = ServerArgs(ref=ref, auth_code=AuthCodeSource(auth_code_file)(), trust_file=ca_trust)
         elif is_acme_location(ca):
-            fresh = CmpArgs(trust_file=ca_trust)  # --ca-trust: the roots the issued chain may end in
+            fresh = ServerArgs(trust_file=ca_trust)  # --ca-trust: the roots the issued chain may end in
         sel = p11.TokenSelector.parse(token)
         token_serial = p11.load_module(mod).token_info(sel).name
-        enroller = open_ca(ctx, ca, ca_pin_file, fresh, acme)
+        enroller = ca_enroller(ctx, ca, ca_pin_file, fresh, acme)
         try:
             enroller.check_profile(profile)  # before any key is made
             unlock_local_ca(enroller)
@@ -218,7 +218,7 @@ def enroll(
                 ca=enroller.location, label=label, san=tuple(san or ()), ref=fresh.ref if fresh else None,
                 require_sign_only=require_sign_only,
             )
-            out = run_enroll(params, token=sel, pin=pin_src.get(), enroller=enroller, state=db, module=mod, on_step=step_hook())
+            out = run_enroll(params, token=sel, pin=pin_src.get(), enroller=enroller, holder=db, module=mod, on_step=step_hook())
         finally:
             enroller.close()
     _report([out.as_json()], json_out)
@@ -244,7 +244,7 @@ def _resume(
     code = AuthCodeSource(auth_code_file, why="Resuming an enrollment at a CMP server")
 
     def opener(where: str, params: Any) -> Any:
-        enroller = open_ca(ctx, where, ca_pin_file, CmpArgs(ref=params.ref, auth_code=code, trust_file=ca_trust), acme)
+        enroller = ca_enroller(ctx, where, ca_pin_file, ServerArgs(ref=params.ref, auth_code=code, trust_file=ca_trust), acme)
         try:
             unlock_local_ca(enroller)
         except BaseException:
@@ -320,7 +320,7 @@ def status(
     from ..lifecycle import certificate_status
 
     with holder_state(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
-        reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
+        reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ca_opener(ctx))
         label = s.info.label
     if json_out:
         emit_json([r.as_json() for r in reports])
@@ -343,7 +343,7 @@ def status(
         console().print("[yellow]Renewal is due:[/] run 'tokenissue renew --token ...'.")
 
 
-def _ask_ca(ctx: typer.Context) -> Any:
+def _ca_opener(ctx: typer.Context) -> Any:
     def ask(location: str, serial: int) -> Any:
         from ..enroll import open_enroller
 
@@ -411,7 +411,7 @@ def renew(
     )  # fmt: skip
     with holder_state(ctx) as db:
         with p11.open_token(sel, pin, module=mod) as s:
-            reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ask_ca(ctx))
+            reports = certificate_status(s, db, within=parse_duration(within) if within else None, ask_ca=_ca_opener(ctx))
             kid = s.key(p11.KeySelector.parse(key)).id if key else None
             token_serial = s.info.name
         if kid is None and within is None:
@@ -439,10 +439,10 @@ def renew(
             if require_sign_only:
                 params = dataclasses.replace(params, require_sign_only=True)
             code = AuthCodeSource(auth_code_file, why="Renewing an expired or revoked certificate at a CMP server")
-            enroller = open_ca(ctx, where, ca_pin_file, CmpArgs(ref=cmp_ref, auth_code=code, trust_file=ca_trust), acme)
+            enroller = ca_enroller(ctx, where, ca_pin_file, ServerArgs(ref=cmp_ref, auth_code=code, trust_file=ca_trust), acme)
             try:
                 unlock_local_ca(enroller)
-                out = run_enroll(params, token=sel, pin=pin, enroller=enroller, state=db, module=mod, on_step=step_hook())
+                out = run_enroll(params, token=sel, pin=pin, enroller=enroller, holder=db, module=mod, on_step=step_hook())
             finally:
                 enroller.close()
             results.append(out.as_json())
@@ -472,7 +472,7 @@ def _ari(ctx: typer.Context, report: Any, acme: AcmeArgs, ca_trust: Path | None)
     if report.renew_due or report.ca is None or not is_acme_location(report.ca):
         return report
     try:
-        enroller = open_ca(ctx, report.ca, None, CmpArgs(trust_file=ca_trust), acme)
+        enroller = ca_enroller(ctx, report.ca, None, ServerArgs(trust_file=ca_trust), acme)
         try:
             start = enroller.renewal_window_start(x509.load_der_x509_certificate(report.cert.der))
         finally:
@@ -543,10 +543,10 @@ def revoke(
             raise UsageError("Give --token and --key, or --token-serial and --ca for a lost token.")
         why = parse_reason(reason, RevocationReason.UNSPECIFIED)
         with holder_state(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
-            cmp = CmpArgs(trust_file=ca_trust)
+            cmp = ServerArgs(trust_file=ca_trust)
             acme = AcmeArgs(acme_trust=acme_trust)  # revoked with the account key the certificate was ordered with
             recs = revoke_on_token(
-                s, db, p11.KeySelector.parse(key), lambda where: open_ca(ctx, where, ca_pin_file, cmp, acme), why, ca
+                s, db, p11.KeySelector.parse(key), lambda where: ca_enroller(ctx, where, ca_pin_file, cmp, acme), why, ca
             )
     if json_out:
         emit_json([record_dict(r) for r in recs])

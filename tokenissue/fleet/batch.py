@@ -215,7 +215,7 @@ def run_batch(
     *,
     pin: Pin | ProtectedAuth | None,
     enroller_for: Callable[[BatchRow], Enroller],
-    state: Inventory,
+    holder: Inventory,
     module: str | None = None,
     on_start: Callable[[BatchRow], None] | None = None,
     on_result: Callable[[RowResult], None] | None = None,
@@ -241,7 +241,7 @@ def run_batch(
             if on_start is not None:
                 on_start(row)
             result = _one(
-                row, present.get(row.token), pin=pin, enroller_for=enroller_for, state=state, module=module,
+                row, present.get(row.token), pin=pin, enroller_for=enroller_for, holder=holder, module=module,
                 on_step=on_step,
             )  # fmt: skip
             if result.pin_refused:
@@ -285,7 +285,7 @@ def _one(
     *,
     pin: Pin | ProtectedAuth | None,
     enroller_for: Callable[[BatchRow], Enroller],
-    state: Inventory,
+    holder: Inventory,
     module: str | None,
     on_step: StepHook | None,
 ) -> RowResult:
@@ -308,7 +308,7 @@ def _one(
             ca=enroller.location, label=row.label, san=row.san, ref=row.ref,
         )  # fmt: skip
         out = enroll(
-            params, token=selector, pin=pin, enroller=enroller, state=state, module=module,
+            params, token=selector, pin=pin, enroller=enroller, holder=holder, module=module,
             on_step=on_step or (lambda _step: None),
         )  # fmt: skip
     except TokenIssueError as e:

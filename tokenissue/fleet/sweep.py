@@ -257,7 +257,7 @@ def renewer(
     *,
     enroller: Enroller,
     pin: Callable[[], Pin | ProtectedAuth | None],
-    state: Inventory,
+    holder: Inventory,
     module: str | None = None,
     rekey: bool = False,
     on_step: StepHook | None = None,
@@ -265,7 +265,7 @@ def renewer(
     """A ``renew`` for :func:`sweep`: renew a record's certificate on its token, when present.
 
     The token is found by the serial the CA recorded at enrollment, the certificate on it by
-    its serial; the renewal is the holder's (``tokenissue renew``), journaled in ``state``, with
+    its serial; the renewal is the holder's (``tokenissue renew``), journaled in ``holder``, with
     the same key unless ``rekey``. ``pin`` is called only once a token is present.
     """
 
@@ -278,13 +278,13 @@ def renewer(
         except TokenNotFound:
             raise TokenNotFound(f"Token {rec.token_serial} is not present; notify its holder or insert it.") from None
         with open_token(selector, pin(), module=module) as s:
-            reports = [r for r in certificate_status(s, state) if r.cert.serial == rec.serial]
+            reports = [r for r in certificate_status(s, holder) if r.cert.serial == rec.serial]
         if not reports:
             raise KeyNotFound(f"Certificate {rec.serial:x} is not on token {rec.token_serial} (with its key) any more.")
         params = renewal_params(
             reports[0], token_serial=rec.token_serial, rekey=rekey, ca=enroller.location, profile=rec.profile
         )
-        out = enroll(params, token=selector, pin=pin(), enroller=enroller, state=state, module=module,
+        out = enroll(params, token=selector, pin=pin(), enroller=enroller, holder=holder, module=module,
                      on_step=on_step or (lambda _step: None))  # fmt: skip
         return out.certificate.serial_number
 
@@ -296,7 +296,7 @@ def resume_renewals(
     *,
     enroller: Enroller,
     pin: Callable[[], Pin | ProtectedAuth | None],
-    state: Inventory,
+    holder: Inventory,
     module: str | None = None,
     now: datetime | None = None,
 ) -> list[SweepItem]:
@@ -310,7 +310,7 @@ def resume_renewals(
     now = now or datetime.now(UTC)
     by_serial = {r.serial: r for r in records}
     items: list[SweepItem] = []
-    for entry in state.journal_open("enroll"):
+    for entry in holder.journal_open("enroll"):
         params = entry_params(entry)
         old = by_serial.get(int(params.replaces, 16)) if params.replaces else None
         if old is None or params.ca != enroller.location:
@@ -319,7 +319,7 @@ def resume_renewals(
         selector = TokenSelector.from_identity(params.token_serial)
         try:
             load_module(module).token_info(selector)
-            out = enroll(params, token=selector, pin=pin(), enroller=enroller, state=state, module=module,
+            out = enroll(params, token=selector, pin=pin(), enroller=enroller, holder=holder, module=module,
                          journal_id=entry.id)  # fmt: skip
             item.action, item.new_serial = SweepAction.RENEWED, out.certificate.serial_number
             item.detail = "an interrupted renewal, finished now"
@@ -339,7 +339,7 @@ class Renewing:
 
     enroller: Enroller  #: the CA swept, as an enroller
     pin: Callable[[], Pin | ProtectedAuth | None]  #: asked once a token is present
-    state: Inventory  #: the holder's records and journal
+    holder: Inventory  #: the holder's records and journal
     module: str | None = None
     rekey: bool = False
     on_step: StepHook | None = None
@@ -364,10 +364,10 @@ def run_sweep(
     resumed: list[SweepItem] = []
     if renewing is not None:
         r = renewing
-        resumed = resume_renewals(records, enroller=r.enroller, pin=r.pin, state=r.state, module=r.module)
+        resumed = resume_renewals(records, enroller=r.enroller, pin=r.pin, holder=r.holder, module=r.module)
         if not any(i.pin_refused for i in resumed):  # a PIN was refused: no token gets another wrong try
             renew_one = renewer(
-                enroller=r.enroller, pin=r.pin, state=r.state, module=r.module, rekey=r.rekey, on_step=r.on_step
+                enroller=r.enroller, pin=r.pin, holder=r.holder, module=r.module, rekey=r.rekey, on_step=r.on_step
             )  # fmt: skip
         records = ca.list()  # renewals just finished have replaced their certificates
     fresh = frozenset(i.new_serial for i in resumed if i.new_serial is not None)
