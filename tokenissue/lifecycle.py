@@ -63,7 +63,18 @@ from .errors import (
     stops_a_run,
 )
 from .inventory import Inventory
-from .models import CertObject, CertRecord, CertState, CertStatus, JournalEntry, KeyInfo, KeyType, RevocationReason
+from .models import (
+    CertObject,
+    CertRecord,
+    CertState,
+    CertStatus,
+    JournalEntry,
+    KeyInfo,
+    KeyType,
+    RevocationReason,
+    StepHook,
+    no_step,
+)
 from .models import JournalStep as Step
 from .p11 import KeySelector, TokenSelector, TokenSession, open_token
 from .pkix.certs import cert_record, fingerprint_sha256, load_certificates, verify_chain
@@ -81,11 +92,6 @@ __all__ = [
     "revoke_on_token",
 ]
 
-StepHook = Callable[[str], None]
-
-
-def _nothing(_: str) -> None:
-    return None
 
 
 #: The journal format this version writes, as ``"format"`` in each entry's data:
@@ -240,7 +246,7 @@ def enroll(
     holder: Inventory,
     module: str | None = None,
     journal_id: str | None = None,
-    on_step: StepHook = _nothing,
+    on_step: StepHook = no_step,
 ) -> EnrollOutcome:
     """Run (or resume) one enrollment. See the module docstring for the guarantees."""
     name = parse_subject(params.subject)
@@ -799,7 +805,7 @@ def resume_all(
     open_enroller: Callable[[str, EnrollParams], Enroller],
     pin: Pin | ProtectedAuth | None,
     module: str | None = None,
-    on_step: StepHook = _nothing,
+    on_step: StepHook = no_step,
 ) -> list[Resumed]:
     """Finish every open enrollment, each at the CA it asks (``open_enroller(location,
     params)`` opens that CA for it; it is closed after the entry).

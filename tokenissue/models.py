@@ -6,6 +6,7 @@ Nothing here talks to a token, a database or the user.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,10 +25,23 @@ __all__ = [
     "Registration",
     "RegistrationStatus",
     "RevocationReason",
+    "StepHook",
     "TokenInfo",
     "TransactionKind",
     "TransactionState",
+    "no_step",
 ]
+
+#: Called with the name of each step of a journaled operation as it is done (an enrollment's
+#: "csr", "issued", ...; a CMP request's "after-reserve", ...): progress, and the point where
+#: the crash tests' TOKENISSUE_FAILPOINT / TOKENISSUE_SERVER_FAILPOINT kill the process.
+StepHook = Callable[[str], None]
+
+
+def no_step(_: str) -> None:
+    """The :data:`StepHook` that does nothing."""
+    return None
+
 
 
 class KeyAlgorithm(enum.Enum):

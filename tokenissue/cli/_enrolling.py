@@ -18,6 +18,7 @@ import typer
 
 from ..credentials import Secret
 from ..errors import PinError, UsageError
+from ..models import StepHook, no_step
 from ._common import ca_pin_source, err_console, read_secret_file, state
 
 if TYPE_CHECKING:
@@ -127,19 +128,25 @@ def holder_state(ctx: typer.Context) -> Any:
     return Inventory.open(d / "state.db")
 
 
-def step_hook() -> Any:
-    """Progress on stderr, and a fault-injection point for the crash tests.
-
-    TOKENISSUE_FAILPOINT=STEP kills this process with SIGKILL right after STEP, exactly as a
-    power cut would; the journal must then let the next run finish the work.
-    """
-    failpoint = os.environ.get("TOKENISSUE_FAILPOINT")
+def failpoint(variable: str) -> StepHook | None:
+    """The crash tests' fault-injection point: with ``variable`` set to STEP in the environment,
+    a hook that kills this process with SIGKILL right after STEP, exactly as a power cut would;
+    None when it is not set."""
+    step_named = os.environ.get(variable)
+    if not step_named:
+        return None
 
     def hook(step: str) -> None:
-        if failpoint == step:
+        if step == step_named:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
+
+
+def step_hook() -> StepHook:
+    """The holder's step hook: TOKENISSUE_FAILPOINT=STEP (see :func:`failpoint`); the journal
+    must then let the next run finish the work."""
+    return failpoint("TOKENISSUE_FAILPOINT") or no_step
 
 
 def ca_enroller(

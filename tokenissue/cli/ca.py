@@ -446,24 +446,11 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _server_step_hook() -> Any:
-    """The server's fault-injection point for the crash tests, like the client's TOKENISSUE_FAILPOINT.
+    """The server's fault-injection point for the crash tests: TOKENISSUE_SERVER_FAILPOINT=STEP
+    (after-reserve, after-issue, after-consume) kills it in the middle of a request."""
+    from ._enrolling import failpoint
 
-    TOKENISSUE_SERVER_FAILPOINT=STEP (after-reserve, after-issue, after-consume) kills the server
-    with SIGKILL right after STEP, in the middle of a request, as a power cut would.
-    """
-    import os
-
-    failpoint = os.environ.get("TOKENISSUE_SERVER_FAILPOINT")
-    if not failpoint:
-        return None
-
-    def hook(step: str) -> None:
-        if step == failpoint:
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
+    return failpoint("TOKENISSUE_SERVER_FAILPOINT")
 
 
 @app.command("serve")

@@ -132,6 +132,10 @@ class _ResponderHandler(http.server.BaseHTTPRequestHandler):
 
 class _Network(client.ClientNetwork):
     # The library retries badNonce once; a server may refuse any nonce (RFC 8555 §6.5), several in a row.
+    # Overriding post() around the private _post_once is the only way to retry more: acme 5.x
+    # takes no retry count, and _post_once is the one per-attempt call (post() itself is
+    # "try once, on badNonce once more"). tests/interop/test_acme_resume.py runs it against a
+    # Pebble that refuses 30 % of nonces (PEBBLE_WFE_NONCEREJECT), so a change in acme shows.
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
         for _ in range(BAD_NONCE_RETRIES):
             try:
@@ -244,7 +248,13 @@ class ACMEEnroller:
     # -- renewal information (RFC 9773) --------------------------------------------------
     def renewal_window_start(self, cert: x509.Certificate) -> datetime.datetime | None:
         """When the CA suggests renewing ``cert`` (its ARI suggestedWindow.start), or None when
-        the directory offers no renewalInfo. Read with an unauthenticated GET, as ARI is."""
+        the directory offers no renewalInfo. Read with an unauthenticated GET, as ARI is.
+
+        Not certbot's ``ClientV2.renewal_time``: it answers with a random moment inside the
+        window, drawn anew on each call, so ``status`` would say "due" on one run and not on the
+        next; tokenissue renews from the window's start, a moment every run agrees on. The
+        fetch and the parsing are acme's own (``net.get``, ``messages.RenewalInfo``).
+        """
         acme = self._connect(account=False)
         try:
             base = acme.directory["renewalInfo"]

@@ -37,8 +37,8 @@ from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
 from ..errors import PinError, TokenIssueError, TokenNotFound, UsageError, stops_a_run
 from ..inventory import Inventory
-from ..lifecycle import EnrollOutcome, EnrollParams, StepHook, enroll
-from ..models import KeyType
+from ..lifecycle import EnrollOutcome, EnrollParams, enroll
+from ..models import KeyType, StepHook, no_step
 from ..p11 import TokenSelector, load_module
 from ..pkix.names import parse_san, parse_subject
 
@@ -309,7 +309,7 @@ def _one(
         )  # fmt: skip
         out = enroll(
             params, token=selector, pin=pin, enroller=enroller, holder=holder, module=module,
-            on_step=on_step or (lambda _step: None),
+            on_step=on_step or no_step,
         )  # fmt: skip
     except TokenIssueError as e:
         return RowResult.of(

@@ -35,8 +35,8 @@ from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
 from ..errors import KeyNotFound, TokenIssueError, TokenNotFound, UsageError, stops_a_run
 from ..inventory import Inventory
-from ..lifecycle import StepHook, certificate_status, enroll, entry_params, renewal_params
-from ..models import CertRecord, CertStatus
+from ..lifecycle import certificate_status, enroll, entry_params, renewal_params
+from ..models import CertRecord, CertStatus, StepHook, no_step
 from ..p11 import TokenSelector, load_module, open_token
 from ..pkix.certs import dump_certificates, load_certificates
 from ..publickeys import certificate_spki
@@ -285,7 +285,7 @@ def renewer(
             reports[0], token_serial=rec.token_serial, rekey=rekey, ca=enroller.location, profile=rec.profile
         )
         out = enroll(params, token=selector, pin=pin(), enroller=enroller, holder=holder, module=module,
-                     on_step=on_step or (lambda _step: None))  # fmt: skip
+                     on_step=on_step or no_step)  # fmt: skip
         return out.certificate.serial_number
 
     return renew
