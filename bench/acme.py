@@ -1,6 +1,6 @@
 """ACME issuance: `tokenissue enroll --ca acme+https://...` vs certbot in --csr mode, on one Pebble.
 
-Pebble and pebble-challtestsrv run on 127.0.0.1 (tests/acme_support.py; PEBBLE_VA_NOSLEEP=1,
+Pebble and pebble-challtestsrv run on 127.0.0.1 (tests/support/acme.py; PEBBLE_VA_NOSLEEP=1,
 real http-01 validation). Both contenders are whole fresh processes timed from here around
 ``subprocess.run``, run INTERLEAVED (tokenissue, peer, tokenissue, ...) after one untimed
 warm-up round, which also registers each one's ACME account and fills a bytecode cache
@@ -38,7 +38,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from acme_support import CHALLTESTSRV, PEBBLE, Pebble, free_port, run_pebble  # noqa: E402
+from support.acme import CHALLTESTSRV, PEBBLE, Pebble, run_pebble  # noqa: E402
+from support.servers import free_port  # noqa: E402
 
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 USER_PIN = "246810"

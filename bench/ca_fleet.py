@@ -63,7 +63,7 @@ PG_START_TIMEOUT = 30
 SKIP_D = "(d) SQLite, 2 replicas: skipped — SQLite is one file on one host; replicas need a shared inventory"
 
 
-# -- PostgreSQL (as tests/conftest.py starts it, but with fsync on) -----------------------------
+# -- PostgreSQL (as tests/support/postgres.py starts it, but with fsync on) ----------------------
 
 
 def _pg_bin() -> Path:

@@ -32,7 +32,7 @@ objects per connection. Chunks of raw and tokenissue, SoftHSM and TPM, are inter
 Printed: each rate, tokenissue/raw (tokenissue's overhead as a ratio; 1.00x = no overhead) and
 TPM/SoftHSM (same run; below 1 = the TPM is slower).
 
-The software TPM is started here as tests/tpm_support.py does (swtpm on 127.0.0.1 only, a
+The software TPM is started here as tests/support/tpm.py does (swtpm on 127.0.0.1 only, a
 private dbus-daemon, tpm2-abrmd with --max-transients=100), in a private directory on /dev/shm,
 and stopped cleanly (tpm2_shutdown, swtpm_ioctl -s) then by PID. Without the TPM packages
 only SoftHSM is measured, and the reason is printed.
@@ -99,7 +99,7 @@ def _base_env(pycache: Path) -> dict[str, str]:
     return env
 
 
-# -- a software TPM (the minimal part of tests/tpm_support.py) ------------------------------
+# -- a software TPM (the minimal part of tests/support/tpm.py) -------------------------------
 def _tool(name: str) -> str:
     path = shutil.which(name, path=_PATH)
     if path is None:

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
-from lifecycle_support import TokenCA, make_token_ca
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
 
 BUILTIN_PROFILES = ["code-signing", "personal", "personal-banking", "smime", "tls-client", "tls-server"]
 

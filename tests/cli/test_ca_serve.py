@@ -4,8 +4,8 @@ status, before it listens anywhere."""
 from __future__ import annotations
 
 import pytest
-from conftest import SoftHSM
-from lifecycle_support import TokenCA, make_token_ca
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
 
 
 @pytest.fixture

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM, SoftwareCA
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
+from support.cli import SO_PIN, USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
+from support.software_ca import SoftwareCA
 
 from tokenissue import p11
 from tokenissue.credentials import Pin

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import SoftHSM, make_softhsm
-from lifecycle_support import add_token_fast
+from support.lifecycle import add_token_fast
+from support.softhsm import SoftHSM, make_softhsm
 
 URL = "cmp+http://127.0.0.1:9/pkix/"  # port 9 (discard): nothing listens there
 CODE = "auth-9931-code"

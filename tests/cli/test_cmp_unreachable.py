@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import SoftHSM
+from support.softhsm import SoftHSM
 
 
 def _free_port() -> int:
@@ -112,7 +112,7 @@ def _stuck(hsm: SoftHSM, url: str) -> str:
 def test_an_unknown_outcome_resumes_against_a_corrected_address(softhsm: SoftHSM, answers_500: str) -> None:
     """'enroll --resume --ca LOCATION' moves the entry to the right CA, which finishes it; the
     key is the one made for the first attempt, and the journal remembers the new address."""
-    from lifecycle_support import make_token_ca
+    from support.lifecycle import make_token_ca
 
     _stuck(softhsm, answers_500)
     [key] = json.loads(softhsm.run("keys", "list", "-t", "test", "--json", check=True).stdout)
@@ -139,7 +139,7 @@ def test_an_unknown_outcome_with_the_token_here_can_be_given_up_removing_its_key
 
 
 def test_resume_with_a_new_address_refuses_enrollments_of_several_cas(softhsm: SoftHSM, answers_500: str) -> None:
-    from lifecycle_support import make_token_ca
+    from support.lifecycle import make_token_ca
 
     _stuck(softhsm, answers_500)
     ca = make_token_ca(softhsm)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SoftHSM, make_softhsm
+from support.softhsm import SoftHSM, make_softhsm
 
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import CODE_ALPHABET, RegistrationAuthority, parse_code

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import SOFTHSM_MODULE, SoftHSM, SoftwareCA, make_softhsm
 from cryptography import x509
+from support.softhsm import SOFTHSM_MODULE, SoftHSM, make_softhsm
+from support.software_ca import SoftwareCA
 
 USER = "7391-secret-PIN"
 SO = "so-8264-SECRET-x"

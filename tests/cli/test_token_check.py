@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SOFTHSM_MODULE, SoftHSM, SoftwareCA
 from cryptography import x509
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
+from support.software_ca import SoftwareCA
 
 ALL_TYPES = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
 IMPLEMENTATIONS = ["softhsm", "raw_softhsm", "tpm"]

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
-from lifecycle_support import TokenCA, add_token_fast, make_token_ca, token_dir
+from support.cli import USER_PIN
+from support.lifecycle import TokenCA, add_token_fast, make_token_ca, token_dir
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue.credentials import Pin
 
@@ -96,7 +97,7 @@ def test_tray_enrolls_reports_and_reruns_idempotently(tray: TokenCA, tmp_path: P
     # The RSA row got an RSA key, the banking row its profile; checked by openssl, not by us.
     leaf = tmp_path / "kim.pem"
     tray.export(results[1]["label"], leaf, token="tray-02")
-    from lifecycle_support import openssl
+    from support.openssl import openssl
 
     text = openssl("x509", "-in", str(leaf), "-noout", "-text").stdout
     assert "rsaEncryption" in text and "2048 bit" in text
@@ -246,7 +247,7 @@ def test_a_full_token_fails_its_row_cleanly_and_finishes_once_freed(tray: TokenC
 
 
 def test_batch_over_cmp_with_a_code_per_row(tray: TokenCA, tmp_path: Path) -> None:
-    from cmp_server_support import register, served
+    from support.cmp_server import register, served
 
     regs = [register(tray.dir, f"CN=Holder {i},O=Example Bank,C=KR") for i in range(2)]
     codes = tmp_path / "codes.txt"

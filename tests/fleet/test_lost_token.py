@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SoftHSM
-from lifecycle_support import TokenCA, add_token_fast, make_token_ca, token_dir
+from support.lifecycle import TokenCA, add_token_fast, make_token_ca, token_dir
+from support.softhsm import SoftHSM
 
 from tokenissue.inventory import Inventory
 
@@ -168,7 +168,7 @@ def test_a_token_reinitialised_in_place_leaves_an_entry_that_can_be_ended(sofths
     present, but the enrollment's key is gone. 'enroll --resume' says so and names 'journal
     abandon', which accepts it (it used to refuse while the token was present, and the resume
     failed on every run: an entry nothing could finish or end)."""
-    from conftest import SO_PIN, USER_PIN
+    from support.cli import SO_PIN, USER_PIN
 
     ca = make_token_ca(softhsm)
     add_token_fast(softhsm, "again")

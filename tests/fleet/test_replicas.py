@@ -25,10 +25,11 @@ from typing import Any
 
 import httpx
 import pytest
-from cmp_server_support import served
-from conftest import SOFTHSM_MODULE, PgServer, SoftHSM
-from fleet_support import Attempt, Outcome, register_many, run_attempts
-from lifecycle_support import TokenCA, make_token_ca
+from support.cmp_server import served
+from support.fleet import Attempt, Outcome, register_many, run_attempts
+from support.lifecycle import TokenCA, make_token_ca
+from support.postgres import PgServer
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.models import RegistrationStatus

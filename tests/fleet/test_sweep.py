@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import USER_PIN, SoftHSM
 from cryptography import x509
-from lifecycle_support import TokenCA, add_token_fast, make_token_ca
+from support.cli import USER_PIN
+from support.lifecycle import TokenCA, add_token_fast, make_token_ca
+from support.softhsm import SoftHSM
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from lifecycle_support import TokenCA, add_token_fast, make_token_ca
+from support.lifecycle import TokenCA, add_token_fast, make_token_ca
+from support.softhsm import SoftHSM
 
 from tokenissue.fleet.sweep import due
 from tokenissue.models import CertRecord, CertStatus

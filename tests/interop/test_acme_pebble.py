@@ -1,10 +1,10 @@
 """``tokenissue enroll / renew / revoke`` at Pebble, Debian's ACME test server, with the key on SoftHSM.
 
-Pebble and pebble-challtestsrv run on 127.0.0.1 (tests/acme_support.py, stopped by PID).
-challtestsrv answers every A query with 127.0.0.1, so Pebble validates http-01 for any domain
-by connecting to 127.0.0.1:HTTP_PORT, where ``tokenissue`` runs its own responder
-(``--http-01-address``); dns-01 goes through a ``--dns-hook`` that sets the TXT record in
-challtestsrv. The issued chain is checked against the root Pebble serves on its management port.
+Pebble and pebble-challtestsrv run on 127.0.0.1 (tests/support/acme.py, stopped by PID; the
+fixtures are in tests/interop/conftest.py). challtestsrv answers every A query with 127.0.0.1,
+so Pebble validates http-01 for any domain by connecting to 127.0.0.1:HTTP_PORT, where
+``tokenissue`` runs its own responder (``--http-01-address``); dns-01 goes through a
+``--dns-hook`` that sets the TXT record in challtestsrv. The issued chain is checked against the root Pebble serves on its management port.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from acme_support import CHALLTESTSRV, EAB_EXAMPLE, PEBBLE, Pebble, free_port, run_pebble
-from conftest import USER_PIN, SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from lifecycle_support import openssl
+from support.acme import CHALLTESTSRV, EAB_EXAMPLE, PEBBLE, Pebble
+from support.cli import USER_PIN
+from support.openssl import openssl
+from support.servers import free_port
+from support.softhsm import SoftHSM
 
 pytestmark = [
     pytest.mark.interop,
@@ -30,19 +31,6 @@ pytestmark = [
 ]
 
 DOMAIN = "test.example"
-
-
-@pytest.fixture(scope="module")
-def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    with run_pebble(tmp_path_factory.mktemp("pebble")) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def pebble_eab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    keys = json.loads(EAB_EXAMPLE.read_text())["pebble"]["externalAccountMACKeys"]
-    with run_pebble(tmp_path_factory.mktemp("pebble-eab"), eab=keys) as p:
-        yield p
 
 
 def _root_file(p: Pebble, d: Path) -> Path:

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from acme_support import CHALLTESTSRV, EAB_EXAMPLE, PEBBLE, Pebble, free_port, run_pebble
-from conftest import USER_PIN, SoftHSM
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.acme import CHALLTESTSRV, EAB_EXAMPLE, PEBBLE, Pebble, run_pebble
+from support.cli import USER_PIN
+from support.servers import free_port
+from support.softhsm import SoftHSM
 
 pytestmark = [
     pytest.mark.interop,
@@ -38,21 +40,8 @@ ISSUED = re.compile(r"Issued certificate serial ([0-9a-f]+) for order (\S+)")
 
 
 @pytest.fixture(scope="module")
-def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    with run_pebble(tmp_path_factory.mktemp("pebble-resume")) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
 def pebble_badnonce(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     with run_pebble(tmp_path_factory.mktemp("pebble-badnonce"), nonce_reject=30) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def pebble_eab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    keys = json.loads(EAB_EXAMPLE.read_text())["pebble"]["externalAccountMACKeys"]
-    with run_pebble(tmp_path_factory.mktemp("pebble-eab-debug"), eab=keys) as p:
         yield p
 
 

@@ -30,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM, make_softhsm, make_software_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.cli import USER_PIN
+from support.openssl import has_openssl_cmp
+from support.softhsm import SOFTHSM_MODULE, SoftHSM, make_softhsm
+from support.software_ca import make_software_ca
 
 REF = "1234"
 SECRET = "mock-s3cret"
@@ -53,16 +56,10 @@ def _namespace_ok() -> bool:
     return proc.returncode == 0
 
 
-def _has_openssl_cmp() -> bool:
-    if shutil.which("openssl") is None:
-        return False
-    return subprocess.run(["openssl", "cmp", "-help"], capture_output=True, check=False).returncode in (0, 1)
-
-
 pytestmark = [
     pytest.mark.interop,
     pytest.mark.skipif(not Path(SOFTHSM_MODULE).exists(), reason="SoftHSM2 is not installed (make deps)"),
-    pytest.mark.skipif(not _has_openssl_cmp(), reason="openssl with the cmp command is not installed"),
+    pytest.mark.skipif(not has_openssl_cmp(), reason="openssl with the cmp command is not installed"),
     pytest.mark.skipif(not _namespace_ok(), reason="'unshare -n' is not permitted here (needs CAP_SYS_ADMIN or user namespaces)"),
 ]
 

@@ -12,7 +12,6 @@ Software keys stand in for token keys (only ``sign()`` and ``public_key()`` are 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.openssl import has_openssl_cmp
 
 from tokenissue.pkix.certs import issue_certificate, random_serial, self_signed_ca
 from tokenissue.pkix.csr import build_csr
@@ -42,16 +42,9 @@ from tokenissue.protocols.cmp import (
     verify_protection,
 )
 
-
-def _has_openssl_cmp() -> bool:
-    if shutil.which("openssl") is None:
-        return False
-    return subprocess.run(["openssl", "cmp", "-help"], capture_output=True, check=False).returncode in (0, 1)
-
-
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(not _has_openssl_cmp(), reason="openssl with the cmp command is not installed"),
+    pytest.mark.skipif(not has_openssl_cmp(), reason="openssl with the cmp command is not installed"),
 ]
 
 SECRET = b"s3cret"

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cmp_server_support import Served, served
-from conftest import USER_PIN, SoftHSM
 from cryptography import x509
-from lifecycle_support import ENGINE_SO, TokenCA, make_token_ca
-from tls_support import engine_conf
+from support.cli import USER_PIN
+from support.cmp_server import Served, served
+from support.lifecycle import TokenCA, make_token_ca
+from support.openssl import ENGINE_SO, engine_conf
+from support.softhsm import SoftHSM
 
 pytestmark = [
     pytest.mark.interop,

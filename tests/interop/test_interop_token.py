@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM, SoftwareCA, make_software_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from support.cli import USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
+from support.software_ca import SoftwareCA, make_software_ca
 
 pytestmark = pytest.mark.interop
 

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import USER_PIN, SoftHSM
 from cryptography import x509
-from lifecycle_support import ENGINE_SO, TokenCA, make_token_ca
-from tls_support import engine_conf, openssl_env, pkcs11_id, s_server
+from support.cli import USER_PIN
+from support.lifecycle import TokenCA, make_token_ca
+from support.openssl import ENGINE_SO, engine_conf, openssl_env, pkcs11_id, s_server
+from support.softhsm import SoftHSM
 
 pytestmark = [
     pytest.mark.interop,

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import PgServer
-from inventory_support import raw, sa_url, schema_snapshot
+from support.inventory import raw, sa_url, schema_snapshot
+from support.postgres import PgServer
 
 from tokenissue.errors import InventoryError, NotFound
 from tokenissue.inventory import DuplicateRequest, Inventory, audit_hash

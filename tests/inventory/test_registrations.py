@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
-from inventory_support import raw, sa_url, schema_snapshot
+from support.inventory import raw, sa_url, schema_snapshot
 
 from tokenissue.errors import InventoryError, NotFound
 from tokenissue.inventory import DuplicateRegistration, DuplicateTransaction, Inventory

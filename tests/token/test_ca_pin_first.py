@@ -8,8 +8,8 @@ been made. Now the CA token is logged in to first; nothing is generated or journ
 from __future__ import annotations
 
 import pytest
-from conftest import SoftHSM
-from lifecycle_support import TokenCA, make_token_ca
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
 
 
 @pytest.fixture

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from cmp_server_support import Served, free_port, served
-from conftest import SoftHSM
-from lifecycle_support import USER_TOKEN, TokenCA, make_token_ca
+from support.cmp_server import Served, served
+from support.lifecycle import USER_TOKEN, TokenCA, make_token_ca
+from support.servers import free_port
+from support.softhsm import SoftHSM
 
 CODE_ENV = "TOKENISSUE_AUTH_CODE"
 

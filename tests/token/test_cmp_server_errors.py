@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from cmp_server_support import (
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from starlette.testclient import TestClient
+from support.cmp_server import (
     CMP_TYPE,
     Registered,
     confirm,
@@ -31,11 +34,8 @@ from cmp_server_support import (
     signed,
     snapshot,
 )
-from conftest import SoftHSM
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from lifecycle_support import TokenCA, make_token_ca
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
 
 from tokenissue.pkix.csr import build_csr
 from tokenissue.protocols.cmp import (
@@ -54,11 +54,6 @@ from tokenissue.protocols.cmp import (
     mac_iterations,
     verify_protection,
 )
-
-with warnings.catch_warnings():
-    # starlette 1.x nags about httpx inside its TestClient; that is the client it uses.
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from starlette.testclient import TestClient
 
 
 @dataclass
@@ -381,7 +376,7 @@ def test_ir_signed_by_a_certificate_is_not_authorized(env: Env) -> None:
     env.refused(signed(build_kur(cert.subject, None, new_key(), old_cert=other_cert), key, cert), "badCertId")
     env.refused(signed(build_rr(other_cert.issuer, other_cert.serial_number), key, cert), "notAuthorized")
     # A certificate from another CA is not trusted at all.
-    from conftest import make_software_ca
+    from support.software_ca import make_software_ca
 
     foreign = make_software_ca(env.ca.hsm.root / "foreign")
     fkey = new_key()

@@ -12,16 +12,16 @@ status mix printed (``pytest -s``); the last run here: 300 examples.
 from __future__ import annotations
 
 import os
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from cmp_server_support import CMP_TYPE, confirm, in_process_app, new_key, register, response_of, signed
-from conftest import SoftHSM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lifecycle_support import make_token_ca
+from starlette.testclient import TestClient
+from support.cmp_server import CMP_TYPE, confirm, in_process_app, new_key, register, response_of, signed
+from support.lifecycle import make_token_ca
+from support.softhsm import SoftHSM
 
 from tokenissue.pkix.csr import build_csr
 from tokenissue.protocols.cmp import (
@@ -33,11 +33,6 @@ from tokenissue.protocols.cmp import (
     build_rr,
     encode_message,
 )
-
-with warnings.catch_warnings():
-    # starlette 1.x nags about httpx inside its TestClient; that is the client it uses.
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from starlette.testclient import TestClient
 
 EXAMPLES = 300
 MAX_BODY = 8 * 1024

@@ -15,9 +15,9 @@ import warnings
 from collections.abc import AsyncIterator
 
 import httpx
-from cmp_server_support import in_process_app, new_key, register, response_of, snapshot
-from conftest import SoftHSM
-from lifecycle_support import make_token_ca
+from support.cmp_server import in_process_app, new_key, register, response_of, snapshot
+from support.lifecycle import make_token_ca
+from support.softhsm import SoftHSM
 
 from tokenissue.protocols.cmp import build_ir
 

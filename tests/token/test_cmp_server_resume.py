@@ -23,10 +23,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from cmp_server_support import Registered, confirm, new_key, register, response_of, signed, snapshot
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography import x509
-from lifecycle_support import TokenCA, make_token_ca
+from support.cli import USER_PIN
+from support.cmp_server import Registered, confirm, new_key, register, response_of, signed, snapshot
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import RegistrationAuthority

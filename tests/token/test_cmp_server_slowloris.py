@@ -21,9 +21,9 @@ import time
 from urllib.parse import urlsplit
 
 import httpx
-from cmp_server_support import CMP_TYPE, new_key, register, response_of, served
-from conftest import SoftHSM
-from lifecycle_support import make_token_ca
+from support.cmp_server import CMP_TYPE, new_key, register, response_of, served
+from support.lifecycle import make_token_ca
+from support.softhsm import SoftHSM
 
 from tokenissue.protocols.cmp import ID_IT_CA_CERTS, build_genm, build_ir, encode_message
 

@@ -12,23 +12,19 @@ registration is open, as before, and the fifth still locks it.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from cmp_server_support import CMP_TYPE, Registered, confirm, in_process_app, new_key, register, response_of, snapshot
-from conftest import SoftHSM
-from lifecycle_support import TokenCA, make_token_ca
 from pyasn1.codec.der import encoder
+from starlette.testclient import TestClient
+from support.cmp_server import CMP_TYPE, Registered, confirm, in_process_app, new_key, register, response_of, snapshot
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
 
 from tokenissue.credentials import Secret
 from tokenissue.protocols.cmp import build_ir, decode_message, encode_message, protect_pbm
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from starlette.testclient import TestClient
 
 WRONG = Secret("AAAAA-AAAAA-AAAAA-AAAAA")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SoftHSM
-from lifecycle_support import TokenCA, make_token_ca
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
 
 STEPS = ["started", "key-generated", "csr", "issued", "issued-recorded", "written", "done"]
 SUBJECT = "CN=Crash Test,O=tokenissue tests,C=KR"
@@ -196,7 +196,8 @@ def test_a_relabel_cut_short_is_finished_by_the_resume(token_ca: TokenCA) -> Non
         "        for o in s.get_objects({Attribute.CLASS: cls, Attribute.ID: bytes.fromhex(sys.argv[3])}):\n"
         "            o[Attribute.LABEL] = 'interim'\n"
     )
-    from conftest import SOFTHSM_MODULE, USER_PIN
+    from support.cli import USER_PIN
+    from support.softhsm import SOFTHSM_MODULE
 
     subprocess.run([sys.executable, "-c", code, SOFTHSM_MODULE, USER_PIN, key["id"]], env=token_ca.hsm.env, check=True)
     db = Path(token_ca.hsm.env["TOKENISSUE_STATE_DIR"]) / "state.db"
@@ -218,7 +219,8 @@ def test_a_public_key_left_by_a_kill_inside_key_generation_is_removed_on_resume(
     import subprocess
     import sys
 
-    from conftest import SOFTHSM_MODULE, USER_PIN
+    from support.cli import USER_PIN
+    from support.softhsm import SOFTHSM_MODULE
 
     _crash(token_ca, [*token_ca.enroll_args(SUBJECT, "--label", "halfway")], "started")
     code = (

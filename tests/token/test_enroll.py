@@ -13,12 +13,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import SoftHSM, TokenImpl
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from lifecycle_support import TokenCA, make_token_ca, openssl
+from support.lifecycle import TokenCA, make_token_ca
+from support.openssl import openssl
+from support.softhsm import SoftHSM
+from support.token_impls import TokenImpl
 
 from tokenissue.models import KeyType
 

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SoftHSM, SoftwareCA
 from cryptography import x509
-from lifecycle_support import TokenCA, make_token_ca, token_dir
+from support.lifecycle import TokenCA, make_token_ca, token_dir
+from support.softhsm import SoftHSM
+from support.software_ca import SoftwareCA
 
 
 class FullToken:

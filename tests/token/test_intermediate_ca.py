@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import SoftHSM, make_software_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from lifecycle_support import openssl
+from support.openssl import openssl
+from support.softhsm import SoftHSM
+from support.software_ca import make_software_ca
 
 
 def test_intermediate_ca_install_needs_the_chain_then_issues(softhsm: SoftHSM, tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cmp_server_support import Served, served
-from conftest import SoftHSM
 from cryptography import x509
-from lifecycle_support import USER_TOKEN, TokenCA, make_token_ca, token_dir
+from support.cmp_server import Served, served
+from support.lifecycle import USER_TOKEN, TokenCA, make_token_ca, token_dir
+from support.softhsm import SoftHSM
 
 from tokenissue.inventory import Inventory
 from tokenissue.models import CertRecord, CertStatus, RevocationReason

@@ -12,9 +12,10 @@ from typing import Any
 import pkcs11
 import pkcs11.exceptions as px
 import pytest
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
+from support.cli import USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue import p11
 from tokenissue.credentials import Pin

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import pkcs11.exceptions as px
 import pytest
-from conftest import DOCUMENTED_IMPLS, SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM, TokenImpl, key_report, on_impls
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, ObjectClass
+from support.cli import SO_PIN, USER_PIN
+from support.key_report import key_report
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
+from support.token_impls import DOCUMENTED_IMPLS, TokenImpl, on_impls
 
 from tokenissue import p11
 from tokenissue.credentials import Pin

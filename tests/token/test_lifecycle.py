@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SoftHSM, TokenImpl, on_impls
 from cryptography import x509
-from lifecycle_support import TokenCA, make_token_ca, openssl
+from support.lifecycle import TokenCA, make_token_ca
+from support.openssl import openssl
+from support.softhsm import SoftHSM
+from support.token_impls import TokenImpl, on_impls
 
 # A CA-local profile whose certificates are due for renewal at once (10 days < the 30-day window).
 SHORT_PROFILE = """\
@@ -239,8 +241,8 @@ def test_rekey_never_touches_another_cas_certificate_with_the_same_serial(impl_c
     """Serials are unique per CA only. Found by review: re-keying retired "the old certificate"
     by serial alone and destroyed an unrelated key whose certificate, from another CA, shared it."""
     token_ca = impl_ca
-    from conftest import make_software_ca
     from cryptography.hazmat.primitives import serialization
+    from support.software_ca import make_software_ca
 
     software_ca = make_software_ca(tmp_path / "other-ca")
     work = token_ca.enroll("CN=Work", "--label", "work")

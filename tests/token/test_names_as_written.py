@@ -7,8 +7,8 @@ the CA could no longer list anything.
 
 from __future__ import annotations
 
-from conftest import SoftHSM
-from lifecycle_support import TokenCA, add_token_fast, make_token_ca
+from support.lifecycle import TokenCA, add_token_fast, make_token_ca
+from support.softhsm import SoftHSM
 
 TOKEN = "tray [/] 7"
 LABEL = "[bold]k[/bold]"

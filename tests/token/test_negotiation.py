@@ -13,13 +13,14 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, CertificateType, ObjectClass
 from pkcs11 import KeyType as P11KeyType
+from support.cli import USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue import p11
 from tokenissue.credentials import Pin
@@ -130,7 +131,7 @@ def test_tpm_falls_back_to_token_usage_and_pins_the_key_to_signing(session_tpm: 
     (no raw CKM_RSA_PKCS). The key is reported sign-only, and the TPM really refuses to decrypt."""
     from pkcs11 import Mechanism
     from pkcs11.exceptions import MechanismInvalid
-    from tpm_support import TPM2_MODULE
+    from support.tpm import TPM2_MODULE
 
     with p11.open_token(TOKEN, Pin(USER_PIN), module=TPM2_MODULE) as s:
         info = s.generate_key(key_type, "tpm")
@@ -163,7 +164,7 @@ def test_tpm_require_sign_only_is_met_and_the_pinned_rsa_key_signs(session_tpm: 
     """--require-sign-only on the TPM: the same pinned key, accepted; signatures go through the
     combined mechanisms (planned within the key's own list) and verify."""
     from cryptography.hazmat.primitives.asymmetric import padding
-    from tpm_support import TPM2_MODULE
+    from support.tpm import TPM2_MODULE
 
     with p11.open_token(TOKEN, Pin(USER_PIN), module=TPM2_MODULE) as s:
         info = s.generate_key(KeyType.RSA_2048, "strict", require_sign_only=True)
@@ -186,7 +187,7 @@ def test_require_sign_only_on_a_smart_card_like_token_is_met_by_decrypt_false(ra
 
 @pytest.mark.parametrize(("key_type", "why"), [(KeyType.RSA_4096, "1024-3072 bits"), (KeyType.ED25519, "Ed25519")])
 def test_tpm_refuses_key_types_it_cannot_make_before_writing(session_tpm: object, key_type: KeyType, why: str) -> None:
-    from tpm_support import TPM2_MODULE
+    from support.tpm import TPM2_MODULE
 
     with p11.open_token(TOKEN, Pin(USER_PIN), module=TPM2_MODULE) as s:
         with pytest.raises(MechanismUnsupported, match=why):

@@ -8,10 +8,11 @@ import json
 import subprocess
 
 import pytest
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from pkcs11 import Mechanism
+from support.cli import USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue import p11
 from tokenissue.credentials import Pin

@@ -30,9 +30,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM, make_softhsm
-from lifecycle_support import add_token_fast, make_token_ca
-from tpm_support import SoftwareTPM, TPMTokens, make_tpm_tokens
+from support.cli import USER_PIN
+from support.lifecycle import add_token_fast, make_token_ca
+from support.softhsm import SOFTHSM_MODULE, SoftHSM, make_softhsm
+from support.tpm import SoftwareTPM, TPMTokens, make_tpm_tokens
 
 from tokenissue.inventory import Inventory
 
@@ -235,7 +236,7 @@ def test_reinitialising_a_tpm_token_is_refused_cleanly_and_erases_nothing(store:
     in place (CKR_ARGUMENTS_BAD), which is said in one sentence with the way out, and neither
     token lost anything. (The child now picks the token by serial AND label, and refuses when
     several match: it used to take the first token with the serial.)"""
-    from conftest import SO_PIN
+    from support.cli import SO_PIN
 
     for label in ("alice", "bob"):
         assert store.run("keys", "generate", "--token", label, "--label", f"{label}-key").returncode == 0

@@ -1,6 +1,6 @@
 """The software-TPM fixtures work: tpm2-pkcs11 stores on a session-wide swtpm behind tpm2-abrmd.
 
-These test the test harness (tests/tpm_support.py, the TPM section of conftest.py), not the
+These test the test harness (tests/support/tpm.py, the TPM section of conftest.py), not the
 product: the CLI lists the token the fixture made, python-pkcs11 signs with a key made on it,
 two stores on one TPM do not see each other's tokens or keys, one CLI environment carries both
 SoftHSM and the TPM, and wrong PINs lock only a TPM of the test's own.
@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pkcs11
 import pytest
-from conftest import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
-from tpm_support import TPM2_MODULE, SoftwareTPM, TPMTokens, make_tpm_tokens
+from support.cli import SO_PIN, USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
+from support.tpm import TPM2_MODULE, SoftwareTPM, TPMTokens, make_tpm_tokens, tpm_in_process
 
 from tokenissue import p11
 
@@ -77,20 +76,6 @@ def test_python_pkcs11_signs_on_the_tpm(session_tpm: TPMTokens) -> None:
     public.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))  # raises if it does not verify
 
 
-@contextmanager
-def _in_process(store: TPMTokens, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """This process's tpm2-pkcs11 pointed at ``store`` (it reads the store path at C_Initialize)."""
-    for key, value in store.tpm.client_env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("TPM2_PKCS11_STORE", str(store.store))
-    mod = p11.load_module(TPM2_MODULE)
-    mod.refresh()
-    try:
-        yield mod.lib
-    finally:
-        mod.refresh()
-
-
 def _labels(lib: Any) -> list[str]:
     return sorted(t.label for t in lib.get_tokens() if t.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED)
 
@@ -107,12 +92,12 @@ def test_two_stores_on_one_tpm_are_independent(
     assert (a.labels, b.labels) == (["test", "only-a"], ["test"])
     assert a.init_failures == []  # 'tokenissue token init' works for a second token in a store too
 
-    with _in_process(a, monkeypatch) as lib:
+    with tpm_in_process(a, monkeypatch) as lib:
         assert _labels(lib) == ["only-a", "test"]
         with lib.get_token(token_label="test").open(rw=True, user_pin=USER_PIN) as s:
             _ec_keypair(s, "in-a")
             assert len(list(s.get_objects({Attribute.LABEL: "in-a"}))) == 2
-    with _in_process(b, monkeypatch) as lib:
+    with tpm_in_process(b, monkeypatch) as lib:
         assert _labels(lib) == ["test"]
         token = lib.get_token(token_label="test")
         with token.open(rw=True, user_pin=USER_PIN) as s:

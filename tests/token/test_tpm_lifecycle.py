@@ -26,13 +26,16 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM, SoftwareCA
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
-from lifecycle_support import add_token_fast, openssl
-from tpm_support import TPM2_MODULE, TPMTokens
+from support.cli import USER_PIN
+from support.lifecycle import add_token_fast
+from support.openssl import openssl
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
+from support.software_ca import SoftwareCA
+from support.tpm import TPM2_MODULE, TPMTokens
 
 from tokenissue.inventory import Inventory
 from tokenissue.models import CertRecord

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SoftwareCA, make_software_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.software_ca import SoftwareCA, make_software_ca
 
 from tokenissue.credentials import Secret
 from tokenissue.enroll import is_cmp_location, open_enroller

@@ -15,14 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safe_names_support import (
-    HOSTILE_SANS,
-    HOSTILE_SUBJECTS,
-    ORDINARY_SANS,
-    ORDINARY_SUBJECT,
-    hostile_csr,
-    sha1_csr,
-)
+from support.safe_names import HOSTILE_SANS, HOSTILE_SUBJECTS, ORDINARY_SANS, ORDINARY_SUBJECT, hostile_csr, sha1_csr
 
 from tokenissue.ca.profiles import check_request, load_profiles
 from tokenissue.errors import RequestRejected, UsageError

@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from lifecycle_support import TokenCA
 
+from support.cli import USER_PIN
+from support.lifecycle import TokenCA
+from support.servers import free_port, stop_process
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import RegistrationAuthority
 from tokenissue.credentials import Secret
@@ -45,7 +45,10 @@ from tokenissue.protocols.cmp import (
 
 CMP_TYPE = "application/pkixcmp"
 
-__all__ = ["CMP_TYPE", "Registered", "free_port", "new_key", "register", "response_of", "served", "snapshot"]
+__all__ = [
+    "CMP_TYPE", "Registered", "Served", "confirm", "in_process_app", "new_key", "register",
+    "response_of", "served", "signed", "snapshot",
+]  # fmt: skip
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -110,13 +113,6 @@ def snapshot(ca_dir: Path) -> dict[str, Any]:
         }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class Served:
     """A ``tokenissue ca serve`` subprocess."""
@@ -152,14 +148,7 @@ def served(ca: TokenCA, *extra: str, env: dict[str, str] | None = None, port: in
     try:
         yield server
     finally:
-        proc = server.proc
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=20)
+        stop_process(server.proc, grace=20)
 
 
 class _PortTaken(AssertionError):

@@ -3,8 +3,10 @@
 :class:`SoftwareTPM` runs swtpm (TCP on 127.0.0.1 only), a private D-Bus session bus and the
 tpm2-abrmd resource manager in a private directory on /dev/shm; nothing touches the system bus
 or a real TPM. :class:`TPMTokens` is a tpm2-pkcs11 *store* (an SQLite file) on such a TPM, with
-the same interface as ``conftest.SoftHSM`` (``root``, ``env``, ``labels``, ``run()``,
-``add_token()``), so token tests can be parametrized over both implementations.
+the same interface as ``support.softhsm.SoftHSM`` (``root``, ``env``, ``labels``, ``run()``,
+``add_token()``), so token tests can be parametrized over both implementations. The fixtures
+(``software_tpm``, ``tpm``, ``tpm_with_softhsm``, ``locking_tpm``, ``session_tpm``) are in
+tests/conftest.py.
 
 Facts this relies on are in /work/shared/TOKENS.md; the ones that shaped this file:
 
@@ -33,12 +35,15 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from conftest import SO_PIN, USER_PIN, SoftHSM, cli_env, run_cli
+import pytest
+
+from support.cli import SO_PIN, USER_PIN, cli_env, run_cli
+from support.softhsm import SoftHSM
 
 __all__ = [
     "PRIMARY_HANDLE",
@@ -47,7 +52,9 @@ __all__ = [
     "TPMError",
     "TPMTokens",
     "make_tpm_tokens",
+    "start_software_tpm",
     "tpm_available",
+    "tpm_in_process",
 ]
 
 _MULTIARCH = ("x86_64-linux-gnu", "aarch64-linux-gnu")
@@ -450,7 +457,7 @@ class SoftwareTPM:
 
 @dataclass
 class TPMTokens:
-    """A tpm2-pkcs11 store on a :class:`SoftwareTPM`: the same interface as ``conftest.SoftHSM``.
+    """A tpm2-pkcs11 store on a :class:`SoftwareTPM`: the same interface as ``support.softhsm.SoftHSM``.
 
     Every token in every store on one TPM has serial 0000000000000000, and the module always
     shows one extra uninitialised slot (empty label): select tokens by label.
@@ -523,3 +530,38 @@ def make_tpm_tokens(root: Path, tpm: SoftwareTPM, *, with_softhsm: SoftHSM | Non
     if with_softhsm is not None:
         env["SOFTHSM2_CONF"] = str(with_softhsm.conf)
     return TPMTokens(root=root, tpm=tpm, store=store, env=env)
+
+
+def start_software_tpm() -> SoftwareTPM:
+    """A started SoftwareTPM; the test is skipped (failed in CI, where 'make test' installs the
+    packages) when the packages are missing or the TPM does not start."""
+    ok, why = tpm_available()
+    if not ok:
+        _tpm_unavailable(why)
+    try:
+        return SoftwareTPM().start()
+    except TPMError as e:
+        _tpm_unavailable(f"the software TPM did not start: {e}")
+
+
+def _tpm_unavailable(why: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"The software TPM is needed in CI: {why}")
+    pytest.skip(why)
+
+
+@contextlib.contextmanager
+def tpm_in_process(store: TPMTokens, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """This process's tpm2-pkcs11 pointed at ``store`` (it reads the store path at C_Initialize):
+    yields python-pkcs11's lib for it; the module is refreshed again on the way out."""
+    from tokenissue import p11
+
+    for key, value in store.tpm.client_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TPM2_PKCS11_STORE", str(store.store))
+    mod = p11.load_module(TPM2_MODULE)
+    mod.refresh()
+    try:
+        yield mod.lib
+    finally:
+        mod.refresh()

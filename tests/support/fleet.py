@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cmp_server_support import CMP_TYPE, Registered, confirm, new_key, response_of
-from conftest import SOFTHSM_MODULE
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from support.cmp_server import CMP_TYPE, Registered, confirm, new_key, response_of
+from support.softhsm import SOFTHSM_MODULE
 
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import RegistrationAuthority

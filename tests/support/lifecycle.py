@@ -3,8 +3,8 @@
 Everything runs through the real CLI (``SoftHSM.run``) against real tokens; nothing is cached
 across tests. The CA token is a second token ('ca') in the same SoftHSM as the user's token
 'test', with the same user PIN, passed to the CLI as TOKENISSUE_CA_PIN. With ``ca_hsm`` the
-user's token is on another implementation (conftest's TokenImpl, e.g. a TPM) and the CA token on
-that SoftHSM, both modules reachable from one CLI environment.
+user's token is on another implementation (support.token_impls.TokenImpl, e.g. a TPM) and the
+CA token on that SoftHSM, both modules reachable from one CLI environment.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from support.cli import SO_PIN, USER_PIN
+from support.openssl import openssl
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue.inventory import Inventory
 from tokenissue.models import CertRecord
@@ -25,30 +27,14 @@ from tokenissue.models import CertRecord
 USER_TOKEN = "test"  # the token the softhsm fixtures make
 CA_TOKEN = "ca"  # the token make_token_ca adds for the CA key
 
-__all__ = ["USER_TOKEN", "TokenCA", "add_token_fast", "make_token_ca", "openssl"]
-
-
-#: OpenSSL's PKCS#11 engine (libengine-pkcs11-openssl), or None when it is not installed.
-ENGINE_SO = next(
-    (p for p in ("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so", "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so")
-     if Path(p).exists()),
-    None,
-)
-
-
-def openssl(*args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the system openssl (never through tokenissue) and capture its text output."""
-    return subprocess.run(
-        ["openssl", *args], input=input.decode() if input else None, capture_output=True, text=True,
-        timeout=120, check=False, env=env,
-    )
+__all__ = ["CA_TOKEN", "USER_TOKEN", "TokenCA", "add_token_fast", "make_token_ca", "token_dir"]
 
 
 @dataclass
 class TokenCA:
     """A CA directory made by ``tokenissue ca init`` with its key on the token 'ca'."""
 
-    #: Runs the CLI for the holder: a SoftHSM, or a conftest.TokenImpl (same interface).
+    #: Runs the CLI for the holder: a SoftHSM, or a support.token_impls.TokenImpl (same interface).
     hsm: Any
     dir: Path
     #: Token directories of SoftHSM that existed before the CA token was made (the user's).
@@ -150,7 +136,7 @@ def make_token_ca(
     """A fresh CA (EC P-256 key generated on a new token ``token``) in ``hsm.root / 'ca'``,
     its inventory in ``database`` (a URL for 'ca init --db') or the default SQLite file.
 
-    ``hsm`` holds the user's token (a SoftHSM, or a conftest.TokenImpl); the CA token is made on
+    ``hsm`` holds the user's token (a SoftHSM, or a support.token_impls.TokenImpl); the CA token is made on
     ``ca_hsm`` when given (whose SOFTHSM2_CONF ``hsm.env`` must carry: 'ca init' then runs with
     SoftHSM as the module, which ca.toml records), else on ``hsm`` itself."""
     tokens_dir = hsm.root / "tokens"

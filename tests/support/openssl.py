@@ -1,20 +1,43 @@
-"""OpenSSL pieces the TLS interop tests share: an environment for openssl commands, libp11's
-engine configuration for keys on the SoftHSM token, and an ``openssl s_server`` on 127.0.0.1
-started by a test and stopped by its PID."""
+"""The system's OpenSSL next to the test tokens (never through tokenissue): ``openssl`` itself,
+whether it has the ``cmp`` command, and the pieces the TLS interop tests share: an environment
+for openssl commands, libp11's engine configuration for keys on the SoftHSM token, and an
+``openssl s_server`` on 127.0.0.1 started by a test and stopped by its PID."""
 
 from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cmp_server_support import free_port
-from conftest import SOFTHSM_MODULE, SoftHSM
-from lifecycle_support import ENGINE_SO
+from support.servers import free_port
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
+
+#: OpenSSL's PKCS#11 engine (libengine-pkcs11-openssl), or None when it is not installed.
+ENGINE_SO = next(
+    (p for p in ("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so", "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so")
+     if Path(p).exists()),
+    None,
+)
+
+
+def openssl(*args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the system openssl (never through tokenissue) and capture its text output."""
+    return subprocess.run(
+        ["openssl", *args], input=input.decode() if input else None, capture_output=True, text=True,
+        timeout=120, check=False, env=env,
+    )
+
+
+def has_openssl_cmp() -> bool:
+    """Whether the system openssl has the ``cmp`` command (OpenSSL 3.0 and later, unless left out)."""
+    if shutil.which("openssl") is None:
+        return False
+    return subprocess.run(["openssl", "cmp", "-help"], capture_output=True, check=False).returncode in (0, 1)
 
 
 def openssl_env(hsm: SoftHSM, **extra: str) -> dict[str, str]:

@@ -1,9 +1,10 @@
 """Pebble (Debian's ACME test server) and pebble-challtestsrv, started and stopped by PID.
 
-Used by tests/interop/test_acme_pebble.py and bench/acme.py. Everything binds 127.0.0.1 on
-free ports. challtestsrv answers every A query with 127.0.0.1, so Pebble's http-01 validation
-of any domain connects to 127.0.0.1:HTTP_PORT, where the client's own responder listens; its
-management API (``/set-txt``, ``/clear-txt``) serves dns-01 TXT records.
+Used by the ACME tests in tests/interop (their fixtures are in its conftest.py) and by
+bench/acme.py. Everything binds 127.0.0.1 on free ports. challtestsrv answers every A query
+with 127.0.0.1, so Pebble's http-01 validation of any domain connects to 127.0.0.1:HTTP_PORT,
+where the client's own responder listens; its management API (``/set-txt``, ``/clear-txt``)
+serves dns-01 TXT records.
 
 Pebble ships no TLS certificate: a throw-away CA and server certificate for 127.0.0.1 and
 localhost are made here; ``Pebble.trust`` is that CA, for ``--acme-trust``.
@@ -16,7 +17,6 @@ import datetime
 import ipaddress
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -31,18 +31,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from support.servers import free_port, stop_process
+
 PEBBLE = Path("/usr/bin/pebble")
 CHALLTESTSRV = Path("/usr/bin/pebble-challtestsrv")
 EAB_EXAMPLE = Path("/usr/share/doc/pebble/examples/pebble-config-external-account-bindings.json")
 
-__all__ = ["CHALLTESTSRV", "EAB_EXAMPLE", "PEBBLE", "Pebble", "free_port", "run_pebble"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ["CHALLTESTSRV", "EAB_EXAMPLE", "PEBBLE", "Pebble", "run_pebble"]
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
@@ -132,13 +127,7 @@ class Pebble:
 
     def stop(self) -> None:
         for p in reversed(self.procs):
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.wait()
+            stop_process(p, grace=5)
         self.procs.clear()
 
 
