@@ -20,14 +20,14 @@ import pytest
 # Before the support modules are imported: their asserts explain themselves as the tests' do.
 pytest.register_assert_rewrite("support")
 
+from tokenissue.models import KeyType  # noqa: E402
+
 from support.lifecycle import TokenCA  # noqa: E402
 from support.postgres import PgServer, pg_admin, pg_user, start_pg, stop_pg  # noqa: E402
 from support.softhsm import RAW_MECHANISMS, SOFTHSM_MODULE, TMPFS, SoftHSM, make_softhsm  # noqa: E402
 from support.software_ca import SoftwareCA, make_software_ca  # noqa: E402
 from support.token_impls import TOKEN_IMPLS, TokenImpl, impl_facts  # noqa: E402
 from support.tpm import SoftwareTPM, TPMTokens, make_tpm_tokens, start_software_tpm, tpm_in_process  # noqa: E402
-
-from tokenissue.models import KeyType  # noqa: E402
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ status, before it listens anywhere."""
 from __future__ import annotations
 
 import pytest
+
 from support.lifecycle import TokenCA, make_token_ca
 from support.softhsm import SoftHSM
 

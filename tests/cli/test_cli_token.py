@@ -18,12 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
-from support.cli import SO_PIN, USER_PIN
-from support.softhsm import SOFTHSM_MODULE, SoftHSM
-from support.software_ca import SoftwareCA
 
 from tokenissue import p11
 from tokenissue.credentials import Pin
+
+from support.cli import SO_PIN, USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
+from support.software_ca import SoftwareCA
 
 SPY = Path("/usr/lib/x86_64-linux-gnu/pkcs11-spy.so")
 

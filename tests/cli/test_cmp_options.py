@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from support.lifecycle import add_token_fast
 from support.softhsm import SoftHSM, make_softhsm
 

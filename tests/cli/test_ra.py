@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.softhsm import SoftHSM, make_softhsm
 
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import CODE_ALPHABET, RegistrationAuthority, parse_code
 from tokenissue.credentials import Secret
 from tokenissue.errors import NotFound, PinIncorrect, PinLocked, RequestRejected, UsageError
 from tokenissue.models import RegistrationStatus
+
+from support.softhsm import SoftHSM, make_softhsm
 
 SUBJECT = "CN=Hong Gildong,serialNumber=850101,C=KR"
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import typer
 from cryptography import x509
+
 from support.softhsm import SOFTHSM_MODULE, SoftHSM, make_softhsm
 from support.software_ca import SoftwareCA
 

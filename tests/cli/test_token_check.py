@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+
 from support.softhsm import SOFTHSM_MODULE, SoftHSM
 from support.software_ca import SoftwareCA
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tokenissue.credentials import Pin
+
 from support.cli import USER_PIN
 from support.lifecycle import TokenCA, add_token_fast, make_token_ca, token_dir
 from support.softhsm import SOFTHSM_MODULE, SoftHSM
-
-from tokenissue.credentials import Pin
 
 pytestmark = pytest.mark.slow
 

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.lifecycle import TokenCA, add_token_fast, make_token_ca, token_dir
-from support.softhsm import SoftHSM
 
 from tokenissue.inventory import Inventory
+
+from support.lifecycle import TokenCA, add_token_fast, make_token_ca, token_dir
+from support.softhsm import SoftHSM
 
 pytestmark = pytest.mark.slow
 

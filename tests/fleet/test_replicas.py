@@ -25,14 +25,15 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tokenissue.ca.authority import CertificateAuthority
+from tokenissue.models import RegistrationStatus
+
 from support.cmp_server import served
 from support.fleet import Attempt, Outcome, register_many, run_attempts
 from support.lifecycle import TokenCA, make_token_ca
 from support.postgres import PgServer
 from support.softhsm import SOFTHSM_MODULE, SoftHSM
-
-from tokenissue.ca.authority import CertificateAuthority
-from tokenissue.models import RegistrationStatus
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+
 from support.cli import USER_PIN
 from support.lifecycle import TokenCA, add_token_fast, make_token_ca
 from support.softhsm import SoftHSM

@@ -15,11 +15,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support.lifecycle import TokenCA, add_token_fast, make_token_ca
-from support.softhsm import SoftHSM
 
 from tokenissue.fleet.sweep import due
 from tokenissue.models import CertRecord, CertStatus
+
+from support.lifecycle import TokenCA, add_token_fast, make_token_ca
+from support.softhsm import SoftHSM
 
 NOW = datetime.now(UTC)
 CA_KEY = ec.generate_private_key(ec.SECP256R1())

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+
 from support.acme import EAB_EXAMPLE, Pebble, run_pebble
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
 from support.acme import CHALLTESTSRV, EAB_EXAMPLE, PEBBLE, Pebble
 from support.cli import USER_PIN
 from support.openssl import openssl

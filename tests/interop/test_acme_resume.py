@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from support.acme import CHALLTESTSRV, EAB_EXAMPLE, PEBBLE, Pebble, run_pebble
 from support.cli import USER_PIN
 from support.servers import free_port

@@ -33,6 +33,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from support.cli import USER_PIN
 from support.openssl import has_openssl_cmp
 from support.softhsm import SOFTHSM_MODULE, SoftHSM, make_softhsm

@@ -22,7 +22,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from support.openssl import has_openssl_cmp
 
 from tokenissue.pkix.certs import issue_certificate, random_serial, self_signed_ca
 from tokenissue.pkix.csr import build_csr
@@ -41,6 +40,8 @@ from tokenissue.protocols.cmp import (
     protect_signature,
     verify_protection,
 )
+
+from support.openssl import has_openssl_cmp
 
 pytestmark = [
     pytest.mark.interop,

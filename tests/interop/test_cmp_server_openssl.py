@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+
 from support.cli import USER_PIN
 from support.cmp_server import Served, served
 from support.lifecycle import TokenCA, make_token_ca

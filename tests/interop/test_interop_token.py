@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
 from support.cli import USER_PIN
 from support.softhsm import SOFTHSM_MODULE, SoftHSM
 from support.software_ca import SoftwareCA, make_software_ca

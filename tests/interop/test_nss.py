@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+
 from support.cli import USER_PIN
 from support.lifecycle import TokenCA, make_token_ca
 from support.openssl import ENGINE_SO, engine_conf, openssl_env, pkcs11_id, s_server

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from support.inventory import raw, sa_url, schema_snapshot
-from support.postgres import PgServer
 
 from tokenissue.errors import InventoryError, NotFound
 from tokenissue.inventory import DuplicateRequest, Inventory, audit_hash
 from tokenissue.inventory._migrate import HEAD_REVISION
 from tokenissue.models import CertRecord, CertStatus, RevocationReason
+
+from support.inventory import raw, sa_url, schema_snapshot
+from support.postgres import PgServer
 
 T = TypeVar("T")
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
-from support.inventory import raw, sa_url, schema_snapshot
 
 from tokenissue.errors import InventoryError, NotFound
 from tokenissue.inventory import DuplicateRegistration, DuplicateTransaction, Inventory
@@ -23,6 +22,8 @@ from tokenissue.models import (
     TransactionKind,
     TransactionState,
 )
+
+from support.inventory import raw, sa_url, schema_snapshot
 
 T = TypeVar("T")
 NOW = datetime.now(UTC)

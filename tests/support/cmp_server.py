@@ -26,10 +26,6 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from support.cli import USER_PIN
-from support.lifecycle import TokenCA
-from support.servers import free_port, stop_process
-from support.softhsm import SOFTHSM_MODULE, SoftHSM
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import RegistrationAuthority
 from tokenissue.credentials import Secret
@@ -42,6 +38,11 @@ from tokenissue.protocols.cmp import (
     protect_pbm,
     protect_signature,
 )
+
+from support.cli import USER_PIN
+from support.lifecycle import TokenCA
+from support.servers import free_port, stop_process
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 CMP_TYPE = "application/pkixcmp"
 

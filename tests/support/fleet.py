@@ -21,12 +21,13 @@ from typing import Any
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from support.cmp_server import CMP_TYPE, Registered, confirm, new_key, response_of
-from support.softhsm import SOFTHSM_MODULE
 
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import RegistrationAuthority
 from tokenissue.protocols.cmp import CMPResponse, build_ir
+
+from support.cmp_server import CMP_TYPE, Registered, confirm, new_key, response_of
+from support.softhsm import SOFTHSM_MODULE
 
 RETRY_STATUSES = frozenset({500, 502, 503})
 

@@ -17,12 +17,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from support.cli import SO_PIN, USER_PIN
-from support.openssl import openssl
-from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue.inventory import Inventory
 from tokenissue.models import CertRecord
+
+from support.cli import SO_PIN, USER_PIN
+from support.openssl import openssl
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 USER_TOKEN = "test"  # the token the softhsm fixtures make
 CA_TOKEN = "ca"  # the token make_token_ca adds for the CA key

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
 from support.servers import free_port
 from support.softhsm import SOFTHSM_MODULE, SoftHSM
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from support.cli import SO_PIN, USER_PIN, cli_env, run_cli
 
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"

@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tokenissue.models import KeyAlgorithm, KeyType
+
 from support.cli import USER_PIN
 from support.lifecycle import TokenCA, make_token_ca
 from support.softhsm import SOFTHSM_MODULE, SoftHSM
-
-from tokenissue.models import KeyAlgorithm, KeyType
 
 #: tests/, which a subprocess puts on sys.path to import this module.
 TESTS = Path(__file__).resolve().parents[1]

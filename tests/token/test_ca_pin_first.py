@@ -8,6 +8,7 @@ been made. Now the CA token is logged in to first; nothing is generated or journ
 from __future__ import annotations
 
 import pytest
+
 from support.lifecycle import TokenCA, make_token_ca
 from support.softhsm import SoftHSM
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from support.cmp_server import Served, served
 from support.lifecycle import USER_TOKEN, TokenCA, make_token_ca
 from support.servers import free_port

@@ -23,19 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.testclient import TestClient
-from support.cmp_server import (
-    CMP_TYPE,
-    Registered,
-    confirm,
-    in_process_app,
-    new_key,
-    register,
-    response_of,
-    signed,
-    snapshot,
-)
-from support.lifecycle import TokenCA, make_token_ca
-from support.softhsm import SoftHSM
 
 from tokenissue.pkix.csr import build_csr
 from tokenissue.protocols.cmp import (
@@ -54,6 +41,20 @@ from tokenissue.protocols.cmp import (
     mac_iterations,
     verify_protection,
 )
+
+from support.cmp_server import (
+    CMP_TYPE,
+    Registered,
+    confirm,
+    in_process_app,
+    new_key,
+    register,
+    response_of,
+    signed,
+    snapshot,
+)
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
 
 
 @dataclass

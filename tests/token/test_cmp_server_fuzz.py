@@ -19,9 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
-from support.cmp_server import CMP_TYPE, confirm, in_process_app, new_key, register, response_of, signed
-from support.lifecycle import make_token_ca
-from support.softhsm import SoftHSM
 
 from tokenissue.pkix.csr import build_csr
 from tokenissue.protocols.cmp import (
@@ -33,6 +30,10 @@ from tokenissue.protocols.cmp import (
     build_rr,
     encode_message,
 )
+
+from support.cmp_server import CMP_TYPE, confirm, in_process_app, new_key, register, response_of, signed
+from support.lifecycle import make_token_ca
+from support.softhsm import SoftHSM
 
 EXAMPLES = 300
 MAX_BODY = 8 * 1024

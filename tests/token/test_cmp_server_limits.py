@@ -15,11 +15,12 @@ import warnings
 from collections.abc import AsyncIterator
 
 import httpx
+
+from tokenissue.protocols.cmp import build_ir
+
 from support.cmp_server import in_process_app, new_key, register, response_of, snapshot
 from support.lifecycle import make_token_ca
 from support.softhsm import SoftHSM
-
-from tokenissue.protocols.cmp import build_ir
 
 
 def test_a_trickled_body_is_cut_off_with_408(session_softhsm: SoftHSM) -> None:

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
-from support.cmp_server import CMP_TYPE, confirm, in_process_app, new_key, register, response_of
-from support.lifecycle import TokenCA, make_token_ca
-from support.softhsm import SoftHSM
 
 from tokenissue.credentials import Secret
 from tokenissue.protocols.cmp import build_ir
+
+from support.cmp_server import CMP_TYPE, confirm, in_process_app, new_key, register, response_of
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
 
 
 @pytest.fixture

@@ -24,10 +24,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from support.cli import USER_PIN
-from support.cmp_server import Registered, confirm, new_key, register, response_of, signed, snapshot
-from support.lifecycle import TokenCA, make_token_ca
-from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import RegistrationAuthority
@@ -35,6 +31,11 @@ from tokenissue.credentials import Pin
 from tokenissue.pkix.csr import build_csr
 from tokenissue.protocols.cmp import CMPResponse, build_ir, build_kur, build_p10cr
 from tokenissue.server.cmp_service import CMPService
+
+from support.cli import USER_PIN
+from support.cmp_server import Registered, confirm, new_key, register, response_of, signed, snapshot
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 
 class Crash(BaseException):

@@ -21,11 +21,12 @@ import time
 from urllib.parse import urlsplit
 
 import httpx
+
+from tokenissue.protocols.cmp import ID_IT_CA_CERTS, build_genm, build_ir, encode_message
+
 from support.cmp_server import CMP_TYPE, new_key, register, response_of, served
 from support.lifecycle import make_token_ca
 from support.softhsm import SoftHSM
-
-from tokenissue.protocols.cmp import ID_IT_CA_CERTS, build_genm, build_ir, encode_message
 
 HONEST = "127.0.0.2"
 FLOOD = 300

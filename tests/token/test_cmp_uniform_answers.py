@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 from pyasn1.codec.der import encoder
 from starlette.testclient import TestClient
-from support.cmp_server import CMP_TYPE, Registered, confirm, in_process_app, new_key, register, response_of, snapshot
-from support.lifecycle import TokenCA, make_token_ca
-from support.softhsm import SoftHSM
 
 from tokenissue.credentials import Secret
 from tokenissue.protocols.cmp import build_ir, decode_message, encode_message, protect_pbm
+
+from support.cmp_server import CMP_TYPE, Registered, confirm, in_process_app, new_key, register, response_of, snapshot
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
 
 WRONG = Secret("AAAAA-AAAAA-AAAAA-AAAAA")
 

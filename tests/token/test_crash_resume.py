@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support.lifecycle import TokenCA, make_token_ca
 from support.softhsm import SoftHSM
 

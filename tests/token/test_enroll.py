@@ -17,12 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tokenissue.models import KeyType
+
 from support.lifecycle import TokenCA, make_token_ca
 from support.openssl import openssl
 from support.softhsm import SoftHSM
 from support.token_impls import TokenImpl
-
-from tokenissue.models import KeyType
 
 HEX = re.compile(r"^[0-9a-f]+$")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+
 from support.lifecycle import TokenCA, make_token_ca, token_dir
 from support.softhsm import SoftHSM
 from support.software_ca import SoftwareCA

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
 from support.openssl import openssl
 from support.softhsm import SoftHSM
 from support.software_ca import make_software_ca

@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from support.cmp_server import Served, served
-from support.lifecycle import USER_TOKEN, TokenCA, make_token_ca, token_dir
-from support.softhsm import SoftHSM
 
 from tokenissue.inventory import Inventory
 from tokenissue.models import CertRecord, CertStatus, RevocationReason
+
+from support.cmp_server import Served, served
+from support.lifecycle import USER_TOKEN, TokenCA, make_token_ca, token_dir
+from support.softhsm import SoftHSM
 
 CODE_ENV = "TOKENISSUE_AUTH_CODE"
 

@@ -14,13 +14,14 @@ import pkcs11.exceptions as px
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
-from support.cli import USER_PIN
-from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue import p11
 from tokenissue.credentials import Pin
 from tokenissue.errors import MechanismUnsupported, ObjectExists
 from tokenissue.models import KeyType
+
+from support.cli import USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 
 def _raw(session: p11.TokenSession, label: str) -> object:

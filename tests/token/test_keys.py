@@ -23,15 +23,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, ObjectClass
-from support.cli import SO_PIN, USER_PIN
-from support.key_report import key_report
-from support.softhsm import SOFTHSM_MODULE, SoftHSM
-from support.token_impls import DOCUMENTED_IMPLS, TokenImpl, on_impls
 
 from tokenissue import p11
 from tokenissue.credentials import Pin
 from tokenissue.errors import ObjectExists, PinIncorrect
 from tokenissue.models import KeyType
+
+from support.cli import SO_PIN, USER_PIN
+from support.key_report import key_report
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
+from support.token_impls import DOCUMENTED_IMPLS, TokenImpl, on_impls
 
 SEL = p11.TokenSelector(label="test")
 ALL_TYPES = pytest.mark.parametrize("key_type", list(KeyType), ids=[k.value for k in KeyType])

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+
 from support.lifecycle import TokenCA, make_token_ca
 from support.openssl import openssl
 from support.softhsm import SoftHSM
@@ -242,6 +243,7 @@ def test_rekey_never_touches_another_cas_certificate_with_the_same_serial(impl_c
     by serial alone and destroyed an unrelated key whose certificate, from another CA, shared it."""
     token_ca = impl_ca
     from cryptography.hazmat.primitives import serialization
+
     from support.software_ca import make_software_ca
 
     software_ca = make_software_ca(tmp_path / "other-ca")

@@ -19,14 +19,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, CertificateType, ObjectClass
 from pkcs11 import KeyType as P11KeyType
-from support.cli import USER_PIN
-from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue import p11
 from tokenissue.credentials import Pin
 from tokenissue.errors import MechanismUnsupported, ProvenanceError
 from tokenissue.models import KeyType
 from tokenissue.p11._capabilities import KEY_TEMPLATE_STEPS
+
+from support.cli import USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 TOKEN = p11.TokenSelector(label="test")
 
@@ -131,6 +132,7 @@ def test_tpm_falls_back_to_token_usage_and_pins_the_key_to_signing(session_tpm: 
     (no raw CKM_RSA_PKCS). The key is reported sign-only, and the TPM really refuses to decrypt."""
     from pkcs11 import Mechanism
     from pkcs11.exceptions import MechanismInvalid
+
     from support.tpm import TPM2_MODULE
 
     with p11.open_token(TOKEN, Pin(USER_PIN), module=TPM2_MODULE) as s:
@@ -164,6 +166,7 @@ def test_tpm_require_sign_only_is_met_and_the_pinned_rsa_key_signs(session_tpm: 
     """--require-sign-only on the TPM: the same pinned key, accepted; signatures go through the
     combined mechanisms (planned within the key's own list) and verify."""
     from cryptography.hazmat.primitives.asymmetric import padding
+
     from support.tpm import TPM2_MODULE
 
     with p11.open_token(TOKEN, Pin(USER_PIN), module=TPM2_MODULE) as s:

@@ -11,12 +11,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from pkcs11 import Mechanism
-from support.cli import USER_PIN
-from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue import p11
 from tokenissue.credentials import Pin
 from tokenissue.models import KeyAlgorithm, KeyType
+
+from support.cli import USER_PIN
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 COMBINED = {"ECDSA_SHA256", "ECDSA_SHA384", "SHA256_RSA_PKCS", "SHA384_RSA_PKCS", "SHA256_RSA_PKCS_PSS"}
 

@@ -19,16 +19,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from starlette.testclient import TestClient
-from support.cli import USER_PIN
-from support.cmp_server import CMP_TYPE, confirm, in_process_app, new_key, register, response_of, signed, snapshot
-from support.lifecycle import TokenCA, make_token_ca
-from support.safe_names import HOSTILE_SANS, HOSTILE_SUBJECTS, ORDINARY_SUBJECT, hostile_csr, sha1_csr
-from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.credentials import Pin
 from tokenissue.pkix.certs import cert_record, issue_certificate, random_serial
 from tokenissue.protocols.cmp import build_cr, build_ir
+
+from support.cli import USER_PIN
+from support.cmp_server import CMP_TYPE, confirm, in_process_app, new_key, register, response_of, signed, snapshot
+from support.lifecycle import TokenCA, make_token_ca
+from support.safe_names import HOSTILE_SANS, HOSTILE_SUBJECTS, ORDINARY_SUBJECT, hostile_csr, sha1_csr
+from support.softhsm import SOFTHSM_MODULE, SoftHSM
 
 pytestmark = pytest.mark.filterwarnings("ignore:Attribute's length:UserWarning")
 

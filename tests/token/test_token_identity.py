@@ -30,12 +30,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+
+from tokenissue.inventory import Inventory
+
 from support.cli import USER_PIN
 from support.lifecycle import add_token_fast, make_token_ca
 from support.softhsm import SOFTHSM_MODULE, SoftHSM, make_softhsm
 from support.tpm import SoftwareTPM, TPMTokens, make_tpm_tokens
-
-from tokenissue.inventory import Inventory
 
 NO_SERIAL = "0000000000000000"
 CA_ENV = {"TOKENISSUE_MODULE": SOFTHSM_MODULE, "TOKENISSUE_CA_PIN": USER_PIN}

@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+
+from tokenissue import p11
+
 from support.cli import SO_PIN, USER_PIN
 from support.softhsm import SOFTHSM_MODULE, SoftHSM
 from support.tpm import TPM2_MODULE, SoftwareTPM, TPMTokens, make_tpm_tokens, tpm_in_process
-
-from tokenissue import p11
 
 NO_SERIAL = "0000000000000000"  # every tpm2-pkcs11 token's serial
 

@@ -30,15 +30,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
+
+from tokenissue.inventory import Inventory
+from tokenissue.models import CertRecord
+
 from support.cli import USER_PIN
 from support.lifecycle import add_token_fast
 from support.openssl import openssl
 from support.softhsm import SOFTHSM_MODULE, SoftHSM
 from support.software_ca import SoftwareCA
 from support.tpm import TPM2_MODULE, TPMTokens
-
-from tokenissue.inventory import Inventory
-from tokenissue.models import CertRecord
 
 NO_SERIAL = "0000000000000000"  # every tpm2-pkcs11 token's serial
 #: For commands of the CA on SoftHSM: its module, and its PIN (the fixtures' user PIN).

@@ -23,7 +23,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from support.software_ca import SoftwareCA, make_software_ca
 
 from tokenissue.credentials import Secret
 from tokenissue.enroll import is_cmp_location, open_enroller
@@ -49,6 +48,8 @@ from tokenissue.protocols.cmp import (
     verify_cert_hash,
     verify_protection,
 )
+
+from support.software_ca import SoftwareCA, make_software_ca
 
 CODE = "auth-code-5512"
 REF = "1234"

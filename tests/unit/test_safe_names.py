@@ -15,13 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.safe_names import HOSTILE_SANS, HOSTILE_SUBJECTS, ORDINARY_SANS, ORDINARY_SUBJECT, hostile_csr, sha1_csr
 
 from tokenissue.ca.profiles import check_request, load_profiles
 from tokenissue.errors import RequestRejected, UsageError
 from tokenissue.pkix import names
 from tokenissue.pkix.csr import build_csr, load_csr, verify_csr
 from tokenissue.pkix.names import parse_san, parse_subject
+
+from support.safe_names import HOSTILE_SANS, HOSTILE_SUBJECTS, ORDINARY_SANS, ORDINARY_SUBJECT, hostile_csr, sha1_csr
 
 PROFILES = load_profiles()
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
