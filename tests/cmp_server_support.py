@@ -35,6 +35,7 @@ from tokenissue.ca.registration import RegistrationAuthority
 from tokenissue.credentials import Secret
 from tokenissue.protocols.cmp import (
     CMPResponse,
+    SharedSecret,
     build_cert_conf,
     decode_message,
     encode_message,
@@ -62,8 +63,13 @@ class Registered:
     def kid(self) -> bytes:
         return self.ref.encode("ascii")
 
+    @property
+    def secret(self) -> SharedSecret:
+        """The code as the MAC's shared secret (its UTF-8 octets), as the server takes it."""
+        return SharedSecret.from_text(self.code.reveal())
+
     def protect(self, msg: Any, **kw: Any) -> bytes:
-        return encode_message(protect_pbm(msg, self.code, sender_kid=self.kid, **kw))
+        return encode_message(protect_pbm(msg, self.secret, sender_kid=self.kid, **kw))
 
 
 def register(

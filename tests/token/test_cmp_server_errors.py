@@ -290,7 +290,7 @@ def test_unknown_reference_expired_and_used_codes(env: Env) -> None:
 def _pbm_without_kid(reg: Registered) -> Any:
     from tokenissue.protocols.cmp import protect_pbm
 
-    msg = protect_pbm(build_ir(reg.subject, None, new_key()), reg.code, sender_kid=b"x")
+    msg = protect_pbm(build_ir(reg.subject, None, new_key()), reg.secret, sender_kid=b"x")
     msg["header"]["senderKID"] = msg["header"]["senderKID"].clone(b"\xff\xfe")
     return msg
 

@@ -18,15 +18,20 @@ and on any :class:`CMPError` ``e``: ``build_error(req_or_None, e.failure_info, s
 
 Exceptions::
 
-    TokenIssueError                      (tokenissue.errors)
-    └── CAError [exit 6]
-        └── RequestRejected
-            └── CMPError                 .failure_info: a PKIFailureInfo bit name
+    Exception
+    └── CMPError                         .failure_info: a PKIFailureInfo bit name
+    ValueError                           a programming or configuration error of the caller's
+                                         (a wrong bit name, a key that is not the certificate's)
 
-pyasn1 and cryptography errors raised by hostile input are translated into :class:`CMPError`
-at this package's boundary, the original chained as ``__cause__``. Private keys are any
-cryptography private key objects (token adapters included); only ``sign()`` and
-``public_key()`` are called. Shared secrets are :class:`SharedSecret` (or bytes), never logged.
+The package stands alone, as certbot's ``acme`` does: it imports nothing else of tokenissue
+(an import-linter contract keeps it so). Callers translate at their boundary: tokenissue's
+CMP client turns a :class:`CMPError` that reaches its user into a
+:class:`tokenissue.errors.RequestRejected`. pyasn1 and cryptography errors raised by hostile
+input are translated into :class:`CMPError` at this package's boundary, the original chained
+as ``__cause__``. Private keys are any cryptography private key objects (token adapters
+included); only ``sign()`` and ``public_key()`` are called. Shared secrets are
+:class:`SharedSecret` (or bytes), never logged; a text secret is
+:meth:`SharedSecret.from_text`.
 """
 
 from ._build import (

@@ -28,8 +28,6 @@ from pyasn1.codec.der import decoder, encoder
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc4210, rfc8018, rfc9480
 
-from ...credentials import Secret
-from ...errors import ConfigError
 from ._crypto import (
     HASH_OIDS,
     HASHES,
@@ -82,7 +80,7 @@ MIN_ITERATIONS: Final = 100
 MAX_ITERATIONS: Final = 100_000
 _MAX_SALT: Final = 128
 
-SecretLike = SharedSecret | Secret | bytes
+SecretLike = SharedSecret | bytes
 
 
 def protected_part_der(msg: Any) -> bytes:
@@ -384,7 +382,7 @@ def protect_signature(
     ``public_key()`` are called.
     """
     if not same_public_key(private_key.public_key(), cert.public_key()):
-        raise ConfigError(
+        raise ValueError(
             f"The signing key does not belong to the CMP protection certificate "
             f"'{cert.subject.rfc4514_string()}'; select the key that belongs to it."
         )
