@@ -1,8 +1,9 @@
 """CMP messages (RFC 4210, RFC 9480) for the Lightweight CMP profile (RFC 9483).
 
-The pure message layer: decode and encode DER, parse requests and responses into frozen
-dataclasses, build every message a Lightweight CMP client or server sends, protect messages
-with a password-based MAC or a signature and verify that protection. No transport (RFC 6712),
+The pure message layer: decode and encode DER (``_der``), parse requests and responses into
+frozen dataclasses (``_parse``), build every message a Lightweight CMP client or server sends
+(``_build``), protect messages with a password-based MAC or a signature (``_protection``) and
+verify that protection, proofs of possession and certConf hashes (``_verify``). No transport (RFC 6712),
 no CA policy, no state: a server and a client are built on top of this.
 
 Typical server loop::
@@ -50,6 +51,7 @@ from ._build import (
     build_rp,
     build_rr,
 )
+from ._crypto import cert_hash
 from ._der import DEFAULT_MAX_MESSAGE_SIZE, decode_message, encode_message
 from ._errors import FAILURE_INFO_NAMES, CMPError, FailureInfo, SharedSecret
 from ._parse import (
@@ -67,12 +69,9 @@ from ._parse import (
     RevocationRequest,
     RootCaUpdate,
     StatusInfo,
-    cert_hash,
     parse_header,
     parse_request,
     parse_response,
-    verify_cert_hash,
-    verify_pop,
 )
 from ._protection import (
     MAX_ITERATIONS,
@@ -84,8 +83,8 @@ from ._protection import (
     protect_pbmac1,
     protect_signature,
     protected_part_der,
-    verify_protection,
 )
+from ._verify import verify_cert_hash, verify_pop, verify_protection
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

@@ -22,7 +22,7 @@ from pyasn1.codec.der import encoder
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc4211, rfc5280, rfc9480
 
-from ._crypto import HASH_OIDS, sign
+from ._crypto import HASH_OIDS, cert_hash, sign
 from ._der import cert_to_asn1, decode_as, name_to_general_name, same_public_key, spki_der, tlv
 from ._errors import FAILURE_INFO_NAMES, FailureInfo
 from ._parse import (
@@ -35,7 +35,6 @@ from ._parse import (
     PKIStatus,
     RootCaUpdate,
     StatusInfo,
-    cert_hash,
 )
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Friendly, immutable views of received CMP messages, and the checks that go with them.
+"""Friendly, immutable views of received CMP messages (verification is in :mod:`._verify`).
 
 :func:`parse_request` is what a server calls on a decoded message, :func:`parse_response`
 what a client calls. Both raise :class:`CMPError` with the PKIFailureInfo the peer should get
@@ -9,7 +9,6 @@ the header's senderKID and sender select. The pyasn1 message stays available as 
 
 from __future__ import annotations
 
-import hmac
 import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -17,15 +16,12 @@ from typing import Any, Final, Literal, cast, get_args
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x448, x25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from pyasn1_alt_modules import rfc4211, rfc5280, rfc9480
 
-from ._crypto import HASHES, cert_hash_algorithm, verify_signature
 from ._der import (
     DECODE_ERRORS,
-    bit_octets,
     cert_from_asn1,
     decode_strict,
     extensions_from_asn1,
@@ -36,9 +32,9 @@ from ._der import (
     oid_str,
     plain_der,
     public_key_from_spki,
-    to_der,
 )
 from ._errors import FAILURE_INFO_NAMES, CMPError, FailureInfo
+from ._verify import verify_pop
 
 __all__ = [
     "ID_IT_CA_CERTS",
@@ -55,13 +51,10 @@ __all__ = [
     "RevocationRequest",
     "RootCaUpdate",
     "StatusInfo",
-    "cert_hash",
     "parse_header",
     "parse_request",
     "parse_response",
     "sanitize_text",
-    "verify_cert_hash",
-    "verify_pop",
 ]
 
 ID_IT_IMPLICIT_CONFIRM: Final = "1.3.6.1.5.5.7.4.13"
@@ -414,51 +407,6 @@ def _public_key(spki: Any) -> CertificatePublicKeyTypes:
     return key
 
 
-def _verify_crmf_pop(cert_req_msg: Any) -> None:
-    popo = cert_req_msg["popo"]
-    if not is_present(popo):
-        raise CMPError("badPOP", "The certificate request has no proof of possession.")
-    if popo.getName() != "signature":
-        raise CMPError("badPOP", f"Proof of possession by {popo.getName()} is not supported; sign the request.")
-    signing_key = popo["signature"]
-    if is_present(signing_key["poposkInput"]):
-        # RFC 9483 §4.1.1: poposkInput MUST be omitted; the subject and key are in the template.
-        raise CMPError("badPOP", "POPOSigningKey with poposkInput is not supported (RFC 9483 §4.1.1).")
-    template = cert_req_msg["certReq"]["certTemplate"]
-    if not is_present(template["publicKey"]):
-        raise CMPError("badCertTemplate", "The certificate template has no public key.")
-    signature = bit_octets(signing_key["signature"], "proof-of-possession signature", "badPOP")
-    # RFC 4211 §4.1: without poposkInput the signature is over the DER of certReq.
-    verify_signature(
-        _public_key(template["publicKey"]),
-        signing_key["algorithmIdentifier"],
-        signature,
-        to_der(cert_req_msg["certReq"]),
-        failure="badPOP",
-        what="proof-of-possession signature",
-    )
-
-
-def verify_pop(request: CMPRequest) -> None:
-    """Raise ``CMPError("badPOP")`` unless the request proves possession of the private key.
-
-    ir/cr/kur: a POPOSigningKey signature over the DER of certReq (RFC 4211 §4.1), made with
-    the key in the template. p10cr: the CSR's self-signature. raVerified is not accepted here:
-    whether an RA may vouch is the server's policy, visible in ``request.pop_kind``.
-    """
-    if request.body_type in ("ir", "cr", "kur"):
-        _verify_crmf_pop(request.message["body"][request.body_type][0])
-    elif request.body_type == "p10cr" and request.csr is not None:
-        try:
-            valid = request.csr.is_signature_valid
-        except (UnsupportedAlgorithm, ValueError) as e:  # An unsupported algorithm is no proof.
-            raise CMPError("badPOP", "The PKCS#10 request's signature algorithm is not supported.") from e
-        if not valid:
-            raise CMPError("badPOP", "The PKCS#10 request's signature does not verify.")
-    else:
-        raise CMPError("badRequest", f"A {request.body_type} message carries no proof of possession.")
-
-
 def _revocations(body: Any) -> tuple[RevocationRequest, ...]:
     out = []
     for details in body:
@@ -561,25 +509,6 @@ def _parse_request(msg: Any) -> CMPRequest:
             pop_valid = False
         request = replace(request, pop_valid=pop_valid)
     return request
-
-
-def cert_hash(cert: x509.Certificate, hash_alg: str | None = None) -> bytes:
-    """certHash for a certConf: the certificate's DER hashed with ``hash_alg`` (an OID) or, by
-    default, with the hash of its own signature algorithm (RFC 9480 §2.10)."""
-    if hash_alg is None:
-        algorithm = cert_hash_algorithm(cert)
-    else:
-        cls = HASHES.get(hash_alg)
-        if cls is None or cls is hashes.SHA1:
-            raise CMPError("badAlg", f"certConf hash algorithm {hash_alg} is not supported.")
-        algorithm = cls()
-    return cert.fingerprint(algorithm)
-
-
-def verify_cert_hash(confirmation: CertConfirmation, cert: x509.Certificate) -> None:
-    """Raise ``CMPError("badCertId")`` unless the certConf entry confirms exactly ``cert``."""
-    if not hmac.compare_digest(confirmation.cert_hash, cert_hash(cert, confirmation.hash_alg)):
-        raise CMPError("badCertId", "The certConf certHash does not match the issued certificate.")
 
 
 def _certs(value: Any) -> tuple[x509.Certificate, ...]:
