@@ -63,6 +63,7 @@ from ..protocols.cmp import (
     DEFAULT_MAX_MESSAGE_SIZE,
     CMPResponse,
     FailureInfo,
+    MessageHeader,
     SharedSecret,
     build_cert_conf,
     build_kur,
@@ -293,9 +294,10 @@ class CMPEnroller:
         protection = _Protection(ref=self._ref_bytes(), secret=_shared(self._secret()), anchors=self._trust)
         nonce = _nonce()
         with _refusals():
-            msg = build_p10cr(
-                csr, transaction_id=transaction_id_for(request_id), sender_nonce=nonce, sender_kid=protection.ref
+            header = MessageHeader(
+                transaction_id=transaction_id_for(request_id), sender_nonce=nonce, sender_kid=protection.ref
             )
+            msg = build_p10cr(csr, header=header)
             return self._certify(
                 _with_profile(msg, profile), "cp", protection, nonce, csr.public_key(), sender=csr.subject
             )
@@ -321,15 +323,11 @@ class CMPEnroller:
         nonce = _nonce()
         protection = _Protection(key=current_key, cert=current_cert, anchors=self._trust)
         with _refusals():
+            header = MessageHeader(
+                sender=current_cert.subject, transaction_id=transaction_id_for(request_id), sender_nonce=nonce
+            )
             msg = build_kur(
-                csr.subject,
-                None,
-                new_key,
-                old_cert=current_cert,
-                extensions=list(csr.extensions),
-                sender=current_cert.subject,
-                transaction_id=transaction_id_for(request_id),
-                sender_nonce=nonce,
+                csr.subject, None, new_key, header=header, old_cert=current_cert, extensions=list(csr.extensions)
             )
             return self._certify(
                 _with_profile(msg, profile), "kup", protection, nonce, new_key.public_key(), sender=current_cert.subject
@@ -349,7 +347,7 @@ class CMPEnroller:
         nonce = _nonce()
         protection = _Protection(key=key, cert=cert, anchors=self._trust)
         with _refusals():
-            msg = build_rr(cert.issuer, serial, REASON_FLAGS[reason], sender=cert.subject, sender_nonce=nonce)
+            msg = build_rr(cert.issuer, serial, REASON_FLAGS[reason], header=MessageHeader(sender=cert.subject, sender_nonce=nonce))
             rsp = self._exchange(protection.protect(msg), "rp", protection, msg, nonce)
         # An authenticated certRevoked (in the rp, or as the error refusing a request signed by
         # this very certificate) means revoked before, perhaps by a run that died before
@@ -467,17 +465,20 @@ class CMPEnroller:
         nonce = _nonce()
         if rsp.transaction_id is None or rsp.sender_nonce is None:
             raise CAUnavailable(f"The CMP server at {self.url} answered without a transactionID or senderNonce.")
-        msg = build_cert_conf(
-            cert,
-            rsp.cert_req_id if rsp.cert_req_id is not None else 0,
-            accepted=rejected is None,
-            failure_info=rejected.failure_info if rejected else None,
-            text=rejected.message if rejected else None,
+        header = MessageHeader(
             sender=sender,
             transaction_id=rsp.transaction_id,
             sender_nonce=nonce,
             recip_nonce=rsp.sender_nonce,
             sender_kid=protection.ref,
+        )
+        msg = build_cert_conf(
+            cert,
+            rsp.cert_req_id if rsp.cert_req_id is not None else 0,
+            header=header,
+            accepted=rejected is None,
+            failure_info=rejected.failure_info if rejected else None,
+            text=rejected.message if rejected else None,
         )
         if rejected is not None:
             # Best effort: the request fails with our reason whatever the server says now.

@@ -6,7 +6,9 @@ frozen dataclasses (``_parse``), build every message a Lightweight CMP client or
 verify that protection, proofs of possession and certConf hashes (``_verify``). No transport (RFC 6712),
 no CA policy, no state: a server and a client are built on top of this.
 
-Typical server loop::
+A client builds a request with the header fields it chooses in one :class:`MessageHeader`
+(``build_ir(subject, None, key, header=MessageHeader(sender=..., recipient=...))``); a server
+builds its answer from the request it answers. Typical server loop::
 
     msg = decode_message(body)                    # CMPError on bad DER, size, version
     req = parse_request(msg)                      # CMPError on malformed requests
@@ -36,6 +38,7 @@ included); only ``sign()`` and ``public_key()`` are called. Shared secrets are
 """
 
 from ._build import (
+    MessageHeader,
     build_cert_conf,
     build_cp,
     build_cr,
@@ -103,6 +106,7 @@ __all__ = [
     "CMPResponse",
     "CertConfirmation",
     "FailureInfo",
+    "MessageHeader",
     "PKIStatus",
     "RequestType",
     "ResponseType",

@@ -10,9 +10,10 @@ the header's senderKID and sender select. The pyasn1 message stays available as 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, Generic, Literal, TypeVar, cast, get_args
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -57,12 +58,14 @@ __all__ = [
     "sanitize_text",
 ]
 
+_T = TypeVar("_T")
+
 ID_IT_IMPLICIT_CONFIRM: Final = "1.3.6.1.5.5.7.4.13"
 ID_IT_CA_CERTS: Final = "1.3.6.1.5.5.7.4.17"
 ID_IT_ROOT_CA_KEY_UPDATE: Final = "1.3.6.1.5.5.7.4.18"
 ID_IT_ROOT_CA_CERT: Final = "1.3.6.1.5.5.7.4.20"
-_ID_REGCTRL_OLD_CERT_ID: Final = "1.3.6.1.5.5.7.5.1.5"
-_CRL_REASON_OID: Final = "2.5.29.21"
+ID_REGCTRL_OLD_CERT_ID: Final = "1.3.6.1.5.5.7.5.1.5"
+CRL_REASON_OID: Final = "2.5.29.21"
 
 RequestType = Literal["ir", "cr", "p10cr", "kur", "rr", "certConf", "genm", "pollReq"]
 ResponseType = Literal["ip", "cp", "kup", "rp", "pkiconf", "genp", "error", "pollRep"]
@@ -149,6 +152,29 @@ class CMPHeader:
     free_text: tuple[str, ...]
 
 
+class _FromHeader(Generic[_T]):
+    """A read-only attribute that reads the header field of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> _T:
+        return cast(_T, getattr(obj.header, self._name))
+
+
+class _HeaderFields:
+    """The header fields of a parsed message, read through from its ``header``."""
+
+    sender = _FromHeader[x509.Name | None]()
+    recipient = _FromHeader[x509.Name | None]()
+    transaction_id = _FromHeader[bytes | None]()
+    sender_nonce = _FromHeader[bytes | None]()
+    recip_nonce = _FromHeader[bytes | None]()
+    sender_kid = _FromHeader[bytes | None]()
+    protection_alg = _FromHeader[str | None]()
+    implicit_confirm = _FromHeader[bool]()
+
+
 @dataclass(frozen=True)
 class StatusInfo:
     """A PKIStatusInfo: status, failure bits and text."""
@@ -194,7 +220,7 @@ class RootCaUpdate:
 
 
 @dataclass(frozen=True)
-class CMPRequest:
+class CMPRequest(_HeaderFields):
     """A request as the server sees it. Fields that do not apply to ``body_type`` are empty."""
 
     body_type: RequestType
@@ -222,41 +248,9 @@ class CMPRequest:
     #: The decoded pyasn1 PKIMessage.
     message: Any = field(default=None, repr=False, compare=False)
 
-    @property
-    def sender(self) -> x509.Name | None:
-        return self.header.sender
-
-    @property
-    def recipient(self) -> x509.Name | None:
-        return self.header.recipient
-
-    @property
-    def transaction_id(self) -> bytes | None:
-        return self.header.transaction_id
-
-    @property
-    def sender_nonce(self) -> bytes | None:
-        return self.header.sender_nonce
-
-    @property
-    def recip_nonce(self) -> bytes | None:
-        return self.header.recip_nonce
-
-    @property
-    def sender_kid(self) -> bytes | None:
-        return self.header.sender_kid
-
-    @property
-    def protection_alg(self) -> str | None:
-        return self.header.protection_alg
-
-    @property
-    def implicit_confirm(self) -> bool:
-        return self.header.implicit_confirm
-
 
 @dataclass(frozen=True)
-class CMPResponse:
+class CMPResponse(_HeaderFields):
     """A response as the client sees it. Call :meth:`raise_for_status` to turn a refusal into
     an exception."""
 
@@ -279,18 +273,6 @@ class CMPResponse:
     error_code: int | None = None
     error_details: tuple[str, ...] = ()
     message: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def transaction_id(self) -> bytes | None:
-        return self.header.transaction_id
-
-    @property
-    def sender_nonce(self) -> bytes | None:
-        return self.header.sender_nonce
-
-    @property
-    def recip_nonce(self) -> bytes | None:
-        return self.header.recip_nonce
 
     def raise_for_status(self) -> None:
         """Raise :class:`CMPError` when the server refused (an error message or a rejection)."""
@@ -382,7 +364,7 @@ def _crmf_request(body: Any) -> dict[str, Any]:
     old_cert_id = None
     if is_present(cert_req["controls"]):
         for control in cert_req["controls"]:
-            if oid_str(control["type"]) == _ID_REGCTRL_OLD_CERT_ID:
+            if oid_str(control["type"]) == ID_REGCTRL_OLD_CERT_ID:
                 cert_id = decode_strict(bytes(control["value"]), rfc4211.CertId(), "oldCertID control")
                 issuer = general_name_to_name(cert_id["issuer"])
                 if issuer is None:
@@ -416,7 +398,7 @@ def _revocations(body: Any) -> tuple[RevocationRequest, ...]:
         reason = None
         if is_present(details["crlEntryDetails"]):
             for ext in details["crlEntryDetails"]:
-                if oid_str(ext["extnID"]) == _CRL_REASON_OID:
+                if oid_str(ext["extnID"]) == CRL_REASON_OID:
                     code = decode_strict(octets(ext["extnValue"]), rfc5280.CRLReason(), "CRL reason")
                     reason = _REASONS.get(int(code))
                     if reason is None:
@@ -451,12 +433,17 @@ def parse_request(msg: Any) -> CMPRequest:
     extensions and CSRs. ``pop_valid`` is the result of :func:`verify_pop`; the server decides
     what a missing or failed POP means.
     """
+    return _decoding(_parse_request, msg, "request")
+
+
+def _decoding(parse: Callable[[Any], _T], msg: Any, what: str) -> _T:
+    """``parse(msg)``, with a pyasn1 or cryptography error from hostile input as badDataFormat."""
     try:
-        return _parse_request(msg)
+        return parse(msg)
     except CMPError:
         raise
     except DECODE_ERRORS as e:
-        raise CMPError("badDataFormat", "The CMP request cannot be parsed.") from e
+        raise CMPError("badDataFormat", f"The CMP {what} cannot be parsed.") from e
 
 
 def _parse_request(msg: Any) -> CMPRequest:
@@ -521,12 +508,7 @@ def parse_response(msg: Any) -> CMPResponse:
     It does not raise for a refusal: see :meth:`CMPResponse.raise_for_status`. Matching the
     transactionID and recipNonce against the request is the client's job, which knows them.
     """
-    try:
-        return _parse_response(msg)
-    except CMPError:
-        raise
-    except DECODE_ERRORS as e:
-        raise CMPError("badDataFormat", "The CMP response cannot be parsed.") from e
+    return _decoding(_parse_response, msg, "response")
 
 
 def _parse_response(msg: Any) -> CMPResponse:
