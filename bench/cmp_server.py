@@ -99,7 +99,7 @@ def _requests(ca_dir: Path, n: int, tag: str) -> list[bytes]:
     from tokenissue.ca.authority import CertificateAuthority
     from tokenissue.ca.registration import RegistrationAuthority
     from tokenissue.pkix.csr import build_csr
-    from tokenissue.protocols.cmp import build_p10cr, encode_message, protect_pbm
+    from tokenissue.protocols.cmp import MessageHeader, SharedSecret, build_p10cr, encode_message, protect_pbm
 
     out = []
     with CertificateAuthority.open(ca_dir, module=SOFTHSM_MODULE) as ca:
@@ -107,8 +107,8 @@ def _requests(ca_dir: Path, n: int, tag: str) -> list[bytes]:
         for i in range(n):
             reg, code = ra.register(f"CN=Bench {tag} {i},O=tokenissue bench", PROFILE)
             csr = build_csr(ec.generate_private_key(ec.SECP256R1()), x509.Name.from_rfc4514_string(reg.subject))
-            msg = build_p10cr(csr, implicit_confirm=True)
-            out.append(encode_message(protect_pbm(msg, code, sender_kid=reg.ref.encode(), iterations=500)))
+            msg = build_p10cr(csr, header=MessageHeader(implicit_confirm=True))
+            out.append(encode_message(protect_pbm(msg, SharedSecret.from_text(code.reveal()), sender_kid=reg.ref.encode(), iterations=500)))
     return out
 
 

@@ -28,6 +28,7 @@ from tokenissue.pkix.csr import build_csr
 from tokenissue.protocols.cmp import (
     ID_IT_CA_CERTS,
     CMPError,
+    MessageHeader,
     build_cr,
     build_genm,
     build_ir,
@@ -116,7 +117,7 @@ PBM_SERVER = ("-srv_ref", REF.decode(), "-srv_secret", "pass:" + SECRET.decode()
 
 def test_pbm_ir_is_accepted_by_openssl(setup: Setup) -> None:
     ir = protect_pbm(
-        build_ir(setup.client_cert.subject, None, setup.client_key, recipient=setup.ca.subject),
+        build_ir(setup.client_cert.subject, None, setup.client_key, header=MessageHeader(recipient=setup.ca.subject)),
         SECRET, sender_kid=REF, iterations=500,
     )  # fmt: skip
     result = _send(setup, ir, "ir", *PBM_SERVER)
@@ -147,7 +148,7 @@ def test_wrong_secret_is_refused_by_openssl(setup: Setup) -> None:
 
 def test_signature_protected_cr_is_accepted_by_openssl(setup: Setup) -> None:
     cr = protect_signature(
-        build_cr(setup.client_cert.subject, None, setup.client_key, recipient=setup.ca.subject),
+        build_cr(setup.client_cert.subject, None, setup.client_key, header=MessageHeader(recipient=setup.ca.subject)),
         setup.client_key, setup.client_cert, [setup.ca],
     )  # fmt: skip
     result = _send(setup, cr, "cr", *PBM_SERVER, "-srv_trusted", "ca.pem")
@@ -159,7 +160,7 @@ def test_signature_protected_cr_is_accepted_by_openssl(setup: Setup) -> None:
 def test_p10cr_is_accepted_by_openssl(setup: Setup) -> None:
     csr = build_csr(setup.client_key, setup.client_cert.subject)
     setup.write("req.csr", csr.public_bytes(serialization.Encoding.PEM))
-    p10cr = protect_pbm(build_p10cr(csr, recipient=setup.ca.subject), SECRET, sender_kid=REF, iterations=500)
+    p10cr = protect_pbm(build_p10cr(csr, header=MessageHeader(recipient=setup.ca.subject)), SECRET, sender_kid=REF, iterations=500)
     result = _send(setup, p10cr, "p10cr", *PBM_SERVER)
     assert result.returncode == 0, result.stderr
     rsp = parse_response(decode_message((setup.dir / "rsp.der").read_bytes()))
@@ -167,7 +168,7 @@ def test_p10cr_is_accepted_by_openssl(setup: Setup) -> None:
 
 
 def test_genm_is_answered_by_openssl(setup: Setup) -> None:
-    genm = protect_pbm(build_genm([ID_IT_CA_CERTS], recipient=setup.ca.subject), SECRET, sender_kid=REF, iterations=500)
+    genm = protect_pbm(build_genm([ID_IT_CA_CERTS], header=MessageHeader(recipient=setup.ca.subject)), SECRET, sender_kid=REF, iterations=500)
     result = _send(setup, genm, "genm", *PBM_SERVER)
     assert result.returncode == 0, result.stderr
     rsp = parse_response(decode_message((setup.dir / "rsp.der").read_bytes()))

@@ -31,6 +31,8 @@ from tokenissue.ca.registration import RegistrationAuthority
 from tokenissue.credentials import Secret
 from tokenissue.protocols.cmp import (
     CMPResponse,
+    MessageHeader,
+    SharedSecret,
     build_cert_conf,
     decode_message,
     encode_message,
@@ -66,8 +68,13 @@ class Registered:
     def kid(self) -> bytes:
         return self.ref.encode("ascii")
 
+    @property
+    def secret(self) -> SharedSecret:
+        """The code as the MAC's shared secret (its UTF-8 octets), as the server takes it."""
+        return SharedSecret.from_text(self.code.reveal())
+
     def protect(self, msg: Any, **kw: Any) -> bytes:
-        return encode_message(protect_pbm(msg, self.code, sender_kid=self.kid, **kw))
+        return encode_message(protect_pbm(msg, self.secret, sender_kid=self.kid, **kw))
 
 
 def register(
@@ -92,10 +99,8 @@ def confirm(resp: CMPResponse, *, accepted: bool = True, cert: x509.Certificate 
     assert resp.transaction_id is not None and resp.sender_nonce is not None
     target = cert or resp.certificate
     assert target is not None
-    return build_cert_conf(
-        target, resp.cert_req_id or 0, accepted=accepted, transaction_id=resp.transaction_id,
-        recip_nonce=kw.pop("recip_nonce", resp.sender_nonce), **kw,
-    )  # fmt: skip
+    header = MessageHeader(transaction_id=resp.transaction_id, recip_nonce=kw.pop("recip_nonce", resp.sender_nonce))
+    return build_cert_conf(target, resp.cert_req_id or 0, accepted=accepted, header=header, **kw)
 
 
 def signed(msg: Any, key: Any, cert: x509.Certificate) -> bytes:

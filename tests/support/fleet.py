@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import RegistrationAuthority
-from tokenissue.protocols.cmp import CMPResponse, build_ir
+from tokenissue.protocols.cmp import CMPResponse, MessageHeader, build_ir
 
 from support.cmp_server import CMP_TYPE, Registered, confirm, new_key, response_of
 from support.softhsm import SOFTHSM_MODULE
@@ -115,7 +115,7 @@ def _run_one(urls: list[str], attempt: Attempt, patience: float) -> Outcome:
     clients = [httpx.Client(base_url=u, timeout=timeout) for u in urls]
     try:
         ir = reg.protect(
-            build_ir(reg.subject, None, attempt.key, implicit_confirm=attempt.implicit_confirm, transaction_id=attempt.tid)
+            build_ir(reg.subject, None, attempt.key, header=MessageHeader(implicit_confirm=attempt.implicit_confirm, transaction_id=attempt.tid))
         )
         resp = _send(clients, ir, attempt.first_replica, out, deadline)
         if resp.body_type != "ip" or resp.certificate is None:

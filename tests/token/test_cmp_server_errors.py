@@ -28,6 +28,7 @@ from tokenissue.pkix.csr import build_csr
 from tokenissue.protocols.cmp import (
     ID_IT_CA_CERTS,
     CMPResponse,
+    MessageHeader,
     SharedSecret,
     build_cert_conf,
     build_cr,
@@ -78,7 +79,7 @@ class Env:
 
     def enroll(self, reg: Registered, key: Any = None, *, confirm_it: bool = True, **kw: Any) -> CMPResponse:
         key = key or new_key()
-        code, resp = self.post(reg.protect(build_ir(reg.subject, None, key, **kw)))
+        code, resp = self.post(reg.protect(build_ir(reg.subject, None, key, header=MessageHeader(**kw))))
         assert (code, resp.body_type) == (200, "ip"), resp.status
         if confirm_it:
             code, conf = self.post(reg.protect(confirm(resp)))
@@ -107,7 +108,7 @@ def test_ir_with_registration_code_issues_registered_subject(env: Env) -> None:
     reg = register(env.ca.dir, "CN=Hong Gildong,O=Example,C=KR", san=("email:hong@example.kr",))
     key = new_key()
     # No subject in the template: the registration supplies it, and the SAN.
-    code, ip = env.post(reg.protect(build_ir(None, None, key, sender=reg.subject)))
+    code, ip = env.post(reg.protect(build_ir(None, None, key, header=MessageHeader(sender=reg.subject))))
     assert (code, ip.body_type) == (200, "ip"), ip.status
     # RFC 4210: a PBM-protected request gets a PBM-protected answer, with the same code.
     verify_protection(ip.message, secret=SharedSecret(reg.code.reveal().encode()))
@@ -135,7 +136,7 @@ def test_p10cr_with_implicit_confirm_finishes_at_once(env: Env) -> None:
     reg = register(env.ca.dir, "CN=P10 Holder,O=Example")
     key = new_key()
     csr = build_csr(key, reg.subject)
-    code, cp = env.post(reg.protect(build_p10cr(csr, implicit_confirm=True)))
+    code, cp = env.post(reg.protect(build_p10cr(csr, header=MessageHeader(implicit_confirm=True))))
     assert (code, cp.body_type) == (200, "cp"), cp.status
     assert cp.header.implicit_confirm and cp.cert_req_id == -1
     # The transaction is finished: a certConf now has nothing left to confirm.
@@ -205,7 +206,7 @@ def test_rr_repeated_after_a_half_done_transaction_is_carried_out(env: Env) -> N
     cert = env.enroll(reg, key).certificate
     assert cert is not None
     tid, nonce = os.urandom(16), os.urandom(16)
-    rr = signed(build_rr(cert.issuer, cert.serial_number, transaction_id=tid, sender_nonce=nonce), key, cert)
+    rr = signed(build_rr(cert.issuer, cert.serial_number, header=MessageHeader(transaction_id=tid, sender_nonce=nonce)), key, cert)
     from tokenissue.inventory import Inventory
 
     with Inventory.open(env.ca.database or env.ca.dir / "ca.db") as inv:
@@ -286,7 +287,7 @@ def test_unknown_reference_expired_and_used_codes(env: Env) -> None:
 def _pbm_without_kid(reg: Registered) -> Any:
     from tokenissue.protocols.cmp import protect_pbm
 
-    msg = protect_pbm(build_ir(reg.subject, None, new_key()), reg.code, sender_kid=b"x")
+    msg = protect_pbm(build_ir(reg.subject, None, new_key()), reg.secret, sender_kid=b"x")
     msg["header"]["senderKID"] = msg["header"]["senderKID"].clone(b"\xff\xfe")
     return msg
 
@@ -298,8 +299,8 @@ def test_replayed_transaction_id_issues_nothing(env: Env) -> None:
     env.enroll(first, transaction_id=tid)
     before = snapshot(env.ca.dir)
     # The same message again (a replay), and a fresh registration reusing the transactionID.
-    env.refused(first.protect(build_ir(first.subject, None, new_key(), transaction_id=tid)), "transactionIdInUse")
-    env.refused(second.protect(build_ir(second.subject, None, new_key(), transaction_id=tid)), "transactionIdInUse")
+    env.refused(first.protect(build_ir(first.subject, None, new_key(), header=MessageHeader(transaction_id=tid))), "transactionIdInUse")
+    env.refused(second.protect(build_ir(second.subject, None, new_key(), header=MessageHeader(transaction_id=tid))), "transactionIdInUse")
     assert snapshot(env.ca.dir) == before
     assert (second.ref, "open", None) in before["registrations"]
 
@@ -315,7 +316,7 @@ def test_cert_conf_wrong_hash_nonce_or_transaction(env: Env) -> None:
     env.refused(reg.protect(confirm(ip, cert=other)), "badCertId")
     env.refused(reg.protect(confirm(ip, recip_nonce=os.urandom(16))), "badRecipientNonce")
     assert ip.certificate is not None
-    stray = build_cert_conf(ip.certificate, transaction_id=os.urandom(16), recip_nonce=os.urandom(16))
+    stray = build_cert_conf(ip.certificate, header=MessageHeader(transaction_id=os.urandom(16), recip_nonce=os.urandom(16)))
     env.refused(reg.protect(stray), "badRequest")
     # A certConf protected with a wrong code does not verify.
     wrong = Registered(reg.ref, type(reg.code)("BBBBB-BBBBB-BBBBB-BBBBB"), reg.subject)

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from tokenissue.credentials import Secret
-from tokenissue.protocols.cmp import build_ir
+from tokenissue.protocols.cmp import MessageHeader, build_ir
 
 from support.cmp_server import CMP_TYPE, confirm, in_process_app, new_key, register, response_of
 from support.lifecycle import TokenCA, make_token_ca
@@ -42,7 +42,7 @@ def test_metrics_count_what_the_server_did(ca_and_client: tuple[TokenCA, TestCli
     ca, client = ca_and_client
     headers = {"content-type": CMP_TYPE}
     reg = register(ca.dir, "CN=Metrics,O=tokenissue tests")
-    ir = reg.protect(build_ir(reg.subject, None, new_key(), implicit_confirm=False))
+    ir = reg.protect(build_ir(reg.subject, None, new_key(), header=MessageHeader(implicit_confirm=False)))
     first = response_of(client.post("/pkix/", content=ir, headers=headers).content)
     assert first.certificate is not None
     again = response_of(client.post("/pkix/", content=ir, headers=headers).content)  # a lost answer, asked again

@@ -29,7 +29,7 @@ from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.ca.registration import RegistrationAuthority
 from tokenissue.credentials import Pin
 from tokenissue.pkix.csr import build_csr
-from tokenissue.protocols.cmp import CMPResponse, build_ir, build_kur, build_p10cr
+from tokenissue.protocols.cmp import CMPResponse, MessageHeader, build_ir, build_kur, build_p10cr
 from tokenissue.server.cmp_service import CMPService
 
 from support.cli import USER_PIN
@@ -74,8 +74,9 @@ def _failure(resp: CMPResponse) -> tuple[str, ...]:
     return tuple(resp.status.failure_info)
 
 
-def _p10cr(reg: Registered, key: Any, tid: bytes, **kw: Any) -> bytes:
-    return reg.protect(build_p10cr(build_csr(key, reg.subject), transaction_id=tid, **kw))
+def _p10cr(reg: Registered, key: Any, tid: bytes, *, implicit_confirm: bool = False) -> bytes:
+    header = MessageHeader(transaction_id=tid, implicit_confirm=implicit_confirm)
+    return reg.protect(build_p10cr(build_csr(key, reg.subject), header=header))
 
 
 def test_repeated_request_gets_the_same_certificate(ca: TokenCA) -> None:
@@ -89,7 +90,7 @@ def test_repeated_request_gets_the_same_certificate(ca: TokenCA) -> None:
         before = snapshot(ca.dir)
         # The client died after the certificate was confirmed and asks again: same request,
         # fresh senderNonce. The answer carries the same certificate, our nonce as recipNonce.
-        again = build_p10cr(build_csr(key, reg.subject), transaction_id=tid)
+        again = build_p10cr(build_csr(key, reg.subject), header=MessageHeader(transaction_id=tid))
         code, cp2, fields = post(reg.protect(again))
         assert (code, cp2.body_type) == (200, "cp"), cp2.status
         assert cp2.certificate == cp.certificate
@@ -115,7 +116,7 @@ def test_repeats_that_are_not_the_same_request_change_nothing(ca: TokenCA) -> No
         # Another key, another registration (even with its right code), another body type.
         assert _failure(post(_p10cr(reg, new_key(), tid))[1]) == ("transactionIdInUse",)
         assert _failure(post(_p10cr(other, key, tid))[1]) == ("transactionIdInUse",)
-        assert _failure(post(reg.protect(build_ir(reg.subject, None, key, transaction_id=tid)))[1]) == (
+        assert _failure(post(reg.protect(build_ir(reg.subject, None, key, header=MessageHeader(transaction_id=tid))))[1]) == (
             "transactionIdInUse",
         )
         # A replay by someone without the code fails the MAC; the registration is used, so
@@ -130,20 +131,20 @@ def test_repeated_kur_gets_the_same_certificate(ca: TokenCA) -> None:
     reg = register(ca.dir, "CN=Updater")
     key = new_key()
     with service(ca) as post:
-        _, ip, _ = post(reg.protect(build_ir(reg.subject, None, key, implicit_confirm=True)))
+        _, ip, _ = post(reg.protect(build_ir(reg.subject, None, key, header=MessageHeader(implicit_confirm=True))))
         cert = ip.certificate
         assert cert is not None
         new, tid = new_key(), os.urandom(16)
-        _, kup, _ = post(signed(build_kur(cert.subject, None, new, old_cert=cert, transaction_id=tid), key, cert))
+        _, kup, _ = post(signed(build_kur(cert.subject, None, new, old_cert=cert, header=MessageHeader(transaction_id=tid)), key, cert))
         assert kup.body_type == "kup" and kup.certificate is not None
         before = snapshot(ca.dir)
-        _, kup2, _ = post(signed(build_kur(cert.subject, None, new, old_cert=cert, transaction_id=tid), key, cert))
+        _, kup2, _ = post(signed(build_kur(cert.subject, None, new, old_cert=cert, header=MessageHeader(transaction_id=tid)), key, cert))
         assert kup2.body_type == "kup", kup2.status
         assert kup2.certificate == kup.certificate
         # The same transactionID signed by another certificate (the new one) is not a repeat.
         assert kup.certificate is not None
         assert _failure(
-            post(signed(build_kur(cert.subject, None, new, old_cert=kup.certificate, transaction_id=tid), new,
+            post(signed(build_kur(cert.subject, None, new, old_cert=kup.certificate, header=MessageHeader(transaction_id=tid)), new,
                         kup.certificate))[1]
         ) == ("transactionIdInUse",)  # fmt: skip
         assert snapshot(ca.dir) == before
@@ -190,7 +191,7 @@ def test_crash_after_reserving_then_a_definite_refusal_releases_the_code(ca: Tok
         # The same transaction comes back asking for something the registration does not allow:
         # a definite refusal, which lets the code go.
         wrong = x509.Name.from_rfc4514_string("CN=Somebody Else")
-        bad = reg.protect(build_p10cr(build_csr(new_key(), wrong), transaction_id=tid))
+        bad = reg.protect(build_p10cr(build_csr(new_key(), wrong), header=MessageHeader(transaction_id=tid)))
         assert _failure(post(bad)[1]) == ("badCertTemplate",)
         assert ca.records() == []
         # Now a new request can use the code, once.

@@ -122,6 +122,6 @@ def test_the_right_code_learns_the_state(served_app: tuple[TokenCA, TestClient])
 
 
 def _with_kid(reg: Registered, kid: bytes) -> Any:
-    msg = protect_pbm(build_ir(reg.subject, None, new_key()), reg.code, sender_kid=b"x")
+    msg = protect_pbm(build_ir(reg.subject, None, new_key()), reg.secret, sender_kid=b"x")
     msg["header"]["senderKID"] = msg["header"]["senderKID"].clone(kid)
     return msg

@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 from tokenissue.ca.authority import CertificateAuthority
 from tokenissue.credentials import Pin
 from tokenissue.pkix.certs import cert_record, issue_certificate, random_serial
-from tokenissue.protocols.cmp import build_cr, build_ir
+from tokenissue.protocols.cmp import MessageHeader, build_cr, build_ir
 
 from support.cli import USER_PIN
 from support.cmp_server import CMP_TYPE, confirm, in_process_app, new_key, register, response_of, signed, snapshot
@@ -210,7 +210,7 @@ def test_cmp_refuses_hostile_names_with_bad_cert_template(cmp: tuple[TokenCA, Te
 
     # An ordinary Korean registration is still served.
     reg = register(ca.dir, "CN=홍길동,O=Example Bank,C=KR", san=("email:hong@example.kr",))
-    ip = _post(client, reg.protect(build_ir(None, None, new_key(), sender=reg.subject)))
+    ip = _post(client, reg.protect(build_ir(None, None, new_key(), header=MessageHeader(sender=reg.subject))))
     assert ip.body_type == "ip", ip.status
     assert ip.certificate is not None and ip.certificate.subject == reg.subject
     assert _post(client, reg.protect(confirm(ip))).body_type == "pkiconf"

@@ -26,14 +26,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tokenissue.credentials import Secret
 from tokenissue.enroll import is_cmp_location, open_enroller
-from tokenissue.enroll.cmp import CMPEnroller, canonical_auth_code, transaction_id_for
+from tokenissue.enroll.cmp import CMPEnroller, CMPError, canonical_auth_code, transaction_id_for
 from tokenissue.errors import CAOutcomeUnknown, CAUnavailable, RequestRejected, UsageError
 from tokenissue.lifecycle import EnrollParams
 from tokenissue.models import RevocationReason
 from tokenissue.pkix.csr import build_csr
 from tokenissue.protocols.cmp import (
-    CMPError,
     CMPRequest,
+    SharedSecret,
     StatusInfo,
     build_cp,
     build_error,
@@ -128,7 +128,7 @@ class Pki:
         return CMPEnroller(url, **kw)
 
     def mac(self, msg: Any) -> bytes:
-        return encode_message(protect_pbm(msg, Secret(CODE), sender_kid=b"server"))
+        return encode_message(protect_pbm(msg, SharedSecret.from_text(CODE), sender_kid=b"server"))
 
     def good(self, cert: x509.Certificate | None = None, *, ca_pubs: bool = True) -> Callable[[bytes], Answer]:
         """A server that checks our MAC, issues ``cert`` (default: the holder's) and confirms."""
@@ -136,7 +136,7 @@ class Pki:
         def handle(body: bytes) -> Answer:
             msg = decode_message(body)
             req = parse_request(msg)
-            verify_protection(msg, secret=Secret(CODE))
+            verify_protection(msg, secret=SharedSecret.from_text(CODE))
             if req.body_type == "p10cr":
                 assert req.sender_kid == REF.encode()
                 rsp = build_cp(req, cert or self.cert, [self.ca.cert] if ca_pubs else [], cert_req_id=-1)
@@ -316,7 +316,7 @@ def test_answer_with_wrong_mac_is_refused(pki: Pki, serve: Any) -> None:
     def handle(body: bytes) -> Answer:
         req = parse_request(decode_message(body))
         rsp = build_cp(req, pki.cert, [pki.ca.cert], cert_req_id=-1)
-        return 200, CT, encode_message(protect_pbm(rsp, Secret("not-the-code"), sender_kid=b"s"))
+        return 200, CT, encode_message(protect_pbm(rsp, SharedSecret.from_text("not-the-code"), sender_kid=b"s"))
 
     s = serve(handle)
     with pki.enroller(s.url) as e, pytest.raises(CMPError, match=r"does not verify .*check --ref and the authorization code"):

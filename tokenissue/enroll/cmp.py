@@ -24,15 +24,17 @@ Exceptions (all :class:`tokenissue.errors.CAError`, exit status 6)::
 
     RequestRejected        the server refused (failInfo and its text in the message), or its
                            answer does not verify / its certificate is unacceptable
-    └── CMPError           refusals carry .failure_info (a PKIFailureInfo bit name)
+    └── CMPError           refusals carry .failure_info (a PKIFailureInfo bit name); this
+                           module's, not tokenissue.protocols.cmp's, which is no CAError
     CAUnavailable          cannot connect, TLS not trusted, HTTP 4xx, not a CMP answer,
                            the server reports systemUnavail/systemFailure
     └── CAOutcomeUnknown   the request may have been processed (timeout, lost connection,
                            HTTP 5xx, "waiting"): the lifecycle keeps the enrollment to resume
 
-httpx and CMP decoding errors are translated at this boundary with the cause chained. The
+httpx and CMP message errors are translated at this boundary with the cause chained. The
 authorization code is a :class:`~tokenissue.credentials.Secret` (or a callable returning one,
-so the CLI asks only when a MAC is needed); it never appears in a message or a log.
+so the CLI asks only when a MAC is needed), the MAC's shared secret by its UTF-8 octets; it
+never appears in a message or a log.
 """
 
 from __future__ import annotations
@@ -53,14 +55,15 @@ from pyasn1.type import char, univ
 from pyasn1_alt_modules import rfc9480
 
 from ..credentials import Secret
-from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, RequestRejected, UsageError
+from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, ConfigError, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import verify_chain
 from ..pkix.reasons import REASON_FLAGS
 from ..protocols.cmp import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    CMPError,
     CMPResponse,
+    FailureInfo,
+    MessageHeader,
     SharedSecret,
     build_cert_conf,
     build_kur,
@@ -73,10 +76,11 @@ from ..protocols.cmp import (
     protect_signature,
     verify_protection,
 )
+from ..protocols.cmp import CMPError as CMPMessageError
 from ..publickeys import same_public_key
 from .base import EnrollResult, retry_after_seconds
 
-__all__ = ["CMPEnroller", "canonical_auth_code", "transaction_id_for"]
+__all__ = ["CMPEnroller", "CMPError", "canonical_auth_code", "transaction_id_for"]
 
 CONTENT_TYPE: Final = "application/pkixcmp"
 CONNECT_TIMEOUT: Final = 10.0
@@ -92,6 +96,33 @@ _UNAVAILABLE: Final = frozenset({"systemUnavail", "systemFailure", "timeNotAvail
 _AUTH_FAILURES: Final = frozenset(
     {"badMessageCheck", "wrongIntegrity", "notAuthorized", "signerNotTrusted", "badRecipientNonce", "badSenderNonce"}
 )
+
+
+class CMPError(RequestRejected):
+    """The CMP server refused, or its answer cannot be accepted; ``failure_info`` says why.
+
+    What a :class:`tokenissue.protocols.cmp.CMPError` becomes when it reaches the holder: the
+    same message and PKIFailureInfo bit name, as a :class:`~tokenissue.errors.RequestRejected`
+    (exit status 6).
+    """
+
+    def __init__(self, failure_info: FailureInfo, message: str) -> None:
+        super().__init__(message)
+        self.failure_info: FailureInfo = failure_info
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The boundary: a CMP message error that reaches the holder is a refusal (exit status 6)."""
+    try:
+        yield
+    except CMPMessageError as e:
+        raise CMPError(e.failure_info, e.message) from e
+
+
+def _shared(code: AuthCode) -> SharedSecret:
+    """The MAC's shared secret: a text code by its UTF-8 octets, as OpenSSL's ``-secret pass:``."""
+    return code if isinstance(code, SharedSecret) else SharedSecret.from_text(code.reveal())
 
 
 def transaction_id_for(request_id: str) -> bytes:
@@ -171,7 +202,7 @@ class _Protection:
         self,
         *,
         ref: bytes | None = None,
-        secret: AuthCode | None = None,
+        secret: SharedSecret | None = None,
         key: Any = None,
         cert: x509.Certificate | None = None,
         anchors: Sequence[x509.Certificate] = (),
@@ -198,7 +229,10 @@ class _Protection:
 
     def protect(self, msg: Any) -> Any:
         if self.key is not None and self.cert is not None:
-            return protect_signature(msg, self.key, self.cert)
+            try:
+                return protect_signature(msg, self.key, self.cert)
+            except ValueError as e:  # the key is not the certificate's: the caller chose them
+                raise ConfigError(str(e)) from e
         assert self.secret is not None and self.ref is not None
         return protect_pbm(msg, self.secret, sender_kid=self.ref)
 
@@ -257,14 +291,16 @@ class CMPEnroller:
     ) -> EnrollResult:
         """p10cr protected by the MAC; the CSR's key must be what the certificate certifies."""
         del token_serial, key_id, label, replaces  # the CA learns these from the CSR or not at all
-        protection = _Protection(ref=self._ref_bytes(), secret=self._secret(), anchors=self._trust)
+        protection = _Protection(ref=self._ref_bytes(), secret=_shared(self._secret()), anchors=self._trust)
         nonce = _nonce()
-        msg = build_p10cr(
-            csr, transaction_id=transaction_id_for(request_id), sender_nonce=nonce, sender_kid=protection.ref
-        )
-        return self._certify(
-            _with_profile(msg, profile), "cp", protection, nonce, csr.public_key(), sender=csr.subject
-        )
+        with _refusals():
+            header = MessageHeader(
+                transaction_id=transaction_id_for(request_id), sender_nonce=nonce, sender_kid=protection.ref
+            )
+            msg = build_p10cr(csr, header=header)
+            return self._certify(
+                _with_profile(msg, profile), "cp", protection, nonce, csr.public_key(), sender=csr.subject
+            )
 
     def renew(
         self,
@@ -285,20 +321,17 @@ class CMPEnroller:
         if not same_public_key(new_key.public_key(), csr.public_key()):
             raise UsageError("The renewal CSR was not made with the key to be certified.")
         nonce = _nonce()
-        msg = build_kur(
-            csr.subject,
-            None,
-            new_key,
-            old_cert=current_cert,
-            extensions=list(csr.extensions),
-            sender=current_cert.subject,
-            transaction_id=transaction_id_for(request_id),
-            sender_nonce=nonce,
-        )
         protection = _Protection(key=current_key, cert=current_cert, anchors=self._trust)
-        return self._certify(
-            _with_profile(msg, profile), "kup", protection, nonce, new_key.public_key(), sender=current_cert.subject
-        )
+        with _refusals():
+            header = MessageHeader(
+                sender=current_cert.subject, transaction_id=transaction_id_for(request_id), sender_nonce=nonce
+            )
+            msg = build_kur(
+                csr.subject, None, new_key, header=header, old_cert=current_cert, extensions=list(csr.extensions)
+            )
+            return self._certify(
+                _with_profile(msg, profile), "kup", protection, nonce, new_key.public_key(), sender=current_cert.subject
+            )
 
     def revoke(
         self, serial: int, reason: RevocationReason, *, cert: x509.Certificate | None = None, key: Any = None
@@ -312,9 +345,10 @@ class CMPEnroller:
         if cert.serial_number != serial:
             raise UsageError(f"The certificate given has serial {cert.serial_number:x}, not {serial:x}.")
         nonce = _nonce()
-        msg = build_rr(cert.issuer, serial, REASON_FLAGS[reason], sender=cert.subject, sender_nonce=nonce)
         protection = _Protection(key=key, cert=cert, anchors=self._trust)
-        rsp = self._exchange(protection.protect(msg), "rp", protection, msg, nonce)
+        with _refusals():
+            msg = build_rr(cert.issuer, serial, REASON_FLAGS[reason], header=MessageHeader(sender=cert.subject, sender_nonce=nonce))
+            rsp = self._exchange(protection.protect(msg), "rp", protection, msg, nonce)
         # An authenticated certRevoked (in the rp, or as the error refusing a request signed by
         # this very certificate) means revoked before, perhaps by a run that died before
         # recording it: done. (_exchange has raised already if the answer does not verify.)
@@ -431,17 +465,20 @@ class CMPEnroller:
         nonce = _nonce()
         if rsp.transaction_id is None or rsp.sender_nonce is None:
             raise CAUnavailable(f"The CMP server at {self.url} answered without a transactionID or senderNonce.")
-        msg = build_cert_conf(
-            cert,
-            rsp.cert_req_id if rsp.cert_req_id is not None else 0,
-            accepted=rejected is None,
-            failure_info=rejected.failure_info if rejected else None,
-            text=rejected.message if rejected else None,
+        header = MessageHeader(
             sender=sender,
             transaction_id=rsp.transaction_id,
             sender_nonce=nonce,
             recip_nonce=rsp.sender_nonce,
             sender_kid=protection.ref,
+        )
+        msg = build_cert_conf(
+            cert,
+            rsp.cert_req_id if rsp.cert_req_id is not None else 0,
+            header=header,
+            accepted=rejected is None,
+            failure_info=rejected.failure_info if rejected else None,
+            text=rejected.message if rejected else None,
         )
         if rejected is not None:
             # Best effort: the request fails with our reason whatever the server says now.
@@ -465,7 +502,7 @@ class CMPEnroller:
         body = self._post(encode_message(protected))
         try:
             rsp = parse_response(decode_message(body))
-        except CMPError as e:
+        except CMPMessageError as e:
             raise CAUnavailable(f"The CMP server at {self.url} sent an answer that is not a valid CMP message ({e.message.rstrip('.')}).") from e
         refused = rsp.body_type == "error" or (rsp.status is not None and rsp.status.status == "rejection")
         protection.learn_anchors([*rsp.extra_certs, *rsp.ca_pubs])
@@ -476,7 +513,7 @@ class CMPEnroller:
                 trusted_signers=protection.anchors or None,
                 extra_certs=protection.anchors,
             )
-        except CMPError as e:
+        except CMPMessageError as e:
             if refused:
                 self._raise_for_status(rsp, protection, authenticated=False)
             raise self._protection_error(e, protection) from e
@@ -492,7 +529,7 @@ class CMPEnroller:
             raise CAUnavailable(f"The CMP server at {self.url} answered {rsp.body_type} to our request, not {expect}.")
         return rsp
 
-    def _protection_error(self, e: CMPError, protection: _Protection) -> RequestRejected:
+    def _protection_error(self, e: CMPMessageError, protection: _Protection) -> CMPError:
         if e.failure_info == "signerNotTrusted":
             hint = "give the CA certificate that signs its answers with --ca-trust"
         elif protection.secret is not None:

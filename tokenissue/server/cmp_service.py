@@ -111,6 +111,7 @@ from ..protocols.cmp import (
     CMPError,
     CMPRequest,
     FailureInfo,
+    SharedSecret,
     StatusInfo,
     build_cp,
     build_error,
@@ -174,7 +175,7 @@ class _Context:
     request: CMPRequest
     fields: dict[str, Any]
     #: The registration code, once a MAC-protected request verified with it.
-    secret: Secret | None = None
+    secret: SharedSecret | None = None
     ref: str | None = None
     #: The serial of the certificate a signature-protected request verified with.
     signer: int | None = None
@@ -325,8 +326,9 @@ class CMPService:
         what happened for the operator.
         """
         reg, code = self.ra.mac_secret(ref)
+        secret = _shared(code)
         try:
-            verify_protection(ctx.request.message, secret=code)
+            verify_protection(ctx.request.message, secret=secret)
         except CMPError as e:
             if e.failure_info == "badMessageCheck" and reg is not None and reg.status is RegistrationStatus.OPEN:
                 after = self.ra.record_failure(ref)
@@ -335,7 +337,7 @@ class CMPService:
             raise _unauthenticated() from None
         if reg is None:  # pragma: no cover - nobody knows the decoy
             raise _unauthenticated()
-        ctx.secret = code
+        ctx.secret = secret
 
     def _authenticate_signature(self, ctx: _Context) -> tuple[x509.Certificate, CertRecord]:
         """The protection certificate, which must be one this CA issued and has not revoked."""
@@ -650,14 +652,14 @@ class CMPService:
             if not _is_mac(req) or tx.ref is None:
                 raise CMPError("wrongIntegrity", "Protect certConf like the request: with the registration code.")
             ctx.ref = tx.ref
-            code = self.ra.code_for(tx.ref)
+            secret = _shared(self.ra.code_for(tx.ref))
             try:
-                verify_protection(req.message, secret=code)
+                verify_protection(req.message, secret=secret)
             except CMPError as e:
                 if e.failure_info == "badMessageCheck":
                     raise _unauthenticated() from None
                 raise
-            ctx.secret = code
+            ctx.secret = secret
         else:
             if _is_mac(req):
                 raise CMPError("wrongIntegrity", "Sign certConf like the request.")
@@ -733,6 +735,11 @@ class CMPService:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _shared(code: Secret) -> SharedSecret:
+    """A registration code as the MAC's shared secret: its UTF-8 octets, as OpenSSL's ``-secret pass:``."""
+    return SharedSecret.from_text(code.reveal())
 
 
 def _tid(req: CMPRequest) -> bytes:

@@ -1,11 +1,14 @@
 """CMP messages (RFC 4210, RFC 9480) for the Lightweight CMP profile (RFC 9483).
 
-The pure message layer: decode and encode DER, parse requests and responses into frozen
-dataclasses, build every message a Lightweight CMP client or server sends, protect messages
-with a password-based MAC or a signature and verify that protection. No transport (RFC 6712),
+The pure message layer: decode and encode DER (``_der``), parse requests and responses into
+frozen dataclasses (``_parse``), build every message a Lightweight CMP client or server sends
+(``_build``), protect messages with a password-based MAC or a signature (``_protection``) and
+verify that protection, proofs of possession and certConf hashes (``_verify``). No transport (RFC 6712),
 no CA policy, no state: a server and a client are built on top of this.
 
-Typical server loop::
+A client builds a request with the header fields it chooses in one :class:`MessageHeader`
+(``build_ir(subject, None, key, header=MessageHeader(sender=..., recipient=...))``); a server
+builds its answer from the request it answers. Typical server loop::
 
     msg = decode_message(body)                    # CMPError on bad DER, size, version
     req = parse_request(msg)                      # CMPError on malformed requests
@@ -18,18 +21,24 @@ and on any :class:`CMPError` ``e``: ``build_error(req_or_None, e.failure_info, s
 
 Exceptions::
 
-    TokenIssueError                      (tokenissue.errors)
-    └── CAError [exit 6]
-        └── RequestRejected
-            └── CMPError                 .failure_info: a PKIFailureInfo bit name
+    Exception
+    └── CMPError                         .failure_info: a PKIFailureInfo bit name
+    ValueError                           a programming or configuration error of the caller's
+                                         (a wrong bit name, a key that is not the certificate's)
 
-pyasn1 and cryptography errors raised by hostile input are translated into :class:`CMPError`
-at this package's boundary, the original chained as ``__cause__``. Private keys are any
-cryptography private key objects (token adapters included); only ``sign()`` and
-``public_key()`` are called. Shared secrets are :class:`SharedSecret` (or bytes), never logged.
+The package stands alone, as certbot's ``acme`` does: it imports nothing else of tokenissue
+(an import-linter contract keeps it so). Callers translate at their boundary: tokenissue's
+CMP client turns a :class:`CMPError` that reaches its user into a
+:class:`tokenissue.errors.RequestRejected`. pyasn1 and cryptography errors raised by hostile
+input are translated into :class:`CMPError` at this package's boundary, the original chained
+as ``__cause__``. Private keys are any cryptography private key objects (token adapters
+included); only ``sign()`` and ``public_key()`` are called. Shared secrets are
+:class:`SharedSecret` (or bytes), never logged; a text secret is
+:meth:`SharedSecret.from_text`.
 """
 
 from ._build import (
+    MessageHeader,
     build_cert_conf,
     build_cp,
     build_cr,
@@ -45,6 +54,7 @@ from ._build import (
     build_rp,
     build_rr,
 )
+from ._crypto import cert_hash
 from ._der import DEFAULT_MAX_MESSAGE_SIZE, decode_message, encode_message
 from ._errors import FAILURE_INFO_NAMES, CMPError, FailureInfo, SharedSecret
 from ._parse import (
@@ -62,12 +72,9 @@ from ._parse import (
     RevocationRequest,
     RootCaUpdate,
     StatusInfo,
-    cert_hash,
     parse_header,
     parse_request,
     parse_response,
-    verify_cert_hash,
-    verify_pop,
 )
 from ._protection import (
     MAX_ITERATIONS,
@@ -79,8 +86,8 @@ from ._protection import (
     protect_pbmac1,
     protect_signature,
     protected_part_der,
-    verify_protection,
 )
+from ._verify import verify_cert_hash, verify_pop, verify_protection
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -99,6 +106,7 @@ __all__ = [
     "CMPResponse",
     "CertConfirmation",
     "FailureInfo",
+    "MessageHeader",
     "PKIStatus",
     "RequestType",
     "ResponseType",

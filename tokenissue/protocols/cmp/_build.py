@@ -3,7 +3,7 @@
 Every builder returns a new, *unprotected* pyasn1 PKIMessage; protect it with
 :func:`~tokenissue.protocols.cmp.protect_pbm`, :func:`protect_pbmac1` or
 :func:`protect_signature` (which also set protectionAlg, senderKID and, for signatures,
-sender and extraCerts), then :func:`encode_message`.
+sender and extraCerts), then :func:`encode_message`. The package exports what is public here.
 
 Response headers follow RFC 9483 §3.1: pvno 2 unless the request used 3, the transactionID
 echoed, recipNonce = the request's senderNonce, a fresh 16-octet senderNonce, messageTime now.
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, Literal, get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,92 +24,73 @@ from pyasn1.codec.der import encoder
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc4211, rfc5280, rfc9480
 
-from ._crypto import HASH_OIDS, sign
+from ._crypto import HASH_OIDS, cert_hash, sign
 from ._der import cert_to_asn1, decode_as, name_to_general_name, same_public_key, spki_der, tlv
 from ._errors import FAILURE_INFO_NAMES, FailureInfo
 from ._parse import (
+    CRL_REASON_OID,
     ID_IT_CA_CERTS,
     ID_IT_IMPLICIT_CONFIRM,
     ID_IT_ROOT_CA_CERT,
     ID_IT_ROOT_CA_KEY_UPDATE,
+    ID_REGCTRL_OLD_CERT_ID,
     CMPHeader,
     CMPRequest,
     PKIStatus,
     RootCaUpdate,
     StatusInfo,
-    cert_hash,
 )
 
-__all__ = [
-    "build_cert_conf",
-    "build_cp",
-    "build_cr",
-    "build_error",
-    "build_genm",
-    "build_genp",
-    "build_ip",
-    "build_ir",
-    "build_kup",
-    "build_kur",
-    "build_p10cr",
-    "build_pkiconf",
-    "build_rp",
-    "build_rr",
-]
-
 _NONCE_BYTES: Final = 16
-_STATUS_CODES: Final[dict[str, int]] = {
-    name: code
-    for code, name in enumerate(
-        (
-            "accepted",
-            "grantedWithMods",
-            "rejection",
-            "waiting",
-            "revocationWarning",
-            "revocationNotification",
-            "keyUpdateWarning",
-        )
-    )
-}
-_OLD_CERT_ID: Final = "1.3.6.1.5.5.7.5.1.5"
-_CRL_REASON: Final = "2.5.29.21"
+_STATUS_CODES: Final[dict[str, int]] = {name: code for code, name in enumerate(get_args(PKIStatus))}
 
 RequestContext = CMPRequest | CMPHeader
+
+
+@dataclass(frozen=True)
+class MessageHeader:
+    """What a request's PKIHeader says (RFC 9483 §3.1): one value that every request builder takes.
+
+    ``transaction_id`` and ``sender_nonce`` left ``None`` become 16 random octets each time a
+    message is built; ``sender`` left ``None`` becomes the request's subject where it has one.
+    ``recip_nonce`` is the peer's last senderNonce (a certConf needs it); ``implicit_confirm``
+    asks the server to skip certConf; ``sender_kid`` is what protect_* replace with theirs.
+    Response builders derive theirs from the request they answer.
+    """
+
+    sender: x509.Name | None = None
+    recipient: x509.Name | None = None
+    transaction_id: bytes | None = None
+    sender_nonce: bytes | None = None
+    recip_nonce: bytes | None = None
+    sender_kid: bytes | None = None
+    implicit_confirm: bool = False
+    #: 2 (cmp2000) or 3 (cmp2021).
+    pvno: int = 2
 
 
 def _cert_der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def _header(
-    msg: Any,
-    *,
-    pvno: int,
-    sender: x509.Name | None,
-    recipient: x509.Name | None,
-    transaction_id: bytes | None,
-    sender_nonce: bytes | None,
-    recip_nonce: bytes | None,
-    sender_kid: bytes | None,
-    implicit_confirm: bool,
-) -> None:
+def _header(msg: Any, fields: MessageHeader) -> None:
+    """Write ``fields`` into ``msg``'s header as they are (no defaults filled in) and messageTime now."""
     header = msg["header"]
     spec = header.componentType
-    header["pvno"] = pvno
-    header["sender"] = name_to_general_name(spec["sender"].asn1Object, sender)
-    header["recipient"] = name_to_general_name(spec["recipient"].asn1Object, recipient)
+    header["pvno"] = fields.pvno
+    header["sender"] = name_to_general_name(spec["sender"].asn1Object, fields.sender)
+    header["recipient"] = name_to_general_name(spec["recipient"].asn1Object, fields.recipient)
     # DER GeneralizedTime: UTC, seconds, no fraction (X.690 §11.7).
     header["messageTime"] = spec["messageTime"].asn1Object.clone(datetime.now(UTC).strftime("%Y%m%d%H%M%SZ"))
     for name, value in (
-        ("senderKID", sender_kid),
-        ("transactionID", transaction_id),
-        ("senderNonce", sender_nonce),
-        ("recipNonce", recip_nonce),
+        ("senderKID", fields.sender_kid),
+        ("transactionID", fields.transaction_id),
+        ("senderNonce", fields.sender_nonce),
+        ("recipNonce", fields.recip_nonce),
     ):
         if value is not None:
             header[name] = spec[name].asn1Object.clone(value)
-    if implicit_confirm:
+    if fields.implicit_confirm:
         info = spec["generalInfo"].asn1Object.clone()
         itav = rfc9480.InfoTypeAndValue()
         itav["infoType"] = univ.ObjectIdentifier(ID_IT_IMPLICIT_CONFIRM)
@@ -117,29 +100,19 @@ def _header(
 
 
 def _request_message(
-    body_type: str,
-    *,
-    pvno: int,
-    sender: x509.Name | None,
-    recipient: x509.Name | None,
-    transaction_id: bytes | None,
-    sender_nonce: bytes | None,
-    recip_nonce: bytes | None,
-    sender_kid: bytes | None,
-    implicit_confirm: bool = False,
+    body_type: str, header: MessageHeader | None, *, subject: x509.Name | None = None
 ) -> tuple[Any, Any]:
     """A message with a client header and an empty body of ``body_type``: (message, body spec)."""
+    header = header or MessageHeader()
     msg = rfc9480.PKIMessage()
     _header(
         msg,
-        pvno=pvno,
-        sender=sender,
-        recipient=recipient,
-        transaction_id=transaction_id if transaction_id is not None else os.urandom(_NONCE_BYTES),
-        sender_nonce=sender_nonce if sender_nonce is not None else os.urandom(_NONCE_BYTES),
-        recip_nonce=recip_nonce,
-        sender_kid=sender_kid,
-        implicit_confirm=implicit_confirm,
+        replace(
+            header,
+            sender=header.sender if header.sender is not None else subject,
+            transaction_id=header.transaction_id if header.transaction_id is not None else os.urandom(_NONCE_BYTES),
+            sender_nonce=header.sender_nonce if header.sender_nonce is not None else os.urandom(_NONCE_BYTES),
+        ),
     )
     return msg, msg["body"].componentType[body_type].asn1Object
 
@@ -148,18 +121,17 @@ def _response_message(
     request: RequestContext | None, *, sender: x509.Name | None, implicit_confirm: bool = False
 ) -> Any:
     header = request.header if isinstance(request, CMPRequest) else request
+    reply = MessageHeader(sender=sender, sender_nonce=os.urandom(_NONCE_BYTES), implicit_confirm=implicit_confirm)
+    if header is not None:
+        reply = replace(
+            reply,
+            pvno=3 if header.pvno == 3 else 2,
+            recipient=header.sender,
+            transaction_id=header.transaction_id,
+            recip_nonce=header.sender_nonce,
+        )
     msg = rfc9480.PKIMessage()
-    _header(
-        msg,
-        pvno=3 if header is not None and header.pvno == 3 else 2,
-        sender=sender,
-        recipient=header.sender if header is not None else None,
-        transaction_id=header.transaction_id if header is not None else None,
-        sender_nonce=os.urandom(_NONCE_BYTES),
-        recip_nonce=header.sender_nonce if header is not None else None,
-        sender_kid=None,
-        implicit_confirm=implicit_confirm,
-    )
+    _header(msg, reply)
     return msg
 
 
@@ -179,17 +151,27 @@ def _status(status: PKIStatus, failure_info: FailureInfo | None, text: str | Non
 
 
 def _cert_rep(
-    body_type: str,
+    body_type: Literal["ip", "cp", "kup"],
     request: RequestContext,
     cert: x509.Certificate | None,
-    ca_pubs: Sequence[x509.Certificate],
-    cert_req_id: int,
-    status: PKIStatus,
-    failure_info: FailureInfo | None,
-    text: str | None,
-    sender: x509.Name | None,
-    implicit_confirm: bool,
+    ca_pubs: Sequence[x509.Certificate] = (),
+    cert_req_id: int = 0,
+    status: PKIStatus = "accepted",
+    *,
+    failure_info: FailureInfo | None = None,
+    text: str | None = None,
+    sender: x509.Name | None = None,
+    implicit_confirm: bool = False,
 ) -> Any:
+    """An ip, cp or kup (:func:`build_ip`, :func:`build_cp`, :func:`build_kup`): ``cert``
+    when accepted, else ``failure_info``/``text``.
+
+    An ip answers an ir, a cp a cr or p10cr (use ``cert_req_id=-1`` for p10cr, RFC 9483
+    §4.1.4), a kup a kur. ``ca_pubs`` are the CA certificates the new end entity should trust
+    (RFC 9483 §4.1.1: the root, for an ir). ``implicit_confirm`` grants the client's request to
+    skip certConf; the server must only grant what the request asked for. ``sender`` is the
+    server's name.
+    """
     if (cert is not None) != (status in ("accepted", "grantedWithMods")):
         raise ValueError("a certificate goes with status accepted or grantedWithMods, and only with them")
     msg = _response_message(request, sender=sender, implicit_confirm=implicit_confirm)
@@ -210,57 +192,11 @@ def _cert_rep(
     return msg
 
 
-def build_ip(
-    request: RequestContext,
-    cert: x509.Certificate | None,
-    ca_pubs: Sequence[x509.Certificate] = (),
-    cert_req_id: int = 0,
-    status: PKIStatus = "accepted",
-    *,
-    failure_info: FailureInfo | None = None,
-    text: str | None = None,
-    sender: x509.Name | None = None,
-    implicit_confirm: bool = False,
-) -> Any:
-    """An ip answering an ir: ``cert`` when accepted, else ``failure_info``/``text``.
-
-    ``ca_pubs`` are the CA certificates the new end entity should trust (RFC 9483 §4.1.1:
-    the root, for an ir). ``implicit_confirm`` grants the client's request to skip certConf;
-    the server must only grant what the request asked for. ``sender`` is the server's name.
-    """
-    return _cert_rep("ip", request, cert, ca_pubs, cert_req_id, status, failure_info, text, sender, implicit_confirm)
-
-
-def build_cp(
-    request: RequestContext,
-    cert: x509.Certificate | None,
-    ca_pubs: Sequence[x509.Certificate] = (),
-    cert_req_id: int = 0,
-    status: PKIStatus = "accepted",
-    *,
-    failure_info: FailureInfo | None = None,
-    text: str | None = None,
-    sender: x509.Name | None = None,
-    implicit_confirm: bool = False,
-) -> Any:
-    """A cp answering a cr or p10cr (use ``cert_req_id=-1`` for p10cr, RFC 9483 §4.1.4)."""
-    return _cert_rep("cp", request, cert, ca_pubs, cert_req_id, status, failure_info, text, sender, implicit_confirm)
-
-
-def build_kup(
-    request: RequestContext,
-    cert: x509.Certificate | None,
-    ca_pubs: Sequence[x509.Certificate] = (),
-    cert_req_id: int = 0,
-    status: PKIStatus = "accepted",
-    *,
-    failure_info: FailureInfo | None = None,
-    text: str | None = None,
-    sender: x509.Name | None = None,
-    implicit_confirm: bool = False,
-) -> Any:
-    """A kup answering a kur."""
-    return _cert_rep("kup", request, cert, ca_pubs, cert_req_id, status, failure_info, text, sender, implicit_confirm)
+#: ``build_ip(request, cert, ca_pubs=(), cert_req_id=0, status="accepted", *, failure_info,
+#: text, sender, implicit_confirm)``, and the same for cp and kup: see :func:`_cert_rep`.
+build_ip = partial(_cert_rep, "ip")
+build_cp = partial(_cert_rep, "cp")
+build_kup = partial(_cert_rep, "kup")
 
 
 def build_error(
@@ -391,7 +327,7 @@ def _cert_req_msg(
         issuer = tlv(0xA4, old_cert.issuer.public_bytes())  # GeneralName directoryName [4]
         cert_id = tlv(0x30, issuer + encoder.encode(univ.Integer(old_cert.serial_number)))
         control = rfc4211.AttributeTypeAndValue()
-        control["type"] = univ.ObjectIdentifier(_OLD_CERT_ID)
+        control["type"] = univ.ObjectIdentifier(ID_REGCTRL_OLD_CERT_ID)
         control["value"] = univ.Any(cert_id)
         request["controls"].append(control)
     # RFC 4211 §4.1: the signature covers the DER of certReq; no poposkInput (RFC 9483 §4.1.1).
@@ -404,173 +340,55 @@ def _cert_req_msg(
 
 
 def _build_crmf(
-    body_type: str,
+    body_type: Literal["ir", "cr", "kur"],
     subject: x509.Name | None,
     public_key: Any,
     signing_key: Any,
     *,
-    sans: Sequence[x509.GeneralName],
-    extensions: Sequence[x509.Extension[x509.ExtensionType]],
-    implicit_confirm: bool,
-    sender: x509.Name | None,
-    recipient: x509.Name | None,
-    transaction_id: bytes | None,
-    sender_nonce: bytes | None,
-    sender_kid: bytes | None,
-    cert_req_id: int,
-    pvno: int,
+    header: MessageHeader | None = None,
     old_cert: x509.Certificate | None = None,
+    sans: Sequence[x509.GeneralName] = (),
+    extensions: Sequence[x509.Extension[x509.ExtensionType]] = (),
+    cert_req_id: int = 0,
 ) -> Any:
-    msg, spec = _request_message(
-        body_type,
-        pvno=pvno,
-        sender=sender if sender is not None else subject,
-        recipient=recipient,
-        transaction_id=transaction_id,
-        sender_nonce=sender_nonce,
-        recip_nonce=None,
-        sender_kid=sender_kid,
-        implicit_confirm=implicit_confirm,
-    )
+    """An ir, cr or kur (:func:`build_ir`, :func:`build_cr`, :func:`build_kur`) for
+    ``public_key`` (``None``: the signing key's), with a signature POP.
+
+    ``signing_key`` is the private key being certified, typically a token key: it signs the
+    proof of possession and is never read otherwise. The header's sender defaults to
+    ``subject``. A cr is for an entity that already holds a certificate. For a kur,
+    ``old_cert`` adds the oldCertID control naming the certificate being updated; the message
+    must then be signature-protected with that certificate's key (RFC 9483 §4.1.3), which
+    :func:`protect_signature` does. Protect the result before sending.
+    """
+    msg, spec = _request_message(body_type, header, subject=subject)
     body = spec.clone()
     body.append(_cert_req_msg(subject, public_key, signing_key, sans, extensions, cert_req_id, old_cert))
     msg["body"][body_type] = body
     return msg
 
 
-def build_ir(
-    subject: x509.Name | None,
-    public_key: Any,
-    signing_key: Any,
-    *,
-    sans: Sequence[x509.GeneralName] = (),
-    extensions: Sequence[x509.Extension[x509.ExtensionType]] = (),
-    implicit_confirm: bool = False,
-    sender: x509.Name | None = None,
-    recipient: x509.Name | None = None,
-    transaction_id: bytes | None = None,
-    sender_nonce: bytes | None = None,
-    sender_kid: bytes | None = None,
-    cert_req_id: int = 0,
-    pvno: int = 2,
-) -> Any:
-    """An ir for ``public_key`` (``None``: the signing key's), with a signature POP.
-
-    ``signing_key`` is the private key being certified, typically a token key: it signs the
-    proof of possession and is never read otherwise. ``sender`` defaults to ``subject``;
-    transactionID and senderNonce default to 16 random octets. Protect the result before
-    sending.
-    """
-    return _build_crmf(
-        "ir", subject, public_key, signing_key, sans=sans, extensions=extensions, implicit_confirm=implicit_confirm,
-        sender=sender, recipient=recipient, transaction_id=transaction_id, sender_nonce=sender_nonce,
-        sender_kid=sender_kid, cert_req_id=cert_req_id, pvno=pvno,
-    )  # fmt: skip
+#: ``build_ir(subject, public_key, signing_key, *, header, old_cert, sans, extensions,
+#: cert_req_id)``, and the same for cr and kur: see :func:`_build_crmf`.
+build_ir = partial(_build_crmf, "ir")
+build_cr = partial(_build_crmf, "cr")
+build_kur = partial(_build_crmf, "kur")
 
 
-def build_cr(
-    subject: x509.Name | None,
-    public_key: Any,
-    signing_key: Any,
-    *,
-    sans: Sequence[x509.GeneralName] = (),
-    extensions: Sequence[x509.Extension[x509.ExtensionType]] = (),
-    implicit_confirm: bool = False,
-    sender: x509.Name | None = None,
-    recipient: x509.Name | None = None,
-    transaction_id: bytes | None = None,
-    sender_nonce: bytes | None = None,
-    sender_kid: bytes | None = None,
-    cert_req_id: int = 0,
-    pvno: int = 2,
-) -> Any:
-    """A cr: like :func:`build_ir`, for an entity that already holds a certificate."""
-    return _build_crmf(
-        "cr", subject, public_key, signing_key, sans=sans, extensions=extensions, implicit_confirm=implicit_confirm,
-        sender=sender, recipient=recipient, transaction_id=transaction_id, sender_nonce=sender_nonce,
-        sender_kid=sender_kid, cert_req_id=cert_req_id, pvno=pvno,
-    )  # fmt: skip
-
-
-def build_kur(
-    subject: x509.Name | None,
-    public_key: Any,
-    signing_key: Any,
-    *,
-    old_cert: x509.Certificate | None = None,
-    sans: Sequence[x509.GeneralName] = (),
-    extensions: Sequence[x509.Extension[x509.ExtensionType]] = (),
-    implicit_confirm: bool = False,
-    sender: x509.Name | None = None,
-    recipient: x509.Name | None = None,
-    transaction_id: bytes | None = None,
-    sender_nonce: bytes | None = None,
-    sender_kid: bytes | None = None,
-    cert_req_id: int = 0,
-    pvno: int = 2,
-) -> Any:
-    """A kur for a new key. ``old_cert`` adds the oldCertID control naming the certificate
-    being updated; the message must then be signature-protected with that certificate's key
-    (RFC 9483 §4.1.3), which :func:`protect_signature` does."""
-    return _build_crmf(
-        "kur", subject, public_key, signing_key, sans=sans, extensions=extensions, implicit_confirm=implicit_confirm,
-        sender=sender, recipient=recipient, transaction_id=transaction_id, sender_nonce=sender_nonce,
-        sender_kid=sender_kid, cert_req_id=cert_req_id, pvno=pvno, old_cert=old_cert,
-    )  # fmt: skip
-
-
-def build_p10cr(
-    csr: x509.CertificateSigningRequest | bytes,
-    *,
-    implicit_confirm: bool = False,
-    sender: x509.Name | None = None,
-    recipient: x509.Name | None = None,
-    transaction_id: bytes | None = None,
-    sender_nonce: bytes | None = None,
-    sender_kid: bytes | None = None,
-    pvno: int = 2,
-) -> Any:
-    """A p10cr carrying a PKCS#10 CSR (an object or its DER); ``sender`` defaults to its subject."""
+def build_p10cr(csr: x509.CertificateSigningRequest | bytes, *, header: MessageHeader | None = None) -> Any:
+    """A p10cr carrying a PKCS#10 CSR (an object or its DER); the header's sender defaults to its subject."""
     if isinstance(csr, bytes | bytearray):
         csr = x509.load_der_x509_csr(bytes(csr))
-    msg, spec = _request_message(
-        "p10cr",
-        pvno=pvno,
-        sender=sender if sender is not None else csr.subject,
-        recipient=recipient,
-        transaction_id=transaction_id,
-        sender_nonce=sender_nonce,
-        recip_nonce=None,
-        sender_kid=sender_kid,
-        implicit_confirm=implicit_confirm,
-    )
+    msg, spec = _request_message("p10cr", header, subject=csr.subject)
     msg["body"]["p10cr"] = decode_as(spec, csr.public_bytes(serialization.Encoding.DER))
     return msg
 
 
 def build_rr(
-    issuer: x509.Name,
-    serial: int,
-    reason: x509.ReasonFlags | None = None,
-    *,
-    sender: x509.Name | None = None,
-    recipient: x509.Name | None = None,
-    transaction_id: bytes | None = None,
-    sender_nonce: bytes | None = None,
-    sender_kid: bytes | None = None,
-    pvno: int = 2,
+    issuer: x509.Name, serial: int, reason: x509.ReasonFlags | None = None, *, header: MessageHeader | None = None
 ) -> Any:
     """An rr for the certificate ``serial`` of ``issuer``; the reason goes into crlEntryDetails."""
-    msg, spec = _request_message(
-        "rr",
-        pvno=pvno,
-        sender=sender,
-        recipient=recipient,
-        transaction_id=transaction_id,
-        sender_nonce=sender_nonce,
-        recip_nonce=None,
-        sender_kid=sender_kid,
-    )
+    msg, spec = _request_message("rr", header)
     details = rfc9480.RevDetails()
     template = details["certDetails"]
     template["issuer"] = decode_as(template.componentType["issuer"].asn1Object, issuer.public_bytes())
@@ -578,7 +396,7 @@ def build_rr(
     if reason is not None:
         crl_reason = x509.CRLReason(reason)
         ext = rfc5280.Extension()
-        ext["extnID"] = univ.ObjectIdentifier(_CRL_REASON)
+        ext["extnID"] = univ.ObjectIdentifier(CRL_REASON_OID)
         ext["extnValue"] = crl_reason.public_bytes()
         details["crlEntryDetails"].append(ext)
     body = spec.clone()
@@ -591,40 +409,28 @@ def build_cert_conf(
     cert: x509.Certificate,
     cert_req_id: int = 0,
     *,
+    header: MessageHeader,
     accepted: bool = True,
     failure_info: FailureInfo | None = None,
     text: str | None = None,
     hash_alg: hashes.HashAlgorithm | None = None,
-    sender: x509.Name | None = None,
-    recipient: x509.Name | None = None,
-    transaction_id: bytes,
-    sender_nonce: bytes | None = None,
-    recip_nonce: bytes,
-    sender_kid: bytes | None = None,
-    pvno: int = 2,
 ) -> Any:
     """A certConf confirming (or rejecting) ``cert``, in the transaction of the ip/cp/kup.
 
-    ``transaction_id`` and ``recip_nonce`` come from that response (its senderNonce). The
-    certHash uses the hash of the certificate's own signature (RFC 9480 §2.10); a different
-    ``hash_alg`` is written into hashAlg, which only cmp2021 has, so pvno becomes 3.
+    The header's ``transaction_id`` and ``recip_nonce`` come from that response (its
+    senderNonce). The certHash uses the hash of the certificate's own signature (RFC 9480
+    §2.10); a different ``hash_alg`` is written into hashAlg, which only cmp2021 has, so pvno
+    becomes 3.
     """
+    if header.transaction_id is None or header.recip_nonce is None:
+        raise ValueError("a certConf continues a transaction: its header needs transaction_id and recip_nonce")
     hash_oid = None
     if hash_alg is not None:
         hash_oid = HASH_OIDS.get(hash_alg.name)
         if hash_oid is None:
             raise ValueError(f"hash {hash_alg.name} has no certConf OID here")
-        pvno = 3
-    msg, spec = _request_message(
-        "certConf",
-        pvno=pvno,
-        sender=sender,
-        recipient=recipient,
-        transaction_id=transaction_id,
-        sender_nonce=sender_nonce,
-        recip_nonce=recip_nonce,
-        sender_kid=sender_kid,
-    )
+        header = replace(header, pvno=3)
+    msg, spec = _request_message("certConf", header)
     status = rfc9480.CertStatus()
     status["certHash"] = cert_hash(cert, hash_oid)
     status["certReqId"] = cert_req_id
@@ -642,31 +448,14 @@ def build_cert_conf(
 
 
 def build_genm(
-    info_types: Sequence[str],
-    *,
-    root_ca_cert: x509.Certificate | None = None,
-    sender: x509.Name | None = None,
-    recipient: x509.Name | None = None,
-    transaction_id: bytes | None = None,
-    sender_nonce: bytes | None = None,
-    sender_kid: bytes | None = None,
-    pvno: int = 2,
+    info_types: Sequence[str], *, root_ca_cert: x509.Certificate | None = None, header: MessageHeader | None = None
 ) -> Any:
     """A genm asking for ``info_types`` (OIDs, e.g. :data:`ID_IT_CA_CERTS`) without values.
 
     ``root_ca_cert`` adds id-it-rootCaCert with the root the client trusts now, which is how a
     client asks for a root CA update (RFC 9483 §4.3.2).
     """
-    msg, spec = _request_message(
-        "genm",
-        pvno=pvno,
-        sender=sender,
-        recipient=recipient,
-        transaction_id=transaction_id,
-        sender_nonce=sender_nonce,
-        recip_nonce=None,
-        sender_kid=sender_kid,
-    )
+    msg, spec = _request_message("genm", header)
     body = spec.clone()
     for oid in info_types:
         body.append(_itav(oid, None))

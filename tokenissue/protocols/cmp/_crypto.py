@@ -1,4 +1,4 @@
-"""Signature, hash and MAC algorithms by OID, and the trust check for protection certificates.
+"""Signature, hash and MAC algorithms by OID, and certConf's certificate hash.
 
 Signing takes any cryptography private key and only calls ``sign()`` and ``public_key()`` on
 it, so a token adapter works. The algorithm for a key follows RFC 9481 §3 and what tokens
@@ -8,13 +8,11 @@ not), ECDSA with the hash that matches the curve, pure EdDSA.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from pyasn1.codec.der import decoder
 from pyasn1_alt_modules import rfc4055
@@ -25,8 +23,8 @@ from ._errors import CMPError, FailureInfo
 __all__ = [
     "HASHES",
     "HMACS",
+    "cert_hash",
     "cert_hash_algorithm",
-    "check_signer_trusted",
     "sign",
     "signature_algorithm",
     "verify_signature",
@@ -182,72 +180,14 @@ def cert_hash_algorithm(cert: x509.Certificate) -> hashes.HashAlgorithm:
     return alg
 
 
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension):
-        return False
-    return bc.ca
-
-
-def _in_validity(cert: x509.Certificate, at: datetime) -> bool:
-    return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
-
-
-def check_signer_trusted(
-    signer: x509.Certificate,
-    untrusted: Sequence[x509.Certificate],
-    anchors: Sequence[x509.Certificate],
-    *,
-    at: datetime | None = None,
-    max_depth: int = 8,
-) -> None:
-    """Raise ``signerNotTrusted`` unless ``signer`` is an anchor or chains to one.
-
-    The chain may use ``untrusted`` certificates (extraCerts) as intermediates. Each link's
-    signature, validity at ``at`` and CA flag are checked. This is our own small path builder
-    because cryptography's verifier applies the Web PKI policy, which forbids Ed25519 keys
-    that tokens and Lightweight CMP (RFC 9481 §3.3) use. It does not evaluate name
-    constraints, policies or revocation; pin the exact RA or CA certificates as anchors when
-    those matter.
-    """
-    when = datetime.now(UTC) if at is None else at
-    anchor_der = {_der(a) for a in anchors}
-    if not _in_validity(signer, when):
-        raise CMPError("signerNotTrusted", "The CMP protection certificate is expired or not yet valid.")
-    current = signer
-    used = {_der(signer)}
-    for _ in range(max_depth):
-        if _der(current) in anchor_der:
-            return
-        trusted_issuer = next((a for a in anchors if a.subject == current.issuer and _issued_by(current, a)), None)
-        if trusted_issuer is not None and _is_ca(trusted_issuer) and _in_validity(trusted_issuer, when):
-            return
-        issuer = next(
-            (
-                c
-                for c in untrusted
-                if _der(c) not in used and c.subject == current.issuer and _is_ca(c) and _issued_by(current, c)
-            ),
-            None,
-        )
-        if issuer is None or not _in_validity(issuer, when):
-            break
-        used.add(_der(issuer))
-        current = issuer
-    raise CMPError(
-        "signerNotTrusted",
-        f"The CMP protection certificate '{signer.subject.rfc4514_string()}' does not chain to a trusted certificate.",
-    )
+def cert_hash(cert: x509.Certificate, hash_alg: str | None = None) -> bytes:
+    """certHash for a certConf: the certificate's DER hashed with ``hash_alg`` (an OID) or, by
+    default, with the hash of its own signature algorithm (RFC 9480 §2.10)."""
+    if hash_alg is None:
+        algorithm = cert_hash_algorithm(cert)
+    else:
+        cls = HASHES.get(hash_alg)
+        if cls is None or cls is hashes.SHA1:
+            raise CMPError("badAlg", f"certConf hash algorithm {hash_alg} is not supported.")
+        algorithm = cls()
+    return cert.fingerprint(algorithm)

@@ -409,3 +409,11 @@ def bit_octets(value: Any, what: str, failure: FailureInfo) -> bytes:
 def set_bits(parent: Any, name: str, data: bytes) -> None:
     """Store ``data`` in the BIT STRING field ``name`` of ``parent``, with the field's tags."""
     parent[name] = parent.componentType[name].asn1Object.clone(hexValue=data.hex())
+
+
+def subject_key_id(cert: x509.Certificate) -> bytes | None:
+    """The certificate's subject key identifier; None without a (readable) one."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension):
+        return None

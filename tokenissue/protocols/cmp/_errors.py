@@ -1,12 +1,14 @@
-"""The CMP exception and the shared-secret wrapper used for password-based MACs."""
+"""The CMP exceptions and the shared-secret wrapper used for password-based MACs.
+
+Nothing here knows tokenissue's own errors or credentials: the package stands alone, and its
+callers translate at their boundary (a client turns a :class:`CMPError` that reaches its user
+into its own refusal; a text secret becomes a :class:`SharedSecret` by its UTF-8 octets).
+"""
 
 from __future__ import annotations
 
 import hmac
 from typing import Final, Literal, get_args
-
-from ...credentials import Secret
-from ...errors import RequestRejected
 
 __all__ = ["FAILURE_INFO_NAMES", "CMPError", "FailureInfo", "SharedSecret", "secret_bytes"]
 
@@ -47,12 +49,13 @@ FailureInfo = Literal[
 FAILURE_INFO_NAMES: Final[dict[str, int]] = {name: bit for bit, name in enumerate(get_args(FailureInfo))}
 
 
-class CMPError(RequestRejected):
+class CMPError(Exception):
     """A CMP message was refused; ``failure_info`` says why in PKIFailureInfo terms.
 
     The server turns it into an error message with :func:`~tokenissue.protocols.cmp.build_error`
-    (``failure_info`` and ``str(err)`` become failInfo and statusString); the client raises it
-    when the server refused. The message is ours and safe to print: it never quotes a secret,
+    (``failure_info`` and ``str(err)`` become failInfo and statusString);
+    :meth:`~tokenissue.protocols.cmp.CMPResponse.raise_for_status` raises it when the server
+    refused. The message is ours and safe to print: it never quotes a secret,
     and text that came from the peer is sanitised first.
     """
 
@@ -61,7 +64,11 @@ class CMPError(RequestRejected):
             # A programming error, not a peer's: fail loudly instead of sending a wrong bit.
             raise ValueError(f"{failure_info!r} is not a PKIFailureInfo bit name")
         super().__init__(message)
+        self.message = message
         self.failure_info: FailureInfo = failure_info
+
+    def __str__(self) -> str:
+        return self.message
 
     def __repr__(self) -> str:
         return f"CMPError({self.failure_info!r}, {self.message!r})"
@@ -70,9 +77,9 @@ class CMPError(RequestRejected):
 class SharedSecret:
     """The shared secret behind a password-based MAC (PBM or PBMAC1), as bytes.
 
-    It never shows its value through ``repr``/``str``/formatting and refuses to be pickled, like
-    :class:`tokenissue.credentials.Secret`, which holds text; CMP secrets are octet strings
-    (OpenSSL's ``-secret`` takes them as bytes), so they get their own wrapper.
+    It never shows its value through ``repr``/``str``/formatting and refuses to be pickled.
+    CMP secrets are octet strings (OpenSSL's ``-secret`` takes them as bytes); a secret typed as
+    text counts as its UTF-8 octets: see :meth:`from_text`.
     """
 
     __slots__ = ("_value",)
@@ -81,6 +88,11 @@ class SharedSecret:
         if not isinstance(value, bytes | bytearray):
             raise TypeError("a CMP shared secret must be bytes")
         self._value = bytes(value)
+
+    @classmethod
+    def from_text(cls, text: str) -> SharedSecret:
+        """The secret a text password stands for: its UTF-8 octets, as OpenSSL's ``-secret pass:``."""
+        return cls(text.encode("utf-8"))
 
     def reveal(self) -> bytes:
         """The value itself; only the MAC key derivation calls this."""
@@ -106,12 +118,10 @@ class SharedSecret:
         raise TypeError("a shared secret cannot be pickled")
 
 
-def secret_bytes(secret: SharedSecret | Secret | bytes) -> bytes:
-    """The octets a MAC key is derived from; a text :class:`Secret` counts as its UTF-8 bytes."""
+def secret_bytes(secret: SharedSecret | bytes) -> bytes:
+    """The octets a MAC key is derived from."""
     if isinstance(secret, SharedSecret):
         return secret.reveal()
-    if isinstance(secret, Secret):
-        return secret.reveal().encode("utf-8")
     if isinstance(secret, bytes | bytearray):
         return bytes(secret)
-    raise TypeError("a CMP shared secret must be bytes, SharedSecret or Secret")
+    raise TypeError("a CMP shared secret must be bytes or SharedSecret")

@@ -1,4 +1,4 @@
-"""Friendly, immutable views of received CMP messages, and the checks that go with them.
+"""Friendly, immutable views of received CMP messages (verification is in :mod:`._verify`).
 
 :func:`parse_request` is what a server calls on a decoded message, :func:`parse_response`
 what a client calls. Both raise :class:`CMPError` with the PKIFailureInfo the peer should get
@@ -9,23 +9,20 @@ the header's senderKID and sender select. The pyasn1 message stays available as 
 
 from __future__ import annotations
 
-import hmac
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, Generic, Literal, TypeVar, cast, get_args
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x448, x25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from pyasn1_alt_modules import rfc4211, rfc5280, rfc9480
 
-from ._crypto import HASHES, cert_hash_algorithm, verify_signature
 from ._der import (
     DECODE_ERRORS,
-    bit_octets,
     cert_from_asn1,
     decode_strict,
     extensions_from_asn1,
@@ -36,9 +33,9 @@ from ._der import (
     oid_str,
     plain_der,
     public_key_from_spki,
-    to_der,
 )
 from ._errors import FAILURE_INFO_NAMES, CMPError, FailureInfo
+from ._verify import verify_pop
 
 __all__ = [
     "ID_IT_CA_CERTS",
@@ -55,21 +52,20 @@ __all__ = [
     "RevocationRequest",
     "RootCaUpdate",
     "StatusInfo",
-    "cert_hash",
     "parse_header",
     "parse_request",
     "parse_response",
     "sanitize_text",
-    "verify_cert_hash",
-    "verify_pop",
 ]
+
+_T = TypeVar("_T")
 
 ID_IT_IMPLICIT_CONFIRM: Final = "1.3.6.1.5.5.7.4.13"
 ID_IT_CA_CERTS: Final = "1.3.6.1.5.5.7.4.17"
 ID_IT_ROOT_CA_KEY_UPDATE: Final = "1.3.6.1.5.5.7.4.18"
 ID_IT_ROOT_CA_CERT: Final = "1.3.6.1.5.5.7.4.20"
-_ID_REGCTRL_OLD_CERT_ID: Final = "1.3.6.1.5.5.7.5.1.5"
-_CRL_REASON_OID: Final = "2.5.29.21"
+ID_REGCTRL_OLD_CERT_ID: Final = "1.3.6.1.5.5.7.5.1.5"
+CRL_REASON_OID: Final = "2.5.29.21"
 
 RequestType = Literal["ir", "cr", "p10cr", "kur", "rr", "certConf", "genm", "pollReq"]
 ResponseType = Literal["ip", "cp", "kup", "rp", "pkiconf", "genp", "error", "pollRep"]
@@ -156,6 +152,29 @@ class CMPHeader:
     free_text: tuple[str, ...]
 
 
+class _FromHeader(Generic[_T]):
+    """A read-only attribute that reads the header field of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> _T:
+        return cast(_T, getattr(obj.header, self._name))
+
+
+class _HeaderFields:
+    """The header fields of a parsed message, read through from its ``header``."""
+
+    sender = _FromHeader[x509.Name | None]()
+    recipient = _FromHeader[x509.Name | None]()
+    transaction_id = _FromHeader[bytes | None]()
+    sender_nonce = _FromHeader[bytes | None]()
+    recip_nonce = _FromHeader[bytes | None]()
+    sender_kid = _FromHeader[bytes | None]()
+    protection_alg = _FromHeader[str | None]()
+    implicit_confirm = _FromHeader[bool]()
+
+
 @dataclass(frozen=True)
 class StatusInfo:
     """A PKIStatusInfo: status, failure bits and text."""
@@ -201,7 +220,7 @@ class RootCaUpdate:
 
 
 @dataclass(frozen=True)
-class CMPRequest:
+class CMPRequest(_HeaderFields):
     """A request as the server sees it. Fields that do not apply to ``body_type`` are empty."""
 
     body_type: RequestType
@@ -229,41 +248,9 @@ class CMPRequest:
     #: The decoded pyasn1 PKIMessage.
     message: Any = field(default=None, repr=False, compare=False)
 
-    @property
-    def sender(self) -> x509.Name | None:
-        return self.header.sender
-
-    @property
-    def recipient(self) -> x509.Name | None:
-        return self.header.recipient
-
-    @property
-    def transaction_id(self) -> bytes | None:
-        return self.header.transaction_id
-
-    @property
-    def sender_nonce(self) -> bytes | None:
-        return self.header.sender_nonce
-
-    @property
-    def recip_nonce(self) -> bytes | None:
-        return self.header.recip_nonce
-
-    @property
-    def sender_kid(self) -> bytes | None:
-        return self.header.sender_kid
-
-    @property
-    def protection_alg(self) -> str | None:
-        return self.header.protection_alg
-
-    @property
-    def implicit_confirm(self) -> bool:
-        return self.header.implicit_confirm
-
 
 @dataclass(frozen=True)
-class CMPResponse:
+class CMPResponse(_HeaderFields):
     """A response as the client sees it. Call :meth:`raise_for_status` to turn a refusal into
     an exception."""
 
@@ -286,18 +273,6 @@ class CMPResponse:
     error_code: int | None = None
     error_details: tuple[str, ...] = ()
     message: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def transaction_id(self) -> bytes | None:
-        return self.header.transaction_id
-
-    @property
-    def sender_nonce(self) -> bytes | None:
-        return self.header.sender_nonce
-
-    @property
-    def recip_nonce(self) -> bytes | None:
-        return self.header.recip_nonce
 
     def raise_for_status(self) -> None:
         """Raise :class:`CMPError` when the server refused (an error message or a rejection)."""
@@ -389,7 +364,7 @@ def _crmf_request(body: Any) -> dict[str, Any]:
     old_cert_id = None
     if is_present(cert_req["controls"]):
         for control in cert_req["controls"]:
-            if oid_str(control["type"]) == _ID_REGCTRL_OLD_CERT_ID:
+            if oid_str(control["type"]) == ID_REGCTRL_OLD_CERT_ID:
                 cert_id = decode_strict(bytes(control["value"]), rfc4211.CertId(), "oldCertID control")
                 issuer = general_name_to_name(cert_id["issuer"])
                 if issuer is None:
@@ -414,51 +389,6 @@ def _public_key(spki: Any) -> CertificatePublicKeyTypes:
     return key
 
 
-def _verify_crmf_pop(cert_req_msg: Any) -> None:
-    popo = cert_req_msg["popo"]
-    if not is_present(popo):
-        raise CMPError("badPOP", "The certificate request has no proof of possession.")
-    if popo.getName() != "signature":
-        raise CMPError("badPOP", f"Proof of possession by {popo.getName()} is not supported; sign the request.")
-    signing_key = popo["signature"]
-    if is_present(signing_key["poposkInput"]):
-        # RFC 9483 §4.1.1: poposkInput MUST be omitted; the subject and key are in the template.
-        raise CMPError("badPOP", "POPOSigningKey with poposkInput is not supported (RFC 9483 §4.1.1).")
-    template = cert_req_msg["certReq"]["certTemplate"]
-    if not is_present(template["publicKey"]):
-        raise CMPError("badCertTemplate", "The certificate template has no public key.")
-    signature = bit_octets(signing_key["signature"], "proof-of-possession signature", "badPOP")
-    # RFC 4211 §4.1: without poposkInput the signature is over the DER of certReq.
-    verify_signature(
-        _public_key(template["publicKey"]),
-        signing_key["algorithmIdentifier"],
-        signature,
-        to_der(cert_req_msg["certReq"]),
-        failure="badPOP",
-        what="proof-of-possession signature",
-    )
-
-
-def verify_pop(request: CMPRequest) -> None:
-    """Raise ``CMPError("badPOP")`` unless the request proves possession of the private key.
-
-    ir/cr/kur: a POPOSigningKey signature over the DER of certReq (RFC 4211 §4.1), made with
-    the key in the template. p10cr: the CSR's self-signature. raVerified is not accepted here:
-    whether an RA may vouch is the server's policy, visible in ``request.pop_kind``.
-    """
-    if request.body_type in ("ir", "cr", "kur"):
-        _verify_crmf_pop(request.message["body"][request.body_type][0])
-    elif request.body_type == "p10cr" and request.csr is not None:
-        try:
-            valid = request.csr.is_signature_valid
-        except (UnsupportedAlgorithm, ValueError) as e:  # An unsupported algorithm is no proof.
-            raise CMPError("badPOP", "The PKCS#10 request's signature algorithm is not supported.") from e
-        if not valid:
-            raise CMPError("badPOP", "The PKCS#10 request's signature does not verify.")
-    else:
-        raise CMPError("badRequest", f"A {request.body_type} message carries no proof of possession.")
-
-
 def _revocations(body: Any) -> tuple[RevocationRequest, ...]:
     out = []
     for details in body:
@@ -468,7 +398,7 @@ def _revocations(body: Any) -> tuple[RevocationRequest, ...]:
         reason = None
         if is_present(details["crlEntryDetails"]):
             for ext in details["crlEntryDetails"]:
-                if oid_str(ext["extnID"]) == _CRL_REASON_OID:
+                if oid_str(ext["extnID"]) == CRL_REASON_OID:
                     code = decode_strict(octets(ext["extnValue"]), rfc5280.CRLReason(), "CRL reason")
                     reason = _REASONS.get(int(code))
                     if reason is None:
@@ -503,12 +433,17 @@ def parse_request(msg: Any) -> CMPRequest:
     extensions and CSRs. ``pop_valid`` is the result of :func:`verify_pop`; the server decides
     what a missing or failed POP means.
     """
+    return _decoding(_parse_request, msg, "request")
+
+
+def _decoding(parse: Callable[[Any], _T], msg: Any, what: str) -> _T:
+    """``parse(msg)``, with a pyasn1 or cryptography error from hostile input as badDataFormat."""
     try:
-        return _parse_request(msg)
+        return parse(msg)
     except CMPError:
         raise
     except DECODE_ERRORS as e:
-        raise CMPError("badDataFormat", "The CMP request cannot be parsed.") from e
+        raise CMPError("badDataFormat", f"The CMP {what} cannot be parsed.") from e
 
 
 def _parse_request(msg: Any) -> CMPRequest:
@@ -563,25 +498,6 @@ def _parse_request(msg: Any) -> CMPRequest:
     return request
 
 
-def cert_hash(cert: x509.Certificate, hash_alg: str | None = None) -> bytes:
-    """certHash for a certConf: the certificate's DER hashed with ``hash_alg`` (an OID) or, by
-    default, with the hash of its own signature algorithm (RFC 9480 §2.10)."""
-    if hash_alg is None:
-        algorithm = cert_hash_algorithm(cert)
-    else:
-        cls = HASHES.get(hash_alg)
-        if cls is None or cls is hashes.SHA1:
-            raise CMPError("badAlg", f"certConf hash algorithm {hash_alg} is not supported.")
-        algorithm = cls()
-    return cert.fingerprint(algorithm)
-
-
-def verify_cert_hash(confirmation: CertConfirmation, cert: x509.Certificate) -> None:
-    """Raise ``CMPError("badCertId")`` unless the certConf entry confirms exactly ``cert``."""
-    if not hmac.compare_digest(confirmation.cert_hash, cert_hash(cert, confirmation.hash_alg)):
-        raise CMPError("badCertId", "The certConf certHash does not match the issued certificate.")
-
-
 def _certs(value: Any) -> tuple[x509.Certificate, ...]:
     return tuple(cert_from_asn1(c) for c in value) if is_present(value) else ()
 
@@ -592,12 +508,7 @@ def parse_response(msg: Any) -> CMPResponse:
     It does not raise for a refusal: see :meth:`CMPResponse.raise_for_status`. Matching the
     transactionID and recipNonce against the request is the client's job, which knows them.
     """
-    try:
-        return _parse_response(msg)
-    except CMPError:
-        raise
-    except DECODE_ERRORS as e:
-        raise CMPError("badDataFormat", "The CMP response cannot be parsed.") from e
+    return _decoding(_parse_response, msg, "response")
 
 
 def _parse_response(msg: Any) -> CMPResponse:
