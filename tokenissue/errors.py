@@ -113,7 +113,15 @@ class Remedy(enum.Enum):
     HTTP_01_ADDRESS = enum.auto()  #: where the http-01 responder listens
     GIVE_CA_TRUST = enum.auto()  #: name the CA certificate(s) to trust
     GIVE_CA_TRUST_AGAIN = enum.auto()  #: name the root the chain ends in, then run the command again
-    GIVE_ACME_TRUST = enum.auto()  #: name the CA of the ACME server's TLS certificate  #: the CA waits for its certificate
+    GIVE_ACME_TRUST = enum.auto()  #: name the CA of the ACME server's TLS certificate
+    GIVE_ROOT = enum.auto()  #: name the root CA certificate the chain ends in
+    GIVE_SIGNER_TRUST = enum.auto()  #: name the CA certificate that signs the CMP server's answers
+    CHECK_CA_TRUST = enum.auto()  #: the CA certificates given to trust are not the right ones
+    GIVE_REF = enum.auto()  #: the CMP reference is missing
+    GIVE_AUTH_CODE = enum.auto()  #: the authorization code is missing
+    CHECK_REF_AND_CODE = enum.auto()  #: the reference or the code is wrong
+    OR_RESUME = enum.auto()  #: the enrollment can also be finished by resuming
+    CHECK_URL = enum.auto()  #: the CA server's address is wrong  #: the CA waits for its certificate
 
 
 class TokenIssueError(Exception):

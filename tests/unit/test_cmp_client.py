@@ -8,8 +8,10 @@ content type, bytes that are not DER, an error message. Software keys stand in f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
+import re
 import socket
 import ssl
 import threading
@@ -24,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tokenissue.cli._messages import say
 from tokenissue.credentials import Secret
 from tokenissue.enroll import is_cmp_location, open_enroller
 from tokenissue.enroll.cmp import CMPEnroller, CMPError, canonical_auth_code, transaction_id_for
@@ -50,6 +53,16 @@ from tokenissue.protocols.cmp import (
 )
 
 from support.software_ca import SoftwareCA, make_software_ca
+
+
+@contextlib.contextmanager
+def _raises_saying(kind: type[Exception], pattern: str) -> Iterator[pytest.ExceptionInfo[Exception]]:
+    """``pytest.raises(kind)``, and what the CLI says for it matches ``pattern``: the client's
+    errors name no option; the CLI adds the remedy (tokenissue/cli/_messages.py)."""
+    with pytest.raises(kind) as info:
+        yield info
+    said = say(info.value)  # type: ignore[arg-type]
+    assert re.search(pattern, said), said
 
 CODE = "auth-code-5512"
 REF = "1234"
@@ -187,7 +200,7 @@ def test_http_503_is_repeated_with_the_same_message(pki: Pki, serve: Any, monkey
 
 def test_http_404_says_check_the_url(pki: Pki, serve: Any) -> None:
     s = serve(lambda body: (404, "text/html", b"<h1>no</h1>"))
-    with pki.enroller(s.url) as e, pytest.raises(CAUnavailable, match=r"answered HTTP 404; check the URL") as err:
+    with pki.enroller(s.url) as e, _raises_saying(CAUnavailable, r"answered HTTP 404; check the URL") as err:
         _request(e, pki)
     assert not isinstance(err.value, CAOutcomeUnknown)
 
@@ -259,7 +272,7 @@ def test_https_with_ca_trust(pki: Pki, serve: Any, tmp_path: Path) -> None:
 
 def test_https_untrusted_server_certificate(pki: Pki, serve: Any, tmp_path: Path) -> None:
     s = serve(pki.good(), _tls_context(pki, tmp_path))
-    with pki.enroller(s.url) as e, pytest.raises(CAUnavailable, match=r"TLS certificate .* is not trusted; give its CA with --ca-trust"):
+    with pki.enroller(s.url) as e, _raises_saying(CAUnavailable, r"TLS certificate .* is not trusted; give its CA with --ca-trust"):
         _request(e, pki)
 
 
@@ -296,7 +309,7 @@ def test_unprotected_error_is_reported_as_unauthenticated(pki: Pki, serve: Any) 
     s = serve(_error_server(pki, "badMessageCheck", "wrong pbm value", protect=False))
     with pki.enroller(s.url) as e, pytest.raises(RequestRejected) as err:
         _request(e, pki)
-    msg = str(err.value)
+    msg = say(err.value)  # what the CLI prints: the message and its remedy
     assert "in an unauthenticated answer: badMessageCheck (wrong pbm value)" in msg
     assert "check --ref and the authorization code" in msg
     assert CODE not in msg
@@ -319,7 +332,7 @@ def test_answer_with_wrong_mac_is_refused(pki: Pki, serve: Any) -> None:
         return 200, CT, encode_message(protect_pbm(rsp, SharedSecret.from_text("not-the-code"), sender_kid=b"s"))
 
     s = serve(handle)
-    with pki.enroller(s.url) as e, pytest.raises(CMPError, match=r"does not verify .*check --ref and the authorization code"):
+    with pki.enroller(s.url) as e, _raises_saying(CMPError, r"does not verify .*check --ref and the authorization code"):
         _request(e, pki)
 
 
@@ -369,7 +382,7 @@ def test_certificate_for_another_key_is_rejected_in_cert_conf(pki: Pki, serve: A
 
 def test_no_root_anywhere_is_rejected_unless_trusted(pki: Pki, serve: Any) -> None:
     s = serve(pki.good(ca_pubs=False))
-    with pki.enroller(s.url) as e, pytest.raises(RequestRejected, match=r"no root CA certificate .*--ca-trust"):
+    with pki.enroller(s.url) as e, _raises_saying(RequestRejected, r"no root CA certificate .*--ca-trust"):
         _request(e, pki)
     assert pki.confirmed[-1].confirmations[0].accepted is False
     with pki.enroller(s.url, trust=[pki.ca.cert]) as e:
@@ -377,9 +390,9 @@ def test_no_root_anywhere_is_rejected_unless_trusted(pki: Pki, serve: Any) -> No
 
 
 def test_missing_ref_or_code_is_a_usage_error(pki: Pki) -> None:
-    with CMPEnroller("cmp+http://127.0.0.1:1/", auth_code=Secret(CODE)) as e, pytest.raises(UsageError, match="--ref"):
+    with CMPEnroller("cmp+http://127.0.0.1:1/", auth_code=Secret(CODE)) as e, _raises_saying(UsageError, "--ref"):
         _request(e, pki)
-    with CMPEnroller("cmp+http://127.0.0.1:1/", ref=REF) as e, pytest.raises(UsageError, match="TOKENISSUE_AUTH_CODE"):
+    with CMPEnroller("cmp+http://127.0.0.1:1/", ref=REF) as e, _raises_saying(UsageError, "TOKENISSUE_AUTH_CODE"):
         _request(e, pki)
 
 
@@ -471,7 +484,7 @@ def test_revoke_signed_by_an_untrusted_ca_is_refused(pki: Pki, serve: Any, tmp_p
         return 200, CT, encode_message(protect_signature(build_rp(req, [StatusInfo()]), stranger.key, stranger.cert))
 
     s = serve(handle)
-    with pki.enroller(s.url) as e, pytest.raises(CMPError, match=r"does not verify .*--ca-trust") as err:
+    with pki.enroller(s.url) as e, _raises_saying(CMPError, r"does not verify .*--ca-trust") as err:
         e.revoke(pki.cert.serial_number, RevocationReason.UNSPECIFIED, cert=pki.cert, key=pki.key)
     assert err.value.failure_info == "signerNotTrusted"
 

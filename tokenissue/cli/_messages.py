@@ -67,6 +67,14 @@ REMEDIES: dict[Remedy, str] = {
     Remedy.GIVE_CA_TRUST: "give its CA with --ca-trust (or TOKENISSUE_CA_TRUST).",
     Remedy.GIVE_CA_TRUST_AGAIN: "give it with --ca-trust and run the same command again.",
     Remedy.GIVE_ACME_TRUST: "give its CA with --acme-trust (or $TOKENISSUE_ACME_TRUST).",
+    Remedy.GIVE_ROOT: "give the root with --ca-trust.",
+    Remedy.GIVE_SIGNER_TRUST: "give the CA certificate that signs its answers with --ca-trust.",
+    Remedy.CHECK_CA_TRUST: "check --ca-trust.",
+    Remedy.GIVE_REF: "give --ref.",
+    Remedy.GIVE_AUTH_CODE: "set TOKENISSUE_AUTH_CODE or give --auth-code-file.",
+    Remedy.CHECK_REF_AND_CODE: "check --ref and the authorization code.",
+    Remedy.OR_RESUME: "(Or finish it with 'tokenissue enroll --resume'.)",
+    Remedy.CHECK_URL: "check the URL (--ca).",
     Remedy.INSTALL_CA_CERT: "install it with 'tokenissue ca install-cert'.",
 }
 

@@ -55,7 +55,7 @@ from pyasn1.type import char, univ
 from pyasn1_alt_modules import rfc9480
 
 from ..credentials import Secret
-from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, ConfigError, RequestRejected, UsageError
+from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, ConfigError, Remedy, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import verify_chain
 from ..pkix.reasons import REASON_FLAGS
@@ -106,8 +106,8 @@ class CMPError(RequestRejected):
     (exit status 6).
     """
 
-    def __init__(self, failure_info: FailureInfo, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, failure_info: FailureInfo, message: str, *, remedy: Remedy | None = None) -> None:
+        super().__init__(message, remedy=remedy)
         self.failure_info: FailureInfo = failure_info
 
 
@@ -384,8 +384,8 @@ class CMPEnroller:
     def _ref_bytes(self) -> bytes:
         if not self._ref:
             raise UsageError(
-                f"Enrolling at the CMP server {self.url} needs the reference the CA gave with the "
-                "authorization code: give --ref."
+                f"Enrolling at the CMP server {self.url} needs the reference the CA gave with the authorization code.",
+                remedy=Remedy.GIVE_REF,
             )
         return self._ref.encode("utf-8")
 
@@ -393,8 +393,7 @@ class CMPEnroller:
         code = self._auth_code() if callable(self._auth_code) else self._auth_code
         if code is None:
             raise UsageError(
-                f"Enrolling at the CMP server {self.url} needs the authorization code: set "
-                "TOKENISSUE_AUTH_CODE or give --auth-code-file."
+                f"Enrolling at the CMP server {self.url} needs the authorization code.", remedy=Remedy.GIVE_AUTH_CODE
             )
         return canonical_auth_code(code)
 
@@ -413,7 +412,8 @@ class CMPEnroller:
         if rsp.status is not None and rsp.status.status == "waiting":
             raise CAOutcomeUnknown(
                 f"The CMP server at {self.url} is still processing the request; run the same command "
-                "again later (or 'tokenissue enroll --resume') to collect the certificate."
+                "again later to collect the certificate.",
+                remedy=Remedy.OR_RESUME,
             )
         cert = rsp.certificate
         if cert is None:
@@ -428,12 +428,13 @@ class CMPEnroller:
             chain = self._chain(cert, rsp, protection)
         except CMPError as e:
             self._confirm(rsp, cert, protection, sender, rejected=e)
-            raise CMPError(e.failure_info, f"{e.message}.") from None
+            raise CMPError(e.failure_info, f"{e.message}.", remedy=e.remedy) from None
         except RequestRejected as e:
             # verify_chain's sentence says which link failed; the server hears it in certConf.
             self._confirm(rsp, cert, protection, sender, rejected=CMPError("incorrectData", str(e).rstrip(".")))
             raise RequestRejected(
-                f"The certificate from the CMP server at {self.url} was refused: {str(e).rstrip('.')}."
+                f"The certificate from the CMP server at {self.url} was refused: {str(e).rstrip('.')}.",
+                remedy=e.remedy, details=e.details,
             ) from e
         if not rsp.header.implicit_confirm:
             self._confirm(rsp, cert, protection, sender)
@@ -447,7 +448,7 @@ class CMPEnroller:
         pool = _unique([*intermediates, *roots])
         if not roots:
             raise RequestRejected(
-                f"no root CA certificate for '{cert.issuer.rfc4514_string()}' came with it; give the root with --ca-trust"
+                f"no root CA certificate for '{cert.issuer.rfc4514_string()}' came with it", remedy=Remedy.GIVE_ROOT
             )
         path = verify_chain(cert, pool)
         return path[1:]
@@ -531,14 +532,15 @@ class CMPEnroller:
 
     def _protection_error(self, e: CMPMessageError, protection: _Protection) -> CMPError:
         if e.failure_info == "signerNotTrusted":
-            hint = "give the CA certificate that signs its answers with --ca-trust"
+            remedy = Remedy.GIVE_SIGNER_TRUST
         elif protection.secret is not None:
-            hint = "check --ref and the authorization code"
+            remedy = Remedy.CHECK_REF_AND_CODE
         else:
-            hint = "check --ca-trust"
+            remedy = Remedy.CHECK_CA_TRUST
         return CMPError(
             e.failure_info,
-            f"The answer of the CMP server at {self.url} does not verify ({e.message.rstrip('.')}); {hint}.",
+            f"The answer of the CMP server at {self.url} does not verify ({e.message.rstrip('.')}).",
+            remedy=remedy,
         )
 
     def _raise_for_status(self, rsp: CMPResponse, protection: _Protection, *, authenticated: bool) -> None:
@@ -557,10 +559,9 @@ class CMPEnroller:
             raise CAUnavailable(f"{where}; try again later.")
         if failure in _AUTH_FAILURES or (not authenticated and protection.secret is not None):
             # An answer that does not verify with our secret mostly means the secret is wrong.
-            hint = "check --ref and the authorization code" if protection.secret is not None else (
-                "the CA does not accept this certificate's signature"
-            )
-            raise CMPError(failure, f"{where}; {hint}.")
+            if protection.secret is not None:
+                raise CMPError(failure, f"{where}.", remedy=Remedy.CHECK_REF_AND_CODE)
+            raise CMPError(failure, f"{where}; the CA does not accept this certificate's signature.")
         raise CMPError(failure, f"{where}.")
 
     # -- HTTP (RFC 6712) ----------------------------------------------------------------------
@@ -579,8 +580,7 @@ class CMPEnroller:
             # No connection, or TLS refused before a byte of the request went out: not reached.
             if _is_tls_trust_error(e):
                 raise CANotReached(
-                    f"The TLS certificate of the CMP server at {self.url} is not trusted; "
-                    "give its CA with --ca-trust (or TOKENISSUE_CA_TRUST)."
+                    f"The TLS certificate of the CMP server at {self.url} is not trusted.", remedy=Remedy.GIVE_CA_TRUST
                 ) from e
             raise CANotReached(f"Cannot reach the CMP server at {self.url}; check the URL and that the server runs.") from e
         except httpx.TransportError as e:
@@ -616,13 +616,13 @@ class CMPEnroller:
                 raise CAOutcomeUnknown(f"The CMP server at {self.url} answered HTTP {response.status_code}; try again later.")
             # A 4xx with no CMP message (a wrong path: 404, 405): no CA processed the request.
             raise CANotReached(
-                f"The CMP server at {self.url} answered HTTP {response.status_code}; check the URL (--ca)."
+                f"The CMP server at {self.url} answered HTTP {response.status_code}.", remedy=Remedy.CHECK_URL
             )
         if ctype != CONTENT_TYPE:
             shown = ctype or "no content type"
             raise CAUnavailable(
-                f"The server at {self.url} is not a CMP server: it answered {shown[:60]}, not {CONTENT_TYPE}; "
-                "check the URL (--ca)."
+                f"The server at {self.url} is not a CMP server: it answered {shown[:60]}, not {CONTENT_TYPE}.",
+                remedy=Remedy.CHECK_URL,
             )
         return body
 

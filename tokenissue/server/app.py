@@ -64,9 +64,10 @@ from ..ca.authority import CRL_FILE, CertificateAuthority
 from ..ca.registration import RegistrationAuthority
 from ..credentials import Pin, ProtectedAuth
 from ..inventory import InventoryUnavailable
+from ..models import StepHook
 from ..pkix.certs import dump_certificates
 from ..protocols.cmp import FailureInfo, build_error, encode_message
-from .cmp_service import CMPService, StepHook
+from .cmp_service import CMPService
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 

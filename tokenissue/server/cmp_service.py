@@ -76,7 +76,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final
@@ -97,8 +97,10 @@ from ..models import (
     Registration,
     RegistrationStatus,
     RevocationReason,
+    StepHook,
     TransactionKind,
     TransactionState,
+    no_step,
 )
 from ..pkix.names import parse_san, parse_subject, sans_of
 from ..pkix.reasons import reason_from_flag
@@ -133,7 +135,7 @@ from ..protocols.cmp import (
 )
 from ..publickeys import same_public_key
 
-__all__ = ["CMPService", "Reply", "StepHook"]
+__all__ = ["CMPService", "Reply"]
 
 log = logging.getLogger("tokenissue.server")
 
@@ -155,17 +157,10 @@ _UNAUTHENTICATED_TEXT: Final = (
 _UNAVAILABLE_TEXT: Final = "The CA's database is unavailable right now; send the same request again in a moment."
 
 Reply = tuple[int, bytes, dict[str, Any]]
-#: Called with a step name at the points where a crash matters ("after-reserve",
-#: "after-issue", "after-consume"); the CLI's TOKENISSUE_SERVER_FAILPOINT kills the server there.
-StepHook = Callable[[str], None]
 
 
 def _unauthenticated() -> CMPError:
     return CMPError("badMessageCheck", _UNAUTHENTICATED_TEXT)
-
-
-def _no_step(_: str) -> None:
-    return None
 
 
 @dataclass
@@ -196,13 +191,13 @@ class CMPService:
     ) -> None:
         """``ca_key`` is the CA's signing key held open by the caller (``ca.signing_key``) for
         the server's lifetime; without it every signature opens the CA token with ``ca_pin``.
-        ``on_step`` is the fault-injection point for crash tests (see :data:`StepHook`)."""
+        ``on_step`` is the fault-injection point for crash tests (see :data:`tokenissue.models.StepHook`)."""
         self.ca = ca
         self.ra = ra
         self._pin = ca_pin
         self._ca_key = ca_key
         self.max_size = max_size
-        self._on_step = on_step or _no_step
+        self._on_step = on_step or no_step
         self._lock = threading.Lock()
         self._ca_cert = ca.certificate
         self._chain = ca.chain()
