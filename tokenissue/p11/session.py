@@ -457,15 +457,59 @@ class TokenSession:
         return n
 
     def delete_key(self, sel: KeySelector, *, with_certificates: bool = True) -> KeyInfo:
-        """Destroy the private key, its public key and (by default) certificates under its ID."""
+        """Destroy the private key, its public key, the data tokenissue keeps next to it
+        (:meth:`put_key_data`) and (by default) certificates under its ID."""
         priv = self._one_private(sel)
         info = self._key_info(priv)
         with self.lock, translate("delete the key"):
             for cls in (ObjectClass.PUBLIC_KEY,) + ((ObjectClass.CERTIFICATE,) if with_certificates else ()):
                 for o in list(self._session.get_objects({Attribute.CLASS: cls, Attribute.ID: info.id})):
                     o.destroy()
+            for o in self._key_data_objects(info.id, None):
+                o.destroy()
             priv.destroy()
         return info
+
+    # -- data next to a key (the Korean VID's R) ---------------------------------------------
+    def put_key_data(self, key_id: bytes, object_id: bytes, value: bytes) -> None:
+        """Keep ``value`` on the token next to key ``key_id``: a private, token-resident data
+        object (CKO_DATA) with the key's label, CKA_OBJECT_ID ``object_id`` (the DER of an OID)
+        and CKA_APPLICATION "tokenissue key=<CKA_ID in hex>". PKCS#11 gives data objects no
+        CKA_ID (SoftHSM refuses one: CKR_ATTRIBUTE_TYPE_INVALID), so the application string
+        names the key. One per key and OID: an earlier one is replaced, the new one written
+        first, so that the key is never left without it."""
+        priv = self._one_private(KeySelector(id=key_id))
+        label = self._key_info(priv).label
+        with self.lock, translate("store data next to the key"):
+            old = self._key_data_objects(key_id, object_id)
+            try:
+                self._session.create_object({
+                    Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.PRIVATE: True,
+                    Attribute.LABEL: label, Attribute.OBJECT_ID: object_id,
+                    Attribute.APPLICATION: _data_application(key_id), Attribute.VALUE: value,
+                })  # fmt: skip
+            except (px.DeviceMemory, px.FunctionFailed, px.GeneralError) as e:
+                raise TokenError(
+                    f"Token '{self.info.label}' could not store data next to key '{label}' ({_rv(e)}): it is "
+                    "probably full.",
+                    remedy=Remedy.FREE_TOKEN,
+                ) from e
+            for o in old:
+                o.destroy()
+
+    def key_data(self, key_id: bytes, object_id: bytes) -> bytes | None:
+        """The value :meth:`put_key_data` kept next to key ``key_id`` under ``object_id``."""
+        with self.lock, translate("read data next to the key"):
+            found = self._key_data_objects(key_id, object_id)
+            return bytes(found[0][Attribute.VALUE]) if found else None
+
+    def _key_data_objects(self, key_id: bytes, object_id: bytes | None) -> list[Any]:
+        template: dict[Any, Any] = {Attribute.CLASS: ObjectClass.DATA}
+        if object_id is not None:
+            template[Attribute.OBJECT_ID] = object_id
+        # Compared here, not in the template: only tokenissue's own, for this key.
+        want = _data_application(key_id)
+        return [o for o in self._session.get_objects(template) if _application(o) == want]
 
     def _public_from(self, pub: Any | None, priv: Any) -> Any:
         """A cryptography public key from the token's public (or private) key attributes."""
@@ -690,6 +734,19 @@ class TokenSession:
                     o.destroy()
                     n += 1
         return n
+
+
+def _data_application(key_id: bytes) -> str:
+    """CKA_APPLICATION of the data tokenissue keeps next to key ``key_id``."""
+    return f"tokenissue key={key_id.hex()}"
+
+
+def _application(obj: Any) -> str | None:
+    try:
+        value = obj[Attribute.APPLICATION]
+    except px.PKCS11Error:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _cert_object(kid: bytes, label: str, der: bytes, cert: x509.Certificate, *, has_key: bool) -> CertObject:
