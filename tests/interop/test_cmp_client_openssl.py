@@ -71,7 +71,9 @@ DRIVER = textwrap.dedent(
     from pathlib import Path
     from cryptography import x509
     from tokenissue import p11
+    from tokenissue.cli._messages import say
     from tokenissue.credentials import Pin, Secret
+    from tokenissue.errors import TokenIssueError
     from tokenissue.enroll.cmp import CMPEnroller
     from tokenissue.models import RevocationReason
     from tokenissue.pkix.csr import load_csr
@@ -87,7 +89,9 @@ DRIVER = textwrap.dedent(
         try:
             out[name] = {"ok": fn()}
         except Exception as e:
-            out[name] = {"error": type(e).__name__, "message": str(e), "exit": getattr(e, "exit_code", None),
+            # What the CLI prints: the library's sentence and, where it has one, its remedy.
+            said = say(e) if isinstance(e, TokenIssueError) else str(e)
+            out[name] = {"error": type(e).__name__, "message": said, "exit": getattr(e, "exit_code", None),
                          "failure_info": getattr(e, "failure_info", None)}
 
     def names(result):
