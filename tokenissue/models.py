@@ -296,6 +296,13 @@ class Registration:
     serial: int | None = None  # the certificate issued with it
     san: tuple[str, ...] = ()  # SAN entries ("dns:...", "email:...") the holder may have
     reserved_tid: bytes | None = None  # the CMP transaction issuing with it right now (or that died doing so)
+    id_hash: bytes | None = field(default=None, repr=False)
+    """A keyed hash of the holder's registration number (HMAC under the RA key), never the
+    number: the CA checks the number given at enrollment against it."""
+    real_name: str | None = None  # identifyData realName, for profiles that bind an identity (VID)
+    verified_by: str | None = None  # how the officer verified the identity
+    terms_version: str | None = None  # the terms the holder accepted
+    reissue_of: int | None = None  # the certificate a re-issue replaces
 
     def is_expired(self, now: datetime) -> bool:
         return now >= self.expires_at

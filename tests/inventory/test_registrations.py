@@ -206,13 +206,15 @@ def test_cancel(inv: Inventory) -> None:
 
 
 def test_no_code_column(db_url: str, inv: Inventory) -> None:
-    """The schema has nowhere to put a code or its hash."""
+    """The schema has nowhere to put a code or its hash, or a registration number (only its
+    keyed hash, id_hash)."""
     table = schema_snapshot(db_url)["registrations"]
     assert isinstance(table, tuple)
     columns = {c[0] for c in table[0]}
     assert columns == {
         "ref", "subject", "profile", "nonce", "status", "failures", "max_failures",
         "created_at", "expires_at", "used_at", "serial", "san", "reserved_tid",
+        "id_hash", "real_name", "verified_by", "terms_version", "reissue_of",
     }
 
 
@@ -339,7 +341,7 @@ def test_migrates_a_0001_database_and_keeps_its_data(db_url: str) -> None:
 
     from tokenissue.inventory._migrate import MIGRATIONS_DIR
 
-    assert HEAD_REVISION == "0003"
+    assert HEAD_REVISION == "0004"
     # An inventory as tokenissue before registrations left it: schema at 0001, with data
     # written through the store's own methods (they only touch 0001 tables).
     engine = create_engine(sa_url(db_url))
@@ -370,7 +372,7 @@ def test_migrates_a_0001_database_and_keeps_its_data(db_url: str) -> None:
         inv.add_registration(reg())
         assert inv.registration_consume("1234567890", 5, NOW)
         inv.transaction_begin(TID, TransactionKind.IR, "1234567890", b"\x01", b"\x02", True)
-    assert raw(db_url, "SELECT version_num FROM alembic_version") == [("0003",)]
+    assert raw(db_url, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
 
 
 def test_a_0002_database_takes_token_identities_longer_than_a_serial(db_url: str) -> None:
@@ -397,4 +399,34 @@ def test_a_0002_database_takes_token_identities_longer_than_a_serial(db_url: str
     with Inventory.open(db_url) as inv:
         inv.add_certificate(record)
         assert [r.serial for r in inv.list_certificates(token_serial=identity)] == [0x99]
-    assert raw(db_url, "SELECT version_num FROM alembic_version") == [("0003",)]
+    assert raw(db_url, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
+
+
+def test_a_0003_registration_reads_back_without_the_korean_fields(db_url: str) -> None:
+    """Migration 0004 adds nullable columns: a registration made before it has none of them."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from tokenissue.inventory._migrate import MIGRATIONS_DIR
+
+    engine = create_engine(sa_url(db_url))
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        conn.exec_driver_sql(
+            "INSERT INTO registrations (ref, subject, profile, nonce, status, failures, max_failures, "
+            "created_at, expires_at, san) VALUES ('1112223334', 'CN=old', 'personal', '00ff', 'open', 0, 5, "
+            "'2026-01-01T00:00:00.000000Z', '2026-01-08T00:00:00.000000Z', '[]')"
+        )
+    engine.dispose()
+    with Inventory.open(db_url) as inv:
+        got = inv.get_registration("1112223334")
+        assert got is not None and got.subject == "CN=old"
+        assert (got.id_hash, got.real_name, got.verified_by, got.terms_version, got.reissue_of) == (None,) * 5
+        inv.add_registration(dataclasses.replace(reg(), id_hash=b"\x01" * 32, real_name="홍길동", reissue_of=0xAB))
+        back = inv.get_registration(reg().ref)
+        assert back is not None and (back.id_hash, back.real_name, back.reissue_of) == (b"\x01" * 32, "홍길동", 0xAB)
+    assert raw(db_url, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]

@@ -45,6 +45,11 @@ def _row_to_registration(row: Row[Any]) -> Registration:
         serial=None if row.serial is None else int(row.serial, 16),
         san=tuple(str(item) for item in san),
         reserved_tid=None if row.reserved_tid is None else bytes.fromhex(row.reserved_tid),
+        id_hash=None if row.id_hash is None else bytes.fromhex(row.id_hash),
+        real_name=row.real_name,
+        verified_by=row.verified_by,
+        terms_version=row.terms_version,
+        reissue_of=None if row.reissue_of is None else int(row.reissue_of, 16),
     )
 
 
@@ -78,6 +83,11 @@ class RegistrationStore(Database):
             "reserved_tid": None
             if reg.reserved_tid is None
             else octets_hex(reg.reserved_tid, "reserved transaction id", MAX_CMP_OCTETS),
+            "id_hash": None if reg.id_hash is None else octets_hex(reg.id_hash, "registration number hash", 32),
+            "real_name": reg.real_name,
+            "verified_by": reg.verified_by,
+            "terms_version": reg.terms_version,
+            "reissue_of": None if reg.reissue_of is None else serial_hex(reg.reissue_of),
         }
         try:
             with self._tx("write to", write=True) as conn:

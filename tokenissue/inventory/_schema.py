@@ -132,6 +132,14 @@ registrations = Table(
     # The CMP transactionID (hex) that holds the registration while it issues: set by one
     # conditional UPDATE before issuing, so only that transaction can use the code.
     Column("reserved_tid", String(128), nullable=True),
+    # Issue 13 (migration 0004): a keyed hash of the holder's registration number (never the
+    # number), the identifyData realName, how identity was verified, the terms version
+    # accepted, and the certificate a re-issue replaces (serial hex).
+    Column("id_hash", String(64), nullable=True),
+    Column("real_name", Text, nullable=True),
+    Column("verified_by", Text, nullable=True),
+    Column("terms_version", String(64), nullable=True),
+    Column("reissue_of", String(64), nullable=True),
     Index("ix_registrations_status", "status"),
 )
 
