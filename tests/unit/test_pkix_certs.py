@@ -165,7 +165,7 @@ def test_issue_certificate_extensions() -> None:
         leaf_key,
         "CN=Alice,O=Example,C=KR",
         san=["email:alice@example.com", "dns:alice.example.com"],
-        policies=["1.3.6.1.4.1.55555.1.1"],
+        policies=["1.3.6.1.4.1.32473.1.1"],
         crl_url="http://ca.example/crl.der",
         extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION],
         key_usage=ku(digital_signature=True, content_commitment=True),
@@ -190,7 +190,7 @@ def test_issue_certificate_extensions() -> None:
     assert not san.critical
     assert san.value.get_values_for_type(x509.RFC822Name) == ["alice@example.com"]
     policies = ext(cert, x509.CertificatePolicies).value
-    assert [p.policy_identifier.dotted_string for p in policies] == ["1.3.6.1.4.1.55555.1.1"]
+    assert [p.policy_identifier.dotted_string for p in policies] == ["1.3.6.1.4.1.32473.1.1"]
     dp = ext(cert, x509.CRLDistributionPoints).value
     assert dp[0].full_name == [x509.UniformResourceIdentifier("http://ca.example/crl.der")]
 

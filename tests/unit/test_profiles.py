@@ -23,7 +23,10 @@ from tokenissue.errors import ConfigError, RequestRejected, UsageError
 from tokenissue.models import KeyType
 from tokenissue.pkix.names import parse_san, parse_subject
 
-BUILT_IN = {"personal", "personal-banking", "tls-client", "tls-server", "smime", "code-signing", "sub-ca"}
+BUILT_IN = {
+    "personal", "personal-banking", "kr-personal", "kr-business", "tls-client", "tls-server", "smime", "code-signing",
+    "sub-ca",
+}
 
 
 @functools.cache
@@ -68,6 +71,8 @@ def test_built_in_profiles_load(profiles: dict[str, Profile]) -> None:
 GOOD = {
     "personal": ("CN=홍길동,O=우리은행,C=KR", ["email:hong@example.kr"]),
     "personal-banking": ("CN=홍길동,serialNumber=880101-1,C=KR", []),
+    "kr-personal": ("CN=홍길동()0012345678901234,OU=ExampleBank,OU=personal4IB,O=ExampleCA,C=KR", []),
+    "kr-business": ("CN=(주)예시상사()0001234567,OU=ExampleBank,OU=corporation4EC,O=ExampleCA,C=KR", []),
     "tls-client": ("CN=device-17,O=Example", ["dns:device-17.example"]),
     "tls-server": ("CN=www.example.kr", ["dns:www.example.kr", "ip:192.0.2.1"]),
     "smime": ("CN=Alice,emailAddress=alice@example.com", ["email:alice@example.com"]),
@@ -96,7 +101,7 @@ def test_personal_profile_contents(profiles: dict[str, Profile]) -> None:
 
 def test_personal_banking_carries_the_example_policy(profiles: dict[str, Profile]) -> None:
     p = profiles["personal-banking"]
-    assert p.policies == ("1.3.6.1.4.1.55555.1.1",)
+    assert p.policies == ("1.3.6.1.4.1.32473.1.1",)
     assert p.key_usage == profiles["personal"].key_usage
     assert p.days == 365
 
@@ -151,8 +156,8 @@ def test_get_profile(profiles: dict[str, Profile]) -> None:
     with pytest.raises(UsageError) as e:
         get_profile(profiles, "smine")
     assert str(e.value) == (
-        "There is no profile 'smine'; available: code-signing, personal, personal-banking, "
-        "smime, sub-ca, tls-client, tls-server."
+        "There is no profile 'smine'; available: code-signing, kr-business, kr-personal, personal, "
+        "personal-banking, smime, sub-ca, tls-client, tls-server."
     )
     assert e.value.exit_code == 2
 
@@ -329,3 +334,34 @@ def test_not_utf8(tmp_path: Path) -> None:
 def test_profile_is_frozen(profiles: dict[str, Profile]) -> None:
     with pytest.raises(AttributeError):
         profiles["personal"].days = 1  # type: ignore[misc]
+
+
+def test_korean_profiles_bind_an_identity_under_an_example_policy(profiles: dict[str, Profile]) -> None:
+    """kr-personal and kr-business as Korean CAs issue them: signing and non-repudiation only,
+    a policy with a CPS URI and a Korean userNotice, the holder's identity bound (VID). Their
+    policy OIDs are under IANA's documentation arc (RFC 5612), claiming no CA's accreditation."""
+    for name in ("kr-personal", "kr-business"):
+        p = profiles[name]
+        assert p.identify_data and p.key_usage == ("digital_signature", "content_commitment")
+        assert p.extended_key_usage == () and p.san_types == ()
+        assert [oid.startswith("1.3.6.1.4.1.32473.") for oid in p.policies] == [True]
+        assert p.cps_uri == "https://ca.example/cps" and p.user_notice and "예시" in p.user_notice
+        assert {"CN", "O", "C"} <= set(p.required_subject_fields)
+    assert all(o.startswith("1.3.6.1.4.1.32473.") for o in profiles["personal-banking"].policies)
+    assert not any(p.identify_data for n, p in profiles.items() if not n.startswith("kr-"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('cps_uri = "ftp"', "ASCII URI"),
+        (f'user_notice = "{"가" * 201}"', "RFC 5280 allows 200"),
+        ("identify_data = 1", "true or false"),
+        ('policies = []\ncps_uri = "https://x.example/cps"', "set 'policies' too"),
+    ],
+)
+def test_policy_qualifiers_and_identity_are_checked(tmp_path: Path, extra: str, message: str) -> None:
+    f = tmp_path / "profiles.toml"
+    f.write_text(f"[profiles.kr-personal]\n{extra}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_profiles(f)

@@ -103,6 +103,18 @@ class Profile:
     process (``--ca DIR``); a CA reached over a network cannot see a key's attributes, so there
     the holder's ``--require-sign-only`` is what applies. See docs/tokens-and-keys.md."""
 
+    cps_uri: str | None = None
+    """A CPS pointer qualifier on every policy in :attr:`policies` (where the CA publishes
+    its certification practice statement)."""
+
+    user_notice: str | None = None
+    """A userNotice explicitText qualifier on every policy (at most 200 characters)."""
+
+    identify_data: bool = False
+    """Bind the holder's registration number into the certificate as a Korean VID
+    (subjectAltName otherName identifyData, :mod:`tokenissue.pkix.kr_vid`): the holder gives
+    the number and a random R at enrollment, the CA computes the VID and forgets both."""
+
 
 #: keyUsage bit names as cryptography spells them, with the algorithms able to use each bit.
 #: Signing bits suit every key type; encryption of a key needs RSA; key agreement needs EC.
@@ -182,6 +194,9 @@ _DEFAULTS: dict[str, Any] = {
     "max_san": 10,
     "require_sign_only": False,
     "ca": False,
+    "cps_uri": "",
+    "user_notice": "",
+    "identify_data": False,
 }
 _LIST_KEYS = (
     "key_usage",
@@ -323,6 +338,19 @@ def _build(name: str, raw: Mapping[str, Any], source: str) -> Profile:
         raise ConfigError(f"{where}: 'path_length' goes with ca = true and must not be negative.")
     if is_ca and "key_cert_sign" not in key_usage:
         raise ConfigError(f"{where}: a CA profile (ca = true) needs key_cert_sign in key_usage.")
+    cps_uri, notice = values["cps_uri"], values["user_notice"]
+    if not isinstance(cps_uri, str) or not isinstance(notice, str):
+        raise ConfigError(f"{where}: 'cps_uri' and 'user_notice' must be strings.")
+    if (cps_uri or notice) and not values["policies"]:
+        raise ConfigError(f"{where}: 'cps_uri' and 'user_notice' qualify policies; set 'policies' too.")
+    if cps_uri and (not cps_uri.isascii() or "://" not in cps_uri):
+        raise ConfigError(f"{where}: 'cps_uri' must be an ASCII URI such as https://ca.example/cps.")
+    if len(notice) > 200:
+        # RFC 5280 4.2.1.4: explicitText is at most 200 characters.
+        raise ConfigError(f"{where}: 'user_notice' has {len(notice)} characters; RFC 5280 allows 200.")
+    identify = _bool(values["identify_data"], where, "identify_data")
+    if identify and is_ca:
+        raise ConfigError(f"{where}: a CA profile cannot carry a holder's identity (identify_data).")
     return Profile(
         name=name,
         description=values["description"],
@@ -341,6 +369,9 @@ def _build(name: str, raw: Mapping[str, Any], source: str) -> Profile:
         require_sign_only=_bool(values["require_sign_only"], where, "require_sign_only"),
         ca=is_ca,
         path_length=path_length,
+        cps_uri=cps_uri or None,
+        user_notice=notice or None,
+        identify_data=identify,
     )
 
 

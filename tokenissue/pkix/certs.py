@@ -184,13 +184,16 @@ def issue_certificate(
     crl_url: str | None,
     is_ca: bool = False,
     path_length: int | None = None,
+    cps_uri: str | None = None,
+    user_notice: str | None = None,
 ) -> x509.Certificate:
     """Sign a certificate for ``public_key`` with the CA's key.
 
     The caller (the CA, with its profile) has already decided every value; this function only
     checks what would make the result unusable: a CA key that is not the CA certificate's,
     an empty validity period, a serial that does not fit RFC 5280. Policies are dotted OID
-    strings. ``path_length`` only applies when ``is_ca`` is true.
+    strings, each qualified with ``cps_uri`` and ``user_notice`` (an explicitText) when
+    given. ``path_length`` only applies when ``is_ca`` is true.
     """
     check_key_matches_certificate(ca_key, ca_cert)
     not_before, not_after = _utc(not_before), _utc(not_after)
@@ -233,9 +236,14 @@ def issue_certificate(
             x509.SubjectAlternativeName(list(san)), critical=not list(subject)
         )
     if policy_oids:
+        qualifiers: list[str | x509.UserNotice] = []
+        if cps_uri:
+            qualifiers.append(cps_uri)
+        if user_notice:
+            qualifiers.append(x509.UserNotice(notice_reference=None, explicit_text=user_notice))
         builder = builder.add_extension(
             x509.CertificatePolicies(
-                [x509.PolicyInformation(oid, policy_qualifiers=None) for oid in policy_oids]
+                [x509.PolicyInformation(oid, policy_qualifiers=qualifiers or None) for oid in policy_oids]
             ),
             critical=False,
         )
