@@ -3,7 +3,9 @@
 The pure message layer: decode and encode DER (``_der``), parse requests and responses into
 frozen dataclasses (``_parse``), build every message a Lightweight CMP client or server sends
 (``_build``), protect messages with a password-based MAC or a signature (``_protection``) and
-verify that protection, proofs of possession and certConf hashes (``_verify``). No transport (RFC 6712),
+verify that protection, proofs of possession and certConf hashes (``_verify``), and encrypt a
+value for the MAC's shared secret (``_envelope``: CMS EnvelopedData with a password recipient,
+as RFC 9483 §4.1.6.3 does). No transport (RFC 6712),
 no CA policy, no state: a server and a client are built on top of this.
 
 A client builds a request with the header fields it chooses in one :class:`MessageHeader`
@@ -39,6 +41,7 @@ included); only ``sign()`` and ``public_key()`` are called. Shared secrets are
 
 from ._build import (
     MessageHeader,
+    add_general_info,
     build_cert_conf,
     build_cp,
     build_cr,
@@ -56,6 +59,7 @@ from ._build import (
 )
 from ._crypto import cert_hash
 from ._der import DEFAULT_MAX_MESSAGE_SIZE, decode_message, encode_message
+from ._envelope import open_with_password, seal_with_password
 from ._errors import FAILURE_INFO_NAMES, CMPError, FailureInfo, SharedSecret
 from ._parse import (
     ID_IT_CA_CERTS,
@@ -114,6 +118,7 @@ __all__ = [
     "RootCaUpdate",
     "SharedSecret",
     "StatusInfo",
+    "add_general_info",
     "build_cert_conf",
     "build_cp",
     "build_cr",
@@ -132,6 +137,7 @@ __all__ = [
     "decode_message",
     "encode_message",
     "mac_iterations",
+    "open_with_password",
     "parse_header",
     "parse_request",
     "parse_response",
@@ -139,6 +145,7 @@ __all__ = [
     "protect_pbmac1",
     "protect_signature",
     "protected_part_der",
+    "seal_with_password",
     "verify_cert_hash",
     "verify_pop",
     "verify_protection",

@@ -463,3 +463,16 @@ def build_genm(
         body.append(_itav(ID_IT_ROOT_CA_CERT, _cert_der(root_ca_cert)))
     msg["body"]["genm"] = body
     return msg
+
+
+def add_general_info(msg: Any, info_type: str, value_der: bytes) -> Any:
+    """Add an InfoTypeAndValue to ``msg``'s header generalInfo (before it is protected, so the
+    protection covers it); returns ``msg``."""
+    header = msg["header"]
+    info = header.componentType["generalInfo"].asn1Object.clone()
+    if header["generalInfo"].isValue:
+        for itav in header["generalInfo"]:
+            info.append(itav)
+    info.append(_itav(info_type, value_der))
+    header["generalInfo"] = info
+    return msg

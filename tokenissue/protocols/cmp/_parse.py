@@ -150,6 +150,8 @@ class CMPHeader:
     #: server grants it.
     implicit_confirm: bool
     free_text: tuple[str, ...]
+    #: Every generalInfo entry with a value: (infoType dotted OID, DER of infoValue).
+    general_info: tuple[tuple[str, bytes], ...] = ()
 
 
 class _FromHeader(Generic[_T]):
@@ -320,6 +322,11 @@ def parse_header(header: Any) -> CMPHeader:
         message_time=message_time,
         implicit_confirm=implicit,
         free_text=_free_text(header["freeText"]),
+        general_info=tuple(
+            (oid_str(itav["infoType"]), bytes(itav["infoValue"]))
+            for itav in (general_info if is_present(general_info) else ())
+            if is_present(itav["infoValue"])
+        ),
     )
 
 
