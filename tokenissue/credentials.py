@@ -1,4 +1,4 @@
-"""Secrets in memory: PINs and authorization codes.
+"""Secrets in memory: PINs, authorization codes and registration numbers.
 
 A :class:`Pin` never shows its value through ``repr``/``str``/formatting, so it cannot leak
 through a log line, an exception message or a rich traceback's locals. Only the PKCS#11
@@ -11,9 +11,10 @@ This module never reads the environment, files or prompts: the CLI does that.
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["PROTECTED_AUTH", "Pin", "ProtectedAuth", "Secret"]
+__all__ = ["PROTECTED_AUTH", "IdNumber", "IdentityProof", "Pin", "ProtectedAuth", "Secret"]
 
 
 class Secret:
@@ -76,3 +77,23 @@ class ProtectedAuth:
 
 
 PROTECTED_AUTH: Final = ProtectedAuth()
+
+
+class IdNumber(Secret):
+    """A resident or business registration number (주민등록번호, 사업자등록번호).
+
+    It is a secret of the holder's: it is handed to the VID hash and the RA's keyed hash only,
+    and is never stored, logged or sent except encrypted to the CA."""
+
+    __slots__ = ()
+    _kind = "registration number"
+
+
+@dataclass(frozen=True)
+class IdentityProof:
+    """What a holder gives the CA so that it binds the holder's identity (a Korean VID): the
+    registration number, and R, the random value kept on the token next to the key. The CA
+    computes the VID from both and forgets them."""
+
+    number: IdNumber
+    random: bytes = field(repr=False)

@@ -54,6 +54,7 @@ __all__ = [
     "CAOutcomeUnknown",
     "CAUnavailable",
     "ConfigError",
+    "IdentityMismatch",
     "Incomplete",
     "InventoryError",
     "KeyNotFound",
@@ -122,6 +123,7 @@ class Remedy(enum.Enum):
     CHECK_REF_AND_CODE = enum.auto()  #: the reference or the code is wrong
     OR_RESUME = enum.auto()  #: the enrollment can also be finished by resuming
     CHECK_URL = enum.auto()  #: the CA server's address is wrong  #: the CA waits for its certificate
+    GIVE_ID_NUMBER = enum.auto()  #: the profile binds the holder's registration number: give it
 
 
 class TokenIssueError(Exception):
@@ -247,6 +249,13 @@ class Incomplete(TokenIssueError):
     its own, and running the same command again retries them (the finished ones are kept)."""
 
     exit_code = 8
+
+
+class IdentityMismatch(TokenIssueError):
+    """A certificate's identity binding (a Korean VID) is not the one of the registration
+    number and R given: the certificate is not this person's, or R is not its own."""
+
+    exit_code = 9
 
 
 def stops_a_run(error: BaseException) -> bool:

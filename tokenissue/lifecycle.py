@@ -47,7 +47,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .credentials import Pin, ProtectedAuth
+from .credentials import IdentityProof, IdNumber, Pin, ProtectedAuth
 from .enroll import Enroller, EnrollResult, KeyUpdater
 from .errors import (
     CANotReached,
@@ -79,6 +79,7 @@ from .models import JournalStep as Step
 from .p11 import KeySelector, TokenSelector, TokenSession, open_token
 from .pkix.certs import cert_record, fingerprint_sha256, load_certificates, verify_chain
 from .pkix.csr import build_csr, load_csr
+from .pkix.kr_vid import RANDOM_NUM_OBJECT_ID, new_random, without_identify_data
 from .pkix.names import format_san, parse_san, parse_subject, sans_of
 from .pkix.proof import prove_possession
 
@@ -247,8 +248,15 @@ def enroll(
     module: str | None = None,
     journal_id: str | None = None,
     on_step: StepHook = no_step,
+    id_number: IdNumber | None = None,
 ) -> EnrollOutcome:
-    """Run (or resume) one enrollment. See the module docstring for the guarantees."""
+    """Run (or resume) one enrollment. See the module docstring for the guarantees.
+
+    ``id_number``: the holder's registration number, for a profile that binds it (a Korean
+    VID). A new R is then made and kept on the token next to the new key (:func:`_random_for`)
+    before the CA is asked, and the CA gets both; neither is journaled. Resuming before the CA
+    answered needs the number again. A renewal without it keeps the old key's R, and the CA
+    carries the old certificate's VID over."""
     name = parse_subject(params.subject)
     sans = parse_san(list(params.san))
     KeyType(params.key_type)  # validated early: a bad type must not leave a journal entry
@@ -309,16 +317,22 @@ def enroll(
                     )
                 private = s.private_key(KeySelector(id=kid))
                 if _before_csr(st, fmt):
+                    if _random_for(s, params, kid, fresh=id_number is not None):
+                        data["vid"] = True
                     csr = build_csr(private, name, sans)
                     # Recorded with the request: whether the token forced the key to decrypt too.
                     entry = holder.journal_update(
                         jid, Step.CSR, key_id=kid.hex(), label=key.label, csr=csr.public_bytes(serialization.Encoding.PEM).decode(),
-                        key_can_decrypt=key.can_decrypt,
+                        key_can_decrypt=key.can_decrypt, vid=bool(data.get("vid")),
                     )
                     data, st = dict(entry.data), entry.state
                     on_step(Step.CSR)
                 if st == Step.CSR:
-                    result = _ask_ca(s, holder, enroller, params, load_csr(str(data["csr"]).encode()), private, jid, kid, key.label)
+                    identity = _identity(s, params, kid, data, id_number)
+                    result = _ask_ca(
+                        s, holder, enroller, params, load_csr(str(data["csr"]).encode()), private, jid, kid, key.label,
+                        identity,
+                    )  # fmt: skip
                     on_step(Step.ISSUED)
                     entry = holder.journal_update(
                         jid, Step.ISSUED, cert=_pem(result.certificate), chain=[_pem(c) for c in result.chain]
@@ -391,12 +405,14 @@ def _ask_ca(
     jid: str,
     kid: bytes,
     label: str,
+    identity: IdentityProof | None = None,
 ) -> EnrollResult:
     """The CA step: ``renew`` with the current key when the enroller offers it and the
     certificate being replaced can still authenticate (on the token with its key, valid, not
-    revoked); else ``request``."""
+    revoked); else ``request``. A renewal that brings the registration number (a new VID) is
+    a ``request``: ``renew`` carries the old VID over."""
     replaces = int(params.replaces, 16) if params.replaces else None
-    if replaces is not None and params.replaces_sha256 and isinstance(enroller, KeyUpdater):
+    if replaces is not None and params.replaces_sha256 and isinstance(enroller, KeyUpdater) and identity is None:
         current = _current_certificate(s, holder, replaces, params.replaces_sha256)
         if current is not None:
             cert, current_kid = current
@@ -414,8 +430,51 @@ def _ask_ca(
             )
     return enroller.request(
         csr, profile=params.profile, request_id=jid, token_serial=s.info.name, key_id=kid, label=label,
-        replaces=replaces,
+        replaces=replaces, identity=identity,
     )  # fmt: skip
+
+
+def _random_for(s: TokenSession, params: EnrollParams, kid: bytes, *, fresh: bool) -> bool:
+    """Put R (the VID's random value) on the token next to the new key, if this enrollment
+    binds an identity; True if the key has an R now.
+
+    ``fresh`` (the holder gave the registration number): a new R, unless an interrupted run
+    already left one with this key, which is kept (the CA may have seen it). Otherwise a
+    re-key takes the R of the key it replaces, so the old VID still verifies with it."""
+    if s.key_data(kid, RANDOM_NUM_OBJECT_ID) is not None:
+        return True
+    if fresh:
+        s.put_key_data(kid, RANDOM_NUM_OBJECT_ID, new_random())
+        return True
+    if params.old_key_id:
+        with suppress(KeyNotFound):
+            old = s.key_data(bytes.fromhex(params.old_key_id), RANDOM_NUM_OBJECT_ID)
+            if old is not None:
+                s.put_key_data(kid, RANDOM_NUM_OBJECT_ID, old)
+                return True
+    return False
+
+
+def _identity(
+    s: TokenSession, params: EnrollParams, kid: bytes, data: dict[str, Any], id_number: IdNumber | None
+) -> IdentityProof | None:
+    """What the CA needs to compute the VID: the number and the R next to the key. A renewal
+    without the number asks the CA to carry the old VID over; a first enrollment that binds
+    an identity cannot go on without it."""
+    if id_number is None:
+        if data.get("vid") and not params.replaces:
+            raise UsageError(
+                "This enrollment binds the holder's registration number into the certificate; give it again "
+                "to finish.",
+                remedy=Remedy.GIVE_ID_NUMBER,
+            )
+        return None
+    random = s.key_data(kid, RANDOM_NUM_OBJECT_ID)
+    if random is None:
+        # The key has no R: it was made by a run that was not given the number.
+        random = new_random()
+        s.put_key_data(kid, RANDOM_NUM_OBJECT_ID, random)
+    return IdentityProof(id_number, random)
 
 
 def _current_certificate(
@@ -624,7 +683,7 @@ def renewal_params(
 ) -> EnrollParams:
     """Enrollment parameters that renew ``report``'s certificate: same subject, SANs and profile."""
     cert = x509.load_der_x509_certificate(report.cert.der)
-    sans = tuple(format_san(n) for n in sans_of(cert))
+    sans = tuple(format_san(n) for n in without_identify_data(sans_of(cert)))
     kt = _key_type_of(cert.public_key())
     return EnrollParams(
         token_serial=token_serial,
@@ -806,9 +865,13 @@ def resume_all(
     pin: Pin | ProtectedAuth | None,
     module: str | None = None,
     on_step: StepHook = no_step,
+    id_number: Callable[[], IdNumber] | None = None,
 ) -> list[Resumed]:
     """Finish every open enrollment, each at the CA it asks (``open_enroller(location,
     params)`` opens that CA for it; it is closed after the entry).
+
+    ``id_number`` gives the holder's registration number to entries that bind it (a Korean
+    VID) and have not been answered yet; it is called only for those.
 
     An entry that cannot go on (its token absent, its CA down, its key gone) is reported and
     the others go on, as in a batch. An error that stops a run (:func:`~tokenissue.errors.stops_a_run`:
@@ -819,10 +882,11 @@ def resume_all(
         params, ca = entry_params(e), journal_ca(e)
         try:
             enroller = open_enroller(ca, params)
+            number = id_number() if id_number is not None and e.data.get("vid") and e.state == Step.CSR else None
             try:
                 outcome = enroll(
                     params, token=TokenSelector.from_identity(params.token_serial), pin=pin, enroller=enroller,
-                    holder=holder, module=module, journal_id=e.id, on_step=on_step,
+                    holder=holder, module=module, journal_id=e.id, on_step=on_step, id_number=number,
                 )  # fmt: skip
             finally:
                 enroller.close()

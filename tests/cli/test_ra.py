@@ -258,3 +258,44 @@ def test_parse_code_rejects_wrong_shapes() -> None:
         with pytest.raises(UsageError) as info:
             parse_code(bad)
         assert bad == "" or bad not in str(info.value)
+
+
+# -- the registration number (issue 13: Korean profiles bind it as a VID) ------------------
+
+KR_SUBJECT = "CN=홍길동()0012345678901234,OU=ExampleBank,O=ExampleCA,C=KR"
+
+
+def test_the_registration_number_is_kept_as_a_keyed_hash_only(ra: RegistrationAuthority, ca_dir: Path) -> None:
+    import hashlib
+
+    from tokenissue.credentials import IdNumber
+
+    with pytest.raises(UsageError, match="binds the holder's registration number"):
+        ra.register(KR_SUBJECT, "kr-personal")
+    reg, _ = ra.register(KR_SUBJECT, "kr-personal", id_number=IdNumber("850101-1234567"), real_name="홍길동")
+    assert reg.id_hash is not None and len(reg.id_hash) == 32 and reg.real_name == "홍길동"
+    # Not a plain hash of the number (13 digits are few enough to try them all): keyed by ra.key.
+    for form in ("8501011234567", "850101-1234567"):
+        assert reg.id_hash != hashlib.sha256(form.encode()).digest()
+    database = (ca_dir / "ca.db").read_bytes()
+    for form in ("8501011234567", "850101-1234567"):
+        assert form.encode() not in database and form.encode("utf-16-le") not in database
+    ra.check_id_number(reg, IdNumber("8501011234567"))  # the same number, either spelling
+    assert ra.ca.inventory.get_registration(reg.ref).failures == 0  # type: ignore[union-attr]
+
+
+def test_a_wrong_registration_number_counts_like_a_wrong_code(ra: RegistrationAuthority) -> None:
+    from tokenissue.credentials import IdNumber
+
+    reg, _ = ra.register(KR_SUBJECT, "kr-personal", id_number=IdNumber("8501011234567"))
+    with pytest.raises(RequestRejected, match="none was given"):
+        ra.check_id_number(reg, None)  # a client that left it out: said, not counted
+    for left in (4, 3, 2, 1):
+        with pytest.raises(PinIncorrect, match=f"{left} tr"):
+            ra.check_id_number(reg, IdNumber("8501011234568"))
+    with pytest.raises(PinLocked):
+        ra.check_id_number(reg, IdNumber("0000000000"))
+    after = ra.ca.inventory.get_registration(reg.ref)
+    assert after is not None and after.status is RegistrationStatus.LOCKED and after.failures == 5
+    with pytest.raises(RequestRejected, match="locked"):
+        ra.check_usable(reg.ref)

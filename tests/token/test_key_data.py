@@ -67,3 +67,15 @@ def test_another_programs_data_under_the_same_label_is_left_alone(session_token_
         assert s.key_data(key.id, OID_DER) is None
         s.delete_key(p11.KeySelector(id=key.id))
     assert [o["value"] for o in _raw_data_objects(impl, login=True)] == [b"theirs"]
+
+
+@on_impls("softhsm", "tpm2")
+def test_data_takes_its_keys_new_label(session_token_impl: TokenImpl) -> None:
+    """A re-key gives the new key the old label at the end (TokenSession.relabel): R goes with it."""
+    impl = session_token_impl
+    with p11.open_token(SEL, Pin(USER_PIN), module=impl.module) as s:
+        key = s.generate_key(KeyType.EC_P256, "temporary")
+        s.put_key_data(key.id, OID_DER, b"\x03" * 20)
+        assert s.relabel(key.id, "final") >= 2  # the key pair and the data at least
+        assert s.relabel(key.id, "final") == 0
+    assert [o["label"] for o in _raw_data_objects(impl, login=True)] == ["final"]

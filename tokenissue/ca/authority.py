@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..config import CAConfig, write_private_file
-from ..credentials import Pin, ProtectedAuth
+from ..credentials import IdentityProof, Pin, ProtectedAuth
 from ..errors import CAUnavailable, NotFound, Remedy, RequestRejected, UsageError
 from ..inventory import DuplicateRequest, Inventory
 from ..models import CertRecord, CertStatus, KeyType, RevocationReason
@@ -46,6 +46,7 @@ from ..pkix.certs import (
 )
 from ..pkix.crl import build_crl
 from ..pkix.csr import verify_csr
+from ..pkix.kr_vid import identify_data, identify_data_of, vid_digest
 from ..pkix.names import parse_subject, sans_of
 from ..publickeys import same_public_key
 from .profiles import Profile, check_request, eku_for, get_profile, key_usage_for, load_profiles
@@ -62,6 +63,14 @@ CERT_FILE, CHAIN_FILE, DB_FILE, CRL_FILE, PROFILES_FILE, CSR_FILE = (
 )
 # Certificates start a few minutes in the past so a relying party with a slow clock accepts them.
 _BACKDATE = timedelta(minutes=5)
+
+
+def _real_name(subject: x509.Name) -> str:
+    """The holder's name as identifyData carries it: the CN, without the "()NUMBER" by which
+    Korean CAs tell namesakes apart (CN=홍길동()0012345678901234)."""
+    cns = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    cn = str(cns[0].value) if cns else ""
+    return cn.split("()", 1)[0].strip()
 
 
 @dataclass(frozen=True)
@@ -302,6 +311,8 @@ class CertificateAuthority:
         label: str | None = None,
         replaces: int | None = None,
         ca_key: Any = None,
+        identity: IdentityProof | None = None,
+        real_name: str | None = None,
     ) -> Issued:
         """Check ``csr`` against the profile and issue, or return the earlier answer to ``request_id``.
 
@@ -338,6 +349,8 @@ class CertificateAuthority:
             replaces=replaces,
             ca_key=ca_key,
             earlier_checked=True,
+            identity=identity,
+            real_name=real_name,
         )
 
     def _earlier_answer(self, request_id: str, public_key: Any) -> Issued | None:
@@ -364,6 +377,8 @@ class CertificateAuthority:
         replaces: int | None = None,
         ca_key: Any = None,
         earlier_checked: bool = False,
+        identity: IdentityProof | None = None,
+        real_name: str | None = None,
     ) -> Issued:
         """Issue a certificate for ``public_key`` whose possession the caller has checked.
 
@@ -374,6 +389,12 @@ class CertificateAuthority:
         called only when a signature is needed; ``None`` opens it with ``pin``.
         ``earlier_checked``: the caller (:meth:`sign`) has already looked for an earlier answer
         to ``request_id`` and found none.
+
+        A profile with ``identify_data`` binds the holder's identity: with ``identity`` (the
+        registration number and R) the certificate gets identifyData with ``real_name`` (by
+        default the subject's CN up to a "()") and the VID; both values are forgotten here.
+        Without it, a renewal (``replaces``) carries the replaced certificate's identifyData
+        over (the holder keeps R with the new key); anything else is refused.
         """
         if request_id is not None and not earlier_checked:
             earlier = self._earlier_answer(request_id, public_key)
@@ -391,6 +412,7 @@ class CertificateAuthority:
                     f"This CA's certificate allows {'no CA' if bc.path_length == 0 else f'at most {bc.path_length} CA level(s)'} "
                     f"below it (pathLenConstraint {bc.path_length}), so it cannot issue under profile '{profile.name}'."
                 )
+        san = san + self._identify(profile, subject, identity, real_name, replaces)
         not_before = now - _BACKDATE
         not_after = min(now + timedelta(days=profile.days), ca_cert.not_valid_after_utc)
         serial = random_serial()
@@ -412,6 +434,8 @@ class CertificateAuthority:
                 crl_url=self.config.crl_url,
                 is_ca=profile.ca,
                 path_length=profile.path_length,
+                cps_uri=profile.cps_uri,
+                user_notice=profile.user_notice,
             )
         record = cert_record(
             cert, profile=profile.name, token_serial=token_serial, key_id=key_id, label=label,
@@ -441,6 +465,32 @@ class CertificateAuthority:
                 raise
             return Issued(x509.load_der_x509_certificate(answered.der), answered, chain)
         return Issued(cert, record, chain)
+
+    def _identify(
+        self,
+        profile: Profile,
+        subject: x509.Name,
+        identity: IdentityProof | None,
+        real_name: str | None,
+        replaces: int | None,
+    ) -> list[x509.GeneralName]:
+        """The identifyData entry a profile with ``identify_data`` adds to subjectAltName."""
+        if not profile.identify_data:
+            return []
+        if identity is None:
+            earlier = None if replaces is None else self.inventory.get_certificate(replaces)
+            data = None if earlier is None else identify_data_of(x509.load_der_x509_certificate(earlier.der))
+            if data is None or data.virtual_id is None or data.hash_name is None:
+                raise RequestRejected(
+                    f"Profile '{profile.name}' binds the holder's registration number into the certificate, "
+                    "and none was given.",
+                    remedy=Remedy.GIVE_ID_NUMBER,
+                )
+            return [identify_data(data.real_name, data.virtual_id, data.hash_name)]
+        name = real_name or _real_name(subject)
+        if not name:
+            raise RequestRejected(f"Profile '{profile.name}' needs the holder's real name (the subject's CN).")
+        return [identify_data(name, vid_digest(identity.number.reveal(), identity.random))]
 
     @contextmanager
     def _key(self, pin: Pin | ProtectedAuth | None, ca_key: Any) -> Iterator[Any]:

@@ -43,10 +43,11 @@ from typing import TYPE_CHECKING
 from cryptography.x509.oid import NameOID
 
 from ..config import write_private_file
-from ..credentials import Secret
+from ..credentials import IdNumber, Secret
 from ..errors import ConfigError, NotFound, PinIncorrect, PinLocked, Remedy, RequestRejected, UsageError
 from ..inventory import DuplicateRegistration
 from ..models import Registration, RegistrationStatus
+from ..pkix.kr_vid import normalize_idn
 from ..pkix.names import format_san, parse_san, parse_subject
 from .profiles import _check_san, _check_subject
 
@@ -60,6 +61,7 @@ __all__ = [
     "RegistrationAuthority",
     "derive_code",
     "format_code",
+    "id_number_hash",
     "parse_code",
 ]
 
@@ -67,6 +69,7 @@ RA_KEY_FILE = "ra.key"
 _KEY_ID_SETTING = "ra.key_id"
 _KEY_BYTES = 32
 _DOMAIN = b"tokenissue-ra-v1\0"
+_ID_DOMAIN = b"tokenissue-ra-idn-v1\0"
 #: Crockford's base32: digits and letters without I, L, O and U, so nothing reads as another.
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH = 20  # 100 bits
@@ -120,6 +123,14 @@ def derive_code(key: bytes, ref: str, nonce: bytes) -> Secret:
     """The authorization code of registration ``ref`` with ``nonce`` under the RA key."""
     mac = hmac.new(key, _DOMAIN + ref.encode("ascii") + b"\0" + nonce, hashlib.sha256).digest()
     return format_code(mac)
+
+
+def id_number_hash(key: bytes, number: IdNumber) -> bytes:
+    """The keyed hash the RA keeps of a registration number: HMAC-SHA256 under the RA key of
+    the number's digits. Without ``ra.key`` the hash tells nothing (the numbers are few enough
+    to try them all, so a plain hash would)."""
+    digits = normalize_idn(number.reveal())
+    return hmac.new(key, _ID_DOMAIN + digits.encode("ascii"), hashlib.sha256).digest()
 
 
 def _new_ref() -> str:
@@ -215,11 +226,18 @@ class RegistrationAuthority:
         *,
         valid: timedelta = DEFAULT_VALIDITY,
         san: Sequence[str] = (),
+        id_number: IdNumber | None = None,
+        real_name: str | None = None,
     ) -> tuple[Registration, Secret]:
         """Register a checked identity; return the registration and its code (show it once).
 
+        For a profile that binds the holder's identity (``identify_data``) ``id_number`` is
+        required: only its keyed hash (:func:`id_number_hash`) is kept, and the holder must
+        give the same number to enroll. ``real_name`` is the identifyData realName (default:
+        the subject's CN up to a "()").
+
         UsageError (exit 2) for a bad subject or SAN, an unknown profile, one the subject or
-        SANs do not fit, or a validity that is not positive.
+        SANs do not fit, a missing registration number, or a validity that is not positive.
         """
         name = parse_subject(subject)
         prof = self.ca.profile(profile)
@@ -234,7 +252,18 @@ class RegistrationAuthority:
             raise UsageError(e.message) from None
         if valid <= timedelta(0):
             raise UsageError("The registration's validity must be positive, e.g. 7d.")
+        if prof.identify_data and id_number is None:
+            raise UsageError(
+                f"Profile '{prof.name}' binds the holder's registration number into the certificate; "
+                "give the number the identity was checked with.",
+                remedy=Remedy.GIVE_ID_NUMBER,
+            )
+        if id_number is not None and not prof.identify_data:
+            raise UsageError(f"Profile '{prof.name}' does not bind a registration number; give none.")
+        if real_name is not None and not real_name.strip():
+            raise UsageError("The real name must not be empty.")
         key = self._ra_key()
+        id_hash = None if id_number is None else id_number_hash(key, id_number)
         now = datetime.now(UTC)
         for _ in range(_REF_TRIES):
             reg = Registration(
@@ -246,6 +275,8 @@ class RegistrationAuthority:
                 expires_at=now + valid,
                 max_failures=MAX_FAILURES,
                 san=tuple(format_san(g) for g in general_names),
+                id_hash=id_hash,
+                real_name=real_name.strip() if real_name else None,
             )
             try:
                 reg = self._inv.add_registration(reg)
@@ -262,6 +293,7 @@ class RegistrationAuthority:
                 "profile": reg.profile,
                 "san": list(reg.san),
                 "expires_at": reg.expires_at.isoformat(),
+                "identity_bound": reg.id_hash is not None,
             },
         )
         return reg, derive_code(key, reg.ref, reg.nonce)
@@ -394,6 +426,42 @@ class RegistrationAuthority:
         left = after.max_failures - after.failures
         raise PinIncorrect(
             f"Wrong authorization code for registration {ref}; {left} {'try' if left == 1 else 'tries'} "
+            "left before it locks.",
+            count_low=left <= 2,
+            final_try=left == 1,
+        )
+
+    def check_id_number(self, reg: Registration, number: IdNumber | None) -> None:
+        """Check the registration number a holder gave against the one registered.
+
+        A registration made without one needs none (and ignores one given). None given where
+        one was registered: RequestRejected, not counted (the holder's client left it out). A
+        wrong or malformed number counts like a wrong code: PinIncorrect (exit 5) while tries
+        remain, PinLocked on the one that locks the registration. The comparison is
+        constant-time; the messages never repeat the number.
+        """
+        if reg.id_hash is None:
+            return
+        if number is None:
+            raise RequestRejected(
+                f"Registration {reg.ref} binds the holder's registration number, and none was given.",
+                remedy=Remedy.GIVE_ID_NUMBER,
+            )
+        try:
+            given = id_number_hash(self._ra_key(), number)
+        except UsageError:
+            given = b""
+        if given and hmac.compare_digest(given, reg.id_hash):
+            return
+        after = self.record_failure(reg.ref)
+        if after.status is RegistrationStatus.LOCKED:
+            raise PinLocked(
+                f"Wrong registration number for registration {reg.ref}; it is now locked after "
+                f"{after.max_failures} failures, so ask the RA officer for a new one."
+            )
+        left = after.max_failures - after.failures
+        raise PinIncorrect(
+            f"Wrong registration number for registration {reg.ref}; {left} {'try' if left == 1 else 'tries'} "
             "left before it locks.",
             count_low=left <= 2,
             final_try=left == 1,

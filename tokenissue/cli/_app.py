@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import batch, ca, cert, journal, keys, lifecycle, ra, token
+from . import batch, ca, cert, journal, keys, lifecycle, ra, token, vid
 from ._common import AppState, default_state_dir
 
 app = typer.Typer(
@@ -80,3 +80,4 @@ app.add_typer(ca.app, name="ca")
 app.add_typer(ra.app, name="ra")
 app.add_typer(batch.app, name="batch")
 app.add_typer(journal.app, name="journal")
+app.add_typer(vid.app, name="vid")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..credentials import PROTECTED_AUTH, Pin, ProtectedAuth
+from ..credentials import PROTECTED_AUTH, IdNumber, Pin, ProtectedAuth
 from ..errors import PinError, UsageError
 from ..models import RevocationReason
 
@@ -110,6 +110,10 @@ TokenOpt = Annotated[
         envvar="TOKENISSUE_TOKEN",
         show_envvar=True,
     ),
+]
+TokenOptional = Annotated[
+    str | None,
+    typer.Option("--token", "-t", help="The token: label, serial:XXXX or pkcs11: URI.", envvar="TOKENISSUE_TOKEN"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 KeyOpt = Annotated[
@@ -207,7 +211,47 @@ _FILE_OPTIONS = {
     "TOKENISSUE_NEW_PIN": "--new-pin-file",
     "TOKENISSUE_CA_PIN": "--ca-pin-file",
     "TOKENISSUE_AUTH_CODE": "--auth-code-file",
+    "TOKENISSUE_ID_NUMBER": "--id-number-file",
 }
+
+ID_NUMBER_ENV = "TOKENISSUE_ID_NUMBER"
+
+
+@dataclass
+class IdNumberSource:
+    """Where the holder's registration number comes from: --id-number-file (0600),
+    $TOKENISSUE_ID_NUMBER or a hidden prompt, as PINs do; never argv. Checked for form at once
+    (13 or 10 digits), and the message never repeats it."""
+
+    file: Path | None = None
+
+    def given(self) -> bool:
+        """Whether a file or the environment gives one (then no prompt is needed)."""
+        return self.file is not None or os.environ.get(ID_NUMBER_ENV) is not None
+
+    def get(self) -> IdNumber:
+        from .. import hooks
+        from ..pkix.kr_vid import normalize_idn
+
+        hooks.withhold(ID_NUMBER_ENV)
+        if self.file is not None:
+            value = read_secret_file(self.file, "registration number")
+        elif (env := os.environ.get(ID_NUMBER_ENV)) is not None:
+            value = env
+        else:
+            value = prompt_secret("Registration number", hint=f"{ID_NUMBER_ENV} or use --id-number-file")
+        return IdNumber(normalize_idn(value))
+
+
+IdNumberFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--id-number-file",
+        help="Read the holder's registration number (13-digit resident or 10-digit business number; '-' "
+        "allowed between digits) from this file's first line (must be chmod 600); '-' reads stdin. Default: "
+        "$TOKENISSUE_ID_NUMBER, else a hidden prompt. It is never stored: the CA keeps only a VID of it.",
+    ),
+]
 
 
 def confirm_or_refuse(question: str) -> None:

@@ -75,6 +75,8 @@ REMEDIES: dict[Remedy, str] = {
     Remedy.CHECK_REF_AND_CODE: "check --ref and the authorization code.",
     Remedy.OR_RESUME: "(Or finish it with 'tokenissue enroll --resume'.)",
     Remedy.CHECK_URL: "check the URL (--ca).",
+    Remedy.GIVE_ID_NUMBER: "give the holder's registration number with --id-number-file, TOKENISSUE_ID_NUMBER or "
+    "the prompt.",
     Remedy.INSTALL_CA_CERT: "install it with 'tokenissue ca install-cert'.",
 }
 

@@ -15,12 +15,15 @@ from ._common import (
     DURATION_HELP,
     CaPinFileOpt,
     CaTrustOpt,
+    IdNumberFileOpt,
+    IdNumberSource,
     JsonOpt,
     PinEnvOpt,
     PinFileOpt,
     ProtectedAuthOpt,
     ReasonOpt,
     RequireSignOnlyOpt,
+    TokenOptional,
     console,
     emit_json,
     err_console,
@@ -46,10 +49,6 @@ from ._render import FORCED_NOTE, plain
 
 KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
 
-TokenOptional = Annotated[
-    str | None,
-    typer.Option("--token", "-t", help="The token: label, serial:XXXX or pkcs11: URI.", envvar="TOKENISSUE_TOKEN"),
-]
 CaOpt = Annotated[
     str | None,
     typer.Option(
@@ -158,6 +157,7 @@ def enroll(
     protected_auth: ProtectedAuthOpt = False,
     ca_pin_file: CaPinFileOpt = None,
     require_sign_only: RequireSignOnlyOpt = False,
+    id_number_file: IdNumberFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Key on the token → CSR signed in it → CA → certificate and chain written next to the key.
@@ -167,6 +167,9 @@ def enroll(
     With a CMP server (--ca cmp+http(s)://...) the CA's reference (--ref) and authorization
     code authenticate the request; resuming needs the code again. With an ACME server
     (--ca acme+https://HOST/DIRECTORY) give --domain; the CA decides the profile (see docs/acme.md).
+    A profile that binds the holder's identity (kr-personal, kr-business: a Korean VID) asks for
+    the registration number (--id-number-file, $TOKENISSUE_ID_NUMBER or a prompt); a random R
+    is kept on the token next to the key (docs/korean-pki.md).
     """
     from .. import p11
     from ..lifecycle import EnrollParams
@@ -189,7 +192,7 @@ def enroll(
         profile = "acme"  # The CA decides what it issues; this is the name in tokenissue's records.
     with holder_state(ctx) as db:
         if resume:
-            _resume(ctx, db, ca, pin_src, auth_code_file, ca_trust, ca_pin_file, acme, json_out)
+            _resume(ctx, db, ca, pin_src, auth_code_file, ca_trust, ca_pin_file, acme, json_out, id_number_file)
             return
         if token is None or ca is None or subject is None:
             raise UsageError("enroll needs --token, --ca and --subject (or --resume).")
@@ -212,13 +215,18 @@ def enroll(
         enroller = ca_enroller(ctx, ca, ca_pin_file, fresh, acme)
         try:
             enroller.check_profile(profile)  # before any key is made
+            numbers = IdNumberSource(id_number_file)
+            id_number = numbers.get() if numbers.given() or enroller.identity_required(profile) else None
             unlock_local_ca(enroller)
             params = EnrollParams(
                 token_serial=token_serial, subject=subject, profile=profile, key_type=key_type.value,
                 ca=enroller.location, label=label, san=tuple(san or ()), ref=fresh.ref if fresh else None,
                 require_sign_only=require_sign_only,
             )
-            out = run_enroll(params, token=sel, pin=pin_src.get(), enroller=enroller, holder=db, module=mod, on_step=step_hook())
+            out = run_enroll(
+                params, token=sel, pin=pin_src.get(), enroller=enroller, holder=db, module=mod, on_step=step_hook(),
+                id_number=id_number,
+            )  # fmt: skip
         finally:
             enroller.close()
     _report([out.as_json()], json_out)
@@ -226,7 +234,7 @@ def enroll(
 
 def _resume(
     ctx: typer.Context, db: Any, ca: str | None, pin_src: Any, auth_code_file: Path | None, ca_trust: Path | None,
-    ca_pin_file: Path | None, acme: AcmeArgs, json_out: bool,
+    ca_pin_file: Path | None, acme: AcmeArgs, json_out: bool, id_number_file: Path | None = None,
 ) -> None:  # fmt: skip
     """``enroll --resume``: finish every unfinished enrollment (at ``ca``, when given, from now on)."""
     from ..lifecycle import SeveralCAs, relocate_all, resume_all
@@ -252,7 +260,17 @@ def _resume(
             raise
         return enroller
 
-    tried = resume_all(db, open_enroller=opener, pin=pin_src.get(), module=state(ctx).module, on_step=step_hook())
+    numbers = IdNumberSource(id_number_file)
+    asked: list[Any] = []
+
+    def id_number() -> Any:
+        if not asked:  # asked once, for the first entry that binds it
+            asked.append(numbers.get())
+        return asked[0]
+
+    tried = resume_all(
+        db, open_enroller=opener, pin=pin_src.get(), module=state(ctx).module, on_step=step_hook(), id_number=id_number
+    )
     results = [r.outcome.as_json() for r in tried if r.outcome is not None]
     failed = [r for r in tried if r.error is not None]
     for r in failed:

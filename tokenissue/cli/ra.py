@@ -13,7 +13,17 @@ from typing import Annotated, Any
 import typer
 
 from ..models import RegistrationStatus
-from ._common import CaDirOpt, JsonOpt, console, emit_json, err_console, parse_duration, state
+from ._common import (
+    CaDirOpt,
+    IdNumberFileOpt,
+    IdNumberSource,
+    JsonOpt,
+    console,
+    emit_json,
+    err_console,
+    parse_duration,
+    state,
+)
 
 app = typer.Typer(
     help="Registration authority: reference numbers and one-time authorization codes for CMP enrollment.",
@@ -60,14 +70,33 @@ def register(
         list[str] | None,
         typer.Option("--san", help="A SAN the certificate may carry (dns:, email:, uri:, ip:); repeat for more."),
     ] = None,
+    id_number_file: IdNumberFileOpt = None,
+    real_name: Annotated[
+        str | None,
+        typer.Option(
+            "--real-name",
+            help="For profiles that bind an identity (kr-personal, kr-business): the holder's name as the "
+            "certificate's identifyData carries it (default: the subject's CN up to '()').",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Register a holder: prints a reference number and an authorization code, once."""
+    """Register a holder: prints a reference number and an authorization code, once.
+
+    For a profile that binds the holder's identity (a Korean VID) the holder's registration
+    number is read too (--id-number-file, $TOKENISSUE_ID_NUMBER or a prompt): only a keyed hash
+    of it is kept, to check the number the holder gives again at enrollment.
+    """
     from ..ca.registration import RegistrationAuthority
 
     validity = parse_duration(valid)
     with _open(ctx, ca_dir) as ca:
-        reg, code = RegistrationAuthority(ca).register(subject, profile, valid=validity, san=san or [])
+        binds = ca.profile(profile).identify_data
+        numbers = IdNumberSource(id_number_file)
+        number = numbers.get() if binds or numbers.given() else None
+        reg, code = RegistrationAuthority(ca).register(
+            subject, profile, valid=validity, san=san or [], id_number=number, real_name=real_name
+        )
     if json_out:
         emit_json(
             {

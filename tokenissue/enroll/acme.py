@@ -68,6 +68,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from .. import hooks
+from ..credentials import IdentityProof
 from ..errors import CAUnavailable, Remedy, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import load_certificates
@@ -164,6 +165,11 @@ class ACMEEnroller:
         self._key_file = self._dir / f"{digest}.key"
 
     # -- the Enroller protocol -----------------------------------------------------------
+    def identity_required(self, profile: str) -> bool:
+        """ACME certifies domain names only: it never binds a person's registration number."""
+        del profile
+        return False
+
     def sign_only_required(self, profile: str) -> bool:
         """An ACME CA cannot see the key's attributes; the holder's --require-sign-only applies."""
         del profile
@@ -191,8 +197,11 @@ class ACMEEnroller:
         key_id: bytes | None,
         label: str | None,
         replaces: int | None = None,
+        identity: IdentityProof | None = None,
     ) -> EnrollResult:
         del profile, token_serial, key_id, label, replaces
+        if identity is not None:
+            raise UsageError("ACME has no way to give the CA a registration number; enroll at a CMP server or a local CA.")
         acme = self._connect()
         started = time.monotonic()
         deadline = started + self.options.timeout

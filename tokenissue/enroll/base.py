@@ -9,6 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 
+from ..credentials import IdentityProof
 from ..models import CertStatus, RevocationReason
 
 __all__ = ["EnrollResult", "Enroller", "KeyUpdater", "retry_after_seconds"]
@@ -36,8 +37,17 @@ class Enroller(Protocol):
         key_id: bytes | None,
         label: str | None,
         replaces: int | None = None,
+        identity: IdentityProof | None = None,
     ) -> EnrollResult:
-        """Certify the CSR. Asking again with the same ``request_id`` returns the same answer."""
+        """Certify the CSR. Asking again with the same ``request_id`` returns the same answer.
+
+        ``identity`` (the registration number and R) is for a profile that binds the holder's
+        identity (a Korean VID); it reaches the CA only confidentially, or not at all."""
+        ...
+
+    def identity_required(self, profile: str) -> bool:
+        """Whether ``profile`` binds the holder's registration number (so the holder must be
+        asked for it), as far as this client can know before asking the CA."""
         ...
 
     def check_profile(self, profile: str) -> None:

@@ -52,12 +52,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pyasn1.codec.der import encoder
 from pyasn1.type import char, univ
-from pyasn1_alt_modules import rfc9480
 
-from ..credentials import Secret
+from ..ca.profiles import load_profiles
+from ..credentials import IdentityProof, Secret
 from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, ConfigError, Remedy, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import verify_chain
+from ..pkix.kr_vid import ID_IT_IDENTITY, identity_content
 from ..pkix.reasons import REASON_FLAGS
 from ..protocols.cmp import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -65,6 +66,7 @@ from ..protocols.cmp import (
     FailureInfo,
     MessageHeader,
     SharedSecret,
+    add_general_info,
     build_cert_conf,
     build_kur,
     build_p10cr,
@@ -74,6 +76,7 @@ from ..protocols.cmp import (
     parse_response,
     protect_pbm,
     protect_signature,
+    seal_with_password,
     verify_protection,
 )
 from ..protocols.cmp import CMPError as CMPMessageError
@@ -180,19 +183,9 @@ def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
 
 def _with_profile(msg: Any, profile: str) -> Any:
     """Add id-it-certProfile to the header's generalInfo (before the message is protected)."""
-    header = msg["header"]
-    info = header.componentType["generalInfo"].asn1Object.clone()
-    if header["generalInfo"].isValue:
-        for itav in header["generalInfo"]:
-            info.append(itav)
     names = univ.SequenceOf(componentType=char.UTF8String())
     names.append(char.UTF8String(profile))
-    itav = rfc9480.InfoTypeAndValue()
-    itav["infoType"] = univ.ObjectIdentifier(ID_IT_CERT_PROFILE)
-    itav["infoValue"] = univ.Any(encoder.encode(names))
-    info.append(itav)
-    header["generalInfo"] = info
-    return msg
+    return add_general_info(msg, ID_IT_CERT_PROFILE, encoder.encode(names))
 
 
 class _Protection:
@@ -288,16 +281,25 @@ class CMPEnroller:
         key_id: bytes | None,
         label: str | None,
         replaces: int | None = None,
+        identity: IdentityProof | None = None,
     ) -> EnrollResult:
-        """p10cr protected by the MAC; the CSR's key must be what the certificate certifies."""
+        """p10cr protected by the MAC; the CSR's key must be what the certificate certifies.
+
+        ``identity`` goes in the header's generalInfo (:data:`ID_IT_IDENTITY`), encrypted for
+        the authorization code (CMS EnvelopedData with a password recipient, as RFC 9483
+        §4.1.6.3 encrypts for a MAC's shared secret), under the MAC like the rest."""
         del token_serial, key_id, label, replaces  # the CA learns these from the CSR or not at all
-        protection = _Protection(ref=self._ref_bytes(), secret=_shared(self._secret()), anchors=self._trust)
+        secret = _shared(self._secret())
+        protection = _Protection(ref=self._ref_bytes(), secret=secret, anchors=self._trust)
         nonce = _nonce()
         with _refusals():
             header = MessageHeader(
                 transaction_id=transaction_id_for(request_id), sender_nonce=nonce, sender_kid=protection.ref
             )
             msg = build_p10cr(csr, header=header)
+            if identity is not None:
+                sealed = seal_with_password(identity_content(identity.number.reveal(), identity.random), secret)
+                add_general_info(msg, ID_IT_IDENTITY, sealed)
             return self._certify(
                 _with_profile(msg, profile), "cp", protection, nonce, csr.public_key(), sender=csr.subject
             )
@@ -356,6 +358,12 @@ class CMPEnroller:
             if status is not None and status.status == "rejection" and "certRevoked" in status.failure_info:
                 return
         self._raise_for_status(rsp, protection, authenticated=True)
+
+    def identity_required(self, profile: str) -> bool:
+        """Whether the built-in profile of that name binds an identity: the server's own
+        profiles cannot be seen from here, and the registration decides there."""
+        built_in = load_profiles().get(profile)
+        return built_in is not None and built_in.identify_data
 
     def sign_only_required(self, profile: str) -> bool:
         """A CMP server cannot see the key's attributes; the holder's --require-sign-only applies."""

@@ -10,7 +10,7 @@ from typing import Any
 from cryptography import x509
 
 from ..ca.authority import CertificateAuthority
-from ..credentials import Pin, ProtectedAuth
+from ..credentials import IdentityProof, Pin, ProtectedAuth
 from ..errors import TokenIssueError
 from ..models import CertStatus, RevocationReason
 from .base import EnrollResult
@@ -66,6 +66,7 @@ class LocalCA:
         key_id: bytes | None,
         label: str | None,
         replaces: int | None = None,
+        identity: IdentityProof | None = None,
     ) -> EnrollResult:
         try:
             issued = self._ca.sign(
@@ -78,6 +79,7 @@ class LocalCA:
                 label=label,
                 replaces=replaces,
                 ca_key=self._key,
+                identity=identity,
             )
         except TokenIssueError:
             self._release()
@@ -101,6 +103,9 @@ class LocalCA:
 
     def check_profile(self, profile: str) -> None:
         self._ca.profile(profile)
+
+    def identity_required(self, profile: str) -> bool:
+        return self._ca.profile(profile).identify_data
 
     def sign_only_required(self, profile: str) -> bool:
         return self._ca.profile(profile).require_sign_only

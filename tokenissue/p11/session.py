@@ -712,17 +712,21 @@ class TokenSession:
                     o.destroy()
 
     def relabel(self, key_id: bytes, label: str) -> int:
-        """Give the key pair and the certificates under ``key_id`` the label ``label``; return how
-        many objects changed. Objects that have it already are left alone, so a relabel cut
-        short (a kill between the private key and its certificate) is finished by calling this
-        again."""
+        """Give the key pair, the certificates under ``key_id`` and the data kept next to the key
+        (:meth:`put_key_data`) the label ``label``; return how many objects changed. Objects that
+        have it already are left alone, so a relabel cut short (a kill between the private key
+        and its certificate) is finished by calling this again."""
         changed = 0
         with self.lock, translate("relabel the key"):
-            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE):
-                for o in list(self._session.get_objects({Attribute.CLASS: cls, Attribute.ID: key_id})):
-                    if (o[Attribute.LABEL] or "") != label:
-                        o[Attribute.LABEL] = label
-                        changed += 1
+            objects = [
+                o
+                for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE)
+                for o in self._session.get_objects({Attribute.CLASS: cls, Attribute.ID: key_id})
+            ]
+            for o in [*objects, *self._key_data_objects(key_id, None)]:
+                if (o[Attribute.LABEL] or "") != label:
+                    o[Attribute.LABEL] = label
+                    changed += 1
         return changed
 
     def delete_certificate(self, key_id: bytes, der: bytes | None = None) -> int:

@@ -42,21 +42,35 @@ from ..errors import UsageError
 
 __all__ = [
     "ID_IDENTIFY_DATA",
+    "ID_IT_IDENTITY",
     "ID_RANDOM_NUM",
     "ID_VID",
     "MIN_RANDOM_BYTES",
+    "RANDOM_NUM_OBJECT_ID",
     "IdentifyData",
     "identify_data",
     "identify_data_of",
+    "identity_content",
+    "identity_from_content",
     "new_random",
     "normalize_idn",
     "vid_digest",
     "vid_matches",
+    "without_identify_data",
 ]
 
 ID_IDENTIFY_DATA: Final = x509.ObjectIdentifier("1.2.410.200004.10.1.1")
 ID_VID: Final = x509.ObjectIdentifier("1.2.410.200004.10.1.1.1")
 ID_RANDOM_NUM: Final = x509.ObjectIdentifier("1.2.410.200004.10.1.1.3")
+
+#: tokenissue's CMP generalInfo infoType for the holder's identity (HashContent{number, R}),
+#: sent encrypted for the registration's code. Under tokenissue's own UUID arc (X.667): the
+#: KCAC way encrypts to a key-management certificate of the CA, whose key must decrypt, and a
+#: tokenissue CA's token keys only sign (docs/korean-vid.md).
+ID_IT_IDENTITY: Final = "2.25.288727268972931500906072155830127687279.10.1"
+
+#: CKA_OBJECT_ID of the token data object that holds R: the DER of id-randomNum.
+RANDOM_NUM_OBJECT_ID: Final = der_encoder.encode(univ.ObjectIdentifier(ID_RANDOM_NUM.dotted_string))
 
 #: R has at least 160 bits (KCAC.TS.SIVID); real key files carry 20 bytes.
 MIN_RANDOM_BYTES: Final = 20
@@ -133,11 +147,37 @@ def vid_digest(idn: str, random: bytes, hash_name: str = "sha256") -> bytes:
         raise UsageError(f"A VID is made with SHA-256 or SHA-1, not {hash_name}.")
     if len(random) < MIN_RANDOM_BYTES:
         raise UsageError(f"R must have at least {MIN_RANDOM_BYTES * 8} bits.")
+    inner = hashlib.new(hash_name, _hash_content(idn, random)).digest()
+    return hashlib.new(hash_name, inner).digest()
+
+
+def _hash_content(idn: str, random: bytes) -> bytes:
     content = _HashContent()
     content["idn"] = normalize_idn(idn)
     content["randomNum"] = univ.BitString.fromOctetString(random)
-    inner = hashlib.new(hash_name, der_encoder.encode(content)).digest()
-    return hashlib.new(hash_name, inner).digest()
+    return bytes(der_encoder.encode(content))
+
+
+def identity_content(idn: str, random: bytes) -> bytes:
+    """The DER of HashContent{idn, R}: what a holder sends the CA (encrypted) to have a VID
+    made, the same structure the VID hashes."""
+    if len(random) < MIN_RANDOM_BYTES:
+        raise UsageError(f"R must have at least {MIN_RANDOM_BYTES * 8} bits.")
+    return _hash_content(idn, random)
+
+
+def identity_from_content(der: bytes) -> tuple[str, bytes]:
+    """The number and R of :func:`identity_content`'s DER; UsageError if it is not one (the
+    message never repeats the number)."""
+    try:
+        content = _decode(der, _HashContent())
+        idn = normalize_idn(str(content["idn"]))
+        random = content["randomNum"].asOctets()
+    except (PyAsn1Error, UnicodeError, ValueError) as e:
+        raise UsageError("The identity sent is not a registration number and R.") from e
+    if len(random) < MIN_RANDOM_BYTES:
+        raise UsageError(f"R must have at least {MIN_RANDOM_BYTES * 8} bits.")
+    return idn, random
 
 
 def identify_data(real_name: str, virtual_id: bytes, hash_name: str = "sha256") -> x509.OtherName:
@@ -195,6 +235,12 @@ def identify_data_of(cert: x509.Certificate) -> IdentifyData | None:
         return IdentifyData(str(data["realName"]), hash_name, virtual_id)
     except (PyAsn1Error, UnicodeError, ValueError) as e:
         raise UsageError("The certificate's identifyData (1.2.410.200004.10.1.1) is malformed.") from e
+
+
+def without_identify_data(names: list[x509.GeneralName]) -> list[x509.GeneralName]:
+    """``names`` less identifyData: a certificate's SANs as a renewal asks for them again. The
+    identity binding is the CA's to write (or carry over), never a name a requester asks for."""
+    return [n for n in names if not (isinstance(n, x509.OtherName) and n.type_id == ID_IDENTIFY_DATA)]
 
 
 def vid_matches(cert: x509.Certificate, idn: str, random: bytes) -> bool:

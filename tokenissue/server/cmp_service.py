@@ -87,8 +87,8 @@ from cryptography.hazmat.primitives import serialization
 from ..ca.authority import CertificateAuthority, Issued
 from ..ca.profiles import check_request
 from ..ca.registration import RegistrationAuthority
-from ..credentials import Pin, ProtectedAuth, Secret
-from ..errors import CAError, NotFound, RequestRejected, TokenIssueError, UsageError
+from ..credentials import IdentityProof, IdNumber, Pin, ProtectedAuth, Secret
+from ..errors import CAError, NotFound, PinError, RequestRejected, TokenIssueError, UsageError
 from ..inventory import DuplicateTransaction, InventoryUnavailable
 from ..models import (
     CertRecord,
@@ -102,6 +102,7 @@ from ..models import (
     TransactionState,
     no_step,
 )
+from ..pkix.kr_vid import ID_IT_IDENTITY, identity_from_content, without_identify_data
 from ..pkix.names import parse_san, parse_subject, sans_of
 from ..pkix.reasons import reason_from_flag
 from ..protocols.cmp import (
@@ -125,6 +126,7 @@ from ..protocols.cmp import (
     decode_message,
     encode_message,
     mac_iterations,
+    open_with_password,
     parse_header,
     parse_request,
     protect_pbm,
@@ -436,6 +438,7 @@ class CMPService:
             subject = _registered_subject(reg, req.subject)
             san = _allowed_san(list(parse_san(list(reg.san))), req.sans, "the registration")
             public_key = self._checked_key(ctx, reg.profile, subject, san)
+            identity = self._identity(ctx, reg)
         except CMPError:
             self._give_up(ctx)  # a definite refusal
             raise
@@ -444,11 +447,43 @@ class CMPService:
         except RequestRejected as e:
             raise CMPError("notAuthorized", e.message) from None
         self._on_step("after-reserve")
-        issued = self._issue(ctx, reg.profile, subject, san, public_key, replaces=None, kind=_kind(req), resumed=resumed)
+        issued = self._issue(
+            ctx, reg.profile, subject, san, public_key, replaces=None, kind=_kind(req), resumed=resumed,
+            identity=identity, real_name=reg.real_name,
+        )  # fmt: skip
         self._on_step("after-issue")
         self._consume(ctx, issued.record)
         self._on_step("after-consume")
         return self._answer_issued(ctx, issued)
+
+    def _identity(self, ctx: _Context, reg: Registration) -> IdentityProof | None:
+        """The holder's registration number and R, if the request carries them (encrypted for
+        the code in generalInfo), checked against the registration's keyed hash. A missing,
+        wrong or unreadable number counts toward the registration's lock, as a wrong code does.
+        Neither value outlives this request."""
+        assert ctx.secret is not None
+        sealed = [der for oid, der in ctx.request.header.general_info if oid == ID_IT_IDENTITY]
+        if len(sealed) > 1:
+            raise CMPError("badRequest", "The request carries more than one identity.")
+        number: IdNumber | None = None
+        random = b""
+        if sealed:
+            content = open_with_password(sealed[0], ctx.secret)  # CMPError if it does not open
+            try:
+                idn, random = identity_from_content(content)
+            except UsageError:
+                ctx.fields["identity"] = "malformed"
+            else:
+                number = IdNumber(idn)
+        try:
+            self.ra.check_id_number(reg, number if number is not None or not sealed else IdNumber(""))
+        except (PinError, RequestRejected) as e:
+            ctx.fields["identity"] = "wrong" if isinstance(e, PinError) else "missing"
+            raise CMPError("notAuthorized", e.message) from None
+        if number is None:
+            return None
+        ctx.fields["identity"] = "checked"
+        return IdentityProof(number, random)
 
     def _consume(self, ctx: _Context, rec: CertRecord) -> None:
         """Mark the registration used by ``rec``; idempotent for the same certificate."""
@@ -471,7 +506,7 @@ class CMPService:
         try:
             _check_pop(req)
             subject = _same_subject(signer.subject, req.subject, "the protection certificate")
-            san = _allowed_san(sans_of(signer), req.sans, "the protection certificate")
+            san = _allowed_san(without_identify_data(sans_of(signer)), req.sans, "the protection certificate")
             public_key = self._checked_key(ctx, rec.profile, subject, san)
         except CMPError:
             self._give_up(ctx)  # a definite refusal
@@ -489,7 +524,7 @@ class CMPService:
                     raise CMPError("badCertId", "oldCertID does not name the certificate that signed the request.")
             _check_pop(req)
             subject = _same_subject(signer.subject, req.subject, "the certificate being updated")
-            san = _allowed_san(sans_of(signer), req.sans, "the certificate being updated")
+            san = _allowed_san(without_identify_data(sans_of(signer)), req.sans, "the certificate being updated")
             public_key = self._checked_key(ctx, rec.profile, subject, san)
         except CMPError:
             self._give_up(ctx)  # a definite refusal
@@ -525,6 +560,8 @@ class CMPService:
         replaces: int | None,
         kind: TransactionKind,
         resumed: bool,
+        identity: IdentityProof | None = None,
+        real_name: str | None = None,
     ) -> Issued:
         req = ctx.request
         tid = _tid(req)
@@ -537,7 +574,7 @@ class CMPService:
             with self._signing_key() as key:
                 issued = self.ca.issue(
                     public_key, profile, subject=subject, san=san, pin=self._pin, request_id=tid.hex(),
-                    replaces=replaces, ca_key=key,
+                    replaces=replaces, ca_key=key, identity=identity, real_name=real_name,
                 )  # fmt: skip
         except RequestRejected:
             # A definite refusal: close the transaction and let the code go. Anything else (the
