@@ -38,7 +38,7 @@ import secrets
 import stat
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from cryptography.x509.oid import NameOID
 
@@ -417,18 +417,10 @@ class RegistrationAuthority:
             given = Secret("")
         if hmac.compare_digest(given.reveal().encode(), expected.reveal().encode()):
             return reg
-        after = self.record_failure(ref)
-        if after.status is RegistrationStatus.LOCKED:
-            raise PinLocked(
-                f"Wrong authorization code; registration {ref} is now locked after "
-                f"{after.max_failures} wrong codes, so ask the RA officer for a new one."
-            )
-        left = after.max_failures - after.failures
-        raise PinIncorrect(
-            f"Wrong authorization code for registration {ref}; {left} {'try' if left == 1 else 'tries'} "
-            "left before it locks.",
-            count_low=left <= 2,
-            final_try=left == 1,
+        self._refuse_counted(
+            ref,
+            locked=f"Wrong authorization code; registration {ref} is now locked after {{n}} wrong codes",
+            wrong=f"Wrong authorization code for registration {ref}",
         )
 
     def check_id_number(self, reg: Registration, number: IdNumber | None) -> None:
@@ -453,16 +445,21 @@ class RegistrationAuthority:
             given = b""
         if given and hmac.compare_digest(given, reg.id_hash):
             return
-        after = self.record_failure(reg.ref)
+        self._refuse_counted(
+            reg.ref,
+            locked=f"Wrong registration number for registration {reg.ref}; it is now locked after {{n}} failures",
+            wrong=f"Wrong registration number for registration {reg.ref}",
+        )
+
+    def _refuse_counted(self, ref: str, *, locked: str, wrong: str) -> NoReturn:
+        """Count one failure and raise: PinLocked (``locked``, with ``{n}`` the limit) on the one
+        that locks the registration, else PinIncorrect (``wrong``) with the tries left."""
+        after = self.record_failure(ref)
         if after.status is RegistrationStatus.LOCKED:
-            raise PinLocked(
-                f"Wrong registration number for registration {reg.ref}; it is now locked after "
-                f"{after.max_failures} failures, so ask the RA officer for a new one."
-            )
+            raise PinLocked(locked.format(n=after.max_failures) + ", so ask the RA officer for a new one.")
         left = after.max_failures - after.failures
         raise PinIncorrect(
-            f"Wrong registration number for registration {reg.ref}; {left} {'try' if left == 1 else 'tries'} "
-            "left before it locks.",
+            f"{wrong}; {left} {'try' if left == 1 else 'tries'} left before it locks.",
             count_low=left <= 2,
             final_try=left == 1,
         )
