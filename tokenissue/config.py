@@ -39,6 +39,12 @@ class CAConfig:
     """How long a CRL is valid (nextUpdate - thisUpdate)."""
     database: str | None = None
     """Inventory URL; default: SQLite file ca.db in the CA directory."""
+    ocsp_url: str | None = None
+    """Put into issued certificates as the OCSP responder's address (authorityInfoAccess), when set."""
+    ocsp_key: str | None = None
+    """Selector of the OCSP signer's key (``id:HEX``), written by ``ca ocsp-signer``."""
+    ocsp_token: str | None = None
+    """The token of the OCSP signer's key when it is not the CA's token."""
 
     @classmethod
     def load(cls, ca_dir: Path) -> CAConfig:

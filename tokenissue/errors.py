@@ -107,6 +107,7 @@ class Remedy(enum.Enum):
     CA_DIRECTORY = enum.auto()  #: a server address where the CA's directory was wanted
     INSTALL_CA_CERT = enum.auto()
     NAME_CA_TOKEN = enum.auto()  #: the CA key needs a token
+    NAME_OCSP_TOKEN = enum.auto()  #: the OCSP signer's key needs a token
     GIVE_CHAIN = enum.auto()  #: give the parent CA's chain
     GIVE_DNS_HOOK = enum.auto()  #: ACME dns-01 needs the command that publishes the record
     GIVE_EAB = enum.auto()  #: the ACME server wants an external account binding

@@ -432,6 +432,7 @@ class CertificateAuthority:
                 extended_key_usage=eku_for(profile),
                 policies=profile.policies,
                 crl_url=self.config.crl_url,
+                ocsp_url=self.config.ocsp_url,
                 is_ca=profile.ca,
                 path_length=profile.path_length,
                 cps_uri=profile.cps_uri,

@@ -59,6 +59,7 @@ REMEDIES: dict[Remedy, str] = {
     Remedy.CA_DIRECTORY: "'tokenissue ca' and 'ra' commands work on the CA's own directory (set --ca or "
     "TOKENISSUE_CA_DIR to it).",
     Remedy.NAME_CA_TOKEN: "name it with --token (or use --insecure-file-key).",
+    Remedy.NAME_OCSP_TOKEN: "name one with --token.",
     Remedy.GIVE_CHAIN: "give it with --chain.",
     Remedy.GIVE_DNS_HOOK: "give it with --dns-hook.",
     Remedy.GIVE_EAB: "give --eab-kid and --eab-hmac-file with the key ID and HMAC key the CA gave you.",

@@ -17,6 +17,7 @@ from ._common import (
     JsonOpt,
     PinEnvOpt,
     PinFileOpt,
+    PinSource,
     ReasonOpt,
     RequireSignOnlyOpt,
     ca_pin_source,
@@ -413,6 +414,49 @@ def crl(
     err_console().print(f"CRL with {len(list(c))} revoked certificate(s), valid until {c.next_update_utc:%Y-%m-%d %H:%M} UTC.")
 
 
+@app.command("ocsp-signer")
+def ocsp_signer(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    days: Annotated[int, typer.Option("--days", help="Lifetime of the responder's certificate (1-366 days). It has id-pkix-ocsp-nocheck, so it cannot be revoked: keep it short and run this again before it ends.")] = 30,
+    key_type: Annotated[KeyTypeChoice, typer.Option("--type", help="Type of the responder's key, when one is made.")] = KeyTypeChoice("ec-p256"),  # noqa: B008
+    token: Annotated[str | None, typer.Option("--token", "-t", help="Token for the responder's key (label, serial:XXXX or pkcs11: URI). Default: the CA's token. Its PIN: --pin-file, $TOKENISSUE_PIN or a prompt.")] = None,
+    new_key: Annotated[bool, typer.Option("--new-key", help="On renewal, make a new key (the old one is deleted once the new certificate is in place). Default: renew the certificate for the same key.")] = False,
+    url: Annotated[str | None, typer.Option("--url", help="The responder's address, e.g. http://ca.example/ocsp, saved in ca.toml and put into certificates issued from now on (authorityInfoAccess).")] = None,
+    ca_pin_file: CaPinFileOpt = None,
+    pin_file: PinFileOpt = None,
+) -> None:
+    """Make the OCSP responder's signing key and certificate, or renew it.
+
+    The key is generated on a token; the CA certifies it for OCSP signing (delegated responder,
+    RFC 6960). 'ca serve' then answers OCSP at /ocsp (restart it to pick up a new certificate)."""
+    from dataclasses import replace
+
+    from ..ca.ocsp import provision_signer
+
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise UsageError(f"--url must be an http:// or https:// address, not '{url}'.")
+    with _open(ctx, ca_dir) as ca:
+        pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
+        other = (token is not None and token != ca.config.token) or (token is None and ca.config.ocsp_token is not None)
+        token_pin = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file).get() if other else None
+        renewing = ca.config.ocsp_key is not None
+        cert = provision_signer(
+            ca, pin, days=days, key_type=KeyType(key_type.value), token=token, token_pin=token_pin, new_key=new_key
+        )
+        if url is not None:
+            ca.config = replace(ca.config, ocsp_url=url)
+            ca.config.save(ca_dir)
+    verb = "renewed" if renewing else "made"
+    console().print(
+        f"OCSP signer {verb}: serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC "
+        f"({ca_dir / 'ocsp.pem'}).",
+        markup=False,
+    )
+    if url is not None:
+        console().print(f"Certificates issued from now on name {url} as their OCSP responder.", markup=False)
+
+
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context, ca_dir: CaDirOpt) -> None:
     """Check the hash chain of the audit log; any altered, removed or inserted entry fails."""
@@ -465,9 +509,11 @@ def serve(
     max_concurrent: Annotated[int, typer.Option("--max-concurrent", help="CMP requests in progress at once; past it a request is answered at once with 503, Retry-After and CMP systemUnavail, and the client sends it again later.")] = 256,
     max_per_client: Annotated[int, typer.Option("--max-per-client", help="Connections (so requests in flight) one client address may hold at once; past it a connection is closed at once. 0: no limit (behind a load balancer, where every client has its address: limit there).")] = 32,
     ca_pin_file: CaPinFileOpt = None,
+    ocsp_pin_file: Annotated[Path | None, typer.Option("--ocsp-pin-file", help="Read the PIN of the OCSP signer's token from this file (chmod 600), when its key is not on the CA's token. Default: $TOKENISSUE_OCSP_PIN, else a prompt.")] = None,
 ) -> None:
     """Serve the CA over CMP (RFC 4210/9483 over HTTP, RFC 6712): enrollment with registration codes,
-    key update, revocation. One JSON access-log line per request goes to stderr."""
+    key update, revocation; and OCSP (RFC 6960, RFC 5019) at /ocsp once 'ca ocsp-signer' has made
+    its signer. One JSON access-log line per request goes to stderr."""
     host, port = _parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("Give both --tls-cert and --tls-key, or neither.")
@@ -485,6 +531,13 @@ def serve(
         # starts rather than a failed start-up in the server's log.
         with ca.signing_key(pin):
             pass
+        ocsp_pin = None
+        if ca.config.ocsp_token is not None:
+            ocsp_pin = PinSource("TOKENISSUE_OCSP_PIN", "OCSP signer's PIN", pin_file=ocsp_pin_file).get()
+        from ..ca.ocsp import open_signer_key
+
+        with open_signer_key(ca, pin, ocsp_pin) as ocsp_key:
+            ocsp_ready = ocsp_key is not None
         from ..ca.registration import RegistrationAuthority
 
         RegistrationAuthority(ca).check_key()  # a replica must hold the ra.key the codes come from
@@ -494,12 +547,16 @@ def serve(
 
     web = create_app(
         ca_dir, ca_pin=pin, module=state(ctx).module, cmp_path=path, max_body=max_body,
-        max_concurrent=max_concurrent, on_step=_server_step_hook()
+        max_concurrent=max_concurrent, on_step=_server_step_hook(), ocsp_pin=ocsp_pin,
     )
     scheme = "https" if tls_cert else "http"
     shown_host = f"[{host}]" if ":" in host else host
     shown_path = "/" + path.strip("/") + "/" if path.strip("/") else "/"
     typer.echo(f"Serving CMP at {scheme}://{shown_host}:{port}{shown_path} for CA '{subject}'", err=True)
+    if ocsp_ready:
+        typer.echo(f"Serving OCSP at {scheme}://{shown_host}:{port}/ocsp", err=True)
+    else:
+        typer.echo(f"No OCSP signer: /ocsp answers 'unauthorized'; make one with 'tokenissue ca ocsp-signer --ca-dir {ca_dir}'.", err=True)
     uvicorn.run(
         web,
         host=host,

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import ObjectIdentifier
+from cryptography.x509.oid import AuthorityInformationAccessOID, ObjectIdentifier
 
 from ..errors import CAUnavailable, RequestRejected, UsageError
 from ..models import CertRecord
@@ -34,6 +34,7 @@ __all__ = [
     "load_certificates",
     "random_serial",
     "self_signed_ca",
+    "ski_of",
     "verify_chain",
 ]
 
@@ -115,7 +116,7 @@ def check_key_matches_certificate(private_key: Any, cert: x509.Certificate) -> N
         )
 
 
-def _ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
+def ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
     """The certificate's SKI, or the RFC 5280 method 1 value when it has none."""
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -182,6 +183,7 @@ def issue_certificate(
     extended_key_usage: Sequence[ObjectIdentifier],
     policies: Sequence[str],
     crl_url: str | None,
+    ocsp_url: str | None = None,
     is_ca: bool = False,
     path_length: int | None = None,
     cps_uri: str | None = None,
@@ -193,7 +195,8 @@ def issue_certificate(
     checks what would make the result unusable: a CA key that is not the CA certificate's,
     an empty validity period, a serial that does not fit RFC 5280. Policies are dotted OID
     strings, each qualified with ``cps_uri`` and ``user_notice`` (an explicitText) when
-    given. ``path_length`` only applies when ``is_ca`` is true.
+    given; ``ocsp_url`` goes into authorityInfoAccess. ``path_length`` only applies when ``is_ca``
+    is true.
     """
     check_key_matches_certificate(ca_key, ca_cert)
     not_before, not_after = _utc(not_before), _utc(not_after)
@@ -221,7 +224,7 @@ def issue_certificate(
         .add_extension(key_usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski_of(ca_cert)),
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski_of(ca_cert)),
             critical=False,
         )
     )
@@ -258,6 +261,14 @@ def issue_certificate(
                         crl_issuer=None,
                     )
                 ]
+            ),
+            critical=False,
+        )
+    if ocsp_url:
+        # RFC 5280 §4.2.2.1: where a relying party asks this CA's OCSP responder.
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]
             ),
             critical=False,
         )

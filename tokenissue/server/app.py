@@ -4,6 +4,8 @@ Routes::
 
     POST {cmp_path}             application/pkixcmp in and out; also {cmp_path} without the
                                 trailing slash and {cmp_path}<label> (RFC 9483 §3.6 style)
+    POST /ocsp                  application/ocsp-request in, application/ocsp-response out
+    GET  /ocsp/{base64 request} the same, RFC 5019 §5 (cacheable: Cache-Control, Expires, ETag)
     GET  /ca.pem                the CA certificate and its issuers (PEM)
     GET  /crl.pem               the CA directory's current crl.pem (404 when none was published)
     GET  /health                {"status": "ok", "database": "ok", "ca": subject, "not_after": ISO
@@ -41,6 +43,8 @@ transactionID, reference and failure info; never a code, PIN or key material.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import sys
 import time
@@ -48,11 +52,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 import h11
+from cryptography.x509.ocsp import OCSPResponseStatus
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -61,11 +67,13 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..ca.authority import CRL_FILE, CertificateAuthority
+from ..ca.ocsp import OCSPAnswer, OCSPResponder, open_signer_key
 from ..ca.registration import RegistrationAuthority
 from ..credentials import Pin, ProtectedAuth
 from ..inventory import InventoryUnavailable
 from ..models import StepHook
 from ..pkix.certs import dump_certificates
+from ..pkix.ocsp import error_response
 from ..protocols.cmp import FailureInfo, build_error, encode_message
 from .cmp_service import CMPService
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -74,6 +82,8 @@ from .metrics import Metrics
 __all__ = ["CMP_CONTENT_TYPE", "create_app", "http_protocol"]
 
 CMP_CONTENT_TYPE = "application/pkixcmp"
+OCSP_REQUEST_TYPE = "application/ocsp-request"
+OCSP_RESPONSE_TYPE = "application/ocsp-response"
 #: Seconds a client or load balancer should wait before repeating a request answered with 503.
 RETRY_AFTER_S = 2
 _LOG_KEY = "tokenissue.access"
@@ -90,6 +100,7 @@ class _Runtime:
 
     service: CMPService
     ca: CertificateAuthority
+    ocsp: OCSPResponder
 
 
 #: Headers for an answer sent before the request body was read to its end: the rest of the body
@@ -128,6 +139,7 @@ def create_app(
     access_log: TextIO | None = None,
     body_timeout: float = 5.0,
     on_step: StepHook | None = None,
+    ocsp_pin: Pin | ProtectedAuth | None = None,
 ) -> Starlette:
     """The CMP server for the CA in ``ca_dir``; ``access_log`` defaults to stderr.
 
@@ -135,12 +147,16 @@ def create_app(
     to arrive; at most ``max_concurrent`` CMP requests whose body has arrived are in progress at
     once (the rest are answered 503 at once); a body still arriving holds no slot.
     ``on_step`` is the crash tests' fault-injection point, passed to :class:`CMPService`.
+    ``ocsp_pin`` is the PIN of the OCSP signer's token when ca.toml puts its key on a token other
+    than the CA's (see :mod:`tokenissue.ca.ocsp`); without a signer, /ocsp answers unauthorized.
     """
     base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
     runtime = _Runtime()
     in_progress = 0  # CMP requests admitted and not yet answered (the event loop is one thread)
     cmp_threads = anyio.CapacityLimiter(4)
+    ocsp_threads = anyio.CapacityLimiter(4)
     metrics = Metrics(routes=lambda path: _OTHER_ROUTES.get(path) or (
+        "ocsp" if path.startswith("/ocsp/") else
         "cmp" if path.startswith(base) or path == base.rstrip("/") else "other"
     ))  # fmt: skip
     busy_text = f"The CA is busy; send the same message again in {RETRY_AFTER_S} s."
@@ -153,6 +169,7 @@ def create_app(
             # One logged-in CA session for the server's lifetime; every signature reuses it.
             key = stack.enter_context(ca.signing_key(pin))
             runtime.ca = ca
+            runtime.ocsp = OCSPResponder(ca, stack.enter_context(open_signer_key(ca, pin, ocsp_pin)))
             runtime.service = CMPService(
                 ca, RegistrationAuthority(ca), pin, ca_key=key, max_size=max_body, on_step=on_step
             )
@@ -203,6 +220,39 @@ def create_app(
         headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
         return Response(der, status_code=status, media_type=CMP_CONTENT_TYPE, headers=headers)
 
+    async def ocsp_post(request: Request) -> Response:
+        fields: dict[str, Any] = request.scope[_LOG_KEY]
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != OCSP_REQUEST_TYPE:
+            fields["ocsp"] = "content-type"
+            return _ocsp_error(415, _CLOSE)
+        try:
+            body = await asyncio.wait_for(_read_limited(request, _OCSP_MAX_BODY), timeout=body_timeout)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except TimeoutError:
+            fields["slow_body"] = True
+            return _ocsp_error(408, _CLOSE)
+        if body is None:
+            fields["ocsp"] = "too-large"
+            return _ocsp_error(413, _CLOSE)
+        fields["bytes_in"] = len(body)
+        answer = await anyio.to_thread.run_sync(runtime.ocsp.respond, body, fields, limiter=ocsp_threads)
+        return _ocsp_response(answer, cacheable=False)
+
+    async def ocsp_get(request: Request) -> Response:
+        # RFC 5019 §5: the DER request, base64, URL-encoded, after the responder's path. The
+        # server has percent-decoded the path already; base64's '/' may stand as it is.
+        fields: dict[str, Any] = request.scope[_LOG_KEY]
+        encoded = request.scope["path"].removeprefix("/ocsp/")
+        try:
+            der = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            fields["ocsp"] = "malformed"
+            return _ocsp_response(OCSPAnswer(error_response(OCSPResponseStatus.MALFORMED_REQUEST)), cacheable=False)
+        answer = await anyio.to_thread.run_sync(runtime.ocsp.respond, der, fields, limiter=ocsp_threads)
+        return _ocsp_response(answer, cacheable=True)
+
     async def ca_pem(request: Request) -> Response:
         return Response(dump_certificates(runtime.ca.chain(), "pem"), media_type="application/x-pem-file")
 
@@ -235,6 +285,9 @@ def create_app(
     cmp_paths = dict.fromkeys([base, base.rstrip("/") or "/", base + "{label}"])
     routes = [Route(p, cmp_endpoint, methods=["POST"]) for p in cmp_paths]
     routes += [
+        Route("/ocsp", ocsp_post, methods=["POST"]),
+        Route("/ocsp/", ocsp_post, methods=["POST"]),
+        Route("/ocsp/{request:path}", ocsp_get, methods=["GET"]),
         Route("/ca.pem", ca_pem, methods=["GET"]),
         Route("/crl.pem", crl_pem, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -247,7 +300,33 @@ def create_app(
 
 
 #: Route names for the metrics' labels (any other path is "other"; the CMP paths are "cmp").
-_OTHER_ROUTES = {"/ca.pem": "ca", "/crl.pem": "crl", "/health": "health", "/metrics": "metrics"}
+_OTHER_ROUTES = {"/ca.pem": "ca", "/crl.pem": "crl", "/health": "health", "/metrics": "metrics", "/ocsp": "ocsp"}
+#: An OCSP request for one certificate is about 100 octets; a signed one with its chain a few KB.
+_OCSP_MAX_BODY = 16 * 1024
+
+
+def _ocsp_error(status: int, headers: dict[str, str] | None = None) -> Response:
+    """An HTTP error that OCSP clients can still read: malformedRequest as the body."""
+    body = error_response(OCSPResponseStatus.MALFORMED_REQUEST)
+    return Response(body, status_code=status, media_type=OCSP_RESPONSE_TYPE, headers=headers)
+
+
+def _ocsp_response(answer: OCSPAnswer, *, cacheable: bool) -> Response:
+    """An OCSP answer; a signed one to a GET without a nonce carries RFC 5019 §6.2's cache
+    headers, valid until its nextUpdate (a nonce makes an answer for one request only)."""
+    headers: dict[str, str] = {}
+    if answer.this_update is not None and answer.next_update is not None:
+        if cacheable and not answer.nonce:
+            max_age = max(0, int((answer.next_update - datetime.now(UTC)).total_seconds()))
+            headers = {
+                "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
+                "Last-Modified": format_datetime(answer.this_update, usegmt=True),
+                "Expires": format_datetime(answer.next_update, usegmt=True),
+                "ETag": '"' + hashlib.sha256(answer.der).hexdigest()[:32] + '"',
+            }
+        else:
+            headers = {"Cache-Control": "no-store"}
+    return Response(answer.der, media_type=OCSP_RESPONSE_TYPE, headers=headers)
 
 
 class _AccessLog:
