@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 # Add new benchmarks here, in the order they should run.
-BENCHMARKS = ["token_core", "tokens", "enroll", "cmp_server", "ca_fleet", "batch", "batch_jobs", "acme"]
+BENCHMARKS = ["token_core", "tokens", "enroll", "cmp_server", "ca_fleet", "batch", "batch_jobs", "acme", "ocsp"]
 
 
 def main(argv: list[str] | None = None) -> int:
