@@ -141,7 +141,7 @@ def _check_signer(ca: TokenCA, signer: x509.Certificate) -> None:
 def test_openssl_and_pyhanko_get_good_revoked_and_unknown_from_a_token_signer(softhsm: SoftHSM, tmp_path: Path) -> None:
     ca = make_token_ca(softhsm)
     with served(ca) as bare:  # no signer yet: unauthorized, and the start-up line names the command
-        assert "tokenissue ca ocsp-signer --ca-dir" in bare.stderr()
+        assert "tokenissue ca ocsp-signer --ca " in bare.stderr()
         proc = openssl("ocsp", "-issuer", str(ca.pem), "-serial", "0x10", "-url", f"{bare.url}/ocsp")
         assert "unauthorized" in (proc.stdout + proc.stderr).lower(), proc.stdout + proc.stderr
     signer = _make_signer(ca)
@@ -221,3 +221,35 @@ def test_signer_key_on_a_tpm_with_the_ca_key(tpm_with_softhsm: tuple[SoftHSM, TP
     leaves = _leaves(ca, tmp_path, token="holder", env=soft)
     with served(ca, env=tpm_env) as server:
         _check_openssl_answers(ca, server, leaves, tmp_path)
+
+
+def test_signer_on_another_token_and_a_new_key_on_renewal(softhsm: SoftHSM, tmp_path: Path) -> None:
+    """--token puts the responder's key on a token of its own (its PIN as the user's; 'ca serve'
+    reads it from TOKENISSUE_OCSP_PIN); --new-key replaces the key and deletes the old one once
+    the new certificate is in place, and the server answers with the new one."""
+    ca = make_token_ca(softhsm)
+    add_token_fast(softhsm, "ocsp")
+    pins = {"TOKENISSUE_PIN": USER_PIN, "TOKENISSUE_OCSP_PIN": USER_PIN}
+    ca.run("ca", "ocsp-signer", "--ca-dir", str(ca.dir), "--token", "ocsp", env=pins, check=True)
+    first = x509.load_pem_x509_certificate((ca.dir / "ocsp.pem").read_bytes())
+    config = tomllib.loads((ca.dir / "ca.toml").read_text())["ca"]
+    assert config["ocsp_token"].startswith("serial:")
+    [key] = ca.private_keys("ocsp")
+    assert key["label"] == "tokenissue-ocsp" and f"id:{key['id']}" == config["ocsp_key"]
+    ca.run("ca", "ocsp-signer", "--ca-dir", str(ca.dir), "--new-key", env=pins, check=True)
+    second = x509.load_pem_x509_certificate((ca.dir / "ocsp.pem").read_bytes())
+    assert second.public_key() != first.public_key()
+    [new_key] = ca.private_keys("ocsp")  # the old key is gone from the token
+    assert new_key["id"] != key["id"]
+    leaves = _leaves(ca, tmp_path)
+    without = ca.run("ca", "serve", "--ca-dir", str(ca.dir), "--listen", "127.0.0.1:1", env={"TOKENISSUE_OCSP_PIN": ""})
+    assert without.returncode != 0 and "Traceback" not in without.stderr, without.stderr
+    with served(ca, env=pins) as server:
+        out = _openssl_ocsp(ca, server, leaves.good)
+        assert re.search(r"good\.pem: good", out), out
+        good = x509.load_pem_x509_certificate(leaves.good.read_bytes())
+        der = ocsp.OCSPRequestBuilder().add_certificate(good, ca.certificate, CERTID_SHA1).build()
+        body = der.public_bytes(serialization.Encoding.DER)
+        resp = httpx.post(f"{server.url}/ocsp", headers={"content-type": OCSP_REQUEST}, timeout=10, content=body)
+        answer = ocsp.load_der_ocsp_response(resp.content)
+        assert answer.certificates == [second]

@@ -79,9 +79,11 @@ def provision_signer(
         raise UsageError(f"An OCSP signer's certificate lasts 1 to 366 days, not {days}: it cannot be revoked.")
     config = ca.config
     renewing = config.ocsp_key is not None
-    if renewing and token is not None and token != (config.ocsp_token or config.token):
-        new_key = True  # moving the key to another token means a new key
-    where = token or (config.ocsp_token if renewing and not new_key else None) or config.token
+    current = (config.ocsp_token or config.token) if renewing else None
+    where = token or current or config.token
+    moving = renewing and where != current
+    if moving:
+        new_key = True  # a key on another token is a new key; the old one stays where it is
     if where is None:
         raise UsageError("This CA's key is in a file, so the OCSP signer's key needs a token.", remedy=Remedy.NAME_OCSP_TOKEN)
     on_ca_token = where == config.token
@@ -90,13 +92,17 @@ def provision_signer(
         [x509.NameAttribute(x509.NameOID.COMMON_NAME, "OCSP Responder"), *_without_cn(ca.certificate.subject)]
     )
     with open_token(TokenSelector.parse(where), key_pin, module=ca.module) as s:
-        old = KeySelector.parse(config.ocsp_key) if renewing and config.ocsp_key else None
+        old = KeySelector.parse(config.ocsp_key) if renewing and config.ocsp_key and not moving else None
         made = None
+        label = SIGNER_LABEL
         if old is None or new_key:
-            made = s.generate_key(key_type, SIGNER_LABEL)
+            # A token refuses a second key under one label: the new key's label has its date.
+            label = f"{SIGNER_LABEL}-{datetime.now(UTC):%Y%m%d%H%M%S}" if s.find_keys(SIGNER_LABEL) else SIGNER_LABEL
+            made = s.generate_key(key_type, label)
             selector = KeySelector(id=made.id)
         else:
             selector = old
+            label = s.key(old).label or SIGNER_LABEL
         try:
             public_key = s.public_key(selector)
             now = datetime.now(UTC)
@@ -112,7 +118,7 @@ def provision_signer(
                 )  # fmt: skip
             key_id = selector.id if selector.id is not None else s.key(selector).id
             record = cert_record(
-                cert, profile=SIGNER_PROFILE, token_serial=s.info.serial, key_id=key_id, label=SIGNER_LABEL,
+                cert, profile=SIGNER_PROFILE, token_serial=s.info.serial, key_id=key_id, label=label,
                 request_id=None, replaces=_current_serial(ca),
             )  # fmt: skip
             audit = ("ocsp-signer", {"serial": format(serial, "x"), "new_key": made is not None,
@@ -122,7 +128,7 @@ def provision_signer(
             if made is not None:
                 s.delete_key(KeySelector(id=made.id))
             raise
-        s.write_certificate(cert, key_id=key_id, label=SIGNER_LABEL)
+        s.write_certificate(cert, key_id=key_id, label=label)
         (ca.dir / OCSP_CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         token_name = None if on_ca_token else (f"serial:{s.info.serial}" if s.info.name == s.info.serial else s.info.name)
         ca.config = replace(config, ocsp_key=f"id:{key_id.hex()}", ocsp_token=token_name)

@@ -556,7 +556,7 @@ def serve(
     if ocsp_ready:
         typer.echo(f"Serving OCSP at {scheme}://{shown_host}:{port}/ocsp", err=True)
     else:
-        typer.echo(f"No OCSP signer: /ocsp answers 'unauthorized'; make one with 'tokenissue ca ocsp-signer --ca-dir {ca_dir}'.", err=True)
+        typer.echo(f"No OCSP signer: /ocsp answers 'unauthorized'; make one with 'tokenissue ca ocsp-signer --ca {ca_dir}'.", err=True)
     uvicorn.run(
         web,
         host=host,
