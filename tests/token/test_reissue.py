@@ -118,6 +118,12 @@ def test_reissue_on_a_local_ca_keeps_the_term_and_supersedes(
     assert wrong.returncode == 5 and "Wrong authorization code" in wrong.stderr, wrong.stdout + wrong.stderr
     assert _record(ca, first["serial"])["status"] == "valid"
 
+    # The registration fixes the subject, as over CMP: another one is refused, with no key left.
+    other = [*args[:8], "CN=Someone Else,O=ExampleCA,C=KR", *args[9:-3], "--label", "kr-other", "--json"]
+    refused = ca.run(*other, env={ID_ENV: NUMBER, CODE_ENV: code})
+    assert refused.returncode == 6 and "is not the subject of registration" in refused.stderr, refused.stderr
+    assert [k for k in ca.private_keys() if k["label"] == "kr-other"] == []
+
     proc = ca.run(*args, env={ID_ENV: NUMBER, CODE_ENV: code})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     new = json.loads(proc.stdout)

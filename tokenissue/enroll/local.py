@@ -23,6 +23,11 @@ __all__ = ["LocalCA"]
 PinProvider = Callable[[], Pin | ProtectedAuth | None]
 
 
+def _attributes(name: x509.Name) -> list[tuple[str, str]]:
+    """A name's attributes, order aside, as a registration and a request are compared."""
+    return sorted((a.oid.dotted_string, str(a.value)) for a in name)
+
+
 class LocalCA:
     """A :class:`CertificateAuthority` used in-process.
 
@@ -127,16 +132,22 @@ class LocalCA:
         assert self.ref is not None
         ra = RegistrationAuthority(self._ca)
         earlier = self._ca.inventory.find_by_request(request_id)
-        reg = ra.check_usable(self.ref) if earlier is None else ra.get(self.ref)
+        reg = ra.get(self.ref)
+        fixed = parse_subject(reg.subject)
         if earlier is None or reg.serial != earlier.serial:
+            # Not yet used by this request's certificate (a rerun after that needs no code).
             reg = ra.verify_code(self.ref, self._code())
             ra.check_id_number(reg, None if identity is None else identity.number)
-            wanted = {format_san(g) for g in sans_of(csr)}
-            if not wanted <= set(reg.san):
-                raise RequestRejected(f"The request asks for names registration {reg.ref} does not allow.")
+            if list(csr.subject) and _attributes(csr.subject) != _attributes(fixed):
+                raise RequestRejected(
+                    f"The requested subject '{csr.subject.rfc4514_string()}' is not the subject of registration "
+                    f"{reg.ref} ('{reg.subject}')."
+                )
+            if not {format_san(g) for g in sans_of(csr)} <= set(reg.san):
+                raise RequestRejected(f"The request asks for subjectAltNames registration {reg.ref} does not allow.")
         try:
             issued = self._ca.sign(
-                csr, reg.profile, pin=None, request_id=request_id, subject=parse_subject(reg.subject),
+                csr, reg.profile, pin=None, request_id=request_id, subject=fixed,
                 token_serial=token_serial, key_id=key_id, label=label, ca_key=self._key, identity=identity,
                 real_name=reg.real_name, reissue_of=reg.reissue_of,
             )  # fmt: skip
