@@ -30,7 +30,9 @@ Hierarchy (exit status in brackets)::
     │   └── NotFound              serial / enrollment unknown to the CA
     ├── InventoryError [7]        the database cannot be opened, migrated or written
     │   └── InventoryUnavailable  (tokenissue.inventory) unreachable or busy: try again
-    └── Incomplete [8]            a batch or sweep ran, but some rows or items failed
+    ├── Incomplete [8]            a batch or sweep ran, but some rows or items failed
+    ├── IdentityMismatch [9]      a certificate's identity binding is not the one given
+    └── CodeNotDelivered [10]     the RA's delivery command failed: the registration is cancelled
 
 Lower-layer exceptions (python-pkcs11, SQLAlchemy, cryptography) are translated at the
 boundary of the package that imports them, with the original chained as ``__cause__``.
@@ -53,6 +55,7 @@ __all__ = [
     "CANotReached",
     "CAOutcomeUnknown",
     "CAUnavailable",
+    "CodeNotDelivered",
     "ConfigError",
     "IdentityMismatch",
     "Incomplete",
@@ -125,6 +128,9 @@ class Remedy(enum.Enum):
     OR_RESUME = enum.auto()  #: the enrollment can also be finished by resuming
     CHECK_URL = enum.auto()  #: the CA server's address is wrong  #: the CA waits for its certificate
     GIVE_ID_NUMBER = enum.auto()  #: the profile binds the holder's registration number: give it
+    GIVE_VERIFIED_BY = enum.auto()  #: the profile wants a record of how the identity was verified
+    LIST_CA_CERTIFICATES = enum.auto()  #: check the serial among the CA's certificates
+    DELIVER_AGAIN = enum.auto()  #: fix the delivery command and register again
 
 
 class TokenIssueError(Exception):
@@ -257,6 +263,19 @@ class IdentityMismatch(TokenIssueError):
     number and R given: the certificate is not this person's, or R is not its own."""
 
     exit_code = 9
+
+
+class CodeNotDelivered(TokenIssueError):
+    """The command that was to hand a new registration's authorization code to the holder
+    (an SMS or e-mail gateway) failed, so nobody has the code: the registration was cancelled
+    (``cancelled`` False only if even that failed; it then expires unused)."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, *, ref: str, cancelled: bool, remedy: Remedy | None = None) -> None:
+        super().__init__(message, remedy=remedy)
+        self.ref = ref
+        self.cancelled = cancelled
 
 
 def stops_a_run(error: BaseException) -> bool:

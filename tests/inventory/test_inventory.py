@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tokenissue.errors import InventoryError, NotFound
+from tokenissue.errors import InventoryError, NotFound, RequestRejected
 from tokenissue.inventory import DuplicateRequest, Inventory, audit_hash
 from tokenissue.inventory._migrate import HEAD_REVISION
 from tokenissue.models import CertRecord, CertStatus, RevocationReason
@@ -316,6 +316,85 @@ def test_revoke_and_idempotence(inv: Inventory) -> None:
 def test_revoke_unknown_is_not_found(inv: Inventory) -> None:
     with pytest.raises(NotFound):
         inv.revoke(404, RevocationReason.UNSPECIFIED, T0)
+
+
+# -- re-issue: the new certificate recorded and the old one superseded, at once -------------
+
+
+def test_add_superseding_records_the_new_and_revokes_the_old_in_one_go(inv: Inventory) -> None:
+    inv.add_certificate(cert(7))
+    at = T0 + timedelta(days=30)
+    old = inv.add_superseding(
+        cert(8, request_id="r8"), 7, at,
+        audit=("issue", {"serial": "8", "reissue_of": "7"}),
+        revoke_audit=("revoke", {"serial": "7", "reason": "superseded", "superseded_by": "8"}),
+    )  # fmt: skip
+    assert (old.serial, old.status, old.revocation_reason, old.revoked_at) == (
+        7, CertStatus.REVOKED, RevocationReason.SUPERSEDED, at,
+    )  # fmt: skip
+    new = inv.get_certificate(8)
+    assert new is not None and new.status is CertStatus.VALID
+    assert [(e.action, e.details) for e in inv.audit_entries()] == [
+        ("issue", {"serial": "8", "reissue_of": "7"}),
+        ("revoke", {"serial": "7", "reason": "superseded", "superseded_by": "8"}),
+    ]
+    assert inv.audit_verify() == 2
+
+
+def _unchanged(inv: Inventory, *, old: int, new: int) -> None:
+    """The old certificate still valid, no new one, no audit entry: nothing of the re-issue happened."""
+    kept = inv.get_certificate(old)
+    assert kept is not None and kept.status is CertStatus.VALID and kept.revoked_at is None
+    assert inv.get_certificate(new) is None
+    assert inv.audit_entries() == []
+
+
+def test_add_superseding_refuses_an_old_certificate_no_longer_valid(inv: Inventory) -> None:
+    inv.add_certificate(cert(7))
+    inv.add_certificate(cert(9))
+    inv.revoke(9, RevocationReason.KEY_COMPROMISE, T0)
+    with pytest.raises(RequestRejected, match="is revoked; nothing was issued"):
+        inv.add_superseding(cert(10), 9, T0 + timedelta(days=1))
+    # Expired at the moment of the re-issue: refused as well.
+    with pytest.raises(RequestRejected, match="no longer valid"):
+        inv.add_superseding(cert(10), 7, T0 + timedelta(days=400))
+    with pytest.raises(NotFound):
+        inv.add_superseding(cert(10), 404, T0)
+    assert inv.get_certificate(10) is None
+    _unchanged(inv, old=7, new=10)
+
+
+def test_a_failure_while_recording_a_reissue_leaves_the_old_certificate_valid(
+    inv: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old certificate is revoked first and the new one inserted after, in one transaction:
+    when the insert fails (a serial already recorded), or the last audit entry cannot be written,
+    the revocation is rolled back with it: there is never a moment with neither valid."""
+    inv.add_certificate(cert(7))
+    inv.add_certificate(cert(8))
+    with pytest.raises(InventoryError, match="already issued"):
+        inv.add_superseding(cert(8), 7, T0 + timedelta(days=1))
+    kept = inv.get_certificate(7)
+    assert kept is not None and kept.status is CertStatus.VALID
+
+    from tokenissue.inventory import _certificates
+
+    real = _certificates.append_audit
+    calls: list[str] = []
+
+    def failing(conn: Any, action: str, details: Any) -> Any:
+        calls.append(action)
+        if action == "revoke":
+            raise RuntimeError("the database went away")
+        return real(conn, action, details)
+
+    monkeypatch.setattr(_certificates, "append_audit", failing)
+    with pytest.raises(RuntimeError):
+        inv.add_superseding(
+            cert(11), 7, T0 + timedelta(days=1), audit=("issue", {"serial": "b"}), revoke_audit=("revoke", {"serial": "7"})
+        )
+    assert calls == ["issue", "revoke"]
+    _unchanged(inv, old=7, new=11)
 
 
 def test_naive_datetimes_and_bad_serials_refused(inv: Inventory) -> None:

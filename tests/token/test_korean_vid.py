@@ -174,7 +174,7 @@ def test_over_cmp_the_number_is_checked_against_the_registration(session_softhsm
     number_file.chmod(0o600)
     reg = ca.json(
         "ra", "register", "--ca-dir", str(ca.dir), "--subject", SUBJECT, "--profile", "kr-personal",
-        "--id-number-file", str(number_file), "--real-name", "홍길동",
+        "--id-number-file", str(number_file), "--real-name", "홍길동", "--verified-by", "branch visit with ID card",
     )  # fmt: skip
     number_file.unlink()
     with served(ca) as server:

@@ -347,6 +347,8 @@ def test_korean_profiles_bind_an_identity_under_an_example_policy(profiles: dict
         assert [oid.startswith("1.3.6.1.4.1.32473.") for oid in p.policies] == [True]
         assert p.cps_uri == "https://ca.example/cps" and p.user_notice and "예시" in p.user_notice
         assert {"CN", "O", "C"} <= set(p.required_subject_fields)
+        assert p.require_verified_by and p.keep_term_on_reissue
+    assert not any(p.require_verified_by or p.keep_term_on_reissue for n, p in profiles.items() if not n.startswith("kr-"))
     assert all(o.startswith("1.3.6.1.4.1.32473.") for o in profiles["personal-banking"].policies)
     assert not any(p.identify_data for n, p in profiles.items() if not n.startswith("kr-"))
 
@@ -357,6 +359,8 @@ def test_korean_profiles_bind_an_identity_under_an_example_policy(profiles: dict
         ('cps_uri = "ftp"', "ASCII URI"),
         (f'user_notice = "{"가" * 201}"', "RFC 5280 allows 200"),
         ("identify_data = 1", "true or false"),
+        ('require_verified_by = "yes"', "true or false"),
+        ("keep_term_on_reissue = 0", "true or false"),
         ('policies = []\ncps_uri = "https://x.example/cps"', "set 'policies' too"),
     ],
 )

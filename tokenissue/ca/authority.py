@@ -313,6 +313,7 @@ class CertificateAuthority:
         ca_key: Any = None,
         identity: IdentityProof | None = None,
         real_name: str | None = None,
+        reissue_of: int | None = None,
     ) -> Issued:
         """Check ``csr`` against the profile and issue, or return the earlier answer to ``request_id``.
 
@@ -351,6 +352,7 @@ class CertificateAuthority:
             earlier_checked=True,
             identity=identity,
             real_name=real_name,
+            reissue_of=reissue_of,
         )
 
     def _earlier_answer(self, request_id: str, public_key: Any) -> Issued | None:
@@ -379,6 +381,7 @@ class CertificateAuthority:
         earlier_checked: bool = False,
         identity: IdentityProof | None = None,
         real_name: str | None = None,
+        reissue_of: int | None = None,
     ) -> Issued:
         """Issue a certificate for ``public_key`` whose possession the caller has checked.
 
@@ -395,6 +398,11 @@ class CertificateAuthority:
         default the subject's CN up to a "()") and the VID; both values are forgotten here.
         Without it, a renewal (``replaces``) carries the replaced certificate's identifyData
         over (the holder keeps R with the new key); anything else is refused.
+
+        ``reissue_of``: the new certificate re-issues that valid certificate of this CA (a
+        registration's): it keeps its notAfter if the profile has ``keep_term_on_reissue``,
+        and the old one is revoked as superseded in the transaction that records the new one
+        (:meth:`Inventory.add_superseding`), so exactly one of them is valid at any moment.
         """
         if request_id is not None and not earlier_checked:
             earlier = self._earlier_answer(request_id, public_key)
@@ -414,7 +422,7 @@ class CertificateAuthority:
                 )
         san = san + self._identify(profile, subject, identity, real_name, replaces)
         not_before = now - _BACKDATE
-        not_after = min(now + timedelta(days=profile.days), ca_cert.not_valid_after_utc)
+        not_after = min(self._term(profile, reissue_of, now), ca_cert.not_valid_after_utc)
         serial = random_serial()
         while self.inventory.serial_exists(serial):  # 2**-64 odds, but cheap to rule out
             serial = random_serial()
@@ -457,7 +465,13 @@ class CertificateAuthority:
             },
         )
         try:
-            self.inventory.add_certificate(record, audit=audit)
+            if reissue_of is None:
+                self.inventory.add_certificate(record, audit=audit)
+            else:
+                audit[1]["reissue_of"] = format(reissue_of, "x")
+                revoked = ("revoke", {"serial": format(reissue_of, "x"), "reason": RevocationReason.SUPERSEDED.value,
+                                      "superseded_by": format(record.serial, "x")})  # fmt: skip
+                self.inventory.add_superseding(record, reissue_of, now, audit=audit, revoke_audit=revoked)
         except DuplicateRequest:
             # Another process answered the same request meanwhile: hand out its certificate,
             # and let ours (never recorded, never delivered) go.
@@ -466,6 +480,20 @@ class CertificateAuthority:
                 raise
             return Issued(x509.load_der_x509_certificate(answered.der), answered, chain)
         return Issued(cert, record, chain)
+
+    def _term(self, profile: Profile, reissue_of: int | None, now: datetime) -> datetime:
+        """The new certificate's notAfter: a term of the profile's days, or for a re-issue under
+        ``keep_term_on_reissue`` the replaced certificate's (which must still be valid)."""
+        if reissue_of is None:
+            return now + timedelta(days=profile.days)
+        old = self.inventory.get_certificate(reissue_of)
+        if old is None or old.status is not CertStatus.VALID or old.not_after <= now:
+            raise RequestRejected(
+                f"Certificate {reissue_of:x}, which this one was to replace, is no longer valid; nothing was issued."
+            )
+        if not profile.keep_term_on_reissue:
+            return now + timedelta(days=profile.days)
+        return x509.load_der_x509_certificate(old.der).not_valid_after_utc
 
     def _identify(
         self,

@@ -115,6 +115,14 @@ class Profile:
     (subjectAltName otherName identifyData, :mod:`tokenissue.pkix.kr_vid`): the holder gives
     the number and a random R at enrollment, the CA computes the VID and forgets both."""
 
+    require_verified_by: bool = False
+    """Refuse a registration that does not record how the officer verified the holder's
+    identity (a branch visit with an ID card, a video call, ...): the record a Korean CA keeps."""
+
+    keep_term_on_reissue: bool = False
+    """A re-issue (a registration that replaces a valid certificate) keeps the replaced
+    certificate's notAfter instead of starting a new term of :attr:`days`."""
+
 
 #: keyUsage bit names as cryptography spells them, with the algorithms able to use each bit.
 #: Signing bits suit every key type; encryption of a key needs RSA; key agreement needs EC.
@@ -197,6 +205,8 @@ _DEFAULTS: dict[str, Any] = {
     "cps_uri": "",
     "user_notice": "",
     "identify_data": False,
+    "require_verified_by": False,
+    "keep_term_on_reissue": False,
 }
 _LIST_KEYS = (
     "key_usage",
@@ -372,6 +382,8 @@ def _build(name: str, raw: Mapping[str, Any], source: str) -> Profile:
         cps_uri=cps_uri or None,
         user_notice=notice or None,
         identify_data=identify,
+        require_verified_by=_bool(values["require_verified_by"], where, "require_verified_by"),
+        keep_term_on_reissue=_bool(values["keep_term_on_reissue"], where, "keep_term_on_reissue"),
     )
 
 

@@ -40,15 +40,26 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, NoReturn
 
+from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from .. import hooks
 from ..config import write_private_file
 from ..credentials import IdNumber, Secret
-from ..errors import ConfigError, NotFound, PinIncorrect, PinLocked, Remedy, RequestRejected, UsageError
+from ..errors import (
+    CodeNotDelivered,
+    ConfigError,
+    NotFound,
+    PinIncorrect,
+    PinLocked,
+    Remedy,
+    RequestRejected,
+    UsageError,
+)
 from ..inventory import DuplicateRegistration
-from ..models import Registration, RegistrationStatus
-from ..pkix.kr_vid import normalize_idn
-from ..pkix.names import format_san, parse_san, parse_subject
+from ..models import CertRecord, CertStatus, Registration, RegistrationStatus
+from ..pkix.kr_vid import normalize_idn, without_identify_data
+from ..pkix.names import format_san, parse_san, parse_subject, sans_of
 from .profiles import _check_san, _check_subject
 
 if TYPE_CHECKING:
@@ -57,6 +68,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CODE_ALPHABET",
     "CODE_LENGTH",
+    "DELIVERY_TIMEOUT_S",
     "RA_KEY_FILE",
     "RegistrationAuthority",
     "derive_code",
@@ -93,6 +105,11 @@ _SUBJECT_NAMES = {
 _DECOY_NONCE = b"tokenissue-ra-no-such-ref"
 DEFAULT_VALIDITY = timedelta(days=7)
 MAX_FAILURES = 5
+#: How long a code delivery command may take by default.
+DELIVERY_TIMEOUT_S = 60.0
+#: The longest --verified-by and --terms-version the inventory keeps (terms_version is VARCHAR(64)).
+_MAX_VERIFIED_BY = 500
+_MAX_TERMS_VERSION = 64
 
 
 def format_code(digest: bytes) -> Secret:
@@ -131,6 +148,18 @@ def id_number_hash(key: bytes, number: IdNumber) -> bytes:
     to try them all, so a plain hash would)."""
     digits = normalize_idn(number.reveal())
     return hmac.new(key, _ID_DOMAIN + digits.encode("ascii"), hashlib.sha256).digest()
+
+
+def _text(value: str | None, what: str, limit: int) -> str | None:
+    """A free-text field of a registration, stripped; None if not given. UsageError if empty or long."""
+    if value is None:
+        return None
+    text = " ".join(value.split())
+    if not text:
+        raise UsageError(f"{what} must not be empty.")
+    if len(text) > limit:
+        raise UsageError(f"{what} is longer than {limit} characters.")
+    return text
 
 
 def _new_ref() -> str:
@@ -221,24 +250,47 @@ class RegistrationAuthority:
     # -- registering ------------------------------------------------------------------------
     def register(
         self,
-        subject: str,
-        profile: str,
+        subject: str | None,
+        profile: str | None,
         *,
         valid: timedelta = DEFAULT_VALIDITY,
         san: Sequence[str] = (),
         id_number: IdNumber | None = None,
         real_name: str | None = None,
+        verified_by: str | None = None,
+        terms_version: str | None = None,
+        reissue_of: int | None = None,
     ) -> tuple[Registration, Secret]:
         """Register a checked identity; return the registration and its code (show it once).
 
         For a profile that binds the holder's identity (``identify_data``) ``id_number`` is
         required: only its keyed hash (:func:`id_number_hash`) is kept, and the holder must
         give the same number to enroll. ``real_name`` is the identifyData realName (default:
-        the subject's CN up to a "()").
+        the subject's CN up to a "()"). ``verified_by`` (how the identity was verified; a
+        profile with ``require_verified_by`` needs it) and ``terms_version`` (the terms the
+        holder accepted) are kept with the registration and in the audit log.
+
+        ``reissue_of``: the serial of a valid certificate of this CA that the certificate
+        enrolled with this registration replaces (a re-issue): ``subject``, ``profile`` and
+        ``san`` default to that certificate's, and issuing revokes it as superseded in the
+        same transaction that records the new one (:meth:`CertificateAuthority.issue`).
 
         UsageError (exit 2) for a bad subject or SAN, an unknown profile, one the subject or
-        SANs do not fit, a missing registration number, or a validity that is not positive.
+        SANs do not fit, a missing registration number or verification record, or a validity
+        that is not positive; NotFound or RequestRejected (exit 6) for a ``reissue_of`` this CA
+        did not issue, or that is revoked or expired.
         """
+        if reissue_of is not None:
+            old = self.reissuable(reissue_of)
+            cert = x509.load_der_x509_certificate(old.der)
+            if subject is None:
+                subject = cert.subject.rfc4514_string(_SUBJECT_NAMES)
+            if profile is None:
+                profile = old.profile
+            if not san:
+                san = [format_san(g) for g in without_identify_data(sans_of(cert))]
+        if subject is None or profile is None:
+            raise UsageError("A registration needs the holder's subject and a profile.")
         name = parse_subject(subject)
         prof = self.ca.profile(profile)
         general_names = parse_san(list(san))
@@ -262,6 +314,13 @@ class RegistrationAuthority:
             raise UsageError(f"Profile '{prof.name}' does not bind a registration number; give none.")
         if real_name is not None and not real_name.strip():
             raise UsageError("The real name must not be empty.")
+        verified_by = _text(verified_by, "How the identity was verified", _MAX_VERIFIED_BY)
+        terms_version = _text(terms_version, "The terms version", _MAX_TERMS_VERSION)
+        if prof.require_verified_by and verified_by is None:
+            raise UsageError(
+                f"Profile '{prof.name}' requires a record of how the holder's identity was verified.",
+                remedy=Remedy.GIVE_VERIFIED_BY,
+            )
         key = self._ra_key()
         id_hash = None if id_number is None else id_number_hash(key, id_number)
         now = datetime.now(UTC)
@@ -277,6 +336,9 @@ class RegistrationAuthority:
                 san=tuple(format_san(g) for g in general_names),
                 id_hash=id_hash,
                 real_name=real_name.strip() if real_name else None,
+                verified_by=verified_by,
+                terms_version=terms_version,
+                reissue_of=reissue_of,
             )
             try:
                 reg = self._inv.add_registration(reg)
@@ -294,9 +356,82 @@ class RegistrationAuthority:
                 "san": list(reg.san),
                 "expires_at": reg.expires_at.isoformat(),
                 "identity_bound": reg.id_hash is not None,
+                "verified_by": reg.verified_by,
+                "terms_version": reg.terms_version,
+                "reissue_of": None if reg.reissue_of is None else format(reg.reissue_of, "x"),
             },
         )
         return reg, derive_code(key, reg.ref, reg.nonce)
+
+    def reissuable(self, serial: int, *, now: datetime | None = None) -> CertRecord:
+        """The certificate ``serial`` if it can be re-issued: this CA's, neither revoked nor
+        expired. NotFound or RequestRejected with one sentence otherwise."""
+        rec = self._inv.get_certificate(serial)
+        if rec is None:
+            raise NotFound(
+                f"This CA issued no certificate with serial {serial:x}, so it cannot be re-issued.",
+                remedy=Remedy.LIST_CA_CERTIFICATES,
+            )
+        now = now or datetime.now(UTC)
+        if rec.status is CertStatus.REVOKED:
+            reason = "" if rec.revocation_reason is None else f" ({rec.revocation_reason.value})"
+            raise RequestRejected(
+                f"Certificate {serial:x} was revoked{reason}, so it cannot be re-issued; register the holder "
+                "for a new certificate instead."
+            )
+        if rec.status is not CertStatus.VALID:
+            raise RequestRejected(f"Certificate {serial:x} is {rec.status.value}, so it cannot be re-issued.")
+        if now >= rec.not_after:
+            raise RequestRejected(
+                f"Certificate {serial:x} expired on {rec.not_after:%Y-%m-%d}, so it cannot be re-issued; register "
+                "the holder for a new certificate instead."
+            )
+        return rec
+
+    def deliver(
+        self, reg: Registration, code: Secret, command: Sequence[str], *, timeout: float = DELIVERY_TIMEOUT_S
+    ) -> None:
+        """Hand ``code`` to ``command`` (an SMS or e-mail gateway) on its standard input.
+
+        The command runs as every hook does (:mod:`tokenissue.hooks`: no shell, an allowlisted
+        environment) with ``TOKENISSUE_REF``, ``TOKENISSUE_SUBJECT``, ``TOKENISSUE_PROFILE`` and
+        ``TOKENISSUE_EXPIRES_AT`` set; the code is on its standard input only (one line), never
+        in its arguments or environment. If it fails (not found, a non-zero exit, a timeout),
+        nobody may have the code, so the registration is cancelled and CodeNotDelivered (exit
+        10) raised; a registration is never left usable with a code nobody got.
+        """
+        extra = {
+            "TOKENISSUE_REF": reg.ref,
+            "TOKENISSUE_SUBJECT": reg.subject,
+            "TOKENISSUE_PROFILE": reg.profile,
+            "TOKENISSUE_EXPIRES_AT": reg.expires_at.isoformat(),
+        }
+        secret = code.reveal()
+        why = hooks.run_checked(
+            command, extra_env=extra, input=(secret + "\n").encode("ascii"), timeout=timeout,
+            what="delivery", redact=[secret, secret.replace("-", "")],
+        )  # fmt: skip
+        if why is None:
+            self._inv.audit_append("ra-code-delivered", {"ref": reg.ref, "command": os.path.basename(command[0])})
+            return
+        self._inv.audit_append("ra-code-not-delivered", {"ref": reg.ref, "why": why})
+        try:
+            self.cancel(reg.ref)
+        except Exception:
+            raise CodeNotDelivered(
+                f"The authorization code of registration {reg.ref} was not delivered ({why}), and the registration "
+                f"could not be cancelled; it expires unused on {reg.expires_at:%Y-%m-%d %H:%M} UTC.",
+                ref=reg.ref,
+                cancelled=False,
+                remedy=Remedy.DELIVER_AGAIN,
+            ) from None
+        raise CodeNotDelivered(
+            f"The authorization code of registration {reg.ref} was not delivered ({why}), so the registration "
+            "was cancelled.",
+            ref=reg.ref,
+            cancelled=True,
+            remedy=Remedy.DELIVER_AGAIN,
+        )
 
     # -- what the CMP server calls ----------------------------------------------------------
     def code_for(self, ref: str) -> Secret:
@@ -479,6 +614,10 @@ class RegistrationAuthority:
         if before.status is not RegistrationStatus.CANCELLED:
             self._inv.audit_append("ra-cancel", {"ref": ref})
         return reg
+
+    def get(self, ref: str) -> Registration:
+        """The registration ``ref`` in whatever state it is; NotFound if there is none."""
+        return self._get(ref)
 
     def _get(self, ref: str) -> Registration:
         reg = self._inv.get_registration(ref)

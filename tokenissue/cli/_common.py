@@ -32,6 +32,7 @@ __all__ = [
     "console",
     "emit_json",
     "err_console",
+    "resolve_serial",
     "state",
 ]
 
@@ -395,3 +396,22 @@ CaTrustOpt = Annotated[
         envvar="TOKENISSUE_CA_TRUST",
     ),
 ]
+
+
+def resolve_serial(text: str, ca: Any) -> int:
+    """A certificate serial as users paste it: hex as 'ca list' prints it, openssl's upper case
+    with a leading zero or colons (0A:1B:...), 0x..., or a prefix naming one certificate."""
+    norm = text.strip().lower().removeprefix("0x").replace(":", "").replace(" ", "")
+    try:
+        number = int(norm, 16)
+    except ValueError:
+        raise UsageError(f"'{text}' is not a hex serial number.") from None
+    if ca.inventory.get_certificate(number) is not None:
+        return number
+    prefix = norm.lstrip("0") or "0"
+    found = [r.serial for r in ca.list() if format(r.serial, "x").startswith(prefix)] if len(prefix) >= 4 else []
+    if len(found) == 1:
+        return int(found[0])
+    if len(found) > 1:
+        raise UsageError(f"{len(found)} certificates have serials starting with {prefix}; give more of it.")
+    return number  # unknown: the CA says so in one sentence

@@ -162,7 +162,9 @@ def ca_enroller(
     elif cmp is not None and is_cmp_location(location):
         enroller = open_enroller(location, ref=cmp.ref, auth_code=cmp.auth_code, trust=cmp.trust())
     else:
-        enroller = open_enroller(location, module=state(ctx).module)
+        # A CA directory: with a reference, the holder enrolls with a registration's code.
+        ref = cmp.ref if cmp is not None else None
+        enroller = open_enroller(location, module=state(ctx).module, ref=ref, auth_code=cmp.auth_code if ref and cmp else None)
     if isinstance(enroller, LocalCA) and enroller.needs_ca_pin:
         # Asked for only when the CA signs, and once per command however many CAs it opens.
         enroller.ca_pin_provider = lambda: _ca_pin_once(ca_pin_file)

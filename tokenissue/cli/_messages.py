@@ -79,6 +79,9 @@ REMEDIES: dict[Remedy, str] = {
     Remedy.GIVE_ID_NUMBER: "give the holder's registration number with --id-number-file, TOKENISSUE_ID_NUMBER or "
     "the prompt.",
     Remedy.INSTALL_CA_CERT: "install it with 'tokenissue ca install-cert'.",
+    Remedy.GIVE_VERIFIED_BY: "say how with --verified-by (e.g. 'branch visit with ID card').",
+    Remedy.LIST_CA_CERTIFICATES: "check the serial with 'tokenissue ca list'.",
+    Remedy.DELIVER_AGAIN: "check the --deliver-code command, then run 'tokenissue ra register' again.",
 }
 
 

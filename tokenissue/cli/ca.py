@@ -26,6 +26,7 @@ from ._common import (
     err_console,
     parse_duration,
     parse_reason,
+    resolve_serial,
     state,
 )
 from ._render import FORCED_NOTE, plain, record_dict, revoked_lines
@@ -253,25 +254,6 @@ def list_issued(
         return
     window = parse_duration(within) if within is not None else None
     _sweep(ctx, ca_dir, window, hook, renew, rekey, pin_file, pin_env, ca_pin_file, json_out)
-
-
-def resolve_serial(text: str, ca: Any) -> int:
-    """A certificate serial as users paste it: hex as 'ca list' prints it, openssl's upper case
-    with a leading zero or colons (0A:1B:...), 0x..., or a prefix naming one certificate."""
-    norm = text.strip().lower().removeprefix("0x").replace(":", "").replace(" ", "")
-    try:
-        number = int(norm, 16)
-    except ValueError:
-        raise UsageError(f"'{text}' is not a hex serial number.") from None
-    if ca.inventory.get_certificate(number) is not None:
-        return number
-    prefix = norm.lstrip("0") or "0"
-    found = [r.serial for r in ca.list() if format(r.serial, "x").startswith(prefix)] if len(prefix) >= 4 else []
-    if len(found) == 1:
-        return int(found[0])
-    if len(found) > 1:
-        raise UsageError(f"{len(found)} certificates have serials starting with {prefix}; give more of it.")
-    return number  # unknown: the CA says so in one sentence
 
 
 def _list_all(ctx: typer.Context, ca_dir: Path, json_out: bool) -> None:

@@ -63,15 +63,16 @@ RefOpt = Annotated[
     str | None,
     typer.Option(
         "--ref",
-        help="CMP: the reference the CA gave with the authorization code (sent as senderKID). "
-        "Renewals default to the one the certificate was enrolled with.",
+        help="The registration's reference the RA gave with the authorization code: over CMP (sent as "
+        "senderKID), or with a CA directory, where the code is checked the same way. Renewals default to "
+        "the one the certificate was enrolled with.",
     ),
 ]
 AuthCodeFileOpt = Annotated[
     Path | None,
     typer.Option(
         "--auth-code-file",
-        help="CMP: read the authorization code (the secret that goes with --ref) from this file's "
+        help="Read the authorization code (the secret that goes with --ref) from this file's "
         "first line (must be chmod 600); '-' reads stdin. Default: $TOKENISSUE_AUTH_CODE, else a hidden prompt.",
     ),
 ]
@@ -210,6 +211,9 @@ def enroll(
             fresh = ServerArgs(ref=ref, auth_code=AuthCodeSource(auth_code_file)(), trust_file=ca_trust)
         elif is_acme_location(ca):
             fresh = ServerArgs(trust_file=ca_trust)  # --ca-trust: the roots the issued chain may end in
+        elif ref:
+            # A CA directory and a registration: the code is checked as a CMP server would.
+            fresh = ServerArgs(ref=ref, auth_code=AuthCodeSource(auth_code_file)())
         sel = p11.TokenSelector.parse(token)
         token_serial = p11.load_module(mod).token_info(sel).name
         enroller = ca_enroller(ctx, ca, ca_pin_file, fresh, acme)

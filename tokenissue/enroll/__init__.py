@@ -73,4 +73,4 @@ def open_enroller(
             f"CA URLs with {scheme}:// are not supported; give cmp+http(s)://HOST:PORT/PATH, "
             "acme+https://HOST/DIRECTORY or a local CA directory."
         )
-    return LocalCA(Path(location), ca_pin=ca_pin, module=module)
+    return LocalCA(Path(location), ca_pin=ca_pin, module=module, ref=ref, auth_code=auth_code)

@@ -22,8 +22,6 @@ Exit status 0 means notified; anything else is reported as a failed notification
 from __future__ import annotations
 
 import enum
-import shlex
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,7 +31,7 @@ from ..ca.authority import CertificateAuthority
 from ..ca.profiles import Profile
 from ..credentials import Pin, ProtectedAuth
 from ..enroll.base import Enroller
-from ..errors import KeyNotFound, TokenIssueError, TokenNotFound, UsageError, stops_a_run
+from ..errors import KeyNotFound, TokenIssueError, TokenNotFound, stops_a_run
 from ..inventory import Inventory
 from ..lifecycle import certificate_status, enroll, entry_params, renewal_params
 from ..models import CertRecord, CertStatus, StepHook, no_step
@@ -57,7 +55,6 @@ __all__ = [
 ]
 
 HOOK_TIMEOUT_S = 60
-_DETAIL_MAX = 300
 
 
 class SweepAction(enum.StrEnum):
@@ -179,7 +176,7 @@ def sweep(
     """Sweep ``records`` (the CA's inventory): renew what ``renew`` can (it returns the new
     serial, raises TokenNotFound when the token is not here), then run ``hook`` for each."""
     if hook is not None:
-        _split(hook)  # a malformed hook fails before anything is renewed
+        hooks.split(hook)  # a malformed hook fails before anything is renewed
     now = now or datetime.now(UTC)
     items = []
     stopped: str | None = None
@@ -210,16 +207,6 @@ def sweep(
     return items
 
 
-def _split(hook: str) -> list[str]:
-    try:
-        argv = shlex.split(hook)
-    except ValueError as e:
-        raise UsageError(f"The hook command cannot be parsed ({e}).") from None
-    if not argv:
-        raise UsageError("The hook command is empty.")
-    return argv
-
-
 def run_hook(hook: str, item: SweepItem) -> tuple[bool, str | None]:
     """Run the hook for one item; (succeeded, why not)."""
     rec = item.record
@@ -236,21 +223,8 @@ def run_hook(hook: str, item: SweepItem) -> tuple[bool, str | None]:
         "TOKENISSUE_SWEEP_ACTION": str(item.action),
     }
     pem = dump_certificates(load_certificates(rec.der), "pem")
-    try:
-        proc = hooks.run(_split(hook), extra_env=extra, input=pem, capture_output=True, timeout=HOOK_TIMEOUT_S)
-    except FileNotFoundError:
-        return False, f"hook command not found: {_split(hook)[0]}"
-    except PermissionError:
-        return False, f"hook command not executable: {_split(hook)[0]}"
-    except OSError as e:  # no #! line (ENOEXEC), argument list too long, ...
-        return False, f"hook command cannot run: {e.strerror or e}"
-    except subprocess.TimeoutExpired:
-        return False, f"hook timed out after {HOOK_TIMEOUT_S} s"
-    if proc.returncode != 0:
-        said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        tail = f": {said[-1][:_DETAIL_MAX]}" if said else ""
-        return False, f"hook exited with status {proc.returncode}{tail}"
-    return True, None
+    why = hooks.run_checked(hooks.split(hook), extra_env=extra, input=pem, timeout=HOOK_TIMEOUT_S)
+    return why is None, why
 
 
 def renewer(

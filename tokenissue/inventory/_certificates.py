@@ -12,7 +12,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..errors import InventoryError, NotFound, Remedy
+from ..errors import InventoryError, NotFound, Remedy, RequestRejected
 from ..models import CertRecord, CertStatus, RevocationReason
 from ..publickeys import certificate_spki
 from ._audit_log import AUDIT_RETRIES, append_audit, prepare_audit
@@ -135,6 +135,68 @@ class CertificateStore(Database):
                 if attempt + 1 == AUDIT_RETRIES:
                     raise
                 # Neither the serial nor the request: another writer took the audit seq.
+
+    def add_superseding(
+        self,
+        rec: CertRecord,
+        old_serial: int,
+        at: datetime,
+        *,
+        audit: tuple[str, Mapping[str, object]] | None = None,
+        revoke_audit: tuple[str, Mapping[str, object]] | None = None,
+    ) -> CertRecord:
+        """Record ``rec`` and revoke certificate ``old_serial`` as superseded at ``at``, in one
+        transaction with both audit entries: there is never a moment with both certificates
+        valid, or neither. Returns the old certificate as revoked.
+
+        The old certificate must be valid and unexpired at ``at`` (checked under a row lock,
+        so of two re-issues of one certificate only one succeeds): RequestRejected otherwise,
+        NotFound if it is unknown, and nothing is recorded. The other errors are those of
+        :meth:`add_certificate`.
+        """
+        row = cert_to_row(rec)
+        at = utc(at, "at")
+        key = serial_hex(old_serial)
+        prepared = prepare_audit(audit[1]) if audit else None
+        prepared_revoke = prepare_audit(revoke_audit[1]) if revoke_audit else None
+        for attempt in range(AUDIT_RETRIES):
+            try:
+                with self._tx("write to", write=True) as conn:
+                    old = conn.execute(_CERT_BY_SERIAL.with_for_update(), {"serial": key}).first()
+                    if old is None:
+                        raise NotFound(
+                            f"No certificate with serial {old_serial:#x} is in the inventory.",
+                            remedy=Remedy.LIST_CERTIFICATES,
+                        )
+                    if old.status != CertStatus.VALID.value or old.not_after <= at:
+                        state = "revoked" if old.status == CertStatus.REVOKED.value else "no longer valid"
+                        raise RequestRejected(
+                            f"Certificate {old_serial:x}, which this one was to replace, is {state}; "
+                            "nothing was issued."
+                        )
+                    conn.execute(
+                        update(certificates)
+                        .where(certificates.c.serial == key)
+                        .values(
+                            status=CertStatus.REVOKED.value,
+                            revoked_at=at,
+                            revocation_reason=RevocationReason.SUPERSEDED.value,
+                        )
+                    )
+                    conn.execute(_CERT_INSERT, row)
+                    if audit is not None and prepared is not None:
+                        append_audit(conn, audit[0], prepared)
+                    if revoke_audit is not None and prepared_revoke is not None:
+                        append_audit(conn, revoke_audit[0], prepared_revoke)
+                    done = conn.execute(_CERT_BY_SERIAL, {"serial": key}).one()
+                return _row_to_cert(done)
+            except InventoryError as e:
+                if not isinstance(e.__cause__, sa_exc.IntegrityError):
+                    raise
+                self._explain_duplicate(rec, e)
+                if attempt + 1 == AUDIT_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _explain_duplicate(self, rec: CertRecord, e: InventoryError) -> None:
         """Raise the precise error when the serial or the request is what was duplicated."""

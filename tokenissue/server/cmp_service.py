@@ -449,7 +449,7 @@ class CMPService:
         self._on_step("after-reserve")
         issued = self._issue(
             ctx, reg.profile, subject, san, public_key, replaces=None, kind=_kind(req), resumed=resumed,
-            identity=identity, real_name=reg.real_name,
+            identity=identity, real_name=reg.real_name, reissue_of=reg.reissue_of,
         )  # fmt: skip
         self._on_step("after-issue")
         self._consume(ctx, issued.record)
@@ -562,6 +562,7 @@ class CMPService:
         resumed: bool,
         identity: IdentityProof | None = None,
         real_name: str | None = None,
+        reissue_of: int | None = None,
     ) -> Issued:
         req = ctx.request
         tid = _tid(req)
@@ -574,7 +575,7 @@ class CMPService:
             with self._signing_key() as key:
                 issued = self.ca.issue(
                     public_key, profile, subject=subject, san=san, pin=self._pin, request_id=tid.hex(),
-                    replaces=replaces, ca_key=key, identity=identity, real_name=real_name,
+                    replaces=replaces, ca_key=key, identity=identity, real_name=real_name, reissue_of=reissue_of,
                 )  # fmt: skip
         except RequestRejected:
             # A definite refusal: close the transaction and let the code go. Anything else (the
