@@ -12,18 +12,15 @@ registration (403), a re-enrollment without a client certificate (403), EST over
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import ssl
 import subprocess
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from tokenissue.inventory import Inventory
@@ -33,30 +30,10 @@ from support.cmp_server import Served, register, served, snapshot
 from support.lifecycle import TokenCA, make_token_ca
 from support.openssl import ENGINE_SO, openssl_env, pkcs11_id
 from support.softhsm import SOFTHSM_MODULE, SoftHSM
+from support.tls import server_tls_files
 
 pytestmark = pytest.mark.skipif(ENGINE_SO is None, reason="libengine-pkcs11-openssl is not installed")
 EST = "/.well-known/est"
-
-
-def _tls_files(d: Path) -> tuple[Path, Path]:
-    """A server certificate for 127.0.0.1 (software, self-signed: the TLS identity of the server
-    is not the CA's business here); curl trusts it with --cacert."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name.from_rfc4514_string("CN=127.0.0.1")
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    cert_path, key_path = d / "tls.pem", d / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 def _engine_conf(path: Path) -> Path:
@@ -111,7 +88,7 @@ def _post(server: Served, op: str, csr: Path, tls: Path, *lines: str) -> str:
 @pytest.fixture
 def est(softhsm: SoftHSM, tmp_path: Path) -> tuple[TokenCA, Served, Path]:
     ca = make_token_ca(softhsm)
-    cert, key = _tls_files(tmp_path)
+    cert, key = server_tls_files(tmp_path)
     with served(ca, "--tls-cert", str(cert), "--tls-key", str(key)) as server:
         yield ca, server, cert
 
