@@ -170,7 +170,8 @@ def _start(ca: TokenCA, extra: tuple[str, ...], env: dict[str, str] | None, port
              "--listen", f"127.0.0.1:{port}", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=full_env,
         )  # fmt: skip
-    server = Served(f"http://127.0.0.1:{port}", proc, stderr_path)
+    scheme = "https" if "--tls-cert" in extra else "http"  # /health is polled without verifying TLS
+    server = Served(f"{scheme}://127.0.0.1:{port}", proc, stderr_path)
     deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:
@@ -179,7 +180,7 @@ def _start(ca: TokenCA, extra: tuple[str, ...], env: dict[str, str] | None, port
                 f"ca serve exited {proc.returncode}: {err}"
             )
         try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/health", timeout=2, verify=False).status_code == 200:  # noqa: S501
                 return server
         except httpx.TransportError:
             pass

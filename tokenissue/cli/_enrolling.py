@@ -154,12 +154,12 @@ def ca_enroller(
 ) -> Any:
     """The enroller for the CA at ``location`` (a CA directory, a CMP or an ACME server), with
     this command's server arguments; a local CA asks for its PIN once, when it first signs."""
-    from ..enroll import is_acme_location, is_cmp_location, open_enroller
+    from ..enroll import is_acme_location, open_enroller, takes_registration
     from ..enroll.local import LocalCA
 
     if acme is not None and is_acme_location(location):
         enroller = open_enroller(location, acme=acme.options(ctx, cmp.trust() if cmp else []))
-    elif cmp is not None and is_cmp_location(location):
+    elif cmp is not None and takes_registration(location):
         enroller = open_enroller(location, ref=cmp.ref, auth_code=cmp.auth_code, trust=cmp.trust())
     else:
         # A CA directory: with a reference, the holder enrolls with a registration's code.
@@ -193,9 +193,9 @@ def _ca_pin_once(ca_pin_file: Path | None) -> Any:
 def revoke_lost_command(ca: str, token_serial: str) -> str | None:
     """The command that revokes a lost token's certificates at ``ca`` (and ends its unfinished
     enrollments); None for a CMP or ACME CA, which revokes only with the certificate's key."""
-    from ..enroll import is_acme_location, is_cmp_location
+    from ..enroll import is_acme_location, takes_registration
 
-    if is_cmp_location(ca) or is_acme_location(ca):
+    if takes_registration(ca) or is_acme_location(ca):
         return None
     import shlex
 

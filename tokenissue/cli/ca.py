@@ -494,8 +494,9 @@ def serve(
     ocsp_pin_file: Annotated[Path | None, typer.Option("--ocsp-pin-file", help="Read the PIN of the OCSP signer's token from this file (chmod 600), when its key is not on the CA's token. Default: $TOKENISSUE_OCSP_PIN, else a prompt.")] = None,
 ) -> None:
     """Serve the CA over CMP (RFC 4210/9483 over HTTP, RFC 6712): enrollment with registration codes,
-    key update, revocation; and OCSP (RFC 6960, RFC 5019) at /ocsp once 'ca ocsp-signer' has made
-    its signer. One JSON access-log line per request goes to stderr."""
+    key update, revocation; OCSP (RFC 6960, RFC 5019) at /ocsp once 'ca ocsp-signer' has made
+    its signer; and with --tls-cert, EST (RFC 7030) under /.well-known/est/. One JSON
+    access-log line per request goes to stderr."""
     host, port = _parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("Give both --tls-cert and --tls-key, or neither.")
@@ -555,4 +556,22 @@ def serve(
         limit_concurrency=2 * max_concurrent + 64,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
+        # EST re-enrollment is authorized by the client certificate being renewed: ask for one
+        # (optional: CMP, OCSP and first enrollments need none), issued by this CA.
+        **_client_auth(ca_dir) if tls_cert else {},
     )
+
+
+def _client_auth(ca_dir: Path) -> dict[str, Any]:
+    """uvicorn's settings to ask TLS clients for a certificate of this CA (not to require one)."""
+    import ssl
+
+    from ..ca.authority import CERT_FILE, CHAIN_FILE
+
+    anchors = ca_dir / CERT_FILE
+    if (ca_dir / CHAIN_FILE).exists():
+        # An intermediate: OpenSSL verifies a client's chain up to a self-signed root, so the
+        # root and everything between go into the bundle (public certificates only).
+        anchors = ca_dir / "tls-client-ca.pem"
+        anchors.write_bytes((ca_dir / CERT_FILE).read_bytes() + b"\n" + (ca_dir / CHAIN_FILE).read_bytes())
+    return {"ssl_cert_reqs": ssl.CERT_OPTIONAL, "ssl_ca_certs": str(anchors)}

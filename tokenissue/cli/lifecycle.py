@@ -201,12 +201,12 @@ def enroll(
 
         parse_subject(subject)
         parse_san(san or [])
-        from ..enroll import is_cmp_location
+        from ..enroll import takes_registration
 
         fresh: ServerArgs | None = None
-        if is_cmp_location(ca):
+        if takes_registration(ca):
             if not ref:
-                raise UsageError("Enrolling at a CMP server needs --ref, the reference the CA gave with the authorization code.")
+                raise UsageError("Enrolling at a CMP or EST server needs --ref, the reference the CA gave with the authorization code.")
             # Asked for now, before a key is made, and kept out of the journal.
             fresh = ServerArgs(ref=ref, auth_code=AuthCodeSource(auth_code_file)(), trust_file=ca_trust)
         elif is_acme_location(ca):
@@ -537,17 +537,17 @@ def revoke(
     At a CMP server the revocation request is signed with the certificate's own key on the token.
     """
     from .. import p11
-    from ..enroll import is_cmp_location
+    from ..enroll import takes_registration
     from ..lifecycle import revoke_on_token
     from ._render import record_dict, revoked_lines
 
     if token_serial is not None:
         if ca is None:
             raise UsageError("A lost token is revoked at its CA: give --ca.")
-        if is_cmp_location(ca):
+        if takes_registration(ca):
             raise UsageError(
                 "A lost token's certificates cannot be revoked over CMP, which needs each certificate's key "
-                "(RFC 9483 §4.2); ask the CA's operator to revoke them."
+                "(RFC 9483 §4.2), nor over EST, which has no revocation; ask the CA's operator to revoke them."
             )
         why = parse_reason(reason, RevocationReason.KEY_COMPROMISE)  # a lost token's keys are out of reach
         from ..ca.authority import CertificateAuthority

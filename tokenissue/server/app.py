@@ -6,6 +6,8 @@ Routes::
                                 trailing slash and {cmp_path}<label> (RFC 9483 §3.6 style)
     POST /ocsp                  application/ocsp-request in, application/ocsp-response out
     GET  /ocsp/{base64 request} the same, RFC 5019 §5 (cacheable: Cache-Control, Expires, ETag)
+    GET  /.well-known/est/cacerts, csrattrs; POST simpleenroll, simplereenroll: EST (RFC 7030,
+                                see :mod:`.est_service`), over HTTPS only
     GET  /ca.pem                the CA certificate and its issuers (PEM)
     GET  /crl.pem               the CA directory's current crl.pem (404 when none was published)
     GET  /health                {"status": "ok", "database": "ok", "ca": subject, "not_after": ISO
@@ -46,6 +48,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import ssl
 import sys
 import time
 from collections import Counter
@@ -53,6 +56,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -76,6 +80,7 @@ from ..pkix.certs import dump_certificates
 from ..pkix.ocsp import error_response
 from ..protocols.cmp import FailureInfo, build_error, encode_message
 from .cmp_service import CMPService
+from .est_service import ESTService
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 
@@ -101,6 +106,7 @@ class _Runtime:
     service: CMPService
     ca: CertificateAuthority
     ocsp: OCSPResponder
+    est: ESTService
 
 
 #: Headers for an answer sent before the request body was read to its end: the rest of the body
@@ -170,6 +176,7 @@ def create_app(
             key = stack.enter_context(ca.signing_key(pin))
             runtime.ca = ca
             runtime.ocsp = OCSPResponder(ca, stack.enter_context(open_signer_key(ca, pin, ocsp_pin)))
+            runtime.est = ESTService(ca, RegistrationAuthority(ca), pin, ca_key=key)
             runtime.service = CMPService(
                 ca, RegistrationAuthority(ca), pin, ca_key=key, max_size=max_body, on_step=on_step
             )
@@ -253,6 +260,40 @@ def create_app(
         answer = await anyio.to_thread.run_sync(runtime.ocsp.respond, der, fields, limiter=ocsp_threads)
         return _ocsp_response(answer, cacheable=True)
 
+    async def est_cacerts(request: Request) -> Response:
+        return _est_reply(runtime.est.cacerts())
+
+    async def est_csrattrs(request: Request) -> Response:
+        return Response(status_code=204)  # nothing asked beyond what the profile checks (§4.5.2)
+
+    async def est_enroll(request: Request) -> Response:
+        fields: dict[str, Any] = request.scope[_LOG_KEY]
+        fields["est"] = request.url.path.rsplit("/", 1)[-1]
+        if request.url.scheme != "https":
+            fields["est_error"] = 403
+            return PlainTextResponse("EST needs TLS: the CA serves it over HTTPS only (--tls-cert, --tls-key).\n",
+                                     status_code=403)  # fmt: skip
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != EST_CSR_TYPE:
+            fields["est_error"] = 415
+            return PlainTextResponse(f"Send the request as {EST_CSR_TYPE} (base64 DER).\n", status_code=415, headers=_CLOSE)
+        try:
+            body = await asyncio.wait_for(_read_limited(request, max_body), timeout=body_timeout)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except TimeoutError:
+            fields["slow_body"] = True
+            return PlainTextResponse(f"The request did not arrive within {body_timeout:g} s.\n", status_code=408,
+                                     headers=_CLOSE)  # fmt: skip
+        if body is None:
+            return PlainTextResponse(f"The request exceeds {max_body} bytes.\n", status_code=413, headers=_CLOSE)
+        fields["bytes_in"] = len(body)
+        if fields["est"] == "simpleenroll":
+            work = partial(runtime.est.simpleenroll, body, request.headers.get("authorization"), fields)
+        else:
+            work = partial(runtime.est.simplereenroll, body, _client_certificate(request.scope), fields)
+        return _est_reply(await anyio.to_thread.run_sync(work, limiter=cmp_threads))
+
     async def ca_pem(request: Request) -> Response:
         return Response(dump_certificates(runtime.ca.chain(), "pem"), media_type="application/x-pem-file")
 
@@ -288,6 +329,10 @@ def create_app(
         Route("/ocsp", ocsp_post, methods=["POST"]),
         Route("/ocsp/", ocsp_post, methods=["POST"]),
         Route("/ocsp/{request:path}", ocsp_get, methods=["GET"]),
+        Route("/.well-known/est/cacerts", est_cacerts, methods=["GET"]),
+        Route("/.well-known/est/csrattrs", est_csrattrs, methods=["GET"]),
+        Route("/.well-known/est/simpleenroll", est_enroll, methods=["POST"]),
+        Route("/.well-known/est/simplereenroll", est_enroll, methods=["POST"]),
         Route("/ca.pem", ca_pem, methods=["GET"]),
         Route("/crl.pem", crl_pem, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -300,7 +345,26 @@ def create_app(
 
 
 #: Route names for the metrics' labels (any other path is "other"; the CMP paths are "cmp").
-_OTHER_ROUTES = {"/ca.pem": "ca", "/crl.pem": "crl", "/health": "health", "/metrics": "metrics", "/ocsp": "ocsp"}
+_OTHER_ROUTES = {"/ca.pem": "ca", "/crl.pem": "crl", "/health": "health", "/metrics": "metrics", "/ocsp": "ocsp",
+                 **{f"/.well-known/est/{op}": "est" for op in ("cacerts", "csrattrs", "simpleenroll", "simplereenroll")}}
+EST_CSR_TYPE = "application/pkcs10"
+
+
+def _est_reply(reply: tuple[int, bytes, dict[str, str]]) -> Response:
+    status, body, headers = reply
+    media = headers.pop("Content-Type", None)
+    return Response(body, status_code=status, media_type=media, headers=headers)
+
+
+def _client_certificate(scope: Scope) -> bytes | None:
+    """The TLS client certificate (DER) that :func:`http_protocol` put into the ASGI scope's
+    ``tls`` extension, or None."""
+    chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
+    if not chain:
+        return None
+    return ssl.PEM_cert_to_DER_cert(chain[0])
+
+
 #: An OCSP request for one certificate is about 100 octets; a signed one with its chain a few KB.
 _OCSP_MAX_BODY = 16 * 1024
 
@@ -413,6 +477,7 @@ def http_protocol(*, header_timeout: float = HEADER_TIMEOUT_S, max_per_client: i
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._with_tls_extension(transport)
             address = self.client[0] if self.client else None
             if max_per_client and address is not None:
                 if open_per_client[address] >= max_per_client:
@@ -444,6 +509,23 @@ def http_protocol(*, header_timeout: float = HEADER_TIMEOUT_S, max_per_client: i
                 # The answer went out before the body was read: the rest of it may trickle in
                 # for ever, and the connection cannot carry another request anyway.
                 self._close()
+
+        def _with_tls_extension(self, transport: asyncio.Transport) -> None:
+            # uvicorn does not fill in the ASGI TLS extension: the client certificate (EST's
+            # re-enrollment is authorized by it) goes into every request's scope from here.
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is None:
+                return
+            der = ssl_object.getpeercert(binary_form=True)
+            tls = {"client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [], "tls_version": None}
+            inner = self.app
+
+            async def app_with_tls(scope: Scope, receive: Receive, send: Send) -> None:
+                if scope["type"] == "http":
+                    scope.setdefault("extensions", {})["tls"] = tls
+                await inner(scope, receive, send)
+
+            self.app = app_with_tls
 
         def _arm_header_timer(self) -> None:
             self._disarm_header_timer()
