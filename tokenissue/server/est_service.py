@@ -13,6 +13,8 @@ simpleenroll         A PKCS#10 request authorized by a registration: HTTP Basic 
                      subject must be empty or the same. The registration is reserved, then
                      consumed, as over CMP; a wrong code counts toward the lock, and an unknown
                      reference and a wrong code get the same 401, so references cannot be probed.
+                     A re-issue registration (``ra register --reissue-of``) supersedes the old
+                     certificate as over CMP.
 simplereenroll       Authorized by the TLS client certificate being renewed (§3.3.2): one this CA
                      issued, valid and unrevoked. The CSR's subject and SANs must be the
                      certificate's (§4.2.2); the key may be the same or new. The new certificate
@@ -156,7 +158,7 @@ class ESTService:
             raise _Refused(403, e.message) from None
         try:
             issued = self._sign(csr, reg.profile, subject, san, request_id="est-" + tid.hex(), replaces=None,
-                                real_name=reg.real_name)  # fmt: skip
+                                real_name=reg.real_name, reissue_of=reg.reissue_of)  # fmt: skip
         except CAError:
             self.ra.release(ref, tid)  # a definite refusal: another request may try
             raise
@@ -245,11 +247,11 @@ class ESTService:
 
     def _sign(
         self, csr: x509.CertificateSigningRequest, profile: str, subject: x509.Name, san: list[x509.GeneralName], *,
-        request_id: str, replaces: int | None, real_name: str | None = None,
+        request_id: str, replaces: int | None, real_name: str | None = None, reissue_of: int | None = None,
     ) -> Issued:  # fmt: skip
         return self.ca.issue(
             csr.public_key(), profile, subject=subject, san=san, pin=self._pin, request_id=request_id,
-            replaces=replaces, ca_key=self._ca_key, real_name=real_name,
+            replaces=replaces, ca_key=self._ca_key, real_name=real_name, reissue_of=reissue_of,
         )  # fmt: skip
 
 
