@@ -536,6 +536,8 @@ def serve(
     shown_host = f"[{host}]" if ":" in host else host
     shown_path = "/" + path.strip("/") + "/" if path.strip("/") else "/"
     typer.echo(f"Serving CMP at {scheme}://{shown_host}:{port}{shown_path} for CA '{subject}'", err=True)
+    if tls_cert:
+        typer.echo(f"Serving EST at {scheme}://{shown_host}:{port}/.well-known/est/", err=True)
     if ocsp_ready:
         typer.echo(f"Serving OCSP at {scheme}://{shown_host}:{port}/ocsp", err=True)
     else:

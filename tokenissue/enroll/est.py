@@ -107,7 +107,8 @@ class ESTEnroller:
         except RequestRejected as e:
             raise CAUnavailable(f"The certificate from the EST server at {self.base} does not verify: {e.message}") from None
         if self._trust and not any(path[-1] == t for t in self._trust):
-            raise CAUnavailable(f"The certificate from the EST server at {self.base} does not end in a --ca-trust root.")
+            raise CAUnavailable(f"The certificate from the EST server at {self.base} does not end in a root you trust.",
+                                remedy=Remedy.GIVE_CA_TRUST)  # fmt: skip
         return EnrollResult(mine[0], path[1:])
 
     def identity_required(self, profile: str) -> bool:

@@ -271,7 +271,7 @@ def create_app(
         fields["est"] = request.url.path.rsplit("/", 1)[-1]
         if request.url.scheme != "https":
             fields["est_error"] = 403
-            return PlainTextResponse("EST needs TLS: the CA serves it over HTTPS only (--tls-cert, --tls-key).\n",
+            return PlainTextResponse("EST needs TLS: this server takes EST requests over HTTPS only.\n",
                                      status_code=403)  # fmt: skip
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != EST_CSR_TYPE:
