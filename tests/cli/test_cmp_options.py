@@ -58,9 +58,10 @@ def test_no_option_takes_the_code_in_argv(hsm: SoftHSM) -> None:
 
 def test_unknown_url_scheme_is_one_sentence(hsm: SoftHSM) -> None:
     add_token_fast(hsm, "test")  # the token is looked up before the CA is opened
-    proc = hsm.run("enroll", "--token", "test", "--ca", "est+https://x/", "--subject", "CN=x")
+    proc = hsm.run("enroll", "--token", "test", "--ca", "scep+https://x/", "--subject", "CN=x")
     assert proc.returncode == 2, proc.stderr
-    assert "est+https:// are not supported; give cmp+http(s)://HOST:PORT/PATH, acme+https://HOST/DIRECTORY or a local CA directory" in proc.stderr
+    assert ("scep+https:// are not supported; give cmp+http(s)://HOST:PORT/PATH, est+https://HOST:PORT, "
+            "acme+https://HOST/DIRECTORY or a local CA directory") in proc.stderr
 
 
 def test_lost_token_cannot_be_revoked_over_cmp(hsm: SoftHSM) -> None:
