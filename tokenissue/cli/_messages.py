@@ -78,6 +78,9 @@ REMEDIES: dict[Remedy, str] = {
     Remedy.GIVE_ID_NUMBER: "give the holder's registration number with --id-number-file, TOKENISSUE_ID_NUMBER or "
     "the prompt.",
     Remedy.INSTALL_CA_CERT: "install it with 'tokenissue ca install-cert'.",
+    Remedy.LIST_SUSPENDED: "'tokenissue ca list --status suspended' lists the suspended certificates.",
+    Remedy.ASK_RESTORE: "once the token is back in its holder's hands, the CA restores it with 'tokenissue ca restore "
+    "{serial}' (or revokes it for good with 'tokenissue ca revoke {serial}').",
 }
 
 
