@@ -219,7 +219,8 @@ def _find_done(s: TokenSession, entries: list[JournalEntry], holder: Inventory, 
         kid = bytes.fromhex(str(entry.data["key_id"]))
         der = cert.public_bytes(serialization.Encoding.DER)
         rec = holder.get_certificate(cert.serial_number)
-        if rec is not None and rec.status is not CertStatus.VALID:
+        # A suspended one is still the one this enrollment made: on hold, not replaced.
+        if rec is not None and rec.status is CertStatus.REVOKED:
             continue
         if cert.not_valid_after_utc <= now or not any(c.der == der for c in s.certificates(key_id=kid)):
             continue

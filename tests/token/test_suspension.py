@@ -137,6 +137,10 @@ def test_refusals_are_one_sentence_and_exit_6(token_ca: TokenCA) -> None:
     unknown = _ca(ca, "suspend", "abcdef0123456789")
     assert unknown.returncode == 6 and "no certificate with serial abcdef0123456789" in unknown.stderr
 
+    # --status belongs to the listing, not to the expiry sweep.
+    mixed = ca.run("ca", "list", "--ca-dir", str(ca.dir), "--status", "suspended", "--within", "30d")
+    assert mixed.returncode == 2 and "--status lists the inventory" in mixed.stderr
+
     # Suspending twice: the second changes nothing and logs nothing.
     _ca(ca, "suspend", a)
     again = _ca(ca, "suspend", a)
