@@ -27,7 +27,9 @@ Hierarchy (exit status in brackets)::
     │   ├── CAUnavailable         CA expired, not initialised, unreachable
     │   │   ├── CANotReached      the request never reached the CA: nothing was issued
     │   │   └── CAOutcomeUnknown  the request may have reached the CA, no answer came back
-    │   └── NotFound              serial / enrollment unknown to the CA
+    │   ├── NotFound              serial / enrollment unknown to the CA
+    │   └── CertificateStateRefused  a suspension or restoration the certificate's state
+    │                             does not allow (restore one not suspended, suspend a revoked one)
     ├── InventoryError [7]        the database cannot be opened, migrated or written
     │   └── InventoryUnavailable  (tokenissue.inventory) unreachable or busy: try again
     ├── Incomplete [8]            a batch or sweep ran, but some rows or items failed
@@ -55,6 +57,7 @@ __all__ = [
     "CANotReached",
     "CAOutcomeUnknown",
     "CAUnavailable",
+    "CertificateStateRefused",
     "CodeNotDelivered",
     "ConfigError",
     "IdentityMismatch",
@@ -131,6 +134,8 @@ class Remedy(enum.Enum):
     GIVE_VERIFIED_BY = enum.auto()  #: the profile wants a record of how the identity was verified
     LIST_CA_CERTIFICATES = enum.auto()  #: check the serial among the CA's certificates
     DELIVER_AGAIN = enum.auto()  #: fix the delivery command and register again
+    LIST_SUSPENDED = enum.auto()  #: see which certificates are suspended
+    ASK_RESTORE = enum.auto()  #: a suspended certificate: its CA restores it, or revokes it for good (details: serial)
 
 
 class TokenIssueError(Exception):
@@ -245,6 +250,18 @@ class CAOutcomeUnknown(CAUnavailable):
 
 class NotFound(CAError):
     pass
+
+
+class CertificateStateRefused(CAError):
+    """A change the certificate's state does not allow: restoring one that is not suspended,
+    suspending (or restoring) one that is revoked for good or expired, renewing a suspended one.
+    ``state`` is the certificate's status value as the inventory has it."""
+
+    def __init__(
+        self, message: str, *, state: str, remedy: Remedy | None = None, details: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, remedy=remedy, details=details)
+        self.state = state
 
 
 class InventoryError(TokenIssueError):

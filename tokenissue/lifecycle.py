@@ -219,6 +219,7 @@ def _find_done(s: TokenSession, entries: list[JournalEntry], holder: Inventory, 
         kid = bytes.fromhex(str(entry.data["key_id"]))
         der = cert.public_bytes(serialization.Encoding.DER)
         rec = holder.get_certificate(cert.serial_number)
+        # A suspended one is still the one this enrollment made: on hold, not replaced.
         if rec is not None and rec.status is CertStatus.REVOKED:
             continue
         if cert.not_valid_after_utc <= now or not any(c.der == der for c in s.certificates(key_id=kid)):
@@ -481,7 +482,11 @@ def _current_certificate(
     s: TokenSession, holder: Inventory, serial: int, sha256: str
 ) -> tuple[x509.Certificate, bytes] | None:
     """The certificate being replaced (by fingerprint) and its key's ID, if it is on the token
-    with its key and can still vouch for its holder (within its validity, not known revoked)."""
+    with its key and can still vouch for its holder (within its validity, not known revoked).
+
+    A certificate the holder's record has as suspended is offered too: only a CA that cannot be
+    asked (CMP) gets this far with one, and it judges the signature itself, refusing it while
+    the hold lasts and accepting it once the CA has restored the certificate."""
     rec = holder.get_certificate(serial)
     if rec is not None and rec.status is CertStatus.REVOKED:
         return None
@@ -646,6 +651,11 @@ def certificate_status(
     A certificate is ``expiring`` (and renewal due) once ``within`` of its life is left; by
     default 30 days or a third of its lifetime, whichever is shorter, so that a 10-day
     certificate is not renewed again on every daily run.
+
+    ``suspended`` (on hold at its CA) is never due: it is neither renewed nor re-issued until
+    its CA restores it (then it is what its dates say again) or revokes it for good. What
+    ``ask_ca`` answers wins over the holder's record, except that a revocation is final; the
+    holder's record follows a restoration the CA reports.
     """
     now = now or datetime.now(UTC)
     out = []
@@ -654,20 +664,26 @@ def certificate_status(
             continue
         rec = holder.get_certificate(c.serial)
         ca = ca_of(holder, rec)
-        revoked = rec is not None and rec.status is CertStatus.REVOKED
-        if not revoked and ask_ca is not None and ca is not None:
-            revoked = ask_ca(ca, c.serial) is CertStatus.REVOKED
+        known = rec.status if rec is not None else None
+        if known is not CertStatus.REVOKED and ask_ca is not None and ca is not None:
+            said = ask_ca(ca, c.serial)
+            if said is not None and rec is not None and known is CertStatus.SUSPENDED and said is CertStatus.VALID:
+                holder.restore(c.serial)  # the CA restored it
+            known = said or known
         secs = (c.not_after - now).total_seconds()
         days_left = int(secs // 86400)
-        if revoked:
+        if known is CertStatus.REVOKED:
             st = CertState.REVOKED
+        elif known is CertStatus.SUSPENDED:
+            st = CertState.SUSPENDED
         elif secs <= 0:
             st = CertState.EXPIRED
         elif c.not_after - now <= (within if within is not None else default_renewal_window(c)):
             st = CertState.EXPIRING
         else:
             st = CertState.VALID
-        out.append(CertStatusReport(c, st, days_left, st is not CertState.VALID, rec, ca))
+        due = st not in (CertState.VALID, CertState.SUSPENDED)
+        out.append(CertStatusReport(c, st, days_left, due, rec, ca))
     return out
 
 
@@ -751,6 +767,10 @@ def revoke_on_token(
             continue
         if reason is RevocationReason.KEY_COMPROMISE:
             out.update((r.serial, r) for r in holder.revoke_key(c.serial, reason, now))
+        elif reason is RevocationReason.CERTIFICATE_HOLD:
+            if rec.status is not CertStatus.REVOKED:  # a hold asked after a revocation changes nothing
+                rec, _ = holder.suspend(c.serial, now)
+            out[c.serial] = rec
         else:
             out[c.serial] = holder.revoke(c.serial, reason, now)
     return list(out.values())

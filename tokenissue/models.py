@@ -180,11 +180,19 @@ class CertState(enum.StrEnum):
     EXPIRING = "expiring"  #: within its renewal window: renewal is due
     EXPIRED = "expired"
     REVOKED = "revoked"
+    SUSPENDED = "suspended"  #: on hold (certificateHold) at its CA: restorable, unusable meanwhile
 
 
 class CertStatus(enum.Enum):
+    """A certificate as its CA keeps it; the value is what the inventory stores.
+
+    SUSPENDED is a revocation with reason certificateHold that the CA can take back
+    (restore: VALID again, off the next CRL) or make final (REVOKED). REVOKED is final.
+    """
+
     VALID = "valid"
     REVOKED = "revoked"
+    SUSPENDED = "suspended"
 
 
 class RevocationReason(enum.Enum):
@@ -213,8 +221,8 @@ class CertRecord:
     profile: str
     der: bytes = field(repr=False)
     status: CertStatus = CertStatus.VALID
-    revoked_at: datetime | None = None
-    revocation_reason: RevocationReason | None = None
+    revoked_at: datetime | None = None  # revoked or suspended since (the CRL entry's revocationDate)
+    revocation_reason: RevocationReason | None = None  # CERTIFICATE_HOLD while suspended
     token_serial: str | None = None  # the token holding the key, when known
     key_id: bytes | None = None  # the key's CKA_ID on that token
     label: str | None = None

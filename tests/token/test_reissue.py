@@ -171,3 +171,26 @@ def test_reissue_over_cmp_keeps_the_term_and_supersedes(session_softhsm: SoftHSM
     # The holder's token: the new certificate valid, the old one revoked (as the CA says).
     states = {s["label"]: s["state"] for s in ca.status()}
     assert states["kr-new"] == "valid"
+
+
+def test_a_suspended_certificate_of_a_lost_token_is_reissued_and_revoked_as_of_its_hold(
+    softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    """The seed's order: the token goes missing, the CA stops the certificate at once (a hold),
+    the holder is registered for a re-issue, and enrolling on a new token supersedes the held
+    one, whose CRL entry keeps the hold's date; the term is kept."""
+    ca = make_token_ca(softhsm)
+    first = ca.json(*ca.enroll_args(SUBJECT, "--profile", "kr-personal", "--label", "kr"), env={ID_ENV: NUMBER})
+    ca.run("ca", "suspend", "--ca-dir", str(ca.dir), first["serial"], check=True)
+    held = _record(ca, first["serial"])
+    assert held["status"] == "suspended"
+    reg, code, _ = _register_reissue(ca, first["serial"], tmp_path)
+    proc = ca.run("enroll", "--token", USER_TOKEN, "--ca", str(ca.dir), "--ref", reg["ref"], "--subject", SUBJECT,
+                  "--profile", "kr-personal", "--label", "kr-new", "--json", env={ID_ENV: NUMBER, CODE_ENV: code})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    new = json.loads(proc.stdout)
+    after = _record(ca, first["serial"])
+    assert (after["status"], after["reason"]) == ("revoked", "superseded")
+    assert after["revoked_at"] == held["revoked_at"]  # revoked for good as of the hold
+    assert _record(ca, new["serial"])["not_after"] == held["not_after"]
+    assert _crl_reasons(ca, tmp_path) == {int(first["serial"], 16): x509.ReasonFlags.superseded}

@@ -57,7 +57,7 @@ def test_join_keeps_one_sentence_or_starts_another() -> None:
 
 def test_remedy_placeholders_are_documented_details() -> None:
     # Only these remedies take details; a placeholder anywhere else would raise KeyError when said.
-    takes = {Remedy.RELABEL_TOKEN: {"example"}, Remedy.RESUME_OR_ABANDON: {"journal_id"}}
+    takes = {Remedy.RELABEL_TOKEN: {"example"}, Remedy.RESUME_OR_ABANDON: {"journal_id"}, Remedy.ASK_RESTORE: {"serial"}}
     for remedy, text in REMEDIES.items():
         names = {f for _, f, _, _ in string.Formatter().parse(text) if f}
         assert names == takes.get(remedy, set()), remedy

@@ -37,3 +37,23 @@ def test_a_revoked_successor_replaces_nothing() -> None:
 
 def test_skip_leaves_out_successors_issued_moments_ago() -> None:
     assert due([_rec(1, 10)], timedelta(days=30), now=NOW, skip=frozenset({1})) == []
+
+
+def test_a_suspended_certificate_is_listed_skipped_and_still_supersedes() -> None:
+    """A suspended certificate (on hold: its token is missing) that expires soon is listed as
+    'suspended' with a sentence and neither renewed nor notified; a suspended successor still
+    replaces what it renewed (the holder moved on to it; it is only on hold)."""
+    from tokenissue.fleet.sweep import SweepAction, sweep
+
+    held = CertRecord(**{**_rec(1, 10).__dict__, "status": CertStatus.SUSPENDED, "revoked_at": NOW})
+    renewed_then_held = [_rec(2, 10), CertRecord(**{**_rec(3, 365, replaces=2).__dict__, "status": CertStatus.SUSPENDED})]
+    assert [r.serial for r in due([held, *renewed_then_held], timedelta(days=30), now=NOW)] == [1]
+
+    def renew(_rec: CertRecord) -> int:
+        raise AssertionError("a suspended certificate must not be renewed")
+
+    [item] = sweep([held], within=timedelta(days=30), hook="false", renew=renew, now=NOW)
+    assert item.action is SweepAction.SUSPENDED and item.ok and item.notified is None
+    assert item.detail == (
+        "Suspended since 2026-12-06 00:00 UTC: not renewed or notified until the CA restores it (or revokes it for good)."
+    )

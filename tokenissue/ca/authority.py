@@ -8,9 +8,10 @@ A CA directory holds::
     profiles.toml  optional: extra or overriding certificate profiles
     crl.pem        the latest CRL
 
-Every action that changes what the CA vouches for (init, issue, revoke, CRL) is appended to
-the inventory's hash-chained audit log; an issuance and a revocation are written in the same
-database transaction as their audit entry, so neither is ever on record without it.
+Every action that changes what the CA vouches for (init, issue, revoke, suspend, restore, CRL)
+is appended to the inventory's hash-chained audit log; an issuance, a revocation, a suspension
+and a restoration are written in the same database transaction as their audit entry, so none
+is ever on record without it.
 
 Issuance is idempotent per ``request_id``: an enrollment that died after the CA signed asks
 again with the same ID and receives the same certificate, so a certificate is never issued
@@ -483,11 +484,12 @@ class CertificateAuthority:
 
     def _term(self, profile: Profile, reissue_of: int | None, now: datetime) -> datetime:
         """The new certificate's notAfter: a term of the profile's days, or for a re-issue under
-        ``keep_term_on_reissue`` the replaced certificate's (which must still be valid)."""
+        ``keep_term_on_reissue`` the replaced certificate's (which must still be valid, or
+        suspended: a lost token's certificate on hold)."""
         if reissue_of is None:
             return now + timedelta(days=profile.days)
         old = self.inventory.get_certificate(reissue_of)
-        if old is None or old.status is not CertStatus.VALID or old.not_after <= now:
+        if old is None or old.status not in (CertStatus.VALID, CertStatus.SUSPENDED) or old.not_after <= now:
             raise RequestRejected(
                 f"Certificate {reissue_of:x}, which this one was to replace, is no longer valid; nothing was issued."
             )
@@ -540,10 +542,17 @@ class CertificateAuthority:
         revoked in one transaction, each with its own audit entry (``same_key_as`` names the
         certificate the revocation was asked for). Asked again, a key compromise revokes what
         is left of the key's certificates. Any other reason revokes just the one.
+
+        :attr:`RevocationReason.CERTIFICATE_HOLD` suspends instead (:meth:`suspend`): a hold
+        can be taken back. Any other reason revokes a suspended certificate for good.
         """
         rec = self.inventory.get_certificate(serial)
         if rec is None:
             raise NotFound(f"This CA issued no certificate with serial {serial:x}.")
+        if reason is RevocationReason.CERTIFICATE_HOLD:
+            if rec.status is CertStatus.REVOKED:
+                return [rec]  # revoked for good before: a hold asks for less, and it is done
+            return [self.suspend(serial)[0]]
         now = datetime.now(UTC)
         if reason is RevocationReason.KEY_COMPROMISE:
 
@@ -562,22 +571,57 @@ class CertificateAuthority:
             )
         ]
 
+    def suspend(self, serial: int) -> tuple[CertRecord, bool]:
+        """Suspend the certificate ``serial`` (reason certificateHold) until :meth:`restore` or a
+        revocation; returns it and whether it was suspended now (False: it was already).
+
+        The next CRL lists it with reason certificateHold and the time of the suspension.
+        Refused (CertificateStateRefused) for a revoked or expired certificate.
+        """
+        if self.inventory.get_certificate(serial) is None:
+            raise NotFound(f"This CA issued no certificate with serial {serial:x}.")
+        return self.inventory.suspend(
+            serial,
+            datetime.now(UTC),
+            audit=("suspend", {"serial": format(serial, "x"), "reason": RevocationReason.CERTIFICATE_HOLD.value}),
+        )
+
+    def restore(self, serial: int) -> CertRecord:
+        """Take the suspension of ``serial`` back: valid again, and not on the next CRL (no delta
+        CRLs are issued, so no removeFromCRL entry is needed). Only the CA restores: a holder
+        cannot (a CMP rr with removeFromCRL is refused). Refused (CertificateStateRefused) for a
+        certificate that is not suspended."""
+        if self.inventory.get_certificate(serial) is None:
+            raise NotFound(f"This CA issued no certificate with serial {serial:x}.")
+        return self.inventory.restore(serial, audit=("restore", {"serial": format(serial, "x")}))
+
     def revoke_token(self, token_serial: str, reason: RevocationReason) -> list[CertRecord]:
-        """Revoke every valid certificate whose key is on the token ``token_serial`` (a lost token),
-        and for key compromise every other certificate of those keys (see :meth:`revoke`)."""
+        """Revoke every valid (or suspended) certificate whose key is on the token ``token_serial``
+        (a lost token), and for key compromise every other certificate of those keys (see
+        :meth:`revoke`); certificateHold suspends the valid ones instead."""
         out: dict[int, CertRecord] = {}
-        for rec in self.inventory.list_certificates(status=CertStatus.VALID, token_serial=token_serial):
+        statuses = [CertStatus.VALID] if reason is RevocationReason.CERTIFICATE_HOLD else [
+            CertStatus.VALID, CertStatus.SUSPENDED
+        ]  # fmt: skip
+        recs = [r for st in statuses for r in self.inventory.list_certificates(status=st, token_serial=token_serial)]
+        for rec in sorted(recs, key=lambda r: (r.not_before, r.serial)):
             if rec.serial not in out:
                 out.update((r.serial, r) for r in self.revoke(rec.serial, reason))
         return list(out.values())
 
     def crl(self, pin: Pin | ProtectedAuth | None) -> x509.CertificateRevocationList:
-        """Sign a new CRL over every revoked certificate and publish it as crl.pem."""
+        """Sign a new CRL over every revoked and every suspended certificate (reason
+        certificateHold, dated from the suspension) and publish it as crl.pem. A restored
+        certificate is valid again and not listed."""
         now = datetime.now(UTC)
         ca_cert = self._check_usable(now)
+        listed = [
+            *self.inventory.list_certificates(status=CertStatus.REVOKED),
+            *self.inventory.list_certificates(status=CertStatus.SUSPENDED),
+        ]
         revoked = [
             (r.serial, r.revoked_at or now, r.revocation_reason or RevocationReason.UNSPECIFIED)
-            for r in self.inventory.list_certificates(status=CertStatus.REVOKED)
+            for r in sorted(listed, key=lambda r: (r.not_before, r.serial))
         ]
         with self.signing_key(pin) as ca_key:
             number = self.inventory.next_crl_number()
@@ -592,7 +636,8 @@ class CertificateAuthority:
         write_private_file(self.dir / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM))
         with suppress(OSError):
             (self.dir / CRL_FILE).chmod(0o644)  # a CRL is public
-        self.inventory.audit_append("crl", {"number": number, "revoked": len(revoked)})
+        held = sum(1 for r in listed if r.status is CertStatus.SUSPENDED)
+        self.inventory.audit_append("crl", {"number": number, "revoked": len(revoked) - held, "suspended": held})
         return crl
 
     def list(self, *, expiring_within: timedelta | None = None, status: CertStatus | None = None) -> list[CertRecord]:

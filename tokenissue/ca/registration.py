@@ -364,8 +364,8 @@ class RegistrationAuthority:
         return reg, derive_code(key, reg.ref, reg.nonce)
 
     def reissuable(self, serial: int, *, now: datetime | None = None) -> CertRecord:
-        """The certificate ``serial`` if it can be re-issued: this CA's, neither revoked nor
-        expired. NotFound or RequestRejected with one sentence otherwise."""
+        """The certificate ``serial`` if it can be re-issued: this CA's, valid or suspended (a lost
+        token on hold), not expired. NotFound or RequestRejected with one sentence otherwise."""
         rec = self._inv.get_certificate(serial)
         if rec is None:
             raise NotFound(
@@ -379,7 +379,7 @@ class RegistrationAuthority:
                 f"Certificate {serial:x} was revoked{reason}, so it cannot be re-issued; register the holder "
                 "for a new certificate instead."
             )
-        if rec.status is not CertStatus.VALID:
+        if rec.status not in (CertStatus.VALID, CertStatus.SUSPENDED):  # a lost token on hold is re-issued too
             raise RequestRejected(f"Certificate {serial:x} is {rec.status.value}, so it cannot be re-issued.")
         if now >= rec.not_after:
             raise RequestRejected(

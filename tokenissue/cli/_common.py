@@ -311,7 +311,8 @@ ReasonOpt = Annotated[
         metavar="REASON",
         help="RFC 5280 revocation reason: unspecified, key-compromise, ca-compromise, affiliation-changed, "
         "superseded, cessation-of-operation, certificate-hold, privilege-withdrawn (RFC 5280's and openssl's "
-        "spellings such as keyCompromise are accepted too).",
+        "spellings such as keyCompromise are accepted too). certificate-hold suspends rather than revokes: "
+        "only the CA can restore it ('ca restore').",
     ),
 ]
 

@@ -82,6 +82,9 @@ REMEDIES: dict[Remedy, str] = {
     Remedy.GIVE_VERIFIED_BY: "say how with --verified-by (e.g. 'branch visit with ID card').",
     Remedy.LIST_CA_CERTIFICATES: "check the serial with 'tokenissue ca list'.",
     Remedy.DELIVER_AGAIN: "check the --deliver-code command, then run 'tokenissue ra register' again.",
+    Remedy.LIST_SUSPENDED: "'tokenissue ca list --status suspended' lists the suspended certificates.",
+    Remedy.ASK_RESTORE: "once the token is back in its holder's hands, the CA restores it with 'tokenissue ca restore "
+    "{serial}' (or revokes it for good with 'tokenissue ca revoke {serial}').",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ..models import CertObject, CertRecord, KeyInfo, RevocationReason, TokenInfo
+from ..models import CertObject, CertRecord, CertStatus, KeyInfo, RevocationReason, TokenInfo
 from ..p11.uri import format_uri
 
 
@@ -113,7 +113,19 @@ def record_dict(r: Any) -> dict[str, Any]:
 def revoked_lines(recs: list[CertRecord], why: RevocationReason, *, one_key: bool) -> list[str]:
     """What a revocation tells the user: each certificate, and, when a key compromise revoked a
     key's certificates (``one_key``: ``recs`` are all of one key), how many."""
+    if why is RevocationReason.CERTIFICATE_HOLD:
+        # A hold suspends; a certificate revoked for good before stays so.
+        return [
+            f"Suspended {r.serial:x} ({r.subject}), reason certificate-hold; only its CA can restore it."
+            if r.status is CertStatus.SUSPENDED
+            else f"{r.serial:x} ({r.subject}) was revoked before ({_reason(r)}); a revocation is final."
+            for r in recs
+        ]
     names = [f"{r.serial:x} ({r.subject})" for r in recs]
     if one_key and len(recs) > 1:
         return [f"Revoked {len(recs)} certificates of this key: {', '.join(names)}; reason {why.value}."]
     return [f"Revoked {name}, reason {why.value}." for name in names]
+
+
+def _reason(r: CertRecord) -> str:
+    return r.revocation_reason.value if r.revocation_reason else "unspecified"

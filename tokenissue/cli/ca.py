@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from ..models import KeyType, RevocationReason
+from ..models import CertStatus, KeyType, RevocationReason
 from ._common import (
     DURATION_HELP,
     CaDirOpt,
@@ -36,6 +36,7 @@ audit_app = typer.Typer(help="The CA's append-only, hash-chained audit log.", no
 app.add_typer(audit_app, name="audit")
 
 KeyTypeChoice = enum.Enum("KeyTypeChoice", {k.name: k.value for k in KeyType}, type=str)  # type: ignore[misc]
+StatusChoice = enum.Enum("StatusChoice", {k.name: k.value for k in CertStatus}, type=str)  # type: ignore[misc]
 
 
 def _open(ctx: typer.Context, ca_dir: Path) -> Any:
@@ -231,6 +232,14 @@ def list_issued(
         ),
     ] = False,
     rekey: Annotated[bool, typer.Option("--rekey", help="With --renew: a new key instead of the same one.")] = False,
+    status: Annotated[
+        StatusChoice | None,
+        typer.Option(
+            "--status",
+            help="Without --within or --due: only certificates in this state (valid, suspended: on hold, "
+            "restorable with 'ca restore'; revoked: for good).",
+        ),
+    ] = None,
     pin_file: PinFileOpt = None,
     pin_env: PinEnvOpt = None,
     ca_pin_file: CaPinFileOpt = None,
@@ -249,16 +258,18 @@ def list_issued(
         )
     if rekey and not renew:
         raise UsageError("--rekey goes with --renew.")
+    if status is not None and (within is not None or due):
+        raise UsageError("--status lists the inventory; the expiry sweep (--within, --due) looks at valid certificates.")
     if within is None and not due:
-        _list_all(ctx, ca_dir, json_out)
+        _list_all(ctx, ca_dir, json_out, None if status is None else CertStatus(status.value))
         return
     window = parse_duration(within) if within is not None else None
     _sweep(ctx, ca_dir, window, hook, renew, rekey, pin_file, pin_env, ca_pin_file, json_out)
 
 
-def _list_all(ctx: typer.Context, ca_dir: Path, json_out: bool) -> None:
+def _list_all(ctx: typer.Context, ca_dir: Path, json_out: bool, status: CertStatus | None = None) -> None:
     with _open(ctx, ca_dir) as ca:
-        rows = [record_dict(r) for r in ca.list()]
+        rows = [record_dict(r) for r in ca.list(status=status)]
     if json_out:
         emit_json(rows)
         return
@@ -271,7 +282,7 @@ def _list_all(ctx: typer.Context, ca_dir: Path, json_out: bool) -> None:
     table = Table(Column("Serial", overflow="fold"), "Subject", "Profile", "Not after", "Status",
                   Column("Token", overflow="fold"))  # fmt: skip
     for r in rows:
-        colour = "red" if r["status"] == "revoked" else "green"
+        colour = {"revoked": "red", "suspended": "yellow"}.get(r["status"], "green")
         table.add_row(
             r["serial"], plain(r["subject"]), plain(r["profile"]), f"{r['not_after']:%Y-%m-%d}",
             f"[{colour}]{r['status']}[/]", plain(r["token_serial"] or "-"),
@@ -324,14 +335,14 @@ def _sweep(
         table = Table("Serial", "Subject", "Not after", "Days", "Token", "Action", "Notified")
         for i in items:
             r = i.record
-            colour = "green" if i.ok else "red"
+            colour = "yellow" if i.action == "suspended" else "green" if i.ok else "red"
             action = i.action + (f" → {i.new_serial:x}" if i.new_serial else "")
             told = {None: "-", True: "yes", False: "[red]failed[/]"}[i.notified]
             table.add_row(format(r.serial, "x"), escape(r.subject), f"{r.not_after:%Y-%m-%d}", str(i.days_left),
                           r.token_serial or "-", f"[{colour}]{escape(action)}[/]", told)  # fmt: skip
         console().print(table)
         for i in items:
-            if not i.ok and i.detail:
+            if (not i.ok or i.action == "suspended") and i.detail:
                 err_console().print(f"{i.record.serial:x}: {escape(i.detail)}", highlight=False)
     bad = [i for i in items if not i.ok]
     if bad:
@@ -377,6 +388,53 @@ def revoke(
         console().print("Publish a CRL with 'tokenissue ca crl'.")
 
 
+SerialArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="SERIAL",
+        help="Serial number in hex, as 'ca list' shows it (openssl's 0A:1B:... form, 0x... or a unique prefix "
+        "of at least 4 digits work too).",
+    ),
+]
+
+
+@app.command("suspend")
+def suspend(ctx: typer.Context, ca_dir: CaDirOpt, serial: SerialArg, json_out: JsonOpt = False) -> None:
+    """Suspend a certificate (put it on hold, reason certificateHold), e.g. while its token is missing.
+
+    The next CRL lists it with reason certificateHold; 'ca restore' makes it valid again and takes it
+    off the next CRL, 'ca revoke' revokes it for good. A revoked or expired certificate cannot be
+    suspended (exit 6); one suspended already is left as it is.
+    """
+    with _open(ctx, ca_dir) as ca:
+        rec, now = ca.suspend(resolve_serial(serial, ca))
+    if json_out:
+        emit_json({**record_dict(rec), "changed": now})
+        return
+    since = f"{rec.revoked_at:%Y-%m-%d %H:%M} UTC" if rec.revoked_at else "before"
+    what = "Suspended" if now else "Already suspended:"
+    console().print(f"{what} {rec.serial:x} ({rec.subject}) since {since}, reason certificate-hold.", markup=False)
+    if now:
+        console().print("Publish a CRL with 'tokenissue ca crl'; 'tokenissue ca restore' takes the hold back.", markup=False)
+
+
+@app.command("restore")
+def restore(ctx: typer.Context, ca_dir: CaDirOpt, serial: SerialArg, json_out: JsonOpt = False) -> None:
+    """Restore a suspended certificate: valid again, and gone from the next CRL.
+
+    Only a suspended certificate can be restored (exit 6 otherwise: a revocation is final). Holders
+    cannot restore their own certificates; the CA (or its RA) does, once the token is back in the
+    holder's hands.
+    """
+    with _open(ctx, ca_dir) as ca:
+        rec = ca.restore(resolve_serial(serial, ca))
+    if json_out:
+        emit_json(record_dict(rec))
+        return
+    console().print(f"Restored {rec.serial:x} ({rec.subject}): valid again.", markup=False)
+    console().print("Publish a CRL with 'tokenissue ca crl': the new one no longer lists it.", markup=False)
+
+
 @app.command("crl")
 def crl(
     ctx: typer.Context,
@@ -384,7 +442,9 @@ def crl(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the CRL here (PEM).")] = None,
     ca_pin_file: CaPinFileOpt = None,
 ) -> None:
-    """Sign and publish a new CRL (written to crl.pem in the CA directory)."""
+    """Sign and publish a new CRL (written to crl.pem in the CA directory): revoked certificates, and
+    suspended ones with reason certificateHold; a restored certificate is not on it any more."""
+    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     with _open(ctx, ca_dir) as ca:
@@ -393,7 +453,20 @@ def crl(
     pem = c.public_bytes(serialization.Encoding.PEM)
     if output:
         output.write_bytes(pem)
-    err_console().print(f"CRL with {len(list(c))} revoked certificate(s), valid until {c.next_update_utc:%Y-%m-%d %H:%M} UTC.")
+    held = sum(1 for r in c if _reason_of(r) is x509.ReasonFlags.certificate_hold)
+    of_them = f" ({held} of them suspended, reason certificateHold)" if held else ""
+    err_console().print(
+        f"CRL with {len(list(c))} revoked certificate(s){of_them}, valid until {c.next_update_utc:%Y-%m-%d %H:%M} UTC."
+    )
+
+
+def _reason_of(entry: Any) -> Any:
+    from cryptography import x509
+
+    try:
+        return entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return None
 
 
 @app.command("ocsp-signer")

@@ -9,7 +9,15 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import Incomplete, KeyNotFound, TokenIssueError, TokenNotFound, UsageError
+from ..errors import (
+    CertificateStateRefused,
+    Incomplete,
+    KeyNotFound,
+    Remedy,
+    TokenIssueError,
+    TokenNotFound,
+    UsageError,
+)
 from ..models import CertState, KeyType, RevocationReason
 from ._common import (
     DURATION_HELP,
@@ -338,7 +346,11 @@ def status(
     protected_auth: ProtectedAuthOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Every certificate on the token: days left and valid / expiring / expired / revoked."""
+    """Every certificate on the token: days left and valid / expiring / expired / suspended / revoked.
+
+    suspended: on hold at the CA (certificateHold), e.g. after 'revoke --reason certificate-hold'
+    while the token was missing; only the CA can restore it.
+    """
     from ..lifecycle import certificate_status
 
     with holder_state(ctx) as db, holder_token(ctx, token, pin_file, pin_env, protected_auth) as s:
@@ -352,13 +364,18 @@ def status(
         return
     from rich.table import Table
 
-    colours = {"valid": "green", "expiring": "yellow", "expired": "red", "revoked": "red"}
+    colours = {"valid": "green", "expiring": "yellow", "expired": "red", "revoked": "red", "suspended": "yellow"}
     table = Table("Label", "Subject", "Serial", "Not after", "Days left", "State")
     for r in reports:
         c = colours[r.state]
         table.add_row(plain(r.cert.label), plain(r.cert.subject), format(r.cert.serial, "x")[:16], f"{r.cert.not_after:%Y-%m-%d}", str(r.days_left), f"[{c}]{r.state}[/]")
     console().print(table)
     due = [r for r in reports if r.renew_due]
+    if any(r.state is CertState.SUSPENDED for r in reports):
+        console().print(
+            "[yellow]A certificate is suspended[/] (on hold): it is not renewed until its CA restores it "
+            "('tokenissue ca restore SERIAL' at the CA) or revokes it for good."
+        )
     if any(r.state is CertState.REVOKED for r in due):
         console().print("[red]A certificate is revoked:[/] re-issue with 'tokenissue renew --rekey --key LABEL'.")
     if any(r.state in (CertState.EXPIRING, CertState.EXPIRED) for r in due):
@@ -421,6 +438,7 @@ def renew(
     when the server offers it; otherwise by the rule above.
     """
     from .. import p11
+    from ..enroll import is_cmp_location
     from ..lifecycle import certificate_status, find_due, ref_of, renewal_params
     from ..lifecycle import enroll as run_enroll
 
@@ -450,6 +468,15 @@ def renew(
             return
         results = []
         for r in todo:
+            if r.state is CertState.SUSPENDED and not is_cmp_location(ca or r.ca or ""):
+                # A CMP server cannot be asked about a certificate beforehand; it refuses a key
+                # update signed by one still on hold, and takes it once the CA has restored it.
+                raise CertificateStateRefused(
+                    f"Certificate {r.cert.serial:x} is suspended (on hold) at its CA, so it is not renewed or re-issued.",
+                    state=r.state.value,
+                    remedy=Remedy.ASK_RESTORE,
+                    details={"serial": format(r.cert.serial, "x")},
+                )
             if r.state is CertState.REVOKED and not rekey:
                 raise UsageError(f"Certificate {r.cert.serial:x} is revoked; re-issue it with --rekey (a revoked key is not reused).")
             where = ca or r.ca

@@ -235,6 +235,12 @@ class ACMEEnroller:
         del key
         if cert is None or cert.serial_number != serial:
             raise UsageError("Revoking at an ACME server needs the certificate itself (it is on the token).")
+        if reason is RevocationReason.CERTIFICATE_HOLD:
+            # RFC 8555 §7.6 has no way back: a hold asked of an ACME CA would be a revocation
+            # for good that the holder's records called a suspension.
+            raise UsageError(
+                "An ACME CA cannot suspend a certificate, only revoke it for good; give another reason."
+            )
         acme = self._connect()
         with self._translate("the revocation"):
             acme.revoke(cert, reason_code(reason))

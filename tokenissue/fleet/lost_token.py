@@ -100,7 +100,9 @@ def revoke_lost_token(
     authority: CertificateAuthority, holder: Inventory, name: str, reason: RevocationReason, *, present: set[str]
 ) -> LostTokenRevoked:
     """Revoke, at ``authority``, every valid certificate of the lost token ``name`` (its serial,
-    or the pkcs11: URI where serials repeat), and bring the holder's records along.
+    or the pkcs11: URI where serials repeat), and bring the holder's records along. With
+    reason certificateHold they are suspended instead (a token gone missing that may turn up),
+    and its unfinished enrollments are kept.
 
     ``present`` are the identities of the tokens present now: a token said to be lost that is
     in fact here keeps its unfinished enrollments (they can still be finished or abandoned);
@@ -112,12 +114,19 @@ def revoke_lost_token(
     if not unfinished(holder, token_serial=identity):
         require_recorded(identity, authority.inventory, holder)
     revoked = authority.revoke_token(identity, reason)
-    ended = [] if identity in present else [
+    # A hold (certificateHold) expects the token back: its unfinished enrollments stay open.
+    hold = reason is RevocationReason.CERTIFICATE_HOLD
+    ended = [] if identity in present or hold else [
         abandon(holder, u.journal_id, present=lambda _s: False) for u in unfinished(holder, token_serial=identity)
     ]  # fmt: skip
     # The holder's records follow the CA's, including what a run cut short left behind.
-    for r in holder.list_certificates(status=CertStatus.VALID, token_serial=identity):
+    for r in [*holder.list_certificates(status=CertStatus.VALID, token_serial=identity),
+              *holder.list_certificates(status=CertStatus.SUSPENDED, token_serial=identity)]:  # fmt: skip
         at_ca = authority.inventory.get_certificate(r.serial)
-        if at_ca is not None and at_ca.status is CertStatus.REVOKED:
+        if at_ca is None or at_ca.status is r.status:
+            continue
+        if at_ca.status is CertStatus.REVOKED:
             holder.revoke(r.serial, at_ca.revocation_reason or reason, at_ca.revoked_at or datetime.now(UTC))
+        elif at_ca.status is CertStatus.SUSPENDED:
+            holder.suspend(r.serial, at_ca.revoked_at or datetime.now(UTC))
     return LostTokenRevoked(revoked, ended)

@@ -17,6 +17,10 @@ PATH, HOME, USER, LOGNAME, LANG, LC_*, TZ, TMPDIR and SHELL from the sweep's, an
                                                                             or token-absent
 
 Exit status 0 means notified; anything else is reported as a failed notification.
+
+A suspended certificate (on hold: its token went missing) that expires within the window is
+listed with the action ``suspended`` and left alone: not renewed, and no hook is run, since
+its holder has said the token is not at hand. Restored, it is swept like any other.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ __all__ = [
 ]
 
 HOOK_TIMEOUT_S = 60
+# What a holder still has: a suspended certificate is on hold, not replaced or given up.
+_CURRENT = (CertStatus.VALID, CertStatus.SUSPENDED)
 
 
 class SweepAction(enum.StrEnum):
@@ -64,6 +70,7 @@ class SweepAction(enum.StrEnum):
     RENEWED = "renewed"
     FAILED = "failed"
     TOKEN_ABSENT = "token-absent"  # noqa: S105 (not a secret) --renew, but its token is not here
+    SUSPENDED = "suspended"  #: on hold at the CA: skipped, neither renewed nor notified
 
 
 @dataclass
@@ -84,7 +91,7 @@ class SweepItem:
         """Nothing left for a person to do: renewed, or listed / holder notified successfully."""
         if self.notified is False:
             return False
-        return self.action in (SweepAction.DUE, SweepAction.RENEWED) or (
+        return self.action in (SweepAction.DUE, SweepAction.RENEWED, SweepAction.SUSPENDED) or (
             self.action is SweepAction.TOKEN_ABSENT and self.notified is True
         )
 
@@ -109,15 +116,16 @@ def profile_window(profiles: Mapping[str, Profile]) -> Callable[[CertRecord], ti
 def due(
     records: list[CertRecord], within: Window, *, now: datetime | None = None, skip: frozenset[int] = frozenset()
 ) -> list[CertRecord]:
-    """Valid certificates expiring within ``within`` (one time for all, or each certificate's
-    own, such as its profile's renew_before_days) that nothing has superseded, and whose serial
-    is not in ``skip`` (successors issued moments ago). See :func:`superseded`."""
+    """Valid (or suspended) certificates expiring within ``within`` (one time for all, or each
+    certificate's own, such as its profile's renew_before_days) that nothing has superseded,
+    and whose serial is not in ``skip`` (successors issued moments ago). See :func:`superseded`.
+    A suspended one is listed so the sweep can say it skipped it."""
     now = now or datetime.now(UTC)
     replaced = superseded(records) | skip
     window = within if callable(within) else (lambda _r: within)
     return sorted(
         (r for r in records
-         if r.status is CertStatus.VALID and r.serial not in replaced and r.not_after <= now + window(r)),
+         if r.status in _CURRENT and r.serial not in replaced and r.not_after <= now + window(r)),
         key=lambda r: r.not_after,
     )  # fmt: skip
 
@@ -138,7 +146,7 @@ def superseded(records: list[CertRecord]) -> set[int]:
     by_serial = {r.serial: r for r in records}
     out: set[int] = set()
     for head in records:
-        if head.status is not CertStatus.VALID:
+        if head.status not in _CURRENT:
             continue
         link = head.replaces
         while link is not None and link not in out and link != head.serial:
@@ -147,7 +155,7 @@ def superseded(records: list[CertRecord]) -> set[int]:
             link = older.replaces if older is not None else None
     newest: dict[tuple[bytes, str, str], CertRecord] = {}
     for r in records:
-        if r.status is not CertStatus.VALID:
+        if r.status not in _CURRENT:
             continue
         spki = certificate_spki(r.der)
         if spki is None:
@@ -182,6 +190,14 @@ def sweep(
     stopped: str | None = None
     for rec in due(records, within, now=now, skip=skip):
         item = SweepItem(rec, int((rec.not_after - now).total_seconds() // 86400))
+        if rec.status is CertStatus.SUSPENDED:
+            since = f" since {rec.revoked_at:%Y-%m-%d %H:%M} UTC" if rec.revoked_at else ""
+            item.action = SweepAction.SUSPENDED
+            item.detail = f"Suspended{since}: not renewed or notified until the CA restores it (or revokes it for good)."
+            items.append(item)
+            if on_item is not None:
+                on_item(item)
+            continue
         if renew is not None and stopped is not None:
             item.action, item.detail = SweepAction.FAILED, stopped
         elif renew is not None:

@@ -1,5 +1,17 @@
 """The certificates table: what the CA issued and what the holder enrolled, their
-revocations, and the CRL number counter."""
+revocations and suspensions, and the CRL number counter.
+
+A certificate's ``status`` moves only this way::
+
+    valid ──suspend──▶ suspended ──restore──▶ valid
+      │                    │
+      └──────revoke────────┴──revoke──▶ revoked (final)
+
+A suspension is a revocation with reason certificateHold that can be taken back: it keeps
+``revoked_at`` (the CRL entry's date) and ``revocation_reason`` as a revocation does, and a
+restoration clears both. Revoking a suspended certificate keeps the suspension's time, since
+the certificate has been out of use from then on. The history is in the audit log.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..errors import InventoryError, NotFound, Remedy, RequestRejected
+from ..errors import CertificateStateRefused, InventoryError, NotFound, Remedy, RequestRejected
 from ..models import CertRecord, CertStatus, RevocationReason
 from ..publickeys import certificate_spki
 from ._audit_log import AUDIT_RETRIES, append_audit, prepare_audit
@@ -88,7 +100,7 @@ def insert_unless_recorded(conn: Connection, row: Mapping[str, object]) -> None:
 
 
 def _same_key_rows(conn: Connection, row: Row[Any], at: datetime, *, lock: bool) -> list[Row[Any]]:
-    """Valid, unexpired certificates other than ``row`` with its issuer and public key.
+    """Valid or suspended, unexpired certificates other than ``row`` with its issuer and public key.
 
     There is no column for the key: the DER of each valid, unexpired certificate from the
     issuer is searched for the SubjectPublicKeyInfo's bytes (a certificate holds them
@@ -99,7 +111,7 @@ def _same_key_rows(conn: Connection, row: Row[Any], at: datetime, *, lock: bool)
     if spki is None:
         return []
     query = select(certificates).where(
-        certificates.c.status == CertStatus.VALID.value,
+        certificates.c.status.in_([CertStatus.VALID.value, CertStatus.SUSPENDED.value]),
         certificates.c.issuer == row.issuer,
         certificates.c.not_after > at,
         certificates.c.serial != row.serial,
@@ -168,7 +180,9 @@ class CertificateStore(Database):
                             f"No certificate with serial {old_serial:#x} is in the inventory.",
                             remedy=Remedy.LIST_CERTIFICATES,
                         )
-                    if old.status != CertStatus.VALID.value or old.not_after <= at:
+                    # A suspended certificate (a lost token on hold) may be re-issued too.
+                    held = old.status == CertStatus.SUSPENDED.value
+                    if (old.status != CertStatus.VALID.value and not held) or old.not_after <= at:
                         state = "revoked" if old.status == CertStatus.REVOKED.value else "no longer valid"
                         raise RequestRejected(
                             f"Certificate {old_serial:x}, which this one was to replace, is {state}; "
@@ -179,7 +193,8 @@ class CertificateStore(Database):
                         .where(certificates.c.serial == key)
                         .values(
                             status=CertStatus.REVOKED.value,
-                            revoked_at=at,
+                            # Revoked for good as of its suspension, as any revocation of a held one.
+                            revoked_at=old.revoked_at if held and old.revoked_at is not None else at,
                             revocation_reason=RevocationReason.SUPERSEDED.value,
                         )
                     )
@@ -282,7 +297,8 @@ class CertificateStore(Database):
         """Mark a certificate revoked and return it.
 
         Revoking one that is already revoked returns it unchanged, keeping the first reason
-        and time: a revocation is a fact on a published CRL and is never rewritten.
+        and time: a revocation is a fact on a published CRL and is never rewritten. A suspended
+        one is revoked for good with ``reason``, keeping the time of its suspension.
         Raises NotFound for an unknown serial.
         """
         key = serial_hex(serial)
@@ -305,7 +321,7 @@ class CertificateStore(Database):
                 .where(certificates.c.serial == key)
                 .values(
                     status=CertStatus.REVOKED.value,
-                    revoked_at=at,
+                    revoked_at=row.revoked_at if row.status == CertStatus.SUSPENDED.value and row.revoked_at else at,
                     revocation_reason=reason.value,
                 )
             )
@@ -313,6 +329,93 @@ class CertificateStore(Database):
                 append_audit(conn, audit[0], prepare_audit(audit[1]))
             row = conn.execute(select(certificates).where(certificates.c.serial == key)).one()
         return _row_to_cert(row)
+
+    def suspend(
+        self,
+        serial: int,
+        at: datetime,
+        *,
+        audit: tuple[str, Mapping[str, object]] | None = None,
+    ) -> tuple[CertRecord, bool]:
+        """Suspend a valid certificate (reason certificateHold, since ``at``) and return it, with
+        whether it was suspended now (False: it was suspended already, and is left as it was).
+
+        Raises NotFound for an unknown serial, and CertificateStateRefused for one that is
+        revoked (a revocation is final) or has expired by ``at`` (nothing to hold).
+        """
+        key = serial_hex(serial)
+        at = utc(at, "at")
+        with self._tx("write to", write=True) as conn:
+            row = self._locked(conn, serial)
+            if row.status == CertStatus.SUSPENDED.value:
+                return _row_to_cert(row), False
+            if row.status == CertStatus.REVOKED.value:
+                raise CertificateStateRefused(
+                    f"Certificate {serial:x} is revoked ({row.revocation_reason}), which is final; "
+                    "only a valid certificate can be suspended.",
+                    state=row.status,
+                )
+            if row.not_after <= at:
+                raise CertificateStateRefused(
+                    f"Certificate {serial:x} expired on {row.not_after:%Y-%m-%d}; an expired certificate "
+                    "is not suspended.",
+                    state="expired",
+                )
+            conn.execute(
+                update(certificates)
+                .where(certificates.c.serial == key, certificates.c.status == CertStatus.VALID.value)
+                .values(
+                    status=CertStatus.SUSPENDED.value,
+                    revoked_at=at,
+                    revocation_reason=RevocationReason.CERTIFICATE_HOLD.value,
+                )
+            )
+            if audit is not None:
+                append_audit(conn, audit[0], prepare_audit(audit[1]))
+            row = conn.execute(_CERT_BY_SERIAL, {"serial": key}).one()
+        return _row_to_cert(row), True
+
+    def restore(self, serial: int, *, audit: tuple[str, Mapping[str, object]] | None = None) -> CertRecord:
+        """Take a suspension back: the certificate is valid again (and off the next CRL).
+
+        Raises NotFound for an unknown serial, and CertificateStateRefused for a certificate
+        that is not suspended (valid already, or revoked for good).
+        """
+        key = serial_hex(serial)
+        with self._tx("write to", write=True) as conn:
+            row = self._locked(conn, serial)
+            if row.status == CertStatus.VALID.value:
+                raise CertificateStateRefused(
+                    f"Certificate {serial:x} is valid, not suspended; there is nothing to restore.",
+                    state=row.status,
+                    remedy=Remedy.LIST_SUSPENDED,
+                )
+            if row.status != CertStatus.SUSPENDED.value:
+                raise CertificateStateRefused(
+                    f"Certificate {serial:x} is revoked ({row.revocation_reason}), which is final; "
+                    "only a suspended certificate can be restored.",
+                    state=row.status,
+                )
+            conn.execute(
+                update(certificates)
+                .where(certificates.c.serial == key, certificates.c.status == CertStatus.SUSPENDED.value)
+                .values(status=CertStatus.VALID.value, revoked_at=None, revocation_reason=None)
+            )
+            if audit is not None:
+                append_audit(conn, audit[0], prepare_audit(audit[1]))
+            row = conn.execute(_CERT_BY_SERIAL, {"serial": key}).one()
+        return _row_to_cert(row)
+
+    @staticmethod
+    def _locked(conn: Connection, serial: int) -> Row[Any]:
+        """The row of ``serial``, locked for the rest of the transaction (FOR UPDATE on
+        PostgreSQL; SQLite's BEGIN IMMEDIATE serialises writers already)."""
+        row = conn.execute(_CERT_BY_SERIAL.with_for_update(), {"serial": serial_hex(serial)}).first()
+        if row is None:
+            raise NotFound(
+                f"No certificate with serial {serial:#x} is in the inventory.", remedy=Remedy.LIST_CERTIFICATES
+            )
+        return row
 
     def same_key(self, serial: int, at: datetime) -> list[CertRecord]:
         """The other certificates of the public key certified by ``serial``, from its issuer,
@@ -337,7 +440,8 @@ class CertificateStore(Database):
         audit: Callable[[CertRecord], tuple[str, Mapping[str, object]]] | None = None,
     ) -> list[CertRecord]:
         """Revoke the certificate ``serial`` and, in the same transaction, every other one of
-        its public key from its issuer that is neither revoked nor expired at ``at``.
+        its public key from its issuer that is neither revoked nor expired at ``at`` (a suspended
+        one is revoked for good, as of its suspension).
 
         A key compromise puts the key out of its holder's hands, so every certificate that
         vouches for it must go, not only the one named: a same-key renewal leaves its
@@ -355,11 +459,20 @@ class CertificateStore(Database):
                 )
             rows = [row] if row.status == CertStatus.REVOKED.value else []
             todo = ([] if rows else [row]) + _same_key_rows(conn, row, at, lock=True)
-            if todo:
+            # A suspended certificate is revoked for good as of its suspension.
+            fresh = [r.serial for r in todo if r.status != CertStatus.SUSPENDED.value]
+            held = [r.serial for r in todo if r.status == CertStatus.SUSPENDED.value]
+            if fresh:
                 conn.execute(
                     update(certificates)
-                    .where(certificates.c.serial.in_([r.serial for r in todo]))
+                    .where(certificates.c.serial.in_(fresh))
                     .values(status=CertStatus.REVOKED.value, revoked_at=at, revocation_reason=reason.value)
+                )
+            if held:
+                conn.execute(
+                    update(certificates)
+                    .where(certificates.c.serial.in_(held))
+                    .values(status=CertStatus.REVOKED.value, revocation_reason=reason.value)
                 )
             for r in todo:
                 done = conn.execute(_CERT_BY_SERIAL, {"serial": r.serial}).one()

@@ -70,15 +70,22 @@ def _secure_file(path: Path) -> None:
     The inventory holds the CA's issuance records and audit trail; SQLite would create the
     file with the umask's mode (often world-readable). The WAL and shared-memory files
     SQLite adds later copy the main file's mode.
+
+    An existing file is checked and tightened by its path, never opened: closing any descriptor
+    of the database file drops every POSIX lock this process holds on it, those of SQLite
+    connections already open here included (sqlite.org/howtocorrupt.html §2.2). Another process
+    then takes the database for unused, checkpoints and removes the WAL, and what the
+    connections here write next is seen by no one else.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+            path.chmod(0o600)
+        return
+    os.close(fd)  # a new file: no connection can have it open yet
 
 
 def _set_wal(cursor: Any) -> None:

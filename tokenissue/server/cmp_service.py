@@ -23,14 +23,18 @@ kur                     Signed with the key of the certificate being updated (va
                         certificate keeps subject, SANs and profile and records ``replaces``.
 rr                      Signed with the key of the certificate being revoked. Reason
                         keyCompromise revokes every unexpired certificate of that key
-                        (CertificateAuthority.revoke), not only the one named.
+                        (CertificateAuthority.revoke), not only the one named. Reason
+                        certificateHold suspends it (a token gone missing); only the CA
+                        restores, so removeFromCRL is refused. A suspended certificate may
+                        still sign an rr (a hold made final), nothing else.
 certConf                Must continue an open transaction (recipNonce = our senderNonce),
                         protected like its request; certHash must match. A rejection revokes
                         the certificate (RFC 4210 §5.3.18).
 genm                    id-it-caCerts and id-it-rootCaCert, unprotected or protected.
 ======================  =====================================================================
 
-A request signed by a revoked certificate is refused with certRevoked.
+A request signed by a revoked certificate is refused with certRevoked, and so is one signed
+by a suspended certificate, unless it is an rr.
 
 Before a MAC-protected request authenticates, the answer tells nothing: an unknown or malformed
 reference and a wrong code, on a registration open, used, expired, locked or cancelled, all get
@@ -88,7 +92,7 @@ from ..ca.authority import CertificateAuthority, Issued
 from ..ca.profiles import check_request
 from ..ca.registration import RegistrationAuthority
 from ..credentials import IdentityProof, IdNumber, Pin, ProtectedAuth, Secret
-from ..errors import CAError, NotFound, PinError, RequestRejected, TokenIssueError, UsageError
+from ..errors import CAError, CertificateStateRefused, NotFound, PinError, RequestRejected, TokenIssueError, UsageError
 from ..inventory import DuplicateTransaction, InventoryUnavailable
 from ..models import (
     CertRecord,
@@ -336,8 +340,11 @@ class CMPService:
             raise _unauthenticated()
         ctx.secret = secret
 
-    def _authenticate_signature(self, ctx: _Context) -> tuple[x509.Certificate, CertRecord]:
-        """The protection certificate, which must be one this CA issued and has not revoked."""
+    def _authenticate_signature(
+        self, ctx: _Context, *, suspended_ok: bool = False
+    ) -> tuple[x509.Certificate, CertRecord]:
+        """The protection certificate, which must be one this CA issued and has not revoked,
+        nor suspended unless ``suspended_ok`` (an rr: a hold repeated or made final)."""
         signer = verify_protection(ctx.request.message, trusted_signers=[self._ca_cert], extra_certs=self._chain[1:])
         if signer is None:  # pragma: no cover - a MAC never reaches here
             raise CMPError("badMessageCheck", "The CMP request is not signed.")
@@ -347,6 +354,12 @@ class CMPService:
         ctx.fields["signer_serial"] = format(rec.serial, "x")
         if rec.status is CertStatus.REVOKED:
             raise CMPError("certRevoked", f"The protection certificate {rec.serial:x} is revoked.")
+        if rec.status is CertStatus.SUSPENDED and not suspended_ok:
+            # On hold it is revoked for every relying party (RFC 5280 certificateHold): it
+            # vouches for nothing until the CA restores it.
+            raise CMPError(
+                "certRevoked", f"The protection certificate {rec.serial:x} is suspended; only the CA can restore it."
+            )
         ctx.signer = rec.serial
         return signer, rec
 
@@ -637,7 +650,7 @@ class CMPService:
     # -- revocation --------------------------------------------------------------------------
     def _revoke(self, ctx: _Context, repeat_of: CMPTransaction | None = None) -> bytes:
         req = ctx.request
-        signer, rec = self._authenticate_signature(ctx)
+        signer, rec = self._authenticate_signature(ctx, suspended_ok=True)
         if repeat_of is not None and repeat_of.signer != rec.serial:
             raise CMPError("transactionIdInUse", "This transactionID was used before; start over with a new one.")
         if len(req.revocations) != 1:
@@ -645,13 +658,17 @@ class CMPService:
         target = req.revocations[0]
         if target.issuer != self._ca_cert.subject or target.serial != signer.serial_number:
             raise CMPError("notAuthorized", "A certificate can only be revoked with a request signed by its own key.")
+        if target.reason is x509.ReasonFlags.remove_from_crl:
+            raise CMPError("notAuthorized", "Only the CA can restore a suspended certificate; ask the CA operator.")
         reason = reason_from_flag(target.reason or x509.ReasonFlags.unspecified)
         if reason is None or reason in _NOT_FROM_HOLDER:
             raise CMPError("badRequest", "That revocation reason cannot be requested by the certificate holder.")
         if repeat_of is None:
             self._begin(req, TransactionKind.RR, ctx)
-        revoked = self.ca.revoke(rec.serial, reason)
+        revoked = self.ca.revoke(rec.serial, reason)  # certificateHold: suspended, not revoked
         ctx.fields["serial"] = format(rec.serial, "x")
+        if revoked[0].status is CertStatus.SUSPENDED:
+            ctx.fields["suspended"] = True
         if len(revoked) > 1:
             # keyCompromise: the key's other certificates went too (each has its audit entry).
             ctx.fields["same_key_revoked"] = [format(r.serial, "x") for r in revoked[1:]]
@@ -842,6 +859,6 @@ def _allowed_san(
 def _failure_for(error: TokenIssueError) -> FailureInfo:
     if isinstance(error, NotFound):
         return "badCertId"
-    if isinstance(error, RequestRejected):
+    if isinstance(error, (RequestRejected, CertificateStateRefused)):
         return "badRequest"
     return "systemUnavail"
