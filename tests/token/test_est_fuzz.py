@@ -99,6 +99,10 @@ def test_random_and_mutated_est_requests_never_cause_500(est_app: tuple[TestClie
     one()
     print(f"\nEST fuzz: {sum(statuses.values())} examples, statuses {dict(sorted(statuses.items()))}")
     assert sum(statuses.values()) >= EXAMPLES and len(statuses) >= 3
+    metrics = client.get("/metrics").text
+    counted = sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics.splitlines()
+                  if line.startswith('tokenissue_http_requests_total{route="est"'))  # fmt: skip
+    assert counted == sum(statuses.values()), metrics
     after = snapshot(ca.dir)
     assert after["certs"] == before["certs"] and after["count"] == before["count"]
     # Only wrong codes were recorded (and perhaps the lock they led to); nothing was issued or used.
