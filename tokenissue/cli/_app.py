@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import batch, ca, cert, journal, keys, lifecycle, ra, token, vid
+from . import batch, ca, cert, certmonger, journal, keys, lifecycle, ra, token, vid
 from ._common import AppState, default_state_dir
 
 app = typer.Typer(
@@ -78,6 +78,9 @@ app.command("renew", help="Renew certificates that are due (same key, or --rekey
 app.command("revoke", help="Revoke a token's certificate, or all certificates of a lost token.")(lifecycle.revoke)
 app.add_typer(ca.app, name="ca")
 app.add_typer(ra.app, name="ra")
+app.command("certmonger-submit", help="certmonger's CA helper for a CA directory (getcert add-ca -e '...').")(
+    certmonger.certmonger_submit
+)
 app.add_typer(batch.app, name="batch")
 app.add_typer(journal.app, name="journal")
 app.add_typer(vid.app, name="vid")

@@ -3,7 +3,7 @@ format (version 0.0.4), for the monitoring of a fleet of replicas.
 
 Everything is counted from the access-log line of each request (the same fields, so the log and
 the metrics never disagree) plus two gauges read at scrape time. Label values come from closed
-sets only (route kinds, HTTP statuses, CMP body types of the ASN.1 schema, PKIFailureInfo
+sets only (route kinds (cmp, ocsp, est, ca, crl, health, metrics, other), HTTP statuses, CMP body types of the ASN.1 schema, PKIFailureInfo
 names), so no client can grow the series without bound. No subject, reference, serial or
 address is ever a label.
 
@@ -14,9 +14,9 @@ address is ever a label.
                                                       rr, ... or "unparsed") and outcome ("ok" or
                                                       the failInfo name sent back)
     tokenissue_cmp_shed_total                         CMP requests refused past --max-concurrent
-    tokenissue_certificates_issued_total              certificates this process signed (a repeated
-                                                      message handed back its certificate: not
-                                                      counted again)
+    tokenissue_certificates_issued_total              certificates this process signed over CMP or
+                                                      EST (a repeated CMP message handed back its
+                                                      certificate: not counted again)
     tokenissue_cmp_request_seconds (histogram)        time to answer a CMP request
     tokenissue_cmp_in_progress                        CMP requests being handled now
     tokenissue_ca_not_after_timestamp_seconds         when the CA certificate expires (Unix time)
@@ -56,6 +56,8 @@ class Metrics:
         route = self._route_of(str(line.get("path") or ""))
         with self._lock:
             self._http[(route, str(line.get("status")))] += 1
+            if route == "est" and line.get("status") == 200 and line.get("serial"):
+                self._issued += 1  # an EST client repeating a request is counted again
             if route != "cmp" or not line.get("cmp"):
                 return
             if line.get("shed"):
