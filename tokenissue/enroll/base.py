@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ..credentials import IdentityProof
 from ..models import CertStatus, RevocationReason
@@ -129,3 +132,12 @@ def retry_after_seconds(value: str | None, default: float, *, now: datetime | No
     if not math.isfinite(seconds):
         return default
     return max(0.0, seconds)
+
+
+def tls_verify(trust: Sequence[x509.Certificate]) -> ssl.SSLContext | bool:
+    """How a client checks a CA server's TLS certificate: against ``trust`` (--ca-trust) when
+    given, else the system's trust store (httpx's ``verify=True``)."""
+    if not trust:
+        return True
+    pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in trust)
+    return ssl.create_default_context(cadata=pem)

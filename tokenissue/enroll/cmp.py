@@ -81,7 +81,7 @@ from ..protocols.cmp import (
 )
 from ..protocols.cmp import CMPError as CMPMessageError
 from ..publickeys import same_public_key
-from .base import EnrollResult, retry_after_seconds
+from .base import EnrollResult, retry_after_seconds, tls_verify
 
 __all__ = ["CMPEnroller", "CMPError", "canonical_auth_code", "transaction_id_for"]
 
@@ -262,10 +262,7 @@ class CMPEnroller:
         self._ref = ref
         self._auth_code = auth_code
         self._trust = list(trust)
-        verify: ssl.SSLContext | bool = True
-        if parsed.scheme == "https" and self._trust:
-            pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in self._trust)
-            verify = ssl.create_default_context(cadata=pem)
+        verify = tls_verify(self._trust) if parsed.scheme == "https" else True
         self._connect_timeout = connect_timeout
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
         self._client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False)

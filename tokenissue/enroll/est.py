@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, Remedy, Requ
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import verify_chain
 from ..publickeys import same_public_key
-from .base import EnrollResult
+from .base import EnrollResult, tls_verify
 from .cmp import AuthCodeSource, canonical_auth_code
 
 __all__ = ["ESTEnroller"]
@@ -61,10 +60,7 @@ class ESTEnroller:
         self.location = location
         self.base = str(url.copy_with(path="/.well-known/est/" + (label + "/" if label else ""), query=None))
         self._ref, self._auth_code, self._trust = ref, auth_code, list(trust)
-        verify: ssl.SSLContext | bool = True
-        if self._trust:
-            pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in self._trust)
-            verify = ssl.create_default_context(cadata=pem)
+        verify = tls_verify(self._trust)
         timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=READ_TIMEOUT, pool=CONNECT_TIMEOUT)
         self._client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False)
 

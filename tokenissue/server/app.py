@@ -233,17 +233,9 @@ def create_app(
         if ctype != OCSP_REQUEST_TYPE:
             fields["ocsp"] = "content-type"
             return _ocsp_error(415, _CLOSE)
-        try:
-            body = await asyncio.wait_for(_read_limited(request, _OCSP_MAX_BODY), timeout=body_timeout)
-        except ClientDisconnect:
-            return Response(status_code=499)
-        except TimeoutError:
-            fields["slow_body"] = True
-            return _ocsp_error(408, _CLOSE)
-        if body is None:
-            fields["ocsp"] = "too-large"
-            return _ocsp_error(413, _CLOSE)
-        fields["bytes_in"] = len(body)
+        body = await _receive(request, _OCSP_MAX_BODY, fields)
+        if isinstance(body, int):
+            return Response(status_code=499) if body == 499 else _ocsp_error(body, _CLOSE)
         answer = await anyio.to_thread.run_sync(runtime.ocsp.respond, body, fields, limiter=ocsp_threads)
         return _ocsp_response(answer, cacheable=False)
 
@@ -259,6 +251,22 @@ def create_app(
             return _ocsp_response(OCSPAnswer(error_response(OCSPResponseStatus.MALFORMED_REQUEST)), cacheable=False)
         answer = await anyio.to_thread.run_sync(runtime.ocsp.respond, der, fields, limiter=ocsp_threads)
         return _ocsp_response(answer, cacheable=True)
+
+    async def _receive(request: Request, limit: int, fields: dict[str, Any]) -> bytes | int:
+        """The whole body of an OCSP or EST request, or the HTTP status that ends it: 499 (the
+        client left), 408 (not within ``body_timeout``), 413 (over ``limit`` octets)."""
+        try:
+            body = await asyncio.wait_for(_read_limited(request, limit), timeout=body_timeout)
+        except ClientDisconnect:
+            return 499
+        except TimeoutError:
+            fields["slow_body"] = True
+            return 408
+        if body is None:
+            fields["too_large"] = True
+            return 413
+        fields["bytes_in"] = len(body)
+        return body
 
     async def est_cacerts(request: Request) -> Response:
         return _est_reply(runtime.est.cacerts())
@@ -277,17 +285,11 @@ def create_app(
         if ctype != EST_CSR_TYPE:
             fields["est_error"] = 415
             return PlainTextResponse(f"Send the request as {EST_CSR_TYPE} (base64 DER).\n", status_code=415, headers=_CLOSE)
-        try:
-            body = await asyncio.wait_for(_read_limited(request, max_body), timeout=body_timeout)
-        except ClientDisconnect:
-            return Response(status_code=499)
-        except TimeoutError:
-            fields["slow_body"] = True
-            return PlainTextResponse(f"The request did not arrive within {body_timeout:g} s.\n", status_code=408,
-                                     headers=_CLOSE)  # fmt: skip
-        if body is None:
-            return PlainTextResponse(f"The request exceeds {max_body} bytes.\n", status_code=413, headers=_CLOSE)
-        fields["bytes_in"] = len(body)
+        body = await _receive(request, max_body, fields)
+        if isinstance(body, int):
+            text = {408: f"The request did not arrive within {body_timeout:g} s.", 413: f"The request exceeds {max_body} bytes."}
+            return Response(status_code=499) if body == 499 else PlainTextResponse(text[body] + "\n", status_code=body,
+                                                                                   headers=_CLOSE)  # fmt: skip
         if fields["est"] == "simpleenroll":
             work = partial(runtime.est.simpleenroll, body, request.headers.get("authorization"), fields)
         else:
