@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tokenissue.pkix.ocsp import issuer_hashes
+
 from support.cli import USER_PIN
 from support.cmp_server import Served, served
 from support.lifecycle import USER_TOKEN, TokenCA, add_token_fast, make_token_ca
@@ -189,6 +191,17 @@ def _check_get_and_malformed(ca: TokenCA, server: Served, leaves: Leaves) -> Non
         resp = httpx.request(method, server.url + path, content=body or None,
                              headers={"content-type": ctype} if ctype else {}, timeout=10)  # fmt: skip
         assert resp.status_code == want, (path, ctype, resp.status_code, resp.text)
+        assert ocsp.load_der_ocsp_response(resp.content).response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    # A serial no certificate can have (negative, over 20 octets) is malformedRequest, not a 500.
+    for serial in (43, 1 << 300):
+        odd = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+            *issuer_hashes(issuer, CERTID_SHA1), serial_number=serial, algorithm=CERTID_SHA1
+        ).build().public_bytes(serialization.Encoding.DER)
+        if serial == 43:  # cryptography builds no negative serial: -43 written by hand (INTEGER 0xd5)
+            assert odd.count(b"\x02\x01\x2b") == 1
+            odd = odd.replace(b"\x02\x01\x2b", b"\x02\x01\xd5")
+        resp = httpx.post(f"{server.url}/ocsp", content=odd, headers={"content-type": OCSP_REQUEST}, timeout=10)
+        assert resp.status_code == 200
         assert ocsp.load_der_ocsp_response(resp.content).response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
     # A nonce longer than RFC 8954 allows is refused; another CA's certificate is not ours to answer.
     long_nonce = (

@@ -94,3 +94,14 @@ def test_any_bytes_are_a_query_or_refused(data: st.DataObject) -> None:
         parse_request(bytes(der[:cut]))
     except OCSPRefused as e:
         assert e.status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+def test_a_serial_no_certificate_can_have_is_still_a_query() -> None:
+    """parse_request does not judge serials; the responder refuses one out of range with
+    malformedRequest (tests/token/test_ocsp.py asks the server)."""
+    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        *issuer_hashes(CA, CERTID_SHA1), serial_number=43, algorithm=CERTID_SHA1
+    )
+    der = builder.build().public_bytes(serialization.Encoding.DER)
+    assert der.count(b"\x02\x01\x2b") == 1  # cryptography builds no negative serial: -43 by hand
+    assert parse_request(der.replace(b"\x02\x01\x2b", b"\x02\x01\xd5")).serial == -43

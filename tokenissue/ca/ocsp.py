@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from ..config import write_private_file
 from ..credentials import Pin, ProtectedAuth
 from ..errors import CAUnavailable, Remedy, TokenError, UsageError
 from ..inventory import InventoryUnavailable
@@ -48,6 +49,8 @@ SIGNER_LABEL = "tokenissue-ocsp"
 #: How long an answer may be cached (nextUpdate - thisUpdate); answers are made fresh per request.
 ANSWER_VALIDITY = timedelta(hours=1)
 _BACKDATE = timedelta(minutes=5)
+#: thisUpdate a minute in the past, so a client whose clock is a little behind accepts the answer.
+_CLOCK_SKEW = timedelta(minutes=1)
 
 
 def signer_certificate(ca_dir: Path) -> x509.Certificate | None:
@@ -129,7 +132,8 @@ def provision_signer(
                 s.delete_key(KeySelector(id=made.id))
             raise
         s.write_certificate(cert, key_id=key_id, label=label)
-        (ca.dir / OCSP_CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_private_file(ca.dir / OCSP_CERT_FILE, cert.public_bytes(serialization.Encoding.PEM))  # atomic
+        (ca.dir / OCSP_CERT_FILE).chmod(0o644)  # a certificate is public
         token_name = None if on_ca_token else (f"serial:{s.info.serial}" if s.info.name == s.info.serial else s.info.name)
         ca.config = replace(config, ocsp_key=f"id:{key_id.hex()}", ocsp_token=token_name)
         ca.config.save(ca.dir)
@@ -203,6 +207,12 @@ class OCSPResponder:
         if now > self._signer.cert.not_valid_after_utc:
             fields["ocsp"] = "signer-expired"
             return OCSPAnswer(error_response(ocsp.OCSPResponseStatus.TRY_LATER))
+        if not 0 < query.serial < 1 << 159:
+            # No certificate has such a serial (RFC 5280: positive, at most 20 octets), and
+            # cryptography cannot write it back in an answer's CertID.
+            fields["ocsp"] = "malformed"
+            fields["ocsp_error"] = "serial out of range"
+            return OCSPAnswer(error_response(ocsp.OCSPResponseStatus.MALFORMED_REQUEST))
         try:
             rec = self.ca.inventory.get_certificate(query.serial)
         except InventoryUnavailable:
@@ -231,7 +241,7 @@ class OCSPResponder:
         next_update = min(now + ANSWER_VALIDITY, self._signer.cert.not_valid_after_utc)
         der = build_response(
             query, status, signer_key=self._signer.key, signer_cert=self._signer.cert,
-            this_update=now, next_update=next_update, **kwargs,
+            this_update=now - _CLOCK_SKEW, next_update=next_update, **kwargs,
         )  # fmt: skip
         return OCSPAnswer(der, now, next_update, nonce=query.nonce is not None)
 

@@ -626,6 +626,8 @@ def serve(
         # an idle kept-alive connection closed after 5 s; none of them holds a CMP slot.
         http=http_protocol(max_per_client=max_per_client),
         timeout_keep_alive=5,
+        # X-Forwarded-* from a local client must not turn plain HTTP into "https" (EST's check).
+        proxy_headers=False,
         # A backstop on open connections (idle keep-alives included), well above the CMP limit
         # so that the answer a client sees under load is ours (CMP, Retry-After, logged).
         limit_concurrency=2 * max_concurrent + 64,

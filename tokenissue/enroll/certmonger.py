@@ -24,7 +24,7 @@ anything else                           exit 6 (not supported)
 
 Exit statuses: 0 issued, 2 rejected (the CA refused: profile, names, key), 3 unreachable (the
 CA or its token or database cannot be reached now; certmonger tries again later), 4
-under-configured (no CSR, no CA PIN, no such CA directory), 6 not supported. This helper never
+under-configured (no CSR, no CA PIN, no such CA directory, an unexpected failure), 6 not supported. This helper never
 asks certmonger to wait (1, 5): a tokenissue CA answers at once. The message for 2, 3 and 4 is
 one sentence on standard output, as certmonger shows it in ``getcert list``.
 """
@@ -48,6 +48,7 @@ from ..errors import (
     TokenIssueError,
     UsageError,
 )
+from ..inventory import InventoryUnavailable
 from ..models import CertStatus
 from .base import Enroller
 
@@ -110,6 +111,8 @@ def run_operation(
             return Answer(Exit.ISSUED, _roots(facts().chain))
     except TokenIssueError as e:
         return _refusal(e)
+    except Exception as e:  # never a traceback and exit 1, which certmonger reads as "wait"
+        return Answer(Exit.UNDERCONFIGURED, f"The helper failed unexpectedly ({type(e).__name__}).\n")
     return Answer(Exit.UNSUPPORTED, "")
 
 
@@ -128,7 +131,8 @@ def _submit(env: Mapping[str, str], open_enroller: Callable[[], Enroller], defau
         replaces = _renewed(env.get("CERTMONGER_CERTIFICATE", ""), enroller)
         # One certificate per request: the same CSR for the same renewal (or first issue) gets
         # the same answer, but renewing again with the same key is a new request.
-        seed = csr.public_bytes(serialization.Encoding.DER) + f"|{replaces or ''}|{profile}".encode()
+        old = env.get("CERTMONGER_CERTIFICATE", "").strip().encode()
+        seed = b"|".join([csr.public_bytes(serialization.Encoding.DER), hashlib.sha256(old).digest(), profile.encode()])
         request_id = "certmonger-" + hashlib.sha256(seed).hexdigest()[:32]
         result = enroller.request(
             csr, profile=profile, request_id=request_id, token_serial=None, key_id=None, label=None, replaces=replaces
@@ -171,7 +175,7 @@ def _roots(chain: list[x509.Certificate]) -> str:
 
 def _refusal(e: TokenIssueError) -> Answer:
     message = e.message.rstrip() + "\n"
-    if isinstance(e, (CAUnavailable, TokenError)):
+    if isinstance(e, (CAUnavailable, TokenError, InventoryUnavailable)):
         return Answer(Exit.UNREACHABLE, message)  # certmonger asks again later
     if isinstance(e, (ConfigError, PinError, UsageError)):
         return Answer(Exit.UNDERCONFIGURED, message)

@@ -81,7 +81,7 @@ def parse_request(der: bytes) -> OCSPQuery:
     except UnsupportedAlgorithm:
         raise _malformed("The request's CertID uses a hash algorithm this responder does not know.") from None
     if algorithm.name not in _HASHES:
-        raise _malformed(f"The request's CertID uses {algorithm.name}; use SHA-1 or SHA-256.")
+        raise _malformed(f"The request's CertID uses {algorithm.name}; use SHA-1, SHA-256, SHA-384 or SHA-512.")
     try:
         extensions = req.extensions
     except ValueError:

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from ..ca.authority import CertificateAuthority, Issued
 from ..ca.registration import RegistrationAuthority, parse_code
 from ..credentials import Pin, ProtectedAuth, Secret
-from ..errors import CAError, RequestRejected, UsageError
+from ..errors import CAError, RequestRejected, TokenError, UsageError
 from ..inventory import InventoryUnavailable
 from ..models import CertStatus, RegistrationStatus, RevocationReason
 from ..pkix.csr import verify_csr
@@ -121,6 +121,13 @@ class ESTService:
         except CAError as e:
             fields["est_error"] = 400
             return 400, (e.message + "\n").encode(), {"Content-Type": "text/plain; charset=utf-8"}
+        except TokenError:
+            # The CA's token is out of reach (pulled out, session lost); a reservation made stays,
+            # so the same request sent again finishes.
+            log.warning("EST request deferred: the CA token is unavailable", exc_info=True)
+            fields["est_error"] = 503
+            return 503, b"The CA cannot use its key right now; send the same request again later.\n", {
+                "Content-Type": "text/plain; charset=utf-8", "Retry-After": "2"}  # fmt: skip
         except InventoryUnavailable:
             fields["est_error"] = 503
             return 503, b"The CA cannot reach its database; send the same request again later.\n", {
@@ -151,7 +158,9 @@ class ESTService:
             _registered_subject(reg, _subject_of(csr)),
             _allowed_san(list(parse_san(list(reg.san))), tuple(sans_of(csr)), "the registration"),
         ))  # fmt: skip
-        tid = hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).digest()[:16]
+        # One request ID per registration and CSR: the same CSR sent again with this registration
+        # gets the same certificate; with another registration it is another request.
+        tid = hashlib.sha256(b"simpleenroll|" + ref.encode() + b"|" + csr.public_bytes(serialization.Encoding.DER)).digest()[:16]
         try:
             self.ra.reserve(ref, tid)
         except RequestRejected as e:
@@ -219,7 +228,9 @@ class ESTService:
         ))  # fmt: skip
         if list(san) != without_identify_data(sans_of(cert)):
             raise _Refused(400, "The request's subjectAltNames must be those of the certificate being renewed (RFC 7030 §4.2.2).")
-        request_id = "est-" + hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest()[:32]
+        # Per renewed certificate and CSR: renewing the next certificate with the same CSR is a new request.
+        seed = f"simplereenroll|{rec.serial:x}|".encode() + csr.public_bytes(serialization.Encoding.DER)
+        request_id = "est-" + hashlib.sha256(seed).hexdigest()[:32]
         return self._sign(csr, rec.profile, subject, san, request_id=request_id, replaces=rec.serial)
 
     # -- shared ------------------------------------------------------------------------------
