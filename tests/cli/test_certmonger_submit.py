@@ -89,6 +89,12 @@ def test_submit_issues_once_per_request_and_records_a_renewal(ca: TokenCA, tmp_p
     new = x509.load_pem_x509_certificate(renewed.stdout.encode())
     [rec] = [r for r in ca.records() if r.serial == new.serial_number]
     assert rec.replaces == cert.serial_number
+    # Renewing again with the very same CSR (an RSA key signs it the same way each time) is a new
+    # request: the next certificate, not the one before.
+    same_csr = _csr()
+    second = _helper(ca, "SUBMIT", CERTMONGER_CSR=same_csr, CERTMONGER_CERTIFICATE=renewed.stdout)
+    third = _helper(ca, "SUBMIT", CERTMONGER_CSR=same_csr, CERTMONGER_CERTIFICATE=second.stdout)
+    assert second.returncode == third.returncode == 0 and len({renewed.stdout, second.stdout, third.stdout}) == 3
     assert USER_PIN not in first.stdout + first.stderr + renewed.stdout + renewed.stderr
 
 
