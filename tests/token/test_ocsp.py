@@ -239,7 +239,7 @@ def test_signer_key_on_a_tpm_with_the_ca_key(tpm_with_softhsm: tuple[SoftHSM, TP
 def test_signer_on_another_token_and_a_new_key_on_renewal(softhsm: SoftHSM, tmp_path: Path) -> None:
     """--token puts the responder's key on a token of its own (its PIN as the user's; 'ca serve'
     reads it from TOKENISSUE_OCSP_PIN); --new-key replaces the key and deletes the old one once
-    the new certificate is in place, and the server answers with the new one."""
+    the new certificate is in place, and a running server answers with the new one at once."""
     ca = make_token_ca(softhsm)
     add_token_fast(softhsm, "ocsp")
     pins = {"TOKENISSUE_PIN": USER_PIN, "TOKENISSUE_OCSP_PIN": USER_PIN}
@@ -249,20 +249,34 @@ def test_signer_on_another_token_and_a_new_key_on_renewal(softhsm: SoftHSM, tmp_
     assert config["ocsp_token"].startswith("serial:")
     [key] = ca.private_keys("ocsp")
     assert key["label"] == "tokenissue-ocsp" and f"id:{key['id']}" == config["ocsp_key"]
-    ca.run("ca", "ocsp-signer", "--ca-dir", str(ca.dir), "--new-key", env=pins, check=True)
-    second = x509.load_pem_x509_certificate((ca.dir / "ocsp.pem").read_bytes())
-    assert second.public_key() != first.public_key()
-    [new_key] = ca.private_keys("ocsp")  # the old key is gone from the token
-    assert new_key["id"] != key["id"]
     leaves = _leaves(ca, tmp_path)
     without = ca.run("ca", "serve", "--ca-dir", str(ca.dir), "--listen", "127.0.0.1:1", env={"TOKENISSUE_OCSP_PIN": ""})
     assert without.returncode != 0 and "Traceback" not in without.stderr, without.stderr
-    with served(ca, env=pins) as server:
-        out = _openssl_ocsp(ca, server, leaves.good)
-        assert re.search(r"good\.pem: good", out), out
-        good = x509.load_pem_x509_certificate(leaves.good.read_bytes())
-        der = ocsp.OCSPRequestBuilder().add_certificate(good, ca.certificate, CERTID_SHA1).build()
-        body = der.public_bytes(serialization.Encoding.DER)
+    good = x509.load_pem_x509_certificate(leaves.good.read_bytes())
+    body = ocsp.OCSPRequestBuilder().add_certificate(good, ca.certificate, CERTID_SHA1).build().public_bytes(
+        serialization.Encoding.DER
+    )
+
+    def responder_cert(server: Served) -> x509.Certificate:
         resp = httpx.post(f"{server.url}/ocsp", headers={"content-type": OCSP_REQUEST}, timeout=10, content=body)
         answer = ocsp.load_der_ocsp_response(resp.content)
-        assert answer.certificates == [second]
+        assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD
+        [cert] = answer.certificates
+        return cert
+
+    with served(ca, env=pins) as server:
+        assert responder_cert(server) == first
+        # Rotated while the server runs: it takes up the new key and certificate by itself.
+        ca.run("ca", "ocsp-signer", "--ca-dir", str(ca.dir), "--new-key", env=pins, check=True)
+        second = x509.load_pem_x509_certificate((ca.dir / "ocsp.pem").read_bytes())
+        assert second.public_key() != first.public_key()
+        [new_key] = ca.private_keys("ocsp")  # the old key is gone from the token
+        assert new_key["id"] != key["id"]
+        assert responder_cert(server) == second
+        out = _openssl_ocsp(ca, server, leaves.good)
+        assert re.search(r"good\.pem: good", out), out
+        # Renewed for the same key: the new certificate, again without a restart.
+        ca.run("ca", "ocsp-signer", "--ca-dir", str(ca.dir), env=pins, check=True)
+        third = x509.load_pem_x509_certificate((ca.dir / "ocsp.pem").read_bytes())
+        assert third.public_key() == second.public_key() and responder_cert(server) == third
+    assert not any(line.get("ocsp_reload") for line in server.access_log())

@@ -17,8 +17,9 @@ for a client's bytes: every failure is an OCSP error response.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,9 +29,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from ..config import write_private_file
+from ..config import CAConfig, write_private_file
 from ..credentials import Pin, ProtectedAuth
-from ..errors import CAUnavailable, Remedy, TokenError, UsageError
+from ..errors import CAUnavailable, Remedy, TokenError, TokenIssueError, UsageError
 from ..inventory import InventoryUnavailable
 from ..models import CertStatus, KeyType
 from ..p11 import KeySelector, TokenSelector, open_token
@@ -132,11 +133,13 @@ def provision_signer(
                 s.delete_key(KeySelector(id=made.id))
             raise
         s.write_certificate(cert, key_id=key_id, label=label)
-        write_private_file(ca.dir / OCSP_CERT_FILE, cert.public_bytes(serialization.Encoding.PEM))  # atomic
-        (ca.dir / OCSP_CERT_FILE).chmod(0o644)  # a certificate is public
+        # ca.toml first, then ocsp.pem (atomic): a running server takes up the new signer when
+        # ocsp.pem changes, and a crash in between is mended by running this again.
         token_name = None if on_ca_token else (f"serial:{s.info.serial}" if s.info.name == s.info.serial else s.info.name)
         ca.config = replace(config, ocsp_key=f"id:{key_id.hex()}", ocsp_token=token_name)
         ca.config.save(ca.dir)
+        write_private_file(ca.dir / OCSP_CERT_FILE, cert.public_bytes(serialization.Encoding.PEM))
+        (ca.dir / OCSP_CERT_FILE).chmod(0o644)  # a certificate is public
         if made is not None and old is not None and old.id != made.id:
             s.delete_key(old)  # the new certificate is in place: the old key answers no more
     return cert
@@ -170,17 +173,56 @@ class _Signer:
 class OCSPResponder:
     """Answers OCSP requests for the certificates ``ca`` issued; see the module's description.
 
-    ``signer_key`` is the responder's key, already open (a server opens it once, logged in), or
-    None when no signer was made: every request then gets ``unauthorized``.
+    The responder opens its signer's key itself (logged in once, with ``pin`` on the CA's token
+    or ``token_pin`` on the token ca.toml names) and keeps it open until :meth:`close`. Before
+    each answer it looks at ``ocsp.pem``: when ``ca ocsp-signer`` has renewed or replaced the
+    signer, the new certificate (and, for a new key, the key ca.toml now names) is taken up at
+    once, so a running server needs no restart. Without a signer, requests get ``unauthorized``
+    until one is made.
     """
 
-    def __init__(self, ca: CertificateAuthority, signer_key: Any | None) -> None:
+    def __init__(
+        self, ca: CertificateAuthority, pin: Pin | ProtectedAuth | None, token_pin: Pin | ProtectedAuth | None = None
+    ) -> None:
         self.ca = ca
-        cert = signer_certificate(ca.dir)
-        self._signer = _Signer(cert, signer_key) if cert is not None and signer_key is not None else None
-        if self._signer is not None and not same_public_key(self._signer.key.public_key(), self._signer.cert.public_key()):
-            raise CAUnavailable(f"{ca.dir / OCSP_CERT_FILE} is not the certificate of the OCSP signer key ca.toml names.")
+        self._pins = (pin, token_pin)
+        self._lock = threading.Lock()
+        self._stack = ExitStack()
+        self._seen: tuple[int, int] | None = None
+        self._signer: _Signer | None = None
         self._hashes: dict[str, tuple[bytes, bytes]] = {}
+        self._reload()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.ca.dir / OCSP_CERT_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _reload(self) -> None:
+        """Take up the signer ocsp.pem and ca.toml name now (see the class's description)."""
+        stamp = self._stamp()
+        if stamp == self._seen and (self._signer is not None or stamp is None):
+            return
+        cert = signer_certificate(self.ca.dir)
+        if cert is None:
+            self._seen, self._signer = stamp, None
+            return
+        if self._signer is not None and same_public_key(self._signer.key.public_key(), cert.public_key()):
+            self._seen, self._signer = stamp, _Signer(cert, self._signer.key)  # renewed for the same key
+            return
+        config = CAConfig.load(self.ca.dir)  # a new key: ca.toml names it
+        stack = ExitStack()
+        key = stack.enter_context(open_signer_key(self.ca, *self._pins, config=config))
+        if key is None or not same_public_key(key.public_key(), cert.public_key()):
+            stack.close()
+            raise CAUnavailable(f"{self.ca.dir / OCSP_CERT_FILE} is not the certificate of the OCSP signer key ca.toml names.")
+        self._stack.close()
+        self._stack, self._seen, self._signer = stack, stamp, _Signer(cert, key)
 
     @property
     def ready(self) -> bool:
@@ -189,6 +231,11 @@ class OCSPResponder:
     def respond(self, der: bytes, fields: dict[str, Any] | None = None) -> OCSPAnswer:
         """The DER OCSPResponse to the DER request ``der``; ``fields`` gets what the access log shows."""
         fields = fields if fields is not None else {}
+        with self._lock:
+            try:
+                self._reload()
+            except TokenIssueError as e:  # a new signer that cannot be used yet: keep answering with the old
+                fields["ocsp_reload"] = e.message
         if self._signer is None:
             fields["ocsp"] = "no-signer"
             return OCSPAnswer(error_response(ocsp.OCSPResponseStatus.UNAUTHORIZED))
@@ -253,10 +300,12 @@ class OCSPResponder:
 
 @contextmanager
 def open_signer_key(
-    ca: CertificateAuthority, pin: Pin | ProtectedAuth | None, token_pin: Pin | ProtectedAuth | None = None
+    ca: CertificateAuthority, pin: Pin | ProtectedAuth | None, token_pin: Pin | ProtectedAuth | None = None,
+    *, config: CAConfig | None = None,
 ) -> Iterator[Any]:
-    """The responder's key, logged in, for the life of the block; None when no signer was made."""
-    config = ca.config
+    """The responder's key, logged in, for the life of the block; None when no signer was made.
+    ``config`` is ca.toml as read now (default: as the CA was opened)."""
+    config = config or ca.config
     if config.ocsp_key is None or signer_certificate(ca.dir) is None:
         yield None
         return

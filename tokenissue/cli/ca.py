@@ -484,7 +484,8 @@ def ocsp_signer(
     """Make the OCSP responder's signing key and certificate, or renew it.
 
     The key is generated on a token; the CA certifies it for OCSP signing (delegated responder,
-    RFC 6960). 'ca serve' then answers OCSP at /ocsp (restart it to pick up a new certificate)."""
+    RFC 6960). 'ca serve' then answers OCSP at /ocsp; a running one takes up a renewed or new
+    signer by itself."""
     from dataclasses import replace
 
     from ..ca.ocsp import provision_signer

@@ -71,7 +71,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..ca.authority import CRL_FILE, CertificateAuthority
-from ..ca.ocsp import OCSPAnswer, OCSPResponder, open_signer_key
+from ..ca.ocsp import OCSPAnswer, OCSPResponder
 from ..ca.registration import RegistrationAuthority
 from ..credentials import Pin, ProtectedAuth
 from ..inventory import InventoryUnavailable
@@ -175,7 +175,8 @@ def create_app(
             # One logged-in CA session for the server's lifetime; every signature reuses it.
             key = stack.enter_context(ca.signing_key(pin))
             runtime.ca = ca
-            runtime.ocsp = OCSPResponder(ca, stack.enter_context(open_signer_key(ca, pin, ocsp_pin)))
+            runtime.ocsp = OCSPResponder(ca, pin, ocsp_pin)
+            stack.callback(runtime.ocsp.close)
             runtime.est = ESTService(ca, RegistrationAuthority(ca), pin, ca_key=key)
             runtime.service = CMPService(
                 ca, RegistrationAuthority(ca), pin, ca_key=key, max_size=max_body, on_step=on_step
