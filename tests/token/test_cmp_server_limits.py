@@ -3,7 +3,8 @@ requests past ``max_concurrent`` are shed with an answer a CMP client can act on
 
 The body must arrive within ``body_timeout``; the answer is an HTTP 408 carrying a CMP error,
 and the CA is not touched. A request over the concurrency limit gets 503, Retry-After and CMP
-systemUnavail at once, and the same message sent again later is served.
+systemUnavail at once, and the same message sent again later is served. OCSP and EST share the
+limit and are shed in their own forms.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import warnings
 from collections.abc import AsyncIterator
 
 import httpx
+from cryptography.hazmat.primitives import hashes, serialization
 
+from tokenissue.pkix.ocsp import issuer_hashes
 from tokenissue.protocols.cmp import build_ir
 
 from support.cmp_server import in_process_app, new_key, register, response_of, snapshot
 from support.lifecycle import make_token_ca
 from support.softhsm import SoftHSM
+
+SHA1 = hashes.SHA1()  # noqa: S303  (RFC 5019 CertIDs)
 
 
 def test_a_trickled_body_is_cut_off_with_408(session_softhsm: SoftHSM) -> None:
@@ -97,3 +102,52 @@ def test_requests_past_max_concurrent_are_shed_with_503_and_served_when_repeated
     assert [(line["status"], line.get("shed", False)) for line in lines[:3]] == [(503, True), (200, False), (200, False)]
     assert "\ntokenissue_cmp_shed_total 1\n" in metrics
     assert "\ntokenissue_certificates_issued_total 2\n" in metrics
+
+
+def test_ocsp_and_est_share_the_limit_and_are_shed_in_their_own_form(session_softhsm: SoftHSM) -> None:
+    """--max-concurrent counts CMP, OCSP and EST together: while a CMP request holds the one
+    slot, an OCSP request gets HTTP 503 with tryLater and an EST one 503 with a sentence, both
+    with Retry-After; afterwards both are answered."""
+    from cryptography.x509 import ocsp
+
+    ca = make_token_ca(session_softhsm)
+    ca.run("ca", "ocsp-signer", "--ca", str(ca.dir), check=True)
+    holder = register(ca.dir, "CN=Slot Holder,O=tokenissue tests")
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(step: str) -> None:
+        if step == "after-reserve" and not release.is_set():
+            inside.set()
+            assert release.wait(60)
+
+    app, _log = in_process_app(session_softhsm, ca, max_concurrent=1, on_step=hold)
+    msg = holder.protect(build_ir(holder.subject, None, new_key()))
+    issuer = ca.certificate
+    ocsp_req = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        *issuer_hashes(issuer, SHA1), serial_number=12345, algorithm=SHA1
+    ).build().public_bytes(serialization.Encoding.DER)
+
+    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="https://ca") as client:
+                held = asyncio.create_task(client.post("/pkix/", content=msg, headers={"content-type": "application/pkixcmp"}))
+                assert await asyncio.to_thread(inside.wait, 60)
+                ocsp_shed = await client.post("/ocsp", content=ocsp_req, headers={"content-type": "application/ocsp-request"})
+                est_shed = await client.post("/.well-known/est/simpleenroll", content=b"MII",
+                                             headers={"content-type": "application/pkcs10"})  # fmt: skip
+                release.set()
+                assert (await held).status_code == 200
+                ocsp_after = await client.post("/ocsp", content=ocsp_req, headers={"content-type": "application/ocsp-request"})
+                est_after = await client.post("/.well-known/est/simpleenroll", content=b"MII",
+                                              headers={"content-type": "application/pkcs10"})  # fmt: skip
+                return ocsp_shed, est_shed, ocsp_after, est_after
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ocsp_shed, est_shed, ocsp_after, est_after = asyncio.run(asyncio.wait_for(run(), timeout=120))
+    assert (ocsp_shed.status_code, ocsp_shed.headers["retry-after"]) == (503, "2")
+    assert ocsp.load_der_ocsp_response(ocsp_shed.content).response_status is ocsp.OCSPResponseStatus.TRY_LATER
+    assert (est_shed.status_code, est_shed.headers["retry-after"]) == (503, "2") and "busy" in est_shed.text
+    assert ocsp.load_der_ocsp_response(ocsp_after.content).certificate_status is ocsp.OCSPCertStatus.UNKNOWN
+    assert est_after.status_code == 401  # answered now: it carried no credentials

@@ -562,7 +562,7 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate chain (PEM).", exists=True, dir_okay=False)] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The TLS private key (PEM) for --tls-cert.", exists=True, dir_okay=False)] = None,
     max_body: Annotated[int, typer.Option("--max-body", help="Largest CMP message accepted, in bytes.")] = 64 * 1024,
-    max_concurrent: Annotated[int, typer.Option("--max-concurrent", help="CMP requests in progress at once; past it a request is answered at once with 503, Retry-After and CMP systemUnavail, and the client sends it again later.")] = 256,
+    max_concurrent: Annotated[int, typer.Option("--max-concurrent", help="CMP, OCSP and EST requests in progress at once; past it a request is answered at once with 503 and Retry-After (CMP systemUnavail, OCSP tryLater), and the client sends it again later.")] = 256,
     max_per_client: Annotated[int, typer.Option("--max-per-client", help="Connections (so requests in flight) one client address may hold at once; past it a connection is closed at once. 0: no limit (behind a load balancer, where every client has its address: limit there).")] = 32,
     ca_pin_file: CaPinFileOpt = None,
     ocsp_pin_file: Annotated[Path | None, typer.Option("--ocsp-pin-file", help="Read the PIN of the OCSP signer's token from this file (chmod 600), when its key is not on the CA's token. Default: $TOKENISSUE_OCSP_PIN, else a prompt.")] = None,

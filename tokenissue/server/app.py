@@ -158,7 +158,7 @@ def create_app(
     """
     base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
     runtime = _Runtime()
-    in_progress = 0  # CMP requests admitted and not yet answered (the event loop is one thread)
+    in_progress = 0  # CMP, OCSP and EST requests admitted and not yet answered (the event loop is one thread)
     cmp_threads = anyio.CapacityLimiter(4)
     ocsp_threads = anyio.CapacityLimiter(4)
     metrics = Metrics(routes=lambda path: _OTHER_ROUTES.get(path) or (
@@ -237,8 +237,7 @@ def create_app(
         body = await _receive(request, _OCSP_MAX_BODY, fields)
         if isinstance(body, int):
             return Response(status_code=499) if body == 499 else _ocsp_error(body, _CLOSE)
-        answer = await anyio.to_thread.run_sync(runtime.ocsp.respond, body, fields, limiter=ocsp_threads)
-        return _ocsp_response(answer, cacheable=False)
+        return await _ocsp_admitted(body, fields, cacheable=False)
 
     async def ocsp_get(request: Request) -> Response:
         # RFC 5019 §5: the DER request, base64, URL-encoded, after the responder's path. The
@@ -250,8 +249,22 @@ def create_app(
         except ValueError:
             fields["ocsp"] = "malformed"
             return _ocsp_response(OCSPAnswer(error_response(OCSPResponseStatus.MALFORMED_REQUEST)), cacheable=False)
-        answer = await anyio.to_thread.run_sync(runtime.ocsp.respond, der, fields, limiter=ocsp_threads)
-        return _ocsp_response(answer, cacheable=True)
+        return await _ocsp_admitted(der, fields, cacheable=True)
+
+    async def _ocsp_admitted(der: bytes, fields: dict[str, Any], *, cacheable: bool) -> Response:
+        # Past --max-concurrent (CMP, OCSP and EST together) an OCSP request is shed with
+        # tryLater, HTTP 503 and Retry-After, as CMP's are with systemUnavail.
+        nonlocal in_progress
+        if in_progress >= max_concurrent:
+            fields["shed"] = True
+            body = error_response(OCSPResponseStatus.TRY_LATER)
+            return Response(body, status_code=503, media_type=OCSP_RESPONSE_TYPE, headers={"Retry-After": str(RETRY_AFTER_S)})
+        in_progress += 1
+        try:
+            answer = await anyio.to_thread.run_sync(runtime.ocsp.respond, der, fields, limiter=ocsp_threads)
+        finally:
+            in_progress -= 1
+        return _ocsp_response(answer, cacheable=cacheable)
 
     async def _receive(request: Request, limit: int, fields: dict[str, Any]) -> bytes | int:
         """The whole body of an OCSP or EST request, or the HTTP status that ends it: 499 (the
@@ -295,7 +308,16 @@ def create_app(
             work = partial(runtime.est.simpleenroll, body, request.headers.get("authorization"), fields)
         else:
             work = partial(runtime.est.simplereenroll, body, _client_certificate(request.scope), fields)
-        return _est_reply(await anyio.to_thread.run_sync(work, limiter=cmp_threads))
+        nonlocal in_progress
+        if in_progress >= max_concurrent:
+            fields["shed"] = True
+            return PlainTextResponse(busy_text.replace("message", "request") + "\n", status_code=503,
+                                     headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+        in_progress += 1
+        try:
+            return _est_reply(await anyio.to_thread.run_sync(work, limiter=cmp_threads))
+        finally:
+            in_progress -= 1
 
     async def ca_pem(request: Request) -> Response:
         return Response(dump_certificates(runtime.ca.chain(), "pem"), media_type="application/x-pem-file")

@@ -18,7 +18,7 @@ address is ever a label.
                                                       EST (a repeated CMP message handed back its
                                                       certificate: not counted again)
     tokenissue_cmp_request_seconds (histogram)        time to answer a CMP request
-    tokenissue_cmp_in_progress                        CMP requests being handled now
+    tokenissue_cmp_in_progress                        CMP, OCSP and EST requests being handled now
     tokenissue_ca_not_after_timestamp_seconds         when the CA certificate expires (Unix time)
 """
 
