@@ -3,6 +3,8 @@ status, before it listens anywhere."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from support.lifecycle import TokenCA, make_token_ca
@@ -35,3 +37,22 @@ def test_tls_needs_both_files(token_ca: TokenCA) -> None:
     proc = token_ca.run("ca", "serve", "--ca-dir", str(token_ca.dir), "--listen", "127.0.0.1:1",
                         "--tls-cert", str(token_ca.pem))  # fmt: skip
     assert proc.returncode == 2 and "--tls-key" in proc.stderr
+
+
+def test_a_tls_key_that_is_not_the_certificates_or_is_readable_is_refused_before_serving(
+    token_ca: TokenCA, tmp_path: Path
+) -> None:
+    from support.tls import server_tls_files
+
+    cert, key = server_tls_files(tmp_path)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, other_key = server_tls_files(other_dir)
+    mismatch = token_ca.run("ca", "serve", "--ca-dir", str(token_ca.dir), "--listen", "127.0.0.1:1",
+                            "--tls-cert", str(cert), "--tls-key", str(other_key))  # fmt: skip
+    assert mismatch.returncode == 2 and "is not the key of --tls-cert" in mismatch.stderr, mismatch.stderr
+    assert "Serving" not in mismatch.stderr
+    key.chmod(0o644)
+    loose = token_ca.run("ca", "serve", "--ca-dir", str(token_ca.dir), "--listen", "127.0.0.1:1",
+                         "--tls-cert", str(cert), "--tls-key", str(key))  # fmt: skip
+    assert loose.returncode == 2 and "chmod 600" in loose.stderr, loose.stderr

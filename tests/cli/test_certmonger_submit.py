@@ -38,7 +38,7 @@ def _csr(name: str = "host.example.kr", key: object = None) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _helper(ca: TokenCA, operation: str | None, *, pin: bool = True, ca_dir: Path | None = None,
+def _helper(ca: TokenCA, operation: str | None, *args: str, pin: bool = True, ca_dir: Path | None = None,
             **env: str) -> subprocess.CompletedProcess[str]:  # fmt: skip
     full = {k: v for k, v in ca.hsm.env.items() if not k.startswith("TOKENISSUE_CA_PIN")}
     if pin:
@@ -47,7 +47,7 @@ def _helper(ca: TokenCA, operation: str | None, *, pin: bool = True, ca_dir: Pat
         full["CERTMONGER_OPERATION"] = operation
     full.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "tokenissue.cli", "certmonger-submit", "--ca", str(ca_dir or ca.dir)],
+        [sys.executable, "-m", "tokenissue.cli", "certmonger-submit", "--ca", str(ca_dir or ca.dir), *args],
         env=full, capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -56,7 +56,7 @@ def test_the_informational_operations(ca: TokenCA) -> None:
     ident = _helper(ca, "IDENTIFY", pin=False)
     assert (ident.returncode, ident.stdout) == (0, f"tokenissue {__version__}\n")
     templates = _helper(ca, "GET-SUPPORTED-TEMPLATES", pin=False)
-    assert templates.returncode == 0 and {"tls-server", "tls-client", "kr-personal"} <= set(templates.stdout.split())
+    assert templates.returncode == 0 and set(templates.stdout.split()) == {"tls-server", "tls-client"}
     assert _helper(ca, "GET-DEFAULT-TEMPLATE", pin=False).stdout == "tls-server\n"
     for op in ("GET-NEW-REQUEST-REQUIREMENTS", "GET-RENEW-REQUEST-REQUIREMENTS"):
         assert (_helper(ca, op, pin=False).returncode, _helper(ca, op, pin=False).stdout) == (0, "")
@@ -64,6 +64,7 @@ def test_the_informational_operations(ca: TokenCA) -> None:
     nickname, _, pem = roots.stdout.partition("\n")
     assert roots.returncode == 0 and nickname == "Test Token CA"
     assert x509.load_pem_x509_certificate(pem.encode()) == ca.certificate
+    assert "sub-ca" not in templates.stdout.split()  # only what the helper may certify is offered
     for op in ("FETCH-SCEP-CA-CAPS", "SOMETHING-NEW"):
         assert _helper(ca, op, pin=False).returncode == 6
 
@@ -105,7 +106,9 @@ def test_each_failure_has_its_status_and_one_sentence(ca: TokenCA, softhsm: Soft
          2, "not a PEM PKCS#10 request"),
         (_helper(ca, "SUBMIT", CERTMONGER_CSR=_csr(key=ed25519.Ed25519PrivateKey.generate()),
                  CERTMONGER_CA_PROFILE="code-signing"), 2, ""),
-        (_helper(ca, "SUBMIT", CERTMONGER_CSR=_csr(), CERTMONGER_CA_PROFILE="no-such-profile"), 4, "no-such-profile"),  # a wrong -T: configuration
+        (_helper(ca, "SUBMIT", CERTMONGER_CSR=_csr(), CERTMONGER_CA_PROFILE="sub-ca"), 2, "is not offered to certmonger"),
+        (_helper(ca, "SUBMIT", "--allow-profile", "no-such-profile", CERTMONGER_CSR=_csr(),
+                 CERTMONGER_CA_PROFILE="no-such-profile"), 4, "no-such-profile"),  # a wrong -T: configuration
         (_helper(ca, "SUBMIT", pin=False, CERTMONGER_CSR=_csr()), 4, "TOKENISSUE_CA_PIN"),
         (_helper(ca, "SUBMIT", ca_dir=ca.dir.parent / "nowhere", CERTMONGER_CSR=_csr()), 4, "not a CA directory"),
     ]  # fmt: skip

@@ -170,6 +170,8 @@ def test_refusals_keep_est_s_error_form_and_change_nothing(est: tuple[TokenCA, S
         r = httpx.post(f"{plain.url}{EST}/simpleenroll", content=b"MII", headers={"content-type": "application/pkcs10"},
                        auth=auth, timeout=10)  # fmt: skip
         assert r.status_code == 403 and "HTTPS" in r.text, r.text
+        for op in ("cacerts", "csrattrs"):
+            assert httpx.get(f"{plain.url}{EST}/{op}", timeout=10).status_code == 403
     assert snapshot(ca.dir) == before
 
 

@@ -23,7 +23,8 @@ def test_enroll_over_est_with_the_key_on_the_token(token_impl_with_ca: TokenCA, 
     ca = token_impl_with_ca
     cert, key = server_tls_files(tmp_path)
     trust = tmp_path / "trust.pem"
-    trust.write_bytes(cert.read_bytes() + ca.pem.read_bytes())  # the server's TLS certificate and the CA root
+    # The server's TLS certificate itself (trusted as given, as curl --cacert does) and the CA root.
+    trust.write_bytes(cert.read_bytes() + ca.pem.read_bytes())
     reg = register(ca.dir, "CN=EST Token Holder,O=tokenissue tests", "tls-client")
     with served(ca, "--tls-cert", str(cert), "--tls-key", str(key)) as server:
         location = "est+" + server.url

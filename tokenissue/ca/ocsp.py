@@ -286,9 +286,14 @@ class OCSPResponder:
     def _answer(self, query: OCSPQuery, status: ocsp.OCSPCertStatus, now: datetime, **kwargs: Any) -> OCSPAnswer:
         assert self._signer is not None
         next_update = min(now + ANSWER_VALIDITY, self._signer.cert.not_valid_after_utc)
+        # A minute back for slow clocks, but never before a revocation the answer reports.
+        this_update = now - _CLOCK_SKEW
+        revoked_at = kwargs.get("revoked_at")
+        if revoked_at is not None:
+            this_update = min(now, max(this_update, revoked_at if revoked_at.tzinfo else revoked_at.replace(tzinfo=UTC)))
         der = build_response(
             query, status, signer_key=self._signer.key, signer_cert=self._signer.cert,
-            this_update=now - _CLOCK_SKEW, next_update=next_update, **kwargs,
+            this_update=this_update, next_update=next_update, **kwargs,
         )  # fmt: skip
         return OCSPAnswer(der, now, next_update, nonce=query.nonce is not None)
 

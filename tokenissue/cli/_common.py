@@ -208,6 +208,7 @@ def read_secret_file(path: Path, what: str) -> str:
 
 _FILE_OPTIONS = {
     "TOKENISSUE_PIN": "--pin-file",
+    "TOKENISSUE_OCSP_PIN": "--ocsp-pin-file",
     "TOKENISSUE_SO_PIN": "--so-pin-file",
     "TOKENISSUE_NEW_PIN": "--new-pin-file",
     "TOKENISSUE_CA_PIN": "--ca-pin-file",
@@ -391,9 +392,9 @@ CaTrustOpt = Annotated[
     Path | None,
     typer.Option(
         "--ca-trust",
-        help="CMP: PEM file of CA certificates to trust: the root of the issued chain, the signer of "
-        "the server's signed answers, and for cmp+https the server's TLS certificate "
-        "(default: the system's trust store).",
+        help="CMP and EST: PEM file of certificates to trust: the root of the issued chain, the signer "
+        "of a CMP server's signed answers, and for cmp+https and est+https the server's TLS certificate "
+        "or its root (default: the system's trust store).",
         envvar="TOKENISSUE_CA_TRUST",
     ),
 ]

@@ -561,7 +561,7 @@ def serve(
     path: Annotated[str, typer.Option("--path", help="The CMP path (RFC 6712), e.g. /pkix/.")] = "/pkix/",
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate chain (PEM).", exists=True, dir_okay=False)] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The TLS private key (PEM) for --tls-cert.", exists=True, dir_okay=False)] = None,
-    max_body: Annotated[int, typer.Option("--max-body", help="Largest CMP message accepted, in bytes.")] = 64 * 1024,
+    max_body: Annotated[int, typer.Option("--max-body", help="Largest CMP message or EST request accepted, in bytes.")] = 64 * 1024,
     max_concurrent: Annotated[int, typer.Option("--max-concurrent", help="CMP, OCSP and EST requests in progress at once; past it a request is answered at once with 503 and Retry-After (CMP systemUnavail, OCSP tryLater), and the client sends it again later.")] = 256,
     max_per_client: Annotated[int, typer.Option("--max-per-client", help="Connections (so requests in flight) one client address may hold at once; past it a connection is closed at once. 0: no limit (behind a load balancer, where every client has its address: limit there).")] = 32,
     ca_pin_file: CaPinFileOpt = None,
@@ -574,6 +574,8 @@ def serve(
     host, port = _parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("Give both --tls-cert and --tls-key, or neither.")
+    if tls_cert is not None and tls_key is not None:
+        _check_tls_pair(tls_cert, tls_key)
     if max_body < 1024:
         raise UsageError("--max-body must be at least 1024 bytes.")
     if not 1 <= max_concurrent <= 400:
@@ -638,6 +640,21 @@ def serve(
         # (optional: CMP, OCSP and first enrollments need none), issued by this CA.
         **_client_auth(ca_dir) if tls_cert else {},
     )
+
+
+def _check_tls_pair(cert: Path, key: Path) -> None:
+    """Refuse, before the server announces itself, a TLS key that is not the certificate's or
+    that others may read."""
+    import ssl
+
+    if key.stat().st_mode & 0o077:
+        raise UsageError(f"The TLS key {key} can be read by others; chmod 600 it.")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as e:
+        raise UsageError(f"--tls-key {key} is not the key of --tls-cert {cert} ({e.reason or e}).") from None
+    except ValueError as e:
+        raise UsageError(f"--tls-key {key} cannot be read with --tls-cert {cert} ({e}).") from None
 
 
 def _client_auth(ca_dir: Path) -> dict[str, Any]:

@@ -62,8 +62,8 @@ CaOpt = Annotated[
     typer.Option(
         "--ca",
         help="The CA: a CA directory made by 'tokenissue ca init', a CMP server as "
-        "cmp+http://HOST:PORT/PATH or cmp+https://HOST/PATH, or an ACME server as "
-        "acme+https://HOST/DIRECTORY-PATH.",
+        "cmp+http://HOST:PORT/PATH or cmp+https://HOST/PATH, an EST server as est+https://HOST:PORT, "
+        "or an ACME server as acme+https://HOST/DIRECTORY-PATH.",
         envvar="TOKENISSUE_CA",
     ),
 ]
@@ -72,7 +72,7 @@ RefOpt = Annotated[
     typer.Option(
         "--ref",
         help="The registration's reference the RA gave with the authorization code: over CMP (sent as "
-        "senderKID), or with a CA directory, where the code is checked the same way. Renewals default to "
+        "senderKID), over EST (the HTTP Basic user), or with a CA directory, where the code is checked the same way. Renewals default to "
         "the one the certificate was enrolled with.",
     ),
 ]

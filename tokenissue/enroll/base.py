@@ -140,4 +140,8 @@ def tls_verify(trust: Sequence[x509.Certificate]) -> ssl.SSLContext | bool:
     if not trust:
         return True
     pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in trust)
-    return ssl.create_default_context(cadata=pem)
+    context = ssl.create_default_context(cadata=pem)
+    # A certificate given is trusted as it is, even if it is not a self-signed root (the
+    # server's own certificate, say), as curl --cacert trusts it.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context

@@ -52,9 +52,11 @@ from ..inventory import InventoryUnavailable
 from ..models import CertStatus
 from .base import Enroller
 
-__all__ = ["DEFAULT_PROFILE", "Answer", "Exit", "run_operation"]
+__all__ = ["DEFAULT_ALLOWED", "DEFAULT_PROFILE", "Answer", "Exit", "run_operation"]
 
 DEFAULT_PROFILE = "tls-server"
+#: What the helper certifies unless its command line allows more.
+DEFAULT_ALLOWED = frozenset({"tls-server", "tls-client"})
 
 
 class Exit(enum.IntEnum):
@@ -89,16 +91,18 @@ def run_operation(
     *,
     version: str,
     default_profile: str = DEFAULT_PROFILE,
+    allowed_profiles: frozenset[str] = DEFAULT_ALLOWED,
     facts: Callable[[], CADirectoryFacts] | None = None,
 ) -> Answer:
     """Answer one certmonger operation; never raises (every failure is an exit status).
 
     ``open_enroller`` opens the CA (only SUBMIT and POLL call it); ``facts`` reads a CA
-    directory's chain and profiles (None for a remote CA)."""
+    directory's chain and profiles (None for a remote CA). Only ``allowed_profiles`` are
+    offered and certified: whoever may run ``getcert request -T`` must not get a sub-CA."""
     operation = env.get("CERTMONGER_OPERATION", "SUBMIT")  # unset: SUBMIT, as certmonger suggests
     try:
         if operation in ("SUBMIT", "POLL"):
-            return _submit(env, open_enroller, default_profile)
+            return _submit(env, open_enroller, default_profile, allowed_profiles | {default_profile})
         if operation == "IDENTIFY":
             return Answer(Exit.ISSUED, f"tokenissue {version}\n")
         if operation in ("GET-NEW-REQUEST-REQUIREMENTS", "GET-RENEW-REQUEST-REQUIREMENTS"):
@@ -106,7 +110,8 @@ def run_operation(
         if operation == "GET-DEFAULT-TEMPLATE":
             return Answer(Exit.ISSUED, default_profile + "\n")
         if operation == "GET-SUPPORTED-TEMPLATES" and facts is not None:
-            return Answer(Exit.ISSUED, "".join(p + "\n" for p in facts().profiles))
+            offered = allowed_profiles | {default_profile}
+            return Answer(Exit.ISSUED, "".join(p + "\n" for p in facts().profiles if p in offered))
         if operation == "FETCH-ROOTS" and facts is not None:
             return Answer(Exit.ISSUED, _roots(facts().chain))
     except TokenIssueError as e:
@@ -116,7 +121,9 @@ def run_operation(
     return Answer(Exit.UNSUPPORTED, "")
 
 
-def _submit(env: Mapping[str, str], open_enroller: Callable[[], Enroller], default_profile: str) -> Answer:
+def _submit(
+    env: Mapping[str, str], open_enroller: Callable[[], Enroller], default_profile: str, allowed: frozenset[str]
+) -> Answer:
     pem = env.get("CERTMONGER_CSR", "").strip()
     if not pem:
         return Answer(Exit.UNDERCONFIGURED, "certmonger gave no signing request (CERTMONGER_CSR is empty).\n")
@@ -125,6 +132,8 @@ def _submit(env: Mapping[str, str], open_enroller: Callable[[], Enroller], defau
     except ValueError:
         return Answer(Exit.REJECTED, "The signing request is not a PEM PKCS#10 request.\n")
     profile = env.get("CERTMONGER_CA_PROFILE", "").strip() or default_profile
+    if profile not in allowed:
+        return Answer(Exit.REJECTED, f"Profile '{profile}' is not offered to certmonger by this CA's helper.\n")
     enroller = open_enroller()
     try:
         enroller.check_profile(profile)

@@ -283,18 +283,24 @@ def create_app(
         return body
 
     async def est_cacerts(request: Request) -> Response:
-        return _est_reply(runtime.est.cacerts())
+        return _est_plain_http(request) or _est_reply(runtime.est.cacerts())
 
     async def est_csrattrs(request: Request) -> Response:
-        return Response(status_code=204)  # nothing asked beyond what the profile checks (§4.5.2)
+        # Nothing is asked beyond what the profile checks (§4.5.2).
+        return _est_plain_http(request) or Response(status_code=204)
+
+    def _est_plain_http(request: Request) -> Response | None:
+        if request.url.scheme == "https":
+            return None
+        request.scope[_LOG_KEY]["est_error"] = 403
+        return PlainTextResponse("EST needs TLS: this server takes EST requests over HTTPS only.\n", status_code=403)
 
     async def est_enroll(request: Request) -> Response:
         fields: dict[str, Any] = request.scope[_LOG_KEY]
         fields["est"] = request.url.path.rsplit("/", 1)[-1]
-        if request.url.scheme != "https":
-            fields["est_error"] = 403
-            return PlainTextResponse("EST needs TLS: this server takes EST requests over HTTPS only.\n",
-                                     status_code=403)  # fmt: skip
+        refused = _est_plain_http(request)
+        if refused is not None:
+            return refused
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != EST_CSR_TYPE:
             fields["est_error"] = 415
