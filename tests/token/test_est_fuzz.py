@@ -8,24 +8,23 @@ wrong codes, which are what the lockout is for."""
 from __future__ import annotations
 
 import base64
-import os
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from tokenissue.pkix.csr import build_csr
 
 from support.cmp_server import Registered, in_process_app, new_key, register, snapshot
+from support.fuzz import fuzz_settings
 from support.lifecycle import TokenCA, make_token_ca
 from support.softhsm import SoftHSM
 
 EXAMPLES = 300
-_IN_CI = bool(os.environ.get("CI"))
 ALLOWED = {400, 401, 403, 413, 415}
 
 
@@ -75,10 +74,7 @@ def test_random_and_mutated_est_requests_never_cause_500(est_app: tuple[TestClie
     statuses: Counter[int] = Counter()
     good_auth = "Basic " + base64.b64encode(f"{reg.ref}:{reg.code.reveal()}".encode()).decode()
 
-    @settings(
-        max_examples=EXAMPLES, deadline=None, database=None, derandomize=_IN_CI,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-    )  # fmt: skip
+    @fuzz_settings(EXAMPLES)
     @given(data=st.data())
     def one(data: st.DataObject) -> None:
         body = _mutate(seed, data)

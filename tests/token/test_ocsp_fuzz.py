@@ -20,18 +20,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from support.cmp_server import in_process_app, snapshot
+from support.fuzz import fuzz_settings, mutate
 from support.lifecycle import TokenCA, make_token_ca
 from support.softhsm import SoftHSM
 
 EXAMPLES = 300
 OCSP_TYPE = "application/ocsp-request"
 SHA1 = hashes.SHA1()  # noqa: S303  (RFC 5019 CertIDs)
-_IN_CI = bool(os.environ.get("CI"))
 
 
 def _leaf(ca_cert: x509.Certificate, serial: int) -> x509.Certificate:
@@ -66,23 +66,6 @@ def client_and_seeds(session_softhsm: SoftHSM, ca_database: str | None) -> Itera
         yield client, seeds, ca
 
 
-def _mutate(seed: bytes, data: st.DataObject) -> bytes:
-    kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "random", "none"]))
-    buf = bytearray(seed)
-    if kind == "flip":
-        for _ in range(data.draw(st.integers(1, 6))):
-            i = data.draw(st.integers(0, len(buf) - 1))
-            buf[i] ^= data.draw(st.integers(1, 255))
-    elif kind == "truncate":
-        del buf[data.draw(st.integers(0, len(buf) - 1)) :]
-    elif kind == "insert":
-        i = data.draw(st.integers(0, len(buf)))
-        buf[i:i] = data.draw(st.binary(min_size=1, max_size=64))
-    elif kind == "random":
-        buf = bytearray(data.draw(st.binary(max_size=20000)))
-    return bytes(buf)
-
-
 def test_random_and_mutated_requests_never_cause_500_or_change_state(
     client_and_seeds: tuple[TestClient, list[bytes], TokenCA],
 ) -> None:
@@ -90,13 +73,11 @@ def test_random_and_mutated_requests_never_cause_500_or_change_state(
     before = snapshot(ca.dir)
     statuses: Counter[str] = Counter()
 
-    @settings(
-        max_examples=EXAMPLES, deadline=None, database=None, derandomize=_IN_CI,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-    )  # fmt: skip
+    @fuzz_settings(EXAMPLES)
     @given(data=st.data())
     def one(data: st.DataObject) -> None:
-        body = _mutate(data.draw(st.sampled_from(seeds)), data)
+        body = mutate(data.draw(st.sampled_from(seeds)), data, max_body=20000,
+                      kinds=("flip", "truncate", "insert", "random", "none"))
         if data.draw(st.booleans()) and len(body) < 2000:
             r = client.get("/ocsp/" + base64.b64encode(body).decode())
         else:
