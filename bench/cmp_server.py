@@ -289,9 +289,11 @@ def _serve(ca_dir: Path, root: Path, log_name: str = "serve.log") -> tuple[subpr
         time.sleep(0.1)
 
 
-def _phase(name: str, ca_dir: Path, root: Path, *args: str) -> dict[str, Any]:
+def _phase(name: str, ca_dir: Path, root: Path, *args: str, script: str = __file__) -> dict[str, Any]:
+    """Run ``script --phase NAME`` (this benchmark's, or another's that shares its set-up) in a
+    process of its own; its last line of output, as JSON."""
     out = subprocess.run(
-        [sys.executable, __file__, "--phase", name, "--ca-dir", str(ca_dir), *args],
+        [sys.executable, script, "--phase", name, "--ca-dir", str(ca_dir), *args],
         env=_env(root), check=False, capture_output=True, text=True,
     )  # fmt: skip
     if out.returncode != 0:

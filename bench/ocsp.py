@@ -161,15 +161,6 @@ def phase_build(ca_dir: Path, seconds: float) -> dict[str, Any]:
     return {"answers": n, "seconds": elapsed, "answers_per_s": n / elapsed}
 
 
-def _phase_here(name: str, ca_dir: Path, root: Path, *args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--phase", name, "--ca-dir", str(ca_dir), *args],
-                         env=cmp._env(root), check=False, capture_output=True, text=True)  # fmt: skip
-    if out.returncode != 0:
-        raise SystemExit(f"phase {name} failed:\n{out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=3, help="timed load runs (median reported)")
@@ -214,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
-        build = _phase_here("build", ca_dir, root, "--raw-seconds", str(args.raw_seconds))
+        build = cmp._phase("build", ca_dir, root, "--raw-seconds", str(args.raw_seconds), script=__file__)
         served = statistics.median(r["answers_per_s"] for r in runs)
         peer_rate = build["answers_per_s"]
         result = {

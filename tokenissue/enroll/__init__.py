@@ -18,7 +18,7 @@ from .base import Enroller, EnrollResult, KeyUpdater
 from .local import LocalCA
 
 if TYPE_CHECKING:
-    from .cmp import AuthCodeSource
+    from .base import AuthCodeSource
 
 __all__ = [
     "ACMEOptions",

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..credentials import IdentityProof
+from ..credentials import IdentityProof, Secret
+from ..errors import UsageError
 from ..models import CertStatus, RevocationReason
 
-__all__ = ["EnrollResult", "Enroller", "KeyUpdater", "retry_after_seconds"]
+__all__ = ["EnrollResult", "Enroller", "KeyUpdater", "canonical_auth_code", "retry_after_seconds", "tls_verify"]
 
 
 @dataclass(frozen=True)
@@ -145,3 +146,25 @@ def tls_verify(trust: Sequence[x509.Certificate]) -> ssl.SSLContext | bool:
     # server's own certificate, say), as curl --cacert trusts it.
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context
+
+
+if TYPE_CHECKING:  # SharedSecret's package loads the ASN.1 modules: types only, not at run time
+    from ..protocols.cmp import SharedSecret
+
+    #: The secret a registration's reference goes with: a tokenissue RA code, or another CA's.
+    AuthCode = Secret | SharedSecret
+    AuthCodeSource = AuthCode | Callable[[], AuthCode]
+
+
+def canonical_auth_code(code: AuthCode) -> AuthCode:
+    """The PBM secret for a typed code: a tokenissue RA code (``XXXXX-XXXXX-XXXXX-XXXXX``, typed in
+    any case, with or without dashes and spaces) in the canonical form the CA's MAC uses; any
+    other secret (another CA's) exactly as given."""
+    if not isinstance(code, Secret):
+        return code
+    from ..ca.registration import parse_code
+
+    try:
+        return parse_code(code)
+    except UsageError:
+        return code

@@ -44,8 +44,8 @@ import hashlib
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from cryptography import x509
@@ -54,7 +54,7 @@ from pyasn1.codec.der import encoder
 from pyasn1.type import char, univ
 
 from ..ca.profiles import load_profiles
-from ..credentials import IdentityProof, Secret
+from ..credentials import IdentityProof
 from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, ConfigError, Remedy, RequestRejected, UsageError
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import verify_chain
@@ -81,7 +81,10 @@ from ..protocols.cmp import (
 )
 from ..protocols.cmp import CMPError as CMPMessageError
 from ..publickeys import same_public_key
-from .base import EnrollResult, retry_after_seconds, tls_verify
+from .base import EnrollResult, canonical_auth_code, retry_after_seconds, tls_verify
+
+if TYPE_CHECKING:
+    from .base import AuthCode, AuthCodeSource
 
 __all__ = ["CMPEnroller", "CMPError", "canonical_auth_code", "transaction_id_for"]
 
@@ -91,8 +94,6 @@ READ_TIMEOUT: Final = 60.0
 #: id-it-certProfile (RFC 9483 §3.1): which certificate profile the request is for.
 ID_IT_CERT_PROFILE: Final = "1.3.6.1.5.5.7.4.21"
 
-AuthCode = Secret | SharedSecret
-AuthCodeSource = AuthCode | Callable[[], AuthCode]
 
 # Refusals that say the server, not the request, is the problem.
 _UNAVAILABLE: Final = frozenset({"systemUnavail", "systemFailure", "timeNotAvailable", "transactionIdInUse"})
@@ -135,20 +136,6 @@ def transaction_id_for(request_id: str) -> bytes:
     bits, the size RFC 9483 §3.1 asks for; and not the journal ID itself, which stays local.
     """
     return hashlib.sha256(request_id.encode("utf-8")).digest()[:16]
-
-
-def canonical_auth_code(code: AuthCode) -> AuthCode:
-    """The PBM secret for a typed code: a tokenissue RA code (``XXXXX-XXXXX-XXXXX-XXXXX``, typed in
-    any case, with or without dashes and spaces) in the canonical form the CA's MAC uses; any
-    other secret (another CA's) exactly as given."""
-    if not isinstance(code, Secret):
-        return code
-    from ..ca.registration import parse_code
-
-    try:
-        return parse_code(code)
-    except UsageError:
-        return code
 
 
 def _nonce() -> bytes:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from cryptography import x509
@@ -30,8 +30,10 @@ from ..errors import CANotReached, CAOutcomeUnknown, CAUnavailable, Remedy, Requ
 from ..models import CertStatus, RevocationReason
 from ..pkix.certs import verify_chain
 from ..publickeys import same_public_key
-from .base import EnrollResult, tls_verify
-from .cmp import AuthCodeSource, canonical_auth_code
+from .base import EnrollResult, canonical_auth_code, tls_verify
+
+if TYPE_CHECKING:
+    from .base import AuthCodeSource
 
 __all__ = ["ESTEnroller"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy import exc as sa_exc
@@ -121,6 +121,9 @@ def _same_key_rows(conn: Connection, row: Row[Any], at: datetime, *, lock: bool)
     return [r for r in conn.execute(query).all() if spki in bytes(r.der) and certificate_spki(bytes(r.der)) == spki]
 
 
+_T = TypeVar("_T")
+
+
 class CertificateStore(Database):
     """Certificate records, one transaction per call."""
 
@@ -133,13 +136,21 @@ class CertificateStore(Database):
         """
         row = cert_to_row(rec)
         prepared = prepare_audit(audit[1]) if audit else None
+
+        def insert(conn: Connection) -> None:
+            conn.execute(_CERT_INSERT, row)
+            if audit is not None and prepared is not None:
+                append_audit(conn, audit[0], prepared)
+
+        self._recording(rec, insert)
+
+    def _recording(self, rec: CertRecord, write: Callable[[Connection], _T]) -> _T:
+        """``write`` in one write transaction that records ``rec``, tried again when another
+        writer took the audit log's next seq; a duplicate serial or request is told precisely."""
         for attempt in range(AUDIT_RETRIES):
             try:
                 with self._tx("write to", write=True) as conn:
-                    conn.execute(_CERT_INSERT, row)
-                    if audit is not None and prepared is not None:
-                        append_audit(conn, audit[0], prepared)
-                return
+                    return write(conn)
             except InventoryError as e:
                 if not isinstance(e.__cause__, sa_exc.IntegrityError):
                     raise
@@ -147,6 +158,7 @@ class CertificateStore(Database):
                 if attempt + 1 == AUDIT_RETRIES:
                     raise
                 # Neither the serial nor the request: another writer took the audit seq.
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def add_superseding(
         self,
@@ -171,47 +183,41 @@ class CertificateStore(Database):
         key = serial_hex(old_serial)
         prepared = prepare_audit(audit[1]) if audit else None
         prepared_revoke = prepare_audit(revoke_audit[1]) if revoke_audit else None
-        for attempt in range(AUDIT_RETRIES):
-            try:
-                with self._tx("write to", write=True) as conn:
-                    old = conn.execute(_CERT_BY_SERIAL.with_for_update(), {"serial": key}).first()
-                    if old is None:
-                        raise NotFound(
-                            f"No certificate with serial {old_serial:#x} is in the inventory.",
-                            remedy=Remedy.LIST_CERTIFICATES,
-                        )
-                    # A suspended certificate (a lost token on hold) may be re-issued too.
-                    held = old.status == CertStatus.SUSPENDED.value
-                    if (old.status != CertStatus.VALID.value and not held) or old.not_after <= at:
-                        state = "revoked" if old.status == CertStatus.REVOKED.value else "no longer valid"
-                        raise RequestRejected(
-                            f"Certificate {old_serial:x}, which this one was to replace, is {state}; "
-                            "nothing was issued."
-                        )
-                    conn.execute(
-                        update(certificates)
-                        .where(certificates.c.serial == key)
-                        .values(
-                            status=CertStatus.REVOKED.value,
-                            # Revoked for good as of its suspension, as any revocation of a held one.
-                            revoked_at=old.revoked_at if held and old.revoked_at is not None else at,
-                            revocation_reason=RevocationReason.SUPERSEDED.value,
-                        )
-                    )
-                    conn.execute(_CERT_INSERT, row)
-                    if audit is not None and prepared is not None:
-                        append_audit(conn, audit[0], prepared)
-                    if revoke_audit is not None and prepared_revoke is not None:
-                        append_audit(conn, revoke_audit[0], prepared_revoke)
-                    done = conn.execute(_CERT_BY_SERIAL, {"serial": key}).one()
-                return _row_to_cert(done)
-            except InventoryError as e:
-                if not isinstance(e.__cause__, sa_exc.IntegrityError):
-                    raise
-                self._explain_duplicate(rec, e)
-                if attempt + 1 == AUDIT_RETRIES:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def supersede(conn: Connection) -> CertRecord:
+            old = conn.execute(_CERT_BY_SERIAL.with_for_update(), {"serial": key}).first()
+            if old is None:
+                raise NotFound(
+                    f"No certificate with serial {old_serial:#x} is in the inventory.",
+                    remedy=Remedy.LIST_CERTIFICATES,
+                )
+            # A suspended certificate (a lost token on hold) may be re-issued too.
+            held = old.status == CertStatus.SUSPENDED.value
+            if (old.status != CertStatus.VALID.value and not held) or old.not_after <= at:
+                state = "revoked" if old.status == CertStatus.REVOKED.value else "no longer valid"
+                raise RequestRejected(
+                    f"Certificate {old_serial:x}, which this one was to replace, is {state}; "
+                    "nothing was issued."
+                )
+            conn.execute(
+                update(certificates)
+                .where(certificates.c.serial == key)
+                .values(
+                    status=CertStatus.REVOKED.value,
+                    # Revoked for good as of its suspension, as any revocation of a held one.
+                    revoked_at=old.revoked_at if held and old.revoked_at is not None else at,
+                    revocation_reason=RevocationReason.SUPERSEDED.value,
+                )
+            )
+            conn.execute(_CERT_INSERT, row)
+            if audit is not None and prepared is not None:
+                append_audit(conn, audit[0], prepared)
+            if revoke_audit is not None and prepared_revoke is not None:
+                append_audit(conn, revoke_audit[0], prepared_revoke)
+            done = conn.execute(_CERT_BY_SERIAL, {"serial": key}).one()
+            return _row_to_cert(done)
+
+        return self._recording(rec, supersede)
 
     def _explain_duplicate(self, rec: CertRecord, e: InventoryError) -> None:
         """Raise the precise error when the serial or the request is what was duplicated."""

@@ -79,7 +79,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -91,6 +90,7 @@ from cryptography.hazmat.primitives import serialization
 from ..ca.authority import CertificateAuthority, Issued
 from ..ca.profiles import check_request
 from ..ca.registration import RegistrationAuthority
+from ..ca.requests import allowed_sans, registered_request, same_subject
 from ..credentials import IdentityProof, IdNumber, Pin, ProtectedAuth, Secret
 from ..errors import CAError, CertificateStateRefused, NotFound, PinError, RequestRejected, TokenIssueError, UsageError
 from ..inventory import DuplicateTransaction, InventoryUnavailable
@@ -107,7 +107,7 @@ from ..models import (
     no_step,
 )
 from ..pkix.kr_vid import ID_IT_IDENTITY, identity_from_content, without_identify_data
-from ..pkix.names import parse_san, parse_subject, sans_of
+from ..pkix.names import sans_of
 from ..pkix.reasons import reason_from_flag
 from ..protocols.cmp import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -448,8 +448,8 @@ class CMPService:
         assert ctx.ref is not None and ctx.secret is not None
         try:
             _check_pop(req)
-            subject = _registered_subject(reg, req.subject)
-            san = _allowed_san(list(parse_san(list(reg.san))), req.sans, "the registration")
+            with _template_refusals():
+                subject, san = registered_request(reg, req.subject, req.sans)
             public_key = self._checked_key(ctx, reg.profile, subject, san)
             identity = self._identity(ctx, reg)
         except CMPError:
@@ -518,8 +518,9 @@ class CMPService:
         signer, rec = auth
         try:
             _check_pop(req)
-            subject = _same_subject(signer.subject, req.subject, "the protection certificate")
-            san = _allowed_san(without_identify_data(sans_of(signer)), req.sans, "the protection certificate")
+            with _template_refusals():
+                subject = same_subject(signer.subject, req.subject, "the protection certificate")
+                san = allowed_sans(without_identify_data(sans_of(signer)), req.sans, "the protection certificate")
             public_key = self._checked_key(ctx, rec.profile, subject, san)
         except CMPError:
             self._give_up(ctx)  # a definite refusal
@@ -536,8 +537,9 @@ class CMPService:
                 if issuer != self._ca_cert.subject or serial != signer.serial_number:
                     raise CMPError("badCertId", "oldCertID does not name the certificate that signed the request.")
             _check_pop(req)
-            subject = _same_subject(signer.subject, req.subject, "the certificate being updated")
-            san = _allowed_san(without_identify_data(sans_of(signer)), req.sans, "the certificate being updated")
+            with _template_refusals():
+                subject = same_subject(signer.subject, req.subject, "the certificate being updated")
+                san = allowed_sans(without_identify_data(sans_of(signer)), req.sans, "the certificate being updated")
             public_key = self._checked_key(ctx, rec.profile, subject, san)
         except CMPError:
             self._give_up(ctx)  # a definite refusal
@@ -821,39 +823,13 @@ def _check_pop(req: CMPRequest) -> None:
         verify_pop(req)  # raises badPOP with the reason
 
 
-def _attributes(name: x509.Name) -> Counter[tuple[str, str]]:
-    return Counter((a.oid.dotted_string, str(a.value)) for a in name)
-
-
-def _same_subject(fixed: x509.Name, requested: x509.Name | None, whose: str) -> x509.Name:
-    """``fixed``, if the request names no subject or the same attributes (order aside)."""
-    if requested is not None and list(requested) and _attributes(requested) != _attributes(fixed):
-        raise CMPError(
-            "badCertTemplate",
-            f"The requested subject '{requested.rfc4514_string()}' is not the subject of {whose} "
-            f"('{fixed.rfc4514_string()}'); request that subject or leave it empty.",
-        )
-    return fixed
-
-
-def _registered_subject(reg: Registration, requested: x509.Name | None) -> x509.Name:
+@contextmanager
+def _template_refusals() -> Iterator[None]:
+    """A subject or SANs the registration or old certificate does not allow: badCertTemplate."""
     try:
-        fixed = parse_subject(reg.subject)
-    except UsageError as e:  # pragma: no cover - register() parsed it before storing
-        raise CMPError("systemFailure", "The registration's subject is damaged.") from e
-    return _same_subject(fixed, requested, f"registration {reg.ref}")
-
-
-def _allowed_san(
-    allowed: list[x509.GeneralName], requested: tuple[x509.GeneralName, ...], whose: str
-) -> list[x509.GeneralName]:
-    """The requested SANs if each is allowed; all allowed ones when none are requested."""
-    if not requested:
-        return allowed
-    extra = [g for g in requested if g not in allowed]
-    if extra:
-        raise CMPError("badCertTemplate", f"{len(extra)} requested subjectAltName entries are not allowed by {whose}.")
-    return list(dict.fromkeys(requested))
+        yield
+    except RequestRejected as e:
+        raise CMPError("badCertTemplate", e.message) from None
 
 
 def _failure_for(error: TokenIssueError) -> FailureInfo:

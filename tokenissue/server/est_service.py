@@ -46,15 +46,14 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from ..ca.authority import CertificateAuthority, Issued
 from ..ca.registration import RegistrationAuthority, parse_code
+from ..ca.requests import allowed_sans, registered_request, same_subject
 from ..credentials import Pin, ProtectedAuth, Secret
 from ..errors import CAError, RequestRejected, TokenError, UsageError
 from ..inventory import InventoryUnavailable
 from ..models import CertStatus, RegistrationStatus, RevocationReason
 from ..pkix.csr import verify_csr
 from ..pkix.kr_vid import without_identify_data
-from ..pkix.names import parse_san, sans_of
-from ..protocols.cmp import CMPError
-from .cmp_service import _allowed_san, _registered_subject, _same_subject
+from ..pkix.names import sans_of
 
 __all__ = ["ESTReply", "ESTService"]
 
@@ -154,10 +153,7 @@ class ESTService:
         if profile.identify_data:
             raise _Refused(403, f"Profile '{reg.profile}' binds the holder's registration number, which EST cannot "
                                 "carry confidentially; enroll over CMP.")  # fmt: skip
-        subject, san = self._checked(lambda: (
-            _registered_subject(reg, _subject_of(csr)),
-            _allowed_san(list(parse_san(list(reg.san))), tuple(sans_of(csr)), "the registration"),
-        ))  # fmt: skip
+        subject, san = self._checked(lambda: registered_request(reg, _subject_of(csr), tuple(sans_of(csr))))
         # One request ID per registration and CSR: the same CSR sent again with this registration
         # gets the same certificate; with another registration it is another request.
         tid = hashlib.sha256(b"simpleenroll|" + ref.encode() + b"|" + csr.public_bytes(serialization.Encoding.DER)).digest()[:16]
@@ -223,8 +219,8 @@ class ESTService:
             raise _Refused(403, f"Certificate {rec.serial:x} has expired; enroll anew with a registration.")
         csr = self._csr(body)
         subject, san = self._checked(lambda: (
-            _same_subject(cert.subject, _subject_of(csr), "the certificate being renewed"),
-            _allowed_san(without_identify_data(sans_of(cert)), tuple(sans_of(csr)), "the certificate being renewed"),
+            same_subject(cert.subject, _subject_of(csr), "the certificate being renewed"),
+            allowed_sans(without_identify_data(sans_of(cert)), tuple(sans_of(csr)), "the certificate being renewed"),
         ))  # fmt: skip
         if list(san) != without_identify_data(sans_of(cert)):
             raise _Refused(400, "The request's subjectAltNames must be those of the certificate being renewed (RFC 7030 §4.2.2).")
@@ -251,7 +247,7 @@ class ESTService:
     def _checked(check: Any) -> Any:
         try:
             return check()
-        except CMPError as e:
+        except RequestRejected as e:
             raise _Refused(400, e.message) from None
         except (ValueError, x509.DuplicateExtension):
             raise _Refused(400, "The request's extensions cannot be read; make a new request.") from None
