@@ -8,15 +8,15 @@ BIN := $(VENV)/bin
 STATE ?= $(CURDIR)/.state
 DEBS := softhsm2 opensc gnutls-bin libengine-pkcs11-openssl pebble postgresql \
         swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools dbus \
-        libnss3-tools curl certmonger
+        libnss3-tools curl certmonger scep
 # Binaries (or files) that tell whether each package is present (the software TPM's: swtpm,
 # swtpm_ioctl, tpm2_getcap, tpm2-abrmd, the tabrmd TCTI, tpm2-pkcs11, tpm2_ptool, dbus-daemon;
-# NSS's certutil, vfychain and tstclnt for the interop tests; curl for EST; certmonger).
+# NSS's certutil, vfychain and tstclnt for the interop tests; curl for EST; certmonger; scepclient).
 PROBES := /usr/bin/softhsm2-util /usr/bin/pkcs11-tool /usr/bin/p11tool \
           /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so /usr/bin/pebble /usr/lib/postgresql \
           /usr/bin/swtpm /usr/bin/swtpm_ioctl /usr/bin/tpm2_getcap /usr/sbin/tpm2-abrmd \
           /usr/lib/x86_64-linux-gnu/libtss2-tcti-tabrmd.so.0 /usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so \
-          /usr/bin/tpm2_ptool /usr/bin/dbus-daemon /usr/bin/certutil /usr/bin/curl /usr/sbin/certmonger
+          /usr/bin/tpm2_ptool /usr/bin/dbus-daemon /usr/bin/certutil /usr/bin/curl /usr/sbin/certmonger /usr/bin/scepclient
 
 .PHONY: demo test test-fast deps venv lint clean bench
 

@@ -27,7 +27,7 @@ import pkcs11.exceptions as px
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from pkcs11 import Attribute, CertificateType, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, CertificateType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import KeyType as P11KeyType
 
 from ..credentials import Pin, ProtectedAuth
@@ -290,6 +290,73 @@ class TokenSession:
                     pass  # This token will not relabel; the random provisional ID stays.
         return replace(self._key_info(priv), template=step.name)
 
+    def generate_decryption_key(self, key_type: KeyType, label: str) -> KeyInfo:
+        """Generate an RSA key pair that signs and decrypts (CKM_RSA_PKCS): private,
+        sensitive, never extractable, with no unwrap and no sign-recover.
+
+        For a protocol server's own key that clients encrypt to (a SCEP RA); never for a holder's
+        key. CKA_ALLOWED_MECHANISMS pins it to PKCS#1 v1.5 and the signature mechanisms where the
+        token knows the attribute; a token that refuses the attribute gets the template without it.
+        """
+        if key_type.algorithm is not KeyAlgorithm.RSA:
+            raise UsageError(f"A key that decrypts must be RSA, not {key_type.value}.")
+        if self._private_objects(KeySelector(label=label)):
+            raise ObjectExists(f"Token '{self.info.label}' already has a key labelled '{label}'; choose another label.")
+        refusal = self.capabilities.key_size_refusal(key_type)
+        if refusal is not None:
+            raise MechanismUnsupported(
+                f"Token '{self.info.label}' cannot make a {key_type.value} key: {refusal}.", remedy=Remedy.LIST_KEY_TYPES
+            )
+        if Mechanism.RSA_PKCS not in self.mechanisms:
+            raise MechanismUnsupported(f"Token '{self.info.label}' offers no CKM_RSA_PKCS, so its keys cannot decrypt.")
+        allowed = [Mechanism.RSA_PKCS, *signing_mechanisms(KeyAlgorithm.RSA, self.mechanisms)]
+        private: dict[Any, Any] = {
+            Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+            Attribute.SIGN: True, Attribute.DECRYPT: True, Attribute.UNWRAP: False, Attribute.DERIVE: False,
+            Attribute.SIGN_RECOVER: False, Attribute.ALLOWED_MECHANISMS: list(dict.fromkeys(allowed)),
+        }  # fmt: skip
+        public: dict[Any, Any] = {
+            Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: True, Attribute.ENCRYPT: True,
+            Attribute.VERIFY_RECOVER: False, Attribute.WRAP: False,
+        }  # fmt: skip
+        kid = os.urandom(20)
+        attempts = (
+            (private, public),
+            # Tokens without CKA_ALLOWED_MECHANISMS or the recover/unwrap attributes.
+            ({k: v for k, v in private.items() if k not in (Attribute.ALLOWED_MECHANISMS, Attribute.SIGN_RECOVER,
+                                                           Attribute.UNWRAP, Attribute.DERIVE)},
+             {k: v for k, v in public.items() if k not in (Attribute.VERIFY_RECOVER, Attribute.WRAP)}),
+        )  # fmt: skip
+        last = ""
+        for priv_t, pub_t in attempts:
+            with self.lock, translate(f"generate a {key_type.value} key"):
+                try:
+                    pub, priv = self._generate(P11KeyType.RSA, kid, label, pub_t, priv_t, {"key_length": key_type.bits},
+                                               capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY
+                                               | MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT)  # fmt: skip
+                except px.PKCS11Error as e:
+                    if type(e).__name__ not in TEMPLATE_REFUSALS:
+                        raise
+                    last = _rv(e)
+                    for o in list(self._session.get_objects({Attribute.ID: kid})):
+                        with suppress(px.PKCS11Error):
+                            o.destroy()
+                    continue
+            try:
+                self._check_generated(priv, key_type, False)
+            except TokenIssueError:
+                self._destroy_pair(pub, priv)
+                raise
+            return self._key_info(priv)
+        raise TokenError(f"Token '{self.info.label}' refused to make an RSA key that decrypts ({last}).")
+
+    def decryptor(self, sel: KeySelector) -> Decryptor:
+        """A :class:`Decryptor` for the RSA key ``sel`` (one made by :meth:`generate_decryption_key`)."""
+        priv = self._one_private(sel)
+        if not bool(priv[Attribute.DECRYPT]):
+            raise TokenError(f"Key '{priv.label}' on token '{self.info.label}' was made to sign only; it cannot decrypt.")
+        return Decryptor(self, bytes(priv[Attribute.ID]))
+
     def _negotiate_keygen(
         self, key_type: KeyType, kid: bytes, label: str, *, sign_only: bool = False
     ) -> tuple[Any, Any, TemplateStep]:
@@ -425,15 +492,16 @@ class TokenSession:
                         o.destroy()
 
     def _generate(
-        self, p11_type: Any, kid: bytes, label: str, public: dict[Any, Any], private: dict[Any, Any], kwargs: dict[str, Any]
-    ) -> tuple[Any, Any]:
+        self, p11_type: Any, kid: bytes, label: str, public: dict[Any, Any], private: dict[Any, Any], kwargs: dict[str, Any],
+        *, capabilities: Any = MechanismFlag.SIGN | MechanismFlag.VERIFY,
+    ) -> tuple[Any, Any]:  # fmt: skip
         return tuple(
             self._session.generate_keypair(
                 p11_type,
                 id=kid,
                 label=label,
                 store=True,
-                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                capabilities=capabilities,
                 public_template=public,
                 private_template=private,
                 **kwargs,
@@ -738,6 +806,47 @@ class TokenSession:
                     o.destroy()
                     n += 1
         return n
+
+
+class Decryptor:
+    """RSA PKCS#1 v1.5 decryption (CKM_RSA_PKCS) with one key, in a session of its own.
+
+    A refused block (not PKCS#1 for this key: a client's garbage or a probe) gives None, never
+    an exception with the token's reason, so callers answer every bad block alike. The session
+    is then replaced: tpm2-pkcs11 leaves a failed C_Decrypt's operation active, and the session
+    would refuse everything after it with CKR_OPERATION_ACTIVE (measured; PKCS#11 says a failed
+    C_Decrypt ends the operation). The application's login covers the new session.
+    """
+
+    def __init__(self, owner: TokenSession, key_id: bytes) -> None:
+        self._owner = owner
+        self._key_id = key_id
+        self._session: Any = None
+        self._key: Any = None
+        self._open()
+
+    def _open(self) -> None:
+        with self._owner.lock, translate("open a session"):
+            self._session = self._owner._session.token.open()
+            self._key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=self._key_id)
+
+    def close(self) -> None:
+        if self._session is not None:
+            with self._owner.lock, suppress(px.PKCS11Error):
+                self._session.close()
+            self._session = None
+
+    def decrypt(self, ciphertext: bytes) -> bytes | None:
+        if self._session is None:
+            self._open()
+        try:
+            with self._owner.lock:
+                plain: bytes = self._key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS)
+            return plain
+        except (px.PKCS11Error, RuntimeError):
+            self.close()
+            self._open()  # a token that is gone raises TokenError here
+            return None
 
 
 def _data_application(key_id: bytes) -> str:
