@@ -45,6 +45,14 @@ class CAConfig:
     """Selector of the OCSP signer's key (``id:HEX``), written by ``ca ocsp-signer``."""
     ocsp_token: str | None = None
     """The token of the OCSP signer's key when it is not the CA's token."""
+    scep_key: str | None = None
+    """Selector of the SCEP RA's key (``id:HEX``, RSA, decrypts), written by ``ca scep-ra``."""
+    scep_token: str | None = None
+    """The token of the SCEP RA's key when it is not the CA's token."""
+    scep_single_des: bool = False
+    """Accept SCEP requests encrypted with single DES (56-bit keys: micromdm's scepclient up to
+    2.1 sends nothing else). Off by default: anyone who records the request can read its
+    challenge password."""
 
     @classmethod
     def load(cls, ca_dir: Path) -> CAConfig:
@@ -68,9 +76,9 @@ class CAConfig:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}.")
         for f in fields(cls):
             if f.name in section:
-                want = int if f.name == "crl_days" else str
+                want = {"crl_days": int, "scep_single_des": bool}.get(f.name, str)
                 value = section[f.name]
-                if not isinstance(value, want) or isinstance(value, bool):
+                if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
                     raise ConfigError(f"{path}: '{f.name}' must be a {want.__name__}, not {value!r}.")
         if "subject" not in section:
             raise ConfigError(f"{path}: the [ca] table needs 'subject'.")
@@ -81,7 +89,7 @@ class CAConfig:
     def save(self, ca_dir: Path) -> None:
         lines = ["# tokenissue CA configuration", "[ca]"]
         for k, v in asdict(self).items():
-            if v is None:
+            if v is None or (k == "scep_single_des" and v is False):
                 continue
             lines.append(f"{k} = {json.dumps(v, ensure_ascii=False)}")
         write_private_file(ca_dir / CA_CONFIG_NAME, ("\n".join(lines) + "\n").encode("utf-8"))

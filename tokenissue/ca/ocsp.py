@@ -20,26 +20,26 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..config import CAConfig, write_private_file
+from ..config import CAConfig
 from ..credentials import Pin, ProtectedAuth
 from ..errors import CAUnavailable, Remedy, TokenError, TokenIssueError, UsageError
 from ..inventory import InventoryUnavailable
 from ..models import CertStatus, KeyType
-from ..p11 import KeySelector, TokenSelector, open_token
-from ..pkix.certs import cert_record, random_serial
 from ..pkix.ocsp import OCSPQuery, OCSPRefused, build_response, error_response, issuer_hashes, parse_request
-from ..pkix.ocsp import signer_certificate as build_signer_certificate
 from ..publickeys import same_public_key
+from . import delegated
 from .authority import CertificateAuthority
+from .delegated import Service
 
 __all__ = ["OCSP_CERT_FILE", "SIGNER_PROFILE", "OCSPAnswer", "OCSPResponder", "open_signer_key", "provision_signer", "signer_certificate"]
 
@@ -49,19 +49,21 @@ SIGNER_PROFILE = "ocsp-signer"
 SIGNER_LABEL = "tokenissue-ocsp"
 #: How long an answer may be cached (nextUpdate - thisUpdate); answers are made fresh per request.
 ANSWER_VALIDITY = timedelta(hours=1)
-_BACKDATE = timedelta(minutes=5)
 #: thisUpdate a minute in the past, so a client whose clock is a little behind accepts the answer.
 _CLOCK_SKEW = timedelta(minutes=1)
 
 
+#: The responder as one of the CA's own services (:mod:`.delegated`).
+SERVICE = Service(
+    name="ocsp", what="OCSP signer", common_name="OCSP Responder", cert_file=OCSP_CERT_FILE, profile=SIGNER_PROFILE,
+    label=SIGNER_LABEL, usage=("digital_signature",), eku=ExtendedKeyUsageOID.OCSP_SIGNING, ocsp_nocheck=True,
+    remedy=Remedy.NAME_OCSP_TOKEN,
+)  # fmt: skip
+
+
 def signer_certificate(ca_dir: Path) -> x509.Certificate | None:
     """The responder's certificate in ``ca_dir``, or None when no signer was made."""
-    try:
-        return x509.load_pem_x509_certificate((ca_dir / OCSP_CERT_FILE).read_bytes())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        raise CAUnavailable(f"{ca_dir / OCSP_CERT_FILE} is not a PEM certificate.") from None
+    return delegated.certificate(ca_dir, SERVICE)
 
 
 def provision_signer(
@@ -74,84 +76,12 @@ def provision_signer(
     token_pin: Pin | ProtectedAuth | None = None,
     new_key: bool = False,
 ) -> x509.Certificate:
-    """Make (or renew) the OCSP responder's certificate; see the module's description.
-
-    ``token`` names the token for the responder's key and ``token_pin`` is its PIN; by default
-    the key goes on the CA's own token, with ``pin``. A renewal keeps the token the key is on.
-    """
+    """Make (or renew) the OCSP responder's certificate (:func:`.delegated.provision`); it
+    cannot be revoked (ocsp-nocheck), so it lasts at most 366 days."""
     if not 1 <= days <= 366:
         raise UsageError(f"An OCSP signer's certificate lasts 1 to 366 days, not {days}: it cannot be revoked.")
-    config = ca.config
-    renewing = config.ocsp_key is not None
-    current = (config.ocsp_token or config.token) if renewing else None
-    where = token or current or config.token
-    moving = renewing and where != current
-    if moving:
-        new_key = True  # a key on another token is a new key; the old one stays where it is
-    if where is None:
-        raise UsageError("This CA's key is in a file, so the OCSP signer's key needs a token.", remedy=Remedy.NAME_OCSP_TOKEN)
-    on_ca_token = where == config.token
-    key_pin = pin if on_ca_token else token_pin
-    subject = x509.Name(
-        [x509.NameAttribute(x509.NameOID.COMMON_NAME, "OCSP Responder"), *_without_cn(ca.certificate.subject)]
-    )
-    with open_token(TokenSelector.parse(where), key_pin, module=ca.module) as s:
-        old = KeySelector.parse(config.ocsp_key) if renewing and config.ocsp_key and not moving else None
-        made = None
-        label = SIGNER_LABEL
-        if old is None or new_key:
-            # A token refuses a second key under one label: the new key's label has its date.
-            label = f"{SIGNER_LABEL}-{datetime.now(UTC):%Y%m%d%H%M%S}" if s.find_keys(SIGNER_LABEL) else SIGNER_LABEL
-            made = s.generate_key(key_type, label)
-            selector = KeySelector(id=made.id)
-        else:
-            selector = old
-            label = s.key(old).label or SIGNER_LABEL
-        try:
-            public_key = s.public_key(selector)
-            now = datetime.now(UTC)
-            ca_cert = ca.certificate
-            not_after = min(now + timedelta(days=days), ca_cert.not_valid_after_utc)
-            serial = random_serial()
-            while ca.inventory.serial_exists(serial):
-                serial = random_serial()
-            with ca.signing_key(pin) as ca_key:
-                cert = build_signer_certificate(
-                    ca_key, ca_cert, public_key=public_key, subject=subject, serial=serial,
-                    not_before=now - _BACKDATE, not_after=not_after,
-                )  # fmt: skip
-            key_id = selector.id if selector.id is not None else s.key(selector).id
-            record = cert_record(
-                cert, profile=SIGNER_PROFILE, token_serial=s.info.serial, key_id=key_id, label=label,
-                request_id=None, replaces=_current_serial(ca),
-            )  # fmt: skip
-            audit = ("ocsp-signer", {"serial": format(serial, "x"), "new_key": made is not None,
-                                     "not_after": not_after.isoformat(), "token": where})  # fmt: skip
-            ca.inventory.add_certificate(record, audit=audit)
-        except BaseException:
-            if made is not None:
-                s.delete_key(KeySelector(id=made.id))
-            raise
-        s.write_certificate(cert, key_id=key_id, label=label)
-        # ca.toml first, then ocsp.pem (atomic): a running server takes up the new signer when
-        # ocsp.pem changes, and a crash in between is mended by running this again.
-        token_name = None if on_ca_token else (f"serial:{s.info.serial}" if s.info.name == s.info.serial else s.info.name)
-        ca.config = replace(config, ocsp_key=f"id:{key_id.hex()}", ocsp_token=token_name)
-        ca.config.save(ca.dir)
-        write_private_file(ca.dir / OCSP_CERT_FILE, cert.public_bytes(serialization.Encoding.PEM))
-        (ca.dir / OCSP_CERT_FILE).chmod(0o644)  # a certificate is public
-        if made is not None and old is not None and old.id != made.id:
-            s.delete_key(old)  # the new certificate is in place: the old key answers no more
-    return cert
-
-
-def _current_serial(ca: CertificateAuthority) -> int | None:
-    current = signer_certificate(ca.dir)
-    return current.serial_number if current is not None else None
-
-
-def _without_cn(name: x509.Name) -> list[x509.NameAttribute[Any]]:
-    return [a for a in name if a.oid != x509.NameOID.COMMON_NAME]
+    return delegated.provision(ca, SERVICE, pin, days=days, key_type=key_type, token=token, token_pin=token_pin,
+                               new_key=new_key)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -310,12 +240,5 @@ def open_signer_key(
 ) -> Iterator[Any]:
     """The responder's key, logged in, for the life of the block; None when no signer was made.
     ``config`` is ca.toml as read now (default: as the CA was opened)."""
-    config = config or ca.config
-    if config.ocsp_key is None or signer_certificate(ca.dir) is None:
-        yield None
-        return
-    where = config.ocsp_token or config.token
-    if where is None:
-        raise CAUnavailable(f"{ca.dir / 'ca.toml'} names an OCSP signer key but no token for it.")
-    with open_token(TokenSelector.parse(where), pin if config.ocsp_token is None else token_pin, module=ca.module) as s:
-        yield s.private_key(KeySelector.parse(config.ocsp_key))
+    with delegated.open_key(ca, SERVICE, pin, token_pin, config=config) as opened:
+        yield None if opened is None else opened[0].private_key(opened[1])

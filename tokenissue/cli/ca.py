@@ -513,6 +513,43 @@ def ocsp_signer(
         console().print(f"Certificates issued from now on name {url} as their OCSP responder.", markup=False)
 
 
+@app.command("scep-ra")
+def scep_ra(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    days: Annotated[int, typer.Option("--days", help="Lifetime of the RA certificate (1-825 days); run this again before it ends.")] = 365,
+    key_type: Annotated[KeyTypeChoice, typer.Option("--type", help="Type of the RA's key, when one is made: an RSA type (SCEP clients encrypt to it with RSA).")] = KeyTypeChoice("rsa-2048"),  # noqa: B008
+    token: Annotated[str | None, typer.Option("--token", "-t", help="Token for the RA's key (label, serial:XXXX or pkcs11: URI). Default: the CA's token. Its PIN: --pin-file, $TOKENISSUE_PIN or a prompt.")] = None,
+    new_key: Annotated[bool, typer.Option("--new-key", help="On renewal, make a new key (the old one is deleted once the new certificate is in place). Default: renew the certificate for the same key.")] = False,
+    ca_pin_file: CaPinFileOpt = None,
+    pin_file: PinFileOpt = None,
+) -> None:
+    """Make the SCEP registration authority's key and certificate, or renew it.
+
+    The key is RSA, generated on a token able to decrypt: SCEP clients encrypt their requests to
+    it, and it signs the CA's answers. 'ca serve' then answers SCEP at /scep (restart it after a
+    renewal)."""
+    from cryptography.hazmat.primitives import hashes
+
+    from ..ca.scep import RA_CERT_FILE, provision_ra
+
+    with _open(ctx, ca_dir) as ca:
+        pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
+        other = (token is not None and token != ca.config.token) or (token is None and ca.config.scep_token is not None)
+        token_pin = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file).get() if other else None
+        renewing = ca.config.scep_key is not None
+        cert = provision_ra(
+            ca, pin, days=days, key_type=KeyType(key_type.value), token=token, token_pin=token_pin, new_key=new_key
+        )
+    verb = "renewed" if renewing else "made"
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    console().print(
+        f"SCEP RA certificate {verb}: serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC "
+        f"({ca_dir / RA_CERT_FILE}).\nSHA-256 fingerprint: {fingerprint}",
+        markup=False,
+    )
+
+
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context, ca_dir: CaDirOpt) -> None:
     """Check the hash chain of the audit log; any altered, removed or inserted entry fails."""

@@ -464,3 +464,54 @@ def verify_chain(
         if current.issuer != current.subject:
             cas_below += 1
     raise RequestRejected(f"No chain from '{_name(leaf)}' ends at a self-signed root.")
+
+
+_KEY_USAGE_BITS = (
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+    "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+)  # fmt: skip
+
+
+def delegated_certificate(
+    ca_key: Any,
+    ca_cert: x509.Certificate,
+    *,
+    public_key: Any,
+    subject: x509.Name,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+    usage: Sequence[str],
+    eku: ObjectIdentifier | None = None,
+    ocsp_nocheck: bool = False,
+) -> x509.Certificate:
+    """A certificate for one of the CA's own services (its OCSP responder, its SCEP RA): an
+    end entity with the key usages named in ``usage`` (cryptography's KeyUsage argument names),
+    ``eku`` when given, and id-pkix-ocsp-nocheck when asked."""
+    check_key_matches_certificate(ca_key, ca_cert)
+    unknown = set(usage) - set(_KEY_USAGE_BITS)
+    if unknown:
+        raise ValueError(f"unknown key usage {sorted(unknown)}")
+    key_usage = x509.KeyUsage(**{bit: bit in usage for bit in _KEY_USAGE_BITS})
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(_as_utc(not_before))
+        .not_valid_after(_as_utc(not_after))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski_of(ca_cert)), critical=False)
+    )
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+    if ocsp_nocheck:
+        builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
+    return builder.sign(ca_key, hash_for(ca_key.public_key()))
+
+
+def _as_utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)

@@ -21,7 +21,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..models import RevocationReason
-from .certs import check_key_matches_certificate, ski_of
+from .certs import delegated_certificate
 from .csr import hash_for
 from .reasons import REASON_FLAGS
 
@@ -168,27 +168,10 @@ def signer_certificate(
     """A delegated OCSP responder's certificate (RFC 6960 §4.2.2.2): digitalSignature,
     id-kp-OCSPSigning, and id-pkix-ocsp-nocheck (§4.2.2.2.1), so clients do not ask about the
     responder itself; its lifetime should therefore be short."""
-    check_key_matches_certificate(ca_key, ca_cert)
-    key_usage = x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+    return delegated_certificate(
+        ca_key, ca_cert, public_key=public_key, subject=subject, serial=serial, not_before=not_before,
+        not_after=not_after, usage=("digital_signature",), eku=ExtendedKeyUsageOID.OCSP_SIGNING, ocsp_nocheck=True,
     )  # fmt: skip
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(_utc(not_before))
-        .not_valid_after(_utc(not_after))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
-        .add_extension(x509.OCSPNoCheck(), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski_of(ca_cert)), critical=False)
-    )
-    return builder.sign(ca_key, hash_for(ca_key.public_key()))
 
 
 def _utc(when: datetime) -> datetime:

@@ -6,6 +6,8 @@ Routes::
                                 trailing slash and {cmp_path}<label> (RFC 9483 §3.6 style)
     POST /ocsp                  application/ocsp-request in, application/ocsp-response out
     GET  /ocsp/{base64 request} the same, RFC 5019 §5 (cacheable: Cache-Control, Expires, ETag)
+    GET  /scep?operation=GetCACaps, GetCACert, PKIOperation; POST /scep?operation=PKIOperation: SCEP
+                                (RFC 8894, :mod:`.scep_service`); also at /scep/pkiclient.exe
     GET  /.well-known/est/cacerts, csrattrs; POST simpleenroll, simplereenroll: EST (RFC 7030,
                                 see :mod:`.est_service`), over HTTPS only
     GET  /ca.pem                the CA certificate and its issuers (PEM)
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import json
 import ssl
@@ -83,6 +86,7 @@ from .cmp_service import CMPService
 from .est_service import ESTService
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .scep_service import SCEPService
 
 __all__ = ["CMP_CONTENT_TYPE", "create_app", "http_protocol"]
 
@@ -107,6 +111,7 @@ class _Runtime:
     ca: CertificateAuthority
     ocsp: OCSPResponder
     est: ESTService
+    scep: SCEPService
 
 
 #: Headers for an answer sent before the request body was read to its end: the rest of the body
@@ -146,6 +151,7 @@ def create_app(
     body_timeout: float = 5.0,
     on_step: StepHook | None = None,
     ocsp_pin: Pin | ProtectedAuth | None = None,
+    scep_pin: Pin | ProtectedAuth | None = None,
 ) -> Starlette:
     """The CMP server for the CA in ``ca_dir``; ``access_log`` defaults to stderr.
 
@@ -155,6 +161,7 @@ def create_app(
     ``on_step`` is the crash tests' fault-injection point, passed to :class:`CMPService`.
     ``ocsp_pin`` is the PIN of the OCSP signer's token when ca.toml puts its key on a token other
     than the CA's (see :mod:`tokenissue.ca.ocsp`); without a signer, /ocsp answers unauthorized.
+    ``scep_pin`` is the same for the SCEP RA's key (:mod:`tokenissue.ca.scep`).
     """
     base = "/" + cmp_path.strip("/") + "/" if cmp_path.strip("/") else "/"
     runtime = _Runtime()
@@ -178,6 +185,8 @@ def create_app(
             runtime.ocsp = OCSPResponder(ca, pin, ocsp_pin)
             stack.callback(runtime.ocsp.close)
             runtime.est = ESTService(ca, RegistrationAuthority(ca), pin, ca_key=key)
+            runtime.scep = SCEPService(ca, RegistrationAuthority(ca), pin, ca_key=key, ra_pin=scep_pin)
+            stack.callback(runtime.scep.close)
             runtime.service = CMPService(
                 ca, RegistrationAuthority(ca), pin, ca_key=key, max_size=max_body, on_step=on_step
             )
@@ -325,6 +334,39 @@ def create_app(
         finally:
             in_progress -= 1
 
+    async def scep_endpoint(request: Request) -> Response:
+        # RFC 8894 §4.1: GET ?operation=GetCACaps|GetCACert|PKIOperation&message=..., and POST
+        # ?operation=PKIOperation with the DER pkiMessage as the body.
+        fields: dict[str, Any] = request.scope[_LOG_KEY]
+        operation = request.query_params.get("operation", "")
+        fields["scep_op"] = operation[:32]
+        if operation == "GetCACaps":
+            return _est_reply(runtime.scep.get_ca_caps())
+        if operation == "GetCACert":
+            return _est_reply(runtime.scep.get_ca_cert())
+        if operation != "PKIOperation":
+            return PlainTextResponse("Ask for operation GetCACaps, GetCACert or PKIOperation.\n", status_code=400)
+        if request.method == "POST":
+            body = await _receive(request, max_body, fields)
+            if isinstance(body, int):
+                return Response(status_code=499) if body == 499 else PlainTextResponse(
+                    f"The pkiMessage did not arrive whole (HTTP {body}).\n", status_code=body, headers=_CLOSE)  # fmt: skip
+        else:
+            try:
+                body = base64.b64decode(b"".join(request.query_params.get("message", "").encode().split()), validate=True)
+            except (binascii.Error, ValueError):
+                return PlainTextResponse("The message parameter is not base64.\n", status_code=400)
+        nonlocal in_progress
+        if in_progress >= max_concurrent:
+            fields["shed"] = True
+            return PlainTextResponse(busy_text.replace("message", "request") + "\n", status_code=503,
+                                     headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+        in_progress += 1
+        try:
+            return _est_reply(await anyio.to_thread.run_sync(runtime.scep.pki_operation, body, fields, limiter=cmp_threads))
+        finally:
+            in_progress -= 1
+
     async def ca_pem(request: Request) -> Response:
         return Response(dump_certificates(runtime.ca.chain(), "pem"), media_type="application/x-pem-file")
 
@@ -364,6 +406,8 @@ def create_app(
         Route("/.well-known/est/csrattrs", est_csrattrs, methods=["GET"]),
         Route("/.well-known/est/simpleenroll", est_enroll, methods=["POST"]),
         Route("/.well-known/est/simplereenroll", est_enroll, methods=["POST"]),
+        Route("/scep", scep_endpoint, methods=["GET", "POST"]),
+        Route("/scep/pkiclient.exe", scep_endpoint, methods=["GET", "POST"]),
         Route("/ca.pem", ca_pem, methods=["GET"]),
         Route("/crl.pem", crl_pem, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -377,6 +421,7 @@ def create_app(
 
 #: Route names for the metrics' labels (any other path is "other"; the CMP paths are "cmp").
 _OTHER_ROUTES = {"/ca.pem": "ca", "/crl.pem": "crl", "/health": "health", "/metrics": "metrics", "/ocsp": "ocsp",
+                 "/scep": "scep", "/scep/pkiclient.exe": "scep",
                  **{f"/.well-known/est/{op}": "est" for op in ("cacerts", "csrattrs", "simpleenroll", "simplereenroll")}}
 EST_CSR_TYPE = "application/pkcs10"
 

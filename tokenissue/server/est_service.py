@@ -34,10 +34,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import logging
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -45,15 +43,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from ..ca.authority import CertificateAuthority, Issued
-from ..ca.registration import RegistrationAuthority, parse_code
-from ..ca.requests import allowed_sans, registered_request, same_subject
-from ..credentials import Pin, ProtectedAuth, Secret
-from ..errors import CAError, RequestRejected, TokenError, UsageError
+from ..ca.registration import RegistrationAuthority
+from ..credentials import Pin, ProtectedAuth
+from ..errors import CAError, RequestRejected, TokenError
 from ..inventory import InventoryUnavailable
-from ..models import CertStatus, RegistrationStatus, RevocationReason
 from ..pkix.csr import verify_csr
-from ..pkix.kr_vid import without_identify_data
-from ..pkix.names import sans_of
+from ._registered import WRONG_CODE, Refusal, check_code, csr_subject, issue_registered, renewable, renewal_names
 
 __all__ = ["ESTReply", "ESTService"]
 
@@ -72,7 +67,7 @@ class _Refused(Exception):
 
 
 def _unauthenticated() -> _Refused:
-    return _Refused(401, "The reference or the authorization code is wrong.", {"WWW-Authenticate": REALM})
+    return _Refused(401, WRONG_CODE, {"WWW-Authenticate": REALM})
 
 
 def _base64_body(body: bytes) -> bytes:
@@ -144,36 +139,18 @@ class ESTService:
         ref, typed = self._basic(authorization)
         fields["ref"] = ref
         csr = self._csr(body)
-        reg = self._authenticate(ref, typed, fields)
         try:
-            reg = self.ra.check_usable(ref)
-        except RequestRejected as e:
-            raise _Refused(403, e.message) from None
-        profile = self.ca.profile(reg.profile)
-        if profile.identify_data:
-            raise _Refused(403, f"Profile '{reg.profile}' binds the holder's registration number, which EST cannot "
-                                "carry confidentially; enroll over CMP.")  # fmt: skip
-        subject, san = self._checked(lambda: registered_request(reg, _subject_of(csr), tuple(sans_of(csr))))
-        # One request ID per registration and CSR: the same CSR sent again with this registration
-        # gets the same certificate; with another registration it is another request.
-        tid = hashlib.sha256(b"simpleenroll|" + ref.encode() + b"|" + csr.public_bytes(serialization.Encoding.DER)).digest()[:16]
-        try:
-            self.ra.reserve(ref, tid)
-        except RequestRejected as e:
-            raise _Refused(403, e.message) from None
-        try:
-            issued = self._sign(csr, reg.profile, subject, san, request_id="est-" + tid.hex(), replaces=None,
-                                real_name=reg.real_name, reissue_of=reg.reissue_of)  # fmt: skip
-        except CAError:
-            self.ra.release(ref, tid)  # a definite refusal: another request may try
-            raise
-        try:
-            self.ra.consume(ref, issued.record.serial, tid=tid)
-        except RequestRejected as e:
-            # Cancelled or locked after it was reserved: the certificate must not stand.
-            self.ca.revoke(issued.record.serial, RevocationReason.PRIVILEGE_WITHDRAWN)
-            raise _Refused(403, e.message) from None
-        return issued
+            check_code(self.ra, ref, typed, fields)
+            return issue_registered(self.ca, self.ra, ref, csr, csr_subject(csr), protocol="EST",
+                                    tid_label="simpleenroll", sign=self._sign_new)  # fmt: skip
+        except Refusal as e:
+            if e.kind == "unauthenticated":
+                raise _unauthenticated() from None
+            raise _Refused(403 if e.kind == "forbidden" else 400, e.text) from None
+
+    def _sign_new(self, csr: x509.CertificateSigningRequest, profile: str, subject: x509.Name,
+                  san: list[x509.GeneralName], **kwargs: Any) -> Issued:  # fmt: skip
+        return self._sign(csr, profile, subject, san, replaces=None, **kwargs)
 
     @staticmethod
     def _basic(authorization: str | None) -> tuple[str, str]:
@@ -188,42 +165,18 @@ class ESTService:
             raise _unauthenticated()
         return user.strip(), password
 
-    def _authenticate(self, ref: str, typed: str, fields: dict[str, Any]) -> Any:
-        """As CMP's MAC check: the code of ``ref`` (a decoy for an unknown one) compared in
-        constant time; a wrong code counts while the registration is open; one answer for all."""
-        reg, expected = self.ra.mac_secret(ref)
-        try:
-            given = parse_code(typed)
-        except UsageError:
-            given = Secret("")
-        if reg is not None and hmac.compare_digest(given.reveal().encode(), expected.reveal().encode()):
-            return reg
-        if reg is not None and reg.status is RegistrationStatus.OPEN:
-            fields["ref_failures"] = self.ra.record_failure(ref).failures
-        fields["auth"] = "unknown-ref" if reg is None else "wrong-code"
-        raise _unauthenticated()
-
     # -- simplereenroll ------------------------------------------------------------------------
     def _reenroll(self, body: bytes, client_cert: bytes | None, fields: dict[str, Any]) -> Issued:
         if client_cert is None:
             raise _Refused(403, "Re-enrollment is authorized by the certificate being renewed: present it as the "
                                 "TLS client certificate.")  # fmt: skip
-        cert = x509.load_der_x509_certificate(client_cert)
-        rec = self.ca.inventory.get_certificate(cert.serial_number)
-        if rec is None or rec.der != client_cert:
-            raise _Refused(403, "The TLS client certificate was not issued by this CA.")
-        fields["replaces"] = format(rec.serial, "x")
-        if rec.status is not CertStatus.VALID:
-            raise _Refused(403, f"Certificate {rec.serial:x} is {rec.status.value}; it cannot be renewed.")
-        if datetime.now(UTC) > rec.not_after:
-            raise _Refused(403, f"Certificate {rec.serial:x} has expired; enroll anew with a registration.")
-        csr = self._csr(body)
-        subject, san = self._checked(lambda: (
-            same_subject(cert.subject, _subject_of(csr), "the certificate being renewed"),
-            allowed_sans(without_identify_data(sans_of(cert)), tuple(sans_of(csr)), "the certificate being renewed"),
-        ))  # fmt: skip
-        if list(san) != without_identify_data(sans_of(cert)):
-            raise _Refused(400, "The request's subjectAltNames must be those of the certificate being renewed (RFC 7030 §4.2.2).")
+        csr_body = body
+        try:
+            rec = renewable(self.ca, client_cert, fields)
+            csr = self._csr(csr_body)
+            subject, san = renewal_names(x509.load_der_x509_certificate(client_cert), csr, csr_subject(csr))
+        except Refusal as e:
+            raise _Refused(403 if e.kind == "forbidden" else 400, e.text) from None
         # Per renewed certificate and CSR: renewing the next certificate with the same CSR is a new request.
         seed = f"simplereenroll|{rec.serial:x}|".encode() + csr.public_bytes(serialization.Encoding.DER)
         request_id = "est-" + hashlib.sha256(seed).hexdigest()[:32]
@@ -260,11 +213,3 @@ class ESTService:
             csr.public_key(), profile, subject=subject, san=san, pin=self._pin, request_id=request_id,
             replaces=replaces, ca_key=self._ca_key, real_name=real_name, reissue_of=reissue_of,
         )  # fmt: skip
-
-
-def _subject_of(csr: x509.CertificateSigningRequest) -> x509.Name | None:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return csr.subject

@@ -1,0 +1,133 @@
+"""SCEP (RFC 8894) at /scep on `ca serve`, driven by a client nobody here wrote: micromdm's
+`scepclient` (Debian's scep package), with the RA's key on the CA's token.
+
+scepclient 2.1 encrypts with single DES only and to every certificate GetCACert gives unless
+-ca-fingerprint picks one: the CA here allows DES (ca.toml scep_single_des) and the client is
+pointed at the RA certificate. It takes the challenge in argv (-challenge), visible to other
+users of the machine: a limitation of that client, documented in docs/scep.md.
+
+Covered: enrollment with REFERENCE:CODE (the registered subject, on the inventory, the
+registration used), renewal (RenewalReq signed with the issued certificate and its key), a
+wrong code (FAILURE, counted toward the lock, nothing issued), a used registration (FAILURE),
+and a CA that does not allow DES refusing scepclient with badAlg.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from support.cmp_server import Served, register, served, snapshot
+from support.lifecycle import TokenCA, make_token_ca
+from support.softhsm import SoftHSM
+
+pytestmark = pytest.mark.skipif(shutil.which("scepclient") is None, reason="Debian's scep package is not installed")
+SUBJECT = "CN=scep device,OU=MDM,O=tokenissue tests,C=KR"
+
+
+def _allow_des(ca: TokenCA) -> None:
+    conf = ca.dir / "ca.toml"
+    conf.write_text(conf.read_text() + "scep_single_des = true\n")
+
+
+def _scep_ra(ca: TokenCA) -> x509.Certificate:
+    proc = ca.run("ca", "scep-ra", "--ca-dir", str(ca.dir))
+    assert proc.returncode == 0, proc.stderr
+    cert = x509.load_pem_x509_certificate((ca.dir / "scep-ra.pem").read_bytes())
+    assert cert.fingerprint(hashes.SHA256()).hex() in proc.stdout
+    return cert
+
+
+@pytest.fixture
+def scep(softhsm: SoftHSM) -> tuple[TokenCA, Served, x509.Certificate]:
+    ca = make_token_ca(softhsm)
+    ra = _scep_ra(ca)
+    _allow_des(ca)
+    with served(ca) as server:
+        yield ca, server, ra
+
+
+def _scepclient(server: Served, ra: x509.Certificate, d: Path, challenge: str | None, *, renew: bool = False) -> subprocess.CompletedProcess[str]:
+    fp = hashlib.sha256(ra.public_bytes(serialization.Encoding.DER)).hexdigest()
+    args = ["scepclient", "-server-url", f"{server.url}/scep", "-private-key", str(d / "key.pem"),
+            "-certificate", str(d / "cert.pem"), "-ca-fingerprint", fp,
+            "-cn", "scep device", "-ou", "MDM", "-organization", "tokenissue tests", "-country", "KR"]  # fmt: skip
+    if challenge is not None:
+        args += ["-challenge", challenge]
+    return subprocess.run(args, cwd=d, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_scepclient_enrolls_with_the_code_and_renews(scep: tuple[TokenCA, Served, x509.Certificate], tmp_path: Path) -> None:
+    ca, server, ra = scep
+    # GetCACaps and GetCACert as any client sees them.
+    caps = httpx.get(f"{server.url}/scep", params={"operation": "GetCACaps"}, timeout=10).text.split()
+    assert {"POSTPKIOperation", "SHA-256", "AES", "Renewal", "SCEPStandard"} <= set(caps)
+    got = httpx.get(f"{server.url}/scep", params={"operation": "GetCACert"}, timeout=10)
+    assert got.headers["content-type"] == "application/x-x509-ca-ra-cert"
+    assert set(pkcs7.load_der_pkcs7_certificates(got.content)) == {ra, ca.certificate}  # a SET OF: DER sorts it
+    assert ra.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
+
+    reg = register(ca.dir, SUBJECT, "tls-client")
+    proc = _scepclient(server, ra, tmp_path, f"{reg.ref}:{reg.code.reveal()}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr + server.stderr()
+    first = x509.load_pem_x509_certificate((tmp_path / "cert.pem").read_bytes())
+    assert first.issuer == ca.certificate.subject
+    assert first.subject == x509.Name.from_rfc4514_string(SUBJECT)
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(ca.dir / "ca.pem"), str(tmp_path / "cert.pem")],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+    records = ca.json("ca", "list", "--ca-dir", str(ca.dir))
+    assert format(first.serial_number, "x") in {r["serial"] for r in records}
+    regs = ca.json("ra", "list", "--ca-dir", str(ca.dir))
+    assert [r["status"] for r in regs if r["ref"] == reg.ref] == ["used"]
+
+    # Renewal: cert.pem exists, so scepclient sends a RenewalReq signed with it and its key.
+    proc = _scepclient(server, ra, tmp_path, None, renew=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    second = x509.load_pem_x509_certificate((tmp_path / "cert.pem").read_bytes())
+    assert second.serial_number != first.serial_number
+    assert second.subject == first.subject and second.public_key() == first.public_key()
+    log = [line for line in server.access_log() if line["path"] == "/scep" and line.get("scep") not in (None, "?")]
+    assert [line["scep"] for line in log] == ["pkcs_req", "renewal_req"], log
+    assert log[1]["replaces"] == format(first.serial_number, "x")
+
+
+def test_a_wrong_or_used_challenge_is_refused(scep: tuple[TokenCA, Served, x509.Certificate], tmp_path: Path) -> None:
+    ca, server, ra = scep
+    reg = register(ca.dir, SUBJECT, "tls-client")
+    before = snapshot(ca.dir)
+    (tmp_path / "wrong").mkdir()
+    proc = _scepclient(server, ra, tmp_path / "wrong", f"{reg.ref}:AAAA-BBBB-CCCC-DDDD")
+    assert proc.returncode != 0 and "failInfo" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    after = snapshot(ca.dir)
+    assert after["certs"] == before["certs"]
+    (line,) = [entry for entry in server.access_log() if entry.get("scep") == "pkcs_req"]
+    assert line["auth"] == "wrong-code" and line["ref_failures"] == 1
+    assert "AAAA" not in server.stderr()  # the typed code is never logged
+
+    (tmp_path / "good").mkdir()
+    assert _scepclient(server, ra, tmp_path / "good", f"{reg.ref}:{reg.code.reveal()}").returncode == 0
+    (tmp_path / "again").mkdir()
+    proc = _scepclient(server, ra, tmp_path / "again", f"{reg.ref}:{reg.code.reveal()}")
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert len(snapshot(ca.dir)["certs"]) == len(before["certs"]) + 1
+
+
+def test_single_des_is_refused_unless_allowed(softhsm: SoftHSM, tmp_path: Path) -> None:
+    ca = make_token_ca(softhsm)
+    ra = _scep_ra(ca)
+    reg = register(ca.dir, SUBJECT, "tls-client")
+    with served(ca) as server:
+        proc = _scepclient(server, ra, tmp_path, f"{reg.ref}:{reg.code.reveal()}")
+        assert proc.returncode != 0
+        assert "failInfo: badAlg" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        (line,) = [entry for entry in server.access_log() if entry.get("scep_fail")]
+        assert line["scep_fail"] == "bad_alg" and "des" in line["scep_text"]
