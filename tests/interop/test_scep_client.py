@@ -25,9 +25,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from support.cli import USER_PIN
 from support.cmp_server import Served, register, served, snapshot
 from support.lifecycle import TokenCA, make_token_ca
+from support.scep import cert_rep_attributes, csr_with_challenge, pki_message, requester
 from support.softhsm import SoftHSM
+from support.tpm import TPM2_MODULE, TPMTokens
 
 pytestmark = pytest.mark.skipif(shutil.which("scepclient") is None, reason="Debian's scep package is not installed")
 SUBJECT = "CN=scep device,OU=MDM,O=tokenissue tests,C=KR"
@@ -131,3 +134,43 @@ def test_single_des_is_refused_unless_allowed(softhsm: SoftHSM, tmp_path: Path) 
         assert "failInfo: badAlg" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
         (line,) = [entry for entry in server.access_log() if entry.get("scep_fail")]
         assert line["scep_fail"] == "bad_alg" and "des" in line["scep_text"]
+
+
+def test_the_ra_key_on_a_tpm(tpm_with_softhsm: tuple[SoftHSM, TPMTokens], tmp_path: Path) -> None:
+    """The CA's key and the RA's on tpm2-pkcs11: the token decrypts the request's content key,
+    signs the CertRep, and keeps working after a block it refuses (its failed C_Decrypt stays
+    active in the session; the RA takes a new one)."""
+    _, tpm = tpm_with_softhsm
+    tpm_env = {"TOKENISSUE_MODULE": TPM2_MODULE, "TOKENISSUE_CA_PIN": USER_PIN}
+    ca_dir = tpm.root / "ca"
+    proc = tpm.run("ca", "init", "--ca-dir", str(ca_dir), "--token", "test", "--subject",
+                   "CN=TPM CA,O=tokenissue tests,C=KR", "--type", "ec-p256", env=tpm_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ca = TokenCA(hsm=tpm, dir=ca_dir)
+    proc = ca.run("ca", "scep-ra", "--ca-dir", str(ca_dir), env=tpm_env)
+    assert proc.returncode == 0, proc.stderr
+    ra = x509.load_pem_x509_certificate((ca_dir / "scep-ra.pem").read_bytes())
+    _allow_des(ca)
+    reg = register(ca_dir, SUBJECT, "tls-client")
+    with served(ca, env=tpm_env) as server:
+        garbage = _request_with_garbage_key(server, ra)
+        assert garbage.status_code == 200  # a CertRep FAILURE, not an HTTP error
+        proc = _scepclient(server, ra, tmp_path, f"{reg.ref}:{reg.code.reveal()}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr + server.stderr()
+        cert = x509.load_pem_x509_certificate((tmp_path / "cert.pem").read_bytes())
+        assert cert.issuer == ca.certificate.subject
+        proc = _scepclient(server, ra, tmp_path, None, renew=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        fails = [line for line in server.access_log() if line.get("scep_fail")]
+        assert [f["scep_fail"] for f in fails] == ["bad_message_check"], fails
+
+
+def _request_with_garbage_key(server: Served, ra: x509.Certificate) -> httpx.Response:
+    """A PKCSReq whose content key, encrypted to the RA, is random bytes under a good signature."""
+    key, cert = requester()
+    data = csr_with_challenge(key, "CN=scep test", "0000000000:AAAA")
+    body = pki_message(data, key, cert, ra, garbage_key=True)
+    r = httpx.post(f"{server.url}/scep", params={"operation": "PKIOperation"}, content=body,
+                   headers={"Content-Type": "application/x-pki-message"}, timeout=30)  # fmt: skip
+    assert cert_rep_attributes(r.content)["failInfo"] == "1"  # badMessageCheck
+    return r
