@@ -283,6 +283,35 @@ class RegistrationStatus(enum.Enum):
     LOCKED = "locked"  # too many wrong codes
 
 
+class PendingStatus(enum.Enum):
+    """Where a request waiting for approval stands (a profile with ``approval``)."""
+
+    PENDING = "pending"  # waits for an officer
+    APPROVED = "approved"  # the client's next poll gets the certificate
+    REJECTED = "rejected"  # the client's next poll gets a refusal
+    ISSUED = "issued"  # done; a repeated poll gets the same certificate
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A certificate request authorized by a registration's code, waiting for approval."""
+
+    id: str
+    """Short hex identifier the officer approves by."""
+    protocol: str
+    transaction_id: str
+    ref: str
+    csr: bytes
+    requester: bytes
+    """DER of the certificate the request was signed with (the answer is encrypted to it)."""
+    cipher: str
+    status: PendingStatus
+    created_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    serial: int | None = None
+
+
 @dataclass(frozen=True)
 class Registration:
     """An identity an RA officer checked out of band, waiting for its holder to enroll.

@@ -123,6 +123,11 @@ class Profile:
     """A re-issue (a registration that replaces a valid certificate) keeps the replaced
     certificate's notAfter instead of starting a new term of :attr:`days`."""
 
+    approval: bool = False
+    """A request authorized by a registration's code waits for an officer's approval (``ca
+    approve``) before it is issued: SCEP answers PENDING and the client's poll gets the
+    certificate. Protocols that cannot wait (CMP, EST, a local enrollment) are refused."""
+
 
 #: keyUsage bit names as cryptography spells them, with the algorithms able to use each bit.
 #: Signing bits suit every key type; encryption of a key needs RSA; key agreement needs EC.
@@ -207,6 +212,7 @@ _DEFAULTS: dict[str, Any] = {
     "identify_data": False,
     "require_verified_by": False,
     "keep_term_on_reissue": False,
+    "approval": False,
 }
 _LIST_KEYS = (
     "key_usage",
@@ -384,6 +390,7 @@ def _build(name: str, raw: Mapping[str, Any], source: str) -> Profile:
         identify_data=identify,
         require_verified_by=_bool(values["require_verified_by"], where, "require_verified_by"),
         keep_term_on_reissue=_bool(values["keep_term_on_reissue"], where, "keep_term_on_reissue"),
+        approval=_bool(values["approval"], where, "approval"),
     )
 
 

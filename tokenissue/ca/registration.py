@@ -538,6 +538,15 @@ class RegistrationAuthority:
             details["transaction_id"] = tid.hex()
         self._inv.audit_append("ra-used", details)
 
+    def require_no_approval(self, reg: Registration, protocol: str) -> None:
+        """Refuse ``reg`` for a protocol that cannot wait when its profile needs an officer's
+        approval (only SCEP waits: it answers PENDING and the client polls)."""
+        if self.ca.profile(reg.profile).approval:
+            raise RequestRejected(
+                f"Profile '{reg.profile}' needs an officer's approval, which {protocol} cannot wait for; "
+                "enroll over SCEP, which polls until the request is approved."
+            )
+
     def verify_code(self, ref: str, typed: str | Secret) -> Registration:
         """Check a typed code (for uses without PBM); return the registration if it is right.
 
@@ -551,6 +560,7 @@ class RegistrationAuthority:
         except UsageError:
             given = Secret("")
         if hmac.compare_digest(given.reveal().encode(), expected.reveal().encode()):
+            self.require_no_approval(reg, "a local enrollment")
             return reg
         self._refuse_counted(
             ref,

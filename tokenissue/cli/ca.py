@@ -550,6 +550,66 @@ def scep_ra(
     )
 
 
+_ByOpt = Annotated[str | None, typer.Option("--by", help="Who decides, for the audit log. Default: the name of the user running the command.")]
+_PendingIdArg = Annotated[str, typer.Argument(help="The request's ID, as 'ca pending' shows it.")]
+
+
+@app.command("pending")
+def pending_list(
+    ctx: typer.Context,
+    ca_dir: CaDirOpt,
+    every: Annotated[bool, typer.Option("--all", help="Also show requests already approved, rejected or issued.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the requests waiting for approval (profiles with 'approval = true'; SCEP polls them)."""
+    from ..ca.approvals import pending
+
+    with _open(ctx, ca_dir) as ca:
+        rows = pending(ca, every=every)
+        details = [(p, ca.inventory.get_registration(p.ref)) for p in rows]
+    if json_out:
+        emit_json([{"id": p.id, "protocol": p.protocol, "ref": p.ref, "subject": reg.subject if reg else None,
+                    "profile": reg.profile if reg else None, "status": p.status.value,
+                    "created_at": p.created_at.isoformat(), "decided_by": p.decided_by,
+                    "serial": None if p.serial is None else format(p.serial, "x")} for p, reg in details])  # fmt: skip
+        return
+    if not rows:
+        console().print("No request waits for approval." if not every else "No requests.")
+        return
+    for p, reg in details:
+        who = f"  decided by {p.decided_by}" if p.decided_by else ""
+        console().print(f"{p.id}  {p.status.value:<8} {p.protocol}  ref {p.ref}  {reg.profile if reg else '?'}  "
+                        f"{reg.subject if reg else '?'}  {p.created_at:%Y-%m-%d %H:%M}{who}", markup=False)  # fmt: skip
+
+
+def _decide(ctx: typer.Context, ca_dir: Path, pending_id: str, approve: bool, by: str | None) -> None:
+    import getpass
+
+    from ..ca.approvals import decide
+
+    who = by or getpass.getuser()
+    with _open(ctx, ca_dir) as ca:
+        decided = decide(ca, pending_id, approve=approve, by=who)
+    if approve:
+        console().print(f"Request {decided.id} (registration {decided.ref}) approved by {who}; the client's next poll "
+                        "gets its certificate.", markup=False)  # fmt: skip
+    else:
+        console().print(f"Request {decided.id} (registration {decided.ref}) rejected by {who}; the client's next poll is "
+                        "refused, and the registration's code may be used again.", markup=False)  # fmt: skip
+
+
+@app.command("approve")
+def approve(ctx: typer.Context, ca_dir: CaDirOpt, pending_id: _PendingIdArg, by: _ByOpt = None) -> None:
+    """Approve a request waiting for approval; the server issues the certificate at the client's next poll."""
+    _decide(ctx, ca_dir, pending_id, True, by)
+
+
+@app.command("reject")
+def reject(ctx: typer.Context, ca_dir: CaDirOpt, pending_id: _PendingIdArg, by: _ByOpt = None) -> None:
+    """Reject a request waiting for approval; its registration is released for a corrected request."""
+    _decide(ctx, ca_dir, pending_id, False, by)
+
+
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context, ca_dir: CaDirOpt) -> None:
     """Check the hash chain of the audit log; any altered, removed or inserted entry fails."""

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from ._types import UTCDateTime
@@ -141,6 +142,27 @@ registrations = Table(
     Column("terms_version", String(64), nullable=True),
     Column("reissue_of", String(64), nullable=True),
     Index("ix_registrations_status", "status"),
+)
+
+# Requests that wait for an officer's approval (a profile with approval = true; SCEP PENDING),
+# shared by every replica: the client's poll may reach another one. Migration 0005.
+pending_requests = Table(
+    "pending_requests",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("protocol", String(16), nullable=False),
+    Column("transaction_id", String(128), nullable=False),
+    Column("ref", String(32), nullable=False),
+    Column("csr", LargeBinary, nullable=False),
+    Column("requester", LargeBinary, nullable=False),
+    Column("cipher", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Column("decided_by", Text, nullable=True),
+    Column("serial", String(64), nullable=True),
+    UniqueConstraint("protocol", "transaction_id", name="uq_pending_transaction"),
+    Index("ix_pending_requests_status", "status"),
 )
 
 # CMP transactions, so that any server replica can continue one another replica started.

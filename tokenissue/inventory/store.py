@@ -15,6 +15,7 @@ from ._audit_log import AuditStore
 from ._certificates import CertificateStore
 from ._journal import JournalStore
 from ._locks import Locks
+from ._pending import PendingStore
 from ._registrations import RegistrationStore
 from ._settings import SettingStore
 from ._transactions import TransactionStore
@@ -23,7 +24,7 @@ __all__ = ["Inventory"]
 
 
 class Inventory(
-    CertificateStore, JournalStore, AuditStore, SettingStore, RegistrationStore, TransactionStore, Locks
+    CertificateStore, JournalStore, AuditStore, SettingStore, RegistrationStore, TransactionStore, PendingStore, Locks
 ):
     """The CA's record of what it issued and the holder's record of what it enrolled.
 

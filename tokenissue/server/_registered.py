@@ -12,7 +12,6 @@ certificate, or finishes a reservation it made.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..ca.approvals import reservation_id
 from ..ca.authority import CertificateAuthority, Issued
 from ..ca.registration import RegistrationAuthority, parse_code
 from ..ca.requests import allowed_sans, registered_request, same_subject
@@ -30,7 +30,7 @@ from ..models import CertRecord, CertStatus, RegistrationStatus, RevocationReaso
 from ..pkix.kr_vid import without_identify_data
 from ..pkix.names import sans_of
 
-__all__ = ["Refusal", "check_code", "csr_subject", "issue_registered", "renewable", "renewal_names"]
+__all__ = ["AwaitingApproval", "Refusal", "check_code", "csr_subject", "issue_registered", "renewable", "renewal_names"]
 
 
 class Refusal(Exception):
@@ -39,6 +39,10 @@ class Refusal(Exception):
     def __init__(self, kind: str, text: str) -> None:
         super().__init__(text)
         self.kind, self.text = kind, text
+
+
+class AwaitingApproval(Exception):
+    """The request is authorized and its registration reserved; an officer must approve it."""
 
 
 WRONG_CODE = "The reference or the authorization code is wrong."
@@ -63,12 +67,19 @@ def check_code(ra: RegistrationAuthority, ref: str, typed: str, fields: dict[str
 
 def issue_registered(
     ca: CertificateAuthority, ra: RegistrationAuthority, ref: str, csr: x509.CertificateSigningRequest,
-    subject_of_csr: x509.Name | None, *, protocol: str, tid_label: str, sign: Signer,
+    subject_of_csr: x509.Name | None, *, protocol: str, tid_label: str, sign: Signer, can_wait: bool = False,
+    approved: bool = False,
 ) -> Issued:  # fmt: skip
     """``protocol`` names the protocol in sentences ("EST", "SCEP") and, in lower case, begins
-    the request ID; ``tid_label`` begins the hashed reservation ID ("simpleenroll", "pkcsreq")."""
+    the request ID; ``tid_label`` begins the hashed reservation ID ("simpleenroll", "pkcsreq").
+
+    For a profile with ``approval``: a protocol that ``can_wait`` gets :class:`AwaitingApproval`
+    once the registration is reserved for the request (the caller queues it), until it comes
+    back ``approved``; any other protocol is refused."""
     try:
         reg = ra.check_usable(ref)
+        if not can_wait:
+            ra.require_no_approval(reg, protocol)
     except RequestRejected as e:
         raise Refusal("forbidden", e.message) from None
     profile = ca.profile(reg.profile)
@@ -81,11 +92,13 @@ def issue_registered(
         raise Refusal("bad-request", e.message) from None
     except (ValueError, x509.DuplicateExtension):
         raise Refusal("bad-request", "The request's extensions cannot be read; make a new request.") from None
-    tid = hashlib.sha256(f"{tid_label}|".encode() + ref.encode() + b"|" + csr.public_bytes(serialization.Encoding.DER)).digest()[:16]
+    tid = reservation_id(tid_label, ref, csr.public_bytes(serialization.Encoding.DER))
     try:
         ra.reserve(ref, tid)
     except RequestRejected as e:
         raise Refusal("forbidden", e.message) from None
+    if profile.approval and not approved:
+        raise AwaitingApproval(reg.profile)
     try:
         issued = sign(csr, reg.profile, subject, san, request_id=f"{protocol.lower()}-{tid.hex()}", real_name=reg.real_name,
                       reissue_of=reg.reissue_of)  # fmt: skip

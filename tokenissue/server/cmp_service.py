@@ -312,7 +312,9 @@ class CMPService:
         ctx.ref = ctx.fields["ref"] = ref
         self._verify_mac(ctx, ref)
         try:
-            return self.ra.check_usable(ref)
+            reg = self.ra.check_usable(ref)
+            self.ra.require_no_approval(reg, "CMP")
+            return reg
         except NotFound:  # pragma: no cover - deleted between the two reads
             raise _unauthenticated() from None
         except RequestRejected as e:

@@ -11,8 +11,12 @@ PKCSReq              Authorized by a registration: the CSR's challengePassword i
                      certificate for the CSR's own key (§2.3).
 RenewalReq           Signed with the certificate being renewed and its key (§3.3.1.2): one this
                      CA issued, valid and unexpired; same subject and SANs, key new or the same.
-CertPoll, GetCert,   FAILURE badRequest: nothing here waits for approval, and certificates and
-GetCRL               CRLs are published at /ca.pem and /crl.pem.
+                     A profile with ``approval`` answers PENDING and queues the request for an
+                     officer (``ca approve`` / ``ca reject``); the registration stays reserved.
+CertPoll             The queued request of this transactionID, signed by the same certificate:
+                     PENDING, the certificate once approved (issued at that poll), or FAILURE
+                     once rejected. A PKCSReq sent again is the same as a poll.
+GetCert, GetCRL      FAILURE badRequest: certificates and CRLs are at /ca.pem and /crl.pem.
 ===================  ==========================================================================
 
 Every CertRep is signed by the RA's key (on a token) and a SUCCESS is encrypted, with the
@@ -28,6 +32,7 @@ import hashlib
 import logging
 import threading
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -35,17 +40,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..ca import delegated
+from ..ca.approvals import TID_LABELS
 from ..ca.authority import CertificateAuthority, Issued
 from ..ca.registration import RegistrationAuthority
 from ..ca.scep import RA_SERVICE, ra_certificate
 from ..credentials import Pin, ProtectedAuth
 from ..errors import CAError, TokenError
 from ..inventory import InventoryUnavailable
+from ..models import PendingRequest, PendingStatus
 from ..pkix.csr import verify_csr
 from ..protocols import scep
 from ..protocols.scep import FailInfo, MessageType, PKIStatus, SCEPFailure, SCEPMalformed, SCEPRequest
 from ..publickeys import same_public_key
-from ._registered import Refusal, check_code, csr_subject, issue_registered, renewable, renewal_names
+from ._registered import AwaitingApproval, Refusal, check_code, csr_subject, issue_registered, renewable, renewal_names
 
 __all__ = ["CA_CAPS", "SCEPReply", "SCEPService"]
 
@@ -146,6 +153,11 @@ class SCEPService:
         fields["tid"] = request.transaction_id[:64]
         try:
             issued = self._answer(request, fields)
+        except _Pending:
+            fields["scep_status"] = "pending"
+            return self._reply(scep.cert_rep(
+                self._ra_key, self.ra_cert, transaction_id=request.transaction_id, recipient_nonce=request.sender_nonce,
+                status=PKIStatus.PENDING, digest=request.digest))  # fmt: skip
         except SCEPFailure as e:
             fields.update(scep_fail=e.fail_info.name.lower(), scep_text=e.text)
             return self._reply(self._failure(request.transaction_id, request.sender_nonce, request.digest, e))
@@ -154,9 +166,12 @@ class SCEPService:
             fields.update(scep_fail="bad_request", scep_text=e.message)
             return self._reply(self._failure(request.transaction_id, request.sender_nonce, request.digest, failure))
         fields["serial"] = format(issued.record.serial, "x")
+        recipient, cipher = request.signer, request.cipher
+        if isinstance(issued, _FromQueue):
+            recipient, cipher = issued.requester, issued.cipher
         body = scep.cert_rep(
             self._ra_key, self.ra_cert, transaction_id=request.transaction_id, recipient_nonce=request.sender_nonce,
-            status=PKIStatus.SUCCESS, issued=[issued.certificate], recipient=request.signer, cipher=request.cipher,
+            status=PKIStatus.SUCCESS, issued=[issued.certificate], recipient=recipient, cipher=cipher,
             digest=request.digest,
         )  # fmt: skip
         return self._reply(body)
@@ -170,10 +185,16 @@ class SCEPService:
         return scep.cert_rep(self._ra_key, self.ra_cert, transaction_id=tid, recipient_nonce=nonce,
                              status=PKIStatus.FAILURE, fail_info=e.fail_info, fail_text=e.text, digest=digest)  # fmt: skip
 
-    def _answer(self, request: SCEPRequest, fields: dict[str, Any]) -> Issued:
+    def _answer(self, request: SCEPRequest, fields: dict[str, Any]) -> Issued | _FromQueue:
+        queued = self.ca.inventory.pending_for("scep", request.transaction_id)
+        if queued is not None and request.message_type in (MessageType.PKCS_REQ, MessageType.CERT_POLL):
+            # A CertPoll, or the PKCSReq sent again (RFC 8894 §3.3.3: the same as polling).
+            return self._poll(request, queued, fields)
+        if request.message_type is MessageType.CERT_POLL:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "No request with this transactionID waits here.")
         if request.message_type not in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
-            raise SCEPFailure(FailInfo.BAD_REQUEST, f"{request.message_type.name} is not answered here: nothing waits "
-                                                    "for approval, and certificates and CRLs are at /ca.pem and /crl.pem.")  # fmt: skip
+            raise SCEPFailure(FailInfo.BAD_REQUEST, f"{request.message_type.name} is not answered here: certificates "
+                                                    "and CRLs are at /ca.pem and /crl.pem.")  # fmt: skip
         if not isinstance(request.signer.public_key(), rsa.RSAPublicKey):
             raise SCEPFailure(FailInfo.BAD_ALG, "SCEP answers are encrypted to the requester's RSA key; sign with one.")
         try:
@@ -200,8 +221,40 @@ class SCEPService:
         ref = ref.strip()
         fields["ref"] = ref
         check_code(self.ra, ref, code, fields)
-        return issue_registered(self.ca, self.ra, ref, csr, csr_subject(csr), protocol="SCEP", tid_label="pkcsreq",
-                                sign=self._sign_new)  # fmt: skip
+        try:
+            return issue_registered(self.ca, self.ra, ref, csr, csr_subject(csr), protocol="SCEP",
+                                    tid_label=TID_LABELS["scep"], sign=self._sign_new, can_wait=True)  # fmt: skip
+        except AwaitingApproval:
+            queued = self.ca.inventory.pending_add(
+                "scep", request.transaction_id, ref, request.content,
+                request.signer.public_bytes(serialization.Encoding.DER), request.cipher,
+            )  # fmt: skip
+            fields["pending"] = queued.id
+            raise _Pending() from None
+
+    def _poll(self, request: SCEPRequest, queued: PendingRequest, fields: dict[str, Any]) -> Issued | _FromQueue:
+        fields["pending"] = queued.id
+        if request.signer.public_bytes(serialization.Encoding.DER) != queued.requester:
+            raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, "A poll must be signed by the certificate its request was.")
+        requester = x509.load_der_x509_certificate(queued.requester)
+        if queued.status is PendingStatus.PENDING:
+            raise _Pending()
+        if queued.status is PendingStatus.REJECTED:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, "An officer refused the request.")
+        if queued.status is PendingStatus.ISSUED:
+            assert queued.serial is not None
+            rec = self.ca.inventory.get_certificate(queued.serial)
+            assert rec is not None
+            return _FromQueue(x509.load_der_x509_certificate(rec.der), requester, queued.cipher, rec.serial)
+        csr = x509.load_der_x509_csr(queued.csr)
+        try:
+            issued = issue_registered(self.ca, self.ra, queued.ref, csr, csr_subject(csr), protocol="SCEP",
+                                      tid_label=TID_LABELS["scep"], sign=self._sign_new, can_wait=True,
+                                      approved=True)  # fmt: skip
+        except Refusal as e:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, e.text) from None
+        self.ca.inventory.pending_issued(queued.id, issued.record.serial)
+        return _FromQueue(issued.certificate, requester, queued.cipher, issued.record.serial)
 
     def _sign_new(self, csr: x509.CertificateSigningRequest, profile: str, subject: x509.Name,
                   san: list[x509.GeneralName], **kwargs: Any) -> Issued:  # fmt: skip
@@ -217,6 +270,24 @@ class SCEPService:
         request_id = "scep-" + hashlib.sha256(seed).hexdigest()[:32]
         return self.ca.issue(csr.public_key(), rec.profile, subject=subject, san=san, pin=self._pin,
                              request_id=request_id, replaces=rec.serial, ca_key=self._ca_key)  # fmt: skip
+
+
+class _Pending(Exception):
+    """Answer PENDING: the request waits for an officer."""
+
+
+@dataclass(frozen=True)
+class _FromQueue:
+    """A certificate for a queued request: encrypted to the requester of the original request."""
+
+    certificate: x509.Certificate
+    requester: x509.Certificate
+    cipher: str
+    serial: int
+
+    @property
+    def record(self) -> _FromQueue:
+        return self
 
 
 def _challenge(csr: x509.CertificateSigningRequest) -> str:
