@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -58,14 +59,19 @@ def scep(softhsm: SoftHSM) -> tuple[TokenCA, Served, x509.Certificate]:
         yield ca, server, ra
 
 
-def _scepclient(server: Served, ra: x509.Certificate, d: Path, challenge: str | None, *, renew: bool = False) -> subprocess.CompletedProcess[str]:
+def _scepclient_args(server: Served, ra: x509.Certificate, d: Path, challenge: str | None) -> list[str]:
     fp = hashlib.sha256(ra.public_bytes(serialization.Encoding.DER)).hexdigest()
     args = ["scepclient", "-server-url", f"{server.url}/scep", "-private-key", str(d / "key.pem"),
             "-certificate", str(d / "cert.pem"), "-ca-fingerprint", fp,
             "-cn", "scep device", "-ou", "MDM", "-organization", "tokenissue tests", "-country", "KR"]  # fmt: skip
-    if challenge is not None:
-        args += ["-challenge", challenge]
-    return subprocess.run(args, cwd=d, capture_output=True, text=True, timeout=120, check=False)
+    return args + (["-challenge", challenge] if challenge is not None else [])
+
+
+def _scepclient(server: Served, ra: x509.Certificate, d: Path, challenge: str | None, *, renew: bool = False) -> subprocess.CompletedProcess[str]:
+    """scepclient once; with a certificate already at d/cert.pem it renews (RenewalReq)."""
+    assert renew == (d / "cert.pem").exists()
+    return subprocess.run(_scepclient_args(server, ra, d, challenge), cwd=d, capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
 
 
 def test_scepclient_enrolls_with_the_code_and_renews(scep: tuple[TokenCA, Served, x509.Certificate], tmp_path: Path) -> None:
@@ -174,3 +180,32 @@ def _request_with_garbage_key(server: Served, ra: x509.Certificate) -> httpx.Res
                    headers={"Content-Type": "application/x-pki-message"}, timeout=30)  # fmt: skip
     assert cert_rep_attributes(r.content)["failInfo"] == "1"  # badMessageCheck
     return r
+
+
+def test_scepclient_waits_for_an_officer(softhsm: SoftHSM, tmp_path: Path) -> None:
+    """A profile with approval: scepclient gets PENDING, sleeps its 30 s and sends its PKCSReq
+    again; once `ca approve` has run, that repeat gets the certificate."""
+    profile = ('[profiles.mdm]\ndescription = "devices an officer approves"\napproval = true\ndays = 30\n'
+               'key_usage = ["digital_signature", "key_encipherment"]\nallowed_key_types = ["rsa-2048"]\n')  # fmt: skip
+    ca = make_token_ca(softhsm, profiles=profile)
+    ra = _scep_ra(ca)
+    _allow_des(ca)
+    reg = register(ca.dir, SUBJECT, "mdm")
+    with served(ca) as server:
+        args = _scepclient_args(server, ra, tmp_path, f"{reg.ref}:{reg.code.reveal()}")
+        with subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as client:
+            try:
+                for _ in range(200):
+                    if any(line.get("pending") for line in server.access_log()):
+                        break
+                    time.sleep(0.1)
+                (queued,) = ca.json("ca", "pending", "--ca-dir", str(ca.dir))
+                assert ca.run("ca", "approve", "--ca-dir", str(ca.dir), queued["id"]).returncode == 0
+                out, _ = client.communicate(timeout=90)
+            finally:
+                if client.poll() is None:
+                    client.kill()
+        assert client.returncode == 0, out + server.stderr()
+        assert "PENDING" in out
+    cert = x509.load_pem_x509_certificate((tmp_path / "cert.pem").read_bytes())
+    assert format(cert.serial_number, "x") == ca.json("ca", "pending", "--ca-dir", str(ca.dir), "--all")[0]["serial"]
