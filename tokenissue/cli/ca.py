@@ -659,15 +659,16 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate chain (PEM).", exists=True, dir_okay=False)] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The TLS private key (PEM) for --tls-cert.", exists=True, dir_okay=False)] = None,
     max_body: Annotated[int, typer.Option("--max-body", help="Largest CMP message or EST request accepted, in bytes.")] = 64 * 1024,
-    max_concurrent: Annotated[int, typer.Option("--max-concurrent", help="CMP, OCSP and EST requests in progress at once; past it a request is answered at once with 503 and Retry-After (CMP systemUnavail, OCSP tryLater), and the client sends it again later.")] = 256,
+    max_concurrent: Annotated[int, typer.Option("--max-concurrent", help="CMP, OCSP, SCEP and EST requests in progress at once; past it a request is answered at once with 503 and Retry-After (CMP systemUnavail, OCSP tryLater), and the client sends it again later.")] = 256,
     max_per_client: Annotated[int, typer.Option("--max-per-client", help="Connections (so requests in flight) one client address may hold at once; past it a connection is closed at once. 0: no limit (behind a load balancer, where every client has its address: limit there).")] = 32,
     ca_pin_file: CaPinFileOpt = None,
     ocsp_pin_file: Annotated[Path | None, typer.Option("--ocsp-pin-file", help="Read the PIN of the OCSP signer's token from this file (chmod 600), when its key is not on the CA's token. Default: $TOKENISSUE_OCSP_PIN, else a prompt.")] = None,
+    scep_pin_file: Annotated[Path | None, typer.Option("--scep-pin-file", help="Read the PIN of the SCEP RA's token from this file (chmod 600), when its key is not on the CA's token. Default: $TOKENISSUE_SCEP_PIN, else a prompt.")] = None,
 ) -> None:
     """Serve the CA over CMP (RFC 4210/9483 over HTTP, RFC 6712): enrollment with registration codes,
     key update, revocation; OCSP (RFC 6960, RFC 5019) at /ocsp once 'ca ocsp-signer' has made
-    its signer; and with --tls-cert, EST (RFC 7030) under /.well-known/est/. One JSON
-    access-log line per request goes to stderr."""
+    its signer; SCEP (RFC 8894) at /scep once 'ca scep-ra' has made the RA; and with --tls-cert,
+    EST (RFC 7030) under /.well-known/est/. One JSON access-log line per request goes to stderr."""
     host, port = _parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("Give both --tls-cert and --tls-key, or neither.")
@@ -694,6 +695,12 @@ def serve(
 
         with open_signer_key(ca, pin, ocsp_pin) as ocsp_key:
             ocsp_ready = ocsp_key is not None
+        scep_pin = None
+        if ca.config.scep_token is not None:
+            scep_pin = PinSource("TOKENISSUE_SCEP_PIN", "SCEP RA's PIN", pin_file=scep_pin_file).get()
+        from ..ca.scep import ra_certificate
+
+        scep_ready = ca.config.scep_key is not None and ra_certificate(ca.dir) is not None
         from ..ca.registration import RegistrationAuthority
 
         RegistrationAuthority(ca).check_key()  # a replica must hold the ra.key the codes come from
@@ -703,7 +710,7 @@ def serve(
 
     web = create_app(
         ca_dir, ca_pin=pin, module=state(ctx).module, cmp_path=path, max_body=max_body,
-        max_concurrent=max_concurrent, on_step=_server_step_hook(), ocsp_pin=ocsp_pin,
+        max_concurrent=max_concurrent, on_step=_server_step_hook(), ocsp_pin=ocsp_pin, scep_pin=scep_pin,
     )
     scheme = "https" if tls_cert else "http"
     shown_host = f"[{host}]" if ":" in host else host
@@ -715,6 +722,10 @@ def serve(
         typer.echo(f"Serving OCSP at {scheme}://{shown_host}:{port}/ocsp", err=True)
     else:
         typer.echo(f"No OCSP signer: /ocsp answers 'unauthorized'; make one with 'tokenissue ca ocsp-signer --ca {ca_dir}'.", err=True)
+    if scep_ready:
+        typer.echo(f"Serving SCEP at {scheme}://{shown_host}:{port}/scep", err=True)
+    else:
+        typer.echo(f"No SCEP RA: /scep answers 503; make one with 'tokenissue ca scep-ra --ca {ca_dir}'.", err=True)
     uvicorn.run(
         web,
         host=host,

@@ -11,6 +11,7 @@ PKCSReq              Authorized by a registration: the CSR's challengePassword i
                      certificate for the CSR's own key (§2.3).
 RenewalReq           Signed with the certificate being renewed and its key (§3.3.1.2): one this
                      CA issued, valid and unexpired; same subject and SANs, key new or the same.
+                     A PKCSReq signed so is a renewal too (certmonger renews that way).
                      A profile with ``approval`` answers PENDING and queues the request for an
                      officer (``ca approve`` / ``ca reject``); the registration stays reserved.
 CertPoll             The queued request of this transactionID, signed by the same certificate:
@@ -205,11 +206,18 @@ class SCEPService:
         except CAError as e:
             raise SCEPFailure(FailInfo.BAD_REQUEST, e.message) from None
         try:
-            if request.message_type is MessageType.PKCS_REQ:
+            if request.message_type is MessageType.PKCS_REQ and not self._issued_here(request.signer):
                 return self._enroll(request, csr, fields)
+            # A RenewalReq, or a PKCSReq signed with a certificate this CA issued: certmonger
+            # renews that way (RFC 8894 §3.3.1.2 allows it for CAs without Renewal), and its CSR
+            # still carries the challenge it enrolled with, which is used up and not looked at.
             return self._renew(request, csr, fields)
         except Refusal as e:
             raise SCEPFailure(FailInfo.BAD_REQUEST, e.text) from None
+
+    def _issued_here(self, cert: x509.Certificate) -> bool:
+        rec = self.ca.inventory.get_certificate(cert.serial_number)
+        return rec is not None and rec.der == cert.public_bytes(serialization.Encoding.DER)
 
     def _enroll(self, request: SCEPRequest, csr: x509.CertificateSigningRequest, fields: dict[str, Any]) -> Issued:
         # §2.3: a PKCSReq is signed by a self-signed certificate for the requested key.
