@@ -469,6 +469,16 @@ def _reason_of(entry: Any) -> Any:
         return None
 
 
+def _service_pins(ca: Any, token: str | None, current_token: str | None, ca_pin_file: Path | None,
+                  pin_file: Path | None) -> tuple[Any, Any]:  # fmt: skip
+    """The CA token's PIN, and the PIN of the token a service's key goes on (or is on) when that
+    is another token (``--token``, or ca.toml's ``<service>_token``)."""
+    pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
+    other = (token is not None and token != ca.config.token) or (token is None and current_token is not None)
+    token_pin = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file).get() if other else None
+    return pin, token_pin
+
+
 @app.command("ocsp-signer")
 def ocsp_signer(
     ctx: typer.Context,
@@ -493,9 +503,7 @@ def ocsp_signer(
     if url is not None and not url.startswith(("http://", "https://")):
         raise UsageError(f"--url must be an http:// or https:// address, not '{url}'.")
     with _open(ctx, ca_dir) as ca:
-        pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
-        other = (token is not None and token != ca.config.token) or (token is None and ca.config.ocsp_token is not None)
-        token_pin = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file).get() if other else None
+        pin, token_pin = _service_pins(ca, token, ca.config.ocsp_token, ca_pin_file, pin_file)
         renewing = ca.config.ocsp_key is not None
         cert = provision_signer(
             ca, pin, days=days, key_type=KeyType(key_type.value), token=token, token_pin=token_pin, new_key=new_key
@@ -534,9 +542,7 @@ def scep_ra(
     from ..ca.scep import RA_CERT_FILE, provision_ra
 
     with _open(ctx, ca_dir) as ca:
-        pin = ca_pin_source(ca_pin_file).get() if ca.needs_pin else None
-        other = (token is not None and token != ca.config.token) or (token is None and ca.config.scep_token is not None)
-        token_pin = PinSource("TOKENISSUE_PIN", "PIN", pin_file=pin_file).get() if other else None
+        pin, token_pin = _service_pins(ca, token, ca.config.scep_token, ca_pin_file, pin_file)
         renewing = ca.config.scep_key is not None
         cert = provision_ra(
             ca, pin, days=days, key_type=KeyType(key_type.value), token=token, token_pin=token_pin, new_key=new_key

@@ -323,6 +323,11 @@ def create_app(
             work = partial(runtime.est.simpleenroll, body, request.headers.get("authorization"), fields)
         else:
             work = partial(runtime.est.simplereenroll, body, _client_certificate(request.scope), fields)
+        return await _admitted(work, fields)
+
+    async def _admitted(work: Callable[[], tuple[int, bytes, dict[str, str]]], fields: dict[str, Any]) -> Response:
+        """An EST or SCEP request past --max-concurrent is shed (503 + Retry-After + a sentence);
+        else it runs in a worker thread, as a CMP request does."""
         nonlocal in_progress
         if in_progress >= max_concurrent:
             fields["shed"] = True
@@ -356,16 +361,7 @@ def create_app(
                 body = base64.b64decode(b"".join(request.query_params.get("message", "").encode().split()), validate=True)
             except (binascii.Error, ValueError):
                 return PlainTextResponse("The message parameter is not base64.\n", status_code=400)
-        nonlocal in_progress
-        if in_progress >= max_concurrent:
-            fields["shed"] = True
-            return PlainTextResponse(busy_text.replace("message", "request") + "\n", status_code=503,
-                                     headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
-        in_progress += 1
-        try:
-            return _est_reply(await anyio.to_thread.run_sync(runtime.scep.pki_operation, body, fields, limiter=cmp_threads))
-        finally:
-            in_progress -= 1
+        return await _admitted(partial(runtime.scep.pki_operation, body, fields), fields)
 
     async def ca_pem(request: Request) -> Response:
         return Response(dump_certificates(runtime.ca.chain(), "pem"), media_type="application/x-pem-file")
