@@ -104,14 +104,15 @@ def test_requests_past_max_concurrent_are_shed_with_503_and_served_when_repeated
     assert "\ntokenissue_certificates_issued_total 2\n" in metrics
 
 
-def test_ocsp_and_est_share_the_limit_and_are_shed_in_their_own_form(session_softhsm: SoftHSM) -> None:
-    """--max-concurrent counts CMP, OCSP and EST together: while a CMP request holds the one
-    slot, an OCSP request gets HTTP 503 with tryLater and an EST one 503 with a sentence, both
-    with Retry-After; afterwards both are answered."""
+def test_ocsp_est_and_scep_share_the_limit_and_are_shed_in_their_own_form(session_softhsm: SoftHSM) -> None:
+    """--max-concurrent counts CMP, OCSP, EST and SCEP together: while a CMP request holds the
+    one slot, an OCSP request gets HTTP 503 with tryLater, an EST and a SCEP PKIOperation 503 with
+    a sentence, all with Retry-After; afterwards all are answered."""
     from cryptography.x509 import ocsp
 
     ca = make_token_ca(session_softhsm)
     ca.run("ca", "ocsp-signer", "--ca", str(ca.dir), check=True)
+    ca.run("ca", "scep-ra", "--ca", str(ca.dir), check=True)
     holder = register(ca.dir, "CN=Slot Holder,O=tokenissue tests")
     inside, release = threading.Event(), threading.Event()
 
@@ -127,7 +128,9 @@ def test_ocsp_and_est_share_the_limit_and_are_shed_in_their_own_form(session_sof
         *issuer_hashes(issuer, SHA1), serial_number=12345, algorithm=SHA1
     ).build().public_bytes(serialization.Encoding.DER)
 
-    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response, httpx.Response]:
+    scep_op = {"operation": "PKIOperation"}
+
+    async def run() -> tuple[httpx.Response, ...]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="https://ca") as client:
@@ -136,18 +139,22 @@ def test_ocsp_and_est_share_the_limit_and_are_shed_in_their_own_form(session_sof
                 ocsp_shed = await client.post("/ocsp", content=ocsp_req, headers={"content-type": "application/ocsp-request"})
                 est_shed = await client.post("/.well-known/est/simpleenroll", content=b"MII",
                                              headers={"content-type": "application/pkcs10"})  # fmt: skip
+                scep_shed = await client.post("/scep", params=scep_op, content=b"\x30\x00")
                 release.set()
                 assert (await held).status_code == 200
                 ocsp_after = await client.post("/ocsp", content=ocsp_req, headers={"content-type": "application/ocsp-request"})
                 est_after = await client.post("/.well-known/est/simpleenroll", content=b"MII",
                                               headers={"content-type": "application/pkcs10"})  # fmt: skip
-                return ocsp_shed, est_shed, ocsp_after, est_after
+                scep_after = await client.post("/scep", params=scep_op, content=b"\x30\x00")
+                return ocsp_shed, est_shed, ocsp_after, est_after, scep_shed, scep_after
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        ocsp_shed, est_shed, ocsp_after, est_after = asyncio.run(asyncio.wait_for(run(), timeout=120))
+        ocsp_shed, est_shed, ocsp_after, est_after, scep_shed, scep_after = asyncio.run(asyncio.wait_for(run(), timeout=120))
     assert (ocsp_shed.status_code, ocsp_shed.headers["retry-after"]) == (503, "2")
     assert ocsp.load_der_ocsp_response(ocsp_shed.content).response_status is ocsp.OCSPResponseStatus.TRY_LATER
     assert (est_shed.status_code, est_shed.headers["retry-after"]) == (503, "2") and "busy" in est_shed.text
     assert ocsp.load_der_ocsp_response(ocsp_after.content).certificate_status is ocsp.OCSPCertStatus.UNKNOWN
     assert est_after.status_code == 401  # answered now: it carried no credentials
+    assert (scep_shed.status_code, scep_shed.headers["retry-after"]) == (503, "2") and "busy" in scep_shed.text
+    assert scep_after.status_code == 400 and "pkiMessage" in scep_after.text  # answered now: not a pkiMessage
