@@ -301,7 +301,12 @@ class PendingRequest:
     protocol: str
     transaction_id: str
     ref: str
-    csr: bytes
+    public_key: bytes
+    """SPKI DER of the key the certificate is for."""
+    sans: bytes
+    """DER of the GeneralNames the request asked for (empty: none)."""
+    reservation: str
+    """Hex ID the registration is reserved under for this request."""
     requester: bytes
     """DER of the certificate the request was signed with (the answer is encrypted to it)."""
     cipher: str

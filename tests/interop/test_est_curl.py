@@ -5,7 +5,7 @@ The holder's key is generated on a SoftHSM token; `openssl req -engine pkcs11` s
 with it; curl enrolls with the registration's reference and code (HTTP Basic, handed to curl in
 a config on its standard input, never in argv) and then re-enrolls, authenticated by TLS with
 the token key and the certificate it got. Refusals: a wrong code (401, counted), a used
-registration (403), a re-enrollment without a client certificate (403), EST over plain HTTP
+registration with another request (403; the same request again gets the same certificate), a re-enrollment without a client certificate (403), EST over plain HTTP
 (403), a body that is not base64 (400).
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from tokenissue.inventory import Inventory
@@ -123,8 +124,15 @@ def test_curl_enrolls_with_the_code_and_reenrolls_with_the_token_key(
     leaf.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     assert ca.verify(leaf).returncode == 0
 
-    # The registration is used up: the same code again is refused, with EST's error form.
-    again = _curl(hsm, _post(server, "simpleenroll", csr, tls, f'user = "{reg.ref}:{reg.code.reveal()}"', 'write-out = "%{http_code}"'))
+    # The same request again (its answer lost) gets the same certificate; another request with
+    # the used code is refused, with EST's error form.
+    repeat = _curl(hsm, _post(server, "simpleenroll", csr, tls, f'user = "{reg.ref}:{reg.code.reveal()}"'))
+    assert repeat.returncode == 0 and _certs(repeat.stdout) == [cert], repeat.stdout + repeat.stderr
+    other = tmp_path / "other.b64"
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_csr = x509.CertificateSigningRequestBuilder().subject_name(reg.subject).sign(other_key, hashes.SHA256())
+    other.write_bytes(base64.encodebytes(other_csr.public_bytes(serialization.Encoding.DER)))
+    again = _curl(hsm, _post(server, "simpleenroll", other, tls, f'user = "{reg.ref}:{reg.code.reveal()}"', 'write-out = "%{http_code}"'))
     assert again.stdout.decode().endswith("403") and b"already used" in again.stdout, again.stdout
 
     # Re-enroll: authorized by TLS with the token key and the certificate being renewed.
@@ -142,7 +150,7 @@ def test_curl_enrolls_with_the_code_and_reenrolls_with_the_token_key(
     [rec] = [r for r in ca.records() if r.serial == new.serial_number]
     assert rec.replaces == cert.serial_number and rec.profile == "tls-client"
     log = [line for line in server.access_log() if line["path"].startswith(EST)]
-    assert [line.get("est") for line in log] == [None, "simpleenroll", "simpleenroll", "simpleenroll", "simplereenroll",
+    assert [line.get("est") for line in log] == [None, "simpleenroll", "simpleenroll", "simpleenroll", "simpleenroll", "simplereenroll",
                                                  "simplereenroll"]  # fmt: skip
     assert all(reg.code.reveal() not in json.dumps(line) for line in server.access_log())
 

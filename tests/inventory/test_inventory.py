@@ -157,7 +157,7 @@ def test_migration_from_empty_and_rerun_is_noop(db_url: str) -> None:
     schema = schema_snapshot(db_url)
     assert set(schema) == {
         "alembic_version", "audit", "certificates", "cmp_transactions", "counters", "journal",
-        "registrations", "settings",
+        "pending_requests", "registrations", "settings",
     }
     with Inventory.open(db_url) as inv:
         assert inv.get_certificate(1) is not None

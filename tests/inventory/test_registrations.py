@@ -341,7 +341,7 @@ def test_migrates_a_0001_database_and_keeps_its_data(db_url: str) -> None:
 
     from tokenissue.inventory._migrate import MIGRATIONS_DIR
 
-    assert HEAD_REVISION == "0004"
+    assert HEAD_REVISION == "0005"
     # An inventory as tokenissue before registrations left it: schema at 0001, with data
     # written through the store's own methods (they only touch 0001 tables).
     engine = create_engine(sa_url(db_url))

@@ -32,9 +32,11 @@ def requester(subject: str = "CN=scep test") -> tuple[rsa.RSAPrivateKey, x509.Ce
     return key, cert
 
 
-def csr_with_challenge(key: rsa.RSAPrivateKey, subject: str, challenge: str) -> bytes:
+def csr_with_challenge(key: rsa.RSAPrivateKey, subject: str, challenge: str, *, sha: str = "sha256") -> bytes:
+    """A PKCS#10 request with the challengePassword (``sha`` makes another CSR for the same key)."""
+    digest = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384()}[sha]
     csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name.from_rfc4514_string(subject))
-           .add_attribute(x509.oid.AttributeOID.CHALLENGE_PASSWORD, challenge.encode()).sign(key, hashes.SHA256()))  # fmt: skip
+           .add_attribute(x509.oid.AttributeOID.CHALLENGE_PASSWORD, challenge.encode()).sign(key, digest))  # fmt: skip
     return csr.public_bytes(serialization.Encoding.DER)
 
 
@@ -56,7 +58,7 @@ def pki_message(
     attrs = [
         _attribute(rfc5652.id_contentType, rfc5652.id_data),
         _attribute(rfc5652.id_messageDigest, univ.OctetString(hashlib.sha256(envelope).digest())),
-        _attribute(rfc8894.id_transactionID, char.PrintableString(tid)),
+        _attribute(rfc8894.id_transactionID, char.PrintableString(tid) if tid.isascii() else char.UTF8String(tid)),
         _attribute(rfc8894.id_messageType, char.PrintableString(str(message_type))),
         _attribute(rfc8894.id_senderNonce, univ.OctetString(nonce or os.urandom(16))),
     ]

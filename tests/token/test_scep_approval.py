@@ -6,6 +6,7 @@ send: it repeats its PKCSReq, which test_scep_client.py drives through the real 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 
 import pytest
@@ -60,7 +61,7 @@ def test_pending_until_approved_then_the_poll_gets_the_certificate(
     # Another requester cannot poll this transaction to itself.
     other_key, other_cert = requester("CN=intruder")
     stolen = _send(client, pki_message(poll_body, other_key, other_cert, ra, message_type=20, tid="t-approve"))
-    assert stolen["pkiStatus"] == "2" and stolen["failInfo"] == "1"
+    assert stolen["pkiStatus"] == "2" and stolen["failInfo"] == "4"  # badCertId: nothing of its key waits
 
     proc = ca.run("ca", "approve", "--ca-dir", str(ca.dir), str(queued["id"]), "--by", "officer kim")
     assert proc.returncode == 0, proc.stderr
@@ -89,10 +90,46 @@ def test_rejected_then_the_code_serves_a_new_request(approval_app: tuple[TestCli
     assert ca.run("ca", "reject", "--ca-dir", str(ca.dir), str(queued["id"])).returncode == 0
     refused = _send(client, pki_message(b"\x30\x00", key, cert, ra, message_type=20, tid="t-reject"))
     assert refused["pkiStatus"] == "2" and "refused" in str(refused.get("failInfoText"))
-    # The registration was released: a corrected request with the same code is queued anew.
-    key2, cert2 = requester(SUBJECT)
-    fresh = pki_message(csr_with_challenge(key2, SUBJECT, f"{reg.ref}:{reg.code.reveal()}"), key2, cert2, ra, tid="t-2")
+    again = _send(client, request)  # the rejected request itself, sent again (scepclient's poll)
+    assert again["pkiStatus"] == "2" and "refused" in str(again.get("failInfoText"))
+    # The registration was released: a corrected request (another CSR) with the same code is
+    # queued anew, even from the same key in the same transaction (scepclient derives it from the key).
+    fresh = pki_message(csr_with_challenge(key, SUBJECT, f"{reg.ref}:{reg.code.reveal()}", sha="sha384"), key, cert,
+                        ra, tid="t-reject")  # fmt: skip
     assert _send(client, fresh)["pkiStatus"] == "3"
+    assert [p["status"] for p in _pending(ca)] == ["rejected", "pending"]
+
+
+def test_a_lost_answer_is_collected_by_sending_the_request_again(
+    approval_app: tuple[TestClient, TokenCA, x509.Certificate],
+) -> None:
+    """Without approval: the PKCSReq sent again after it was issued gets the same certificate."""
+    client, ca, ra = approval_app
+    reg = register(ca.dir, SUBJECT, "tls-client")
+    key, cert = requester(SUBJECT)
+    request = pki_message(csr_with_challenge(key, SUBJECT, f"{reg.ref}:{reg.code.reveal()}"), key, cert, ra, tid="t-lost")
+    assert _send(client, request)["pkiStatus"] == "0"
+    assert _send(client, request)["pkiStatus"] == "0"
+    assert len([r for r in ca.json("ca", "list", "--ca-dir", str(ca.dir)) if r["profile"] == "tls-client"]) == 1
+    # Another key with the same code is still refused: the code served one request.
+    other_key, other_cert = requester(SUBJECT)
+    other = pki_message(csr_with_challenge(other_key, SUBJECT, f"{reg.ref}:{reg.code.reveal()}"), other_key, other_cert,
+                        ra, tid="t-other")  # fmt: skip
+    assert _send(client, other)["pkiStatus"] == "2"
+
+
+def test_a_transaction_id_that_is_not_printable_is_malformed(
+    approval_app: tuple[TestClient, TokenCA, x509.Certificate],
+) -> None:
+    client, _, ra = approval_app
+    key, cert = requester(SUBJECT)
+    body = pki_message(b"\x30\x00", key, cert, ra, tid="t-\u00e9")
+    r = client.post("/scep", params={"operation": "PKIOperation"}, content=body)
+    assert r.status_code == 400 and "PrintableString" in r.text
+    # GET with an unencoded '+' in the base64 (read as a space) is still the same message.
+    plus = base64.b64encode(pki_message(b"\x30\x00", key, cert, ra, tid="t-plus")).decode()
+    r = client.get(f"/scep?operation=PKIOperation&message={plus}")
+    assert r.status_code == 200 and cert_rep_attributes(r.content)["transactionID"] == "t-plus"
 
 
 def test_protocols_that_cannot_wait_are_refused(approval_app: tuple[TestClient, TokenCA, x509.Certificate]) -> None:

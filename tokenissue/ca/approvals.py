@@ -31,9 +31,14 @@ def pending(ca: CertificateAuthority, *, every: bool = False) -> list[PendingReq
 
 
 def decide(ca: CertificateAuthority, pending_id: str, *, approve: bool, by: str) -> PendingRequest:
-    """Approve or reject request ``pending_id``; RequestRejected if it was decided already."""
+    """Approve or reject request ``pending_id``; RequestRejected if it was decided already (a
+    request approved but not yet collected may still be rejected), or, to approve, when its
+    registration can no longer be used (cancelled, locked or expired meanwhile)."""
+    if approve:
+        from .registration import RegistrationAuthority
+
+        RegistrationAuthority(ca).check_usable(ca.inventory.pending_get(pending_id).ref)
     decided = ca.inventory.pending_decide(pending_id, approve, by)
     if not approve:
-        tid = reservation_id(TID_LABELS[decided.protocol], decided.ref, decided.csr)
-        ca.inventory.registration_release(decided.ref, tid)
+        ca.inventory.registration_release(decided.ref, bytes.fromhex(decided.reservation))
     return decided

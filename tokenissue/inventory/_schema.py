@@ -22,7 +22,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
 )
 
 from ._types import UTCDateTime
@@ -153,7 +152,11 @@ pending_requests = Table(
     Column("protocol", String(16), nullable=False),
     Column("transaction_id", String(128), nullable=False),
     Column("ref", String(32), nullable=False),
-    Column("csr", LargeBinary, nullable=False),
+    # What issuing needs, never the CSR (its challengePassword is the code): the public key
+    # (SPKI DER), the SANs asked for (DER of GeneralNames, empty for none) and the reservation ID.
+    Column("public_key", LargeBinary, nullable=False),
+    Column("sans", LargeBinary, nullable=False),
+    Column("reservation", String(64), nullable=False),
     Column("requester", LargeBinary, nullable=False),
     Column("cipher", String(16), nullable=False),
     Column("status", String(16), nullable=False),
@@ -161,7 +164,7 @@ pending_requests = Table(
     Column("decided_at", UTCDateTime, nullable=True),
     Column("decided_by", Text, nullable=True),
     Column("serial", String(64), nullable=True),
-    UniqueConstraint("protocol", "transaction_id", name="uq_pending_transaction"),
+    Index("ix_pending_requests_transaction", "protocol", "transaction_id"),
     Index("ix_pending_requests_status", "status"),
 )
 

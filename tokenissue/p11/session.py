@@ -809,44 +809,40 @@ class TokenSession:
 
 
 class Decryptor:
-    """RSA PKCS#1 v1.5 decryption (CKM_RSA_PKCS) with one key, in a session of its own.
+    """RSA PKCS#1 v1.5 decryption (CKM_RSA_PKCS) with one key, each in a session of its own.
 
     A refused block (not PKCS#1 for this key: a client's garbage or a probe) gives None, never
-    an exception with the token's reason, so callers answer every bad block alike. The session
-    is then replaced: tpm2-pkcs11 leaves a failed C_Decrypt's operation active, and the session
-    would refuse everything after it with CKR_OPERATION_ACTIVE (measured; PKCS#11 says a failed
-    C_Decrypt ends the operation). The application's login covers the new session.
+    an exception with the token's reason, so callers answer every bad block alike. Every
+    decryption opens a session, finds the key, decrypts and closes the session, whatever the
+    outcome: the work is the same for a good and a refused block, so the time does not tell
+    them apart beyond what the token's own C_Decrypt does. It is also what tpm2-pkcs11 needs: it
+    leaves a failed C_Decrypt's operation active, and that session would refuse everything after
+    with CKR_OPERATION_ACTIVE (measured; PKCS#11 says a failed C_Decrypt ends the operation).
+    The application's login covers each new session.
     """
 
     def __init__(self, owner: TokenSession, key_id: bytes) -> None:
         self._owner = owner
         self._key_id = key_id
-        self._session: Any = None
-        self._key: Any = None
-        self._open()
-
-    def _open(self) -> None:
-        with self._owner.lock, translate("open a session"):
-            self._session = self._owner._session.token.open()
-            self._key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=self._key_id)
 
     def close(self) -> None:
-        if self._session is not None:
-            with self._owner.lock, suppress(px.PKCS11Error):
-                self._session.close()
-            self._session = None
+        """Nothing stays open between decryptions; kept for callers that close what they open."""
 
     def decrypt(self, ciphertext: bytes) -> bytes | None:
-        if self._session is None:
-            self._open()
-        try:
-            with self._owner.lock:
-                plain: bytes = self._key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS)
-            return plain
-        except (px.PKCS11Error, RuntimeError):
-            self.close()
-            self._open()  # a token that is gone raises TokenError here
-            return None
+        with self._owner.lock:
+            with translate("open a session"):
+                session = self._owner._session.token.open()
+            try:
+                with translate("find the key"):
+                    key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=self._key_id)
+                try:
+                    plain: bytes | None = key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS)
+                except (px.PKCS11Error, RuntimeError):
+                    plain = None
+            finally:
+                with suppress(px.PKCS11Error):
+                    session.close()
+        return plain
 
 
 def _data_application(key_id: bytes) -> str:

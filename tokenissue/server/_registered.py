@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ from ..models import CertRecord, CertStatus, RegistrationStatus, RevocationReaso
 from ..pkix.kr_vid import without_identify_data
 from ..pkix.names import sans_of
 
-__all__ = ["AwaitingApproval", "Refusal", "check_code", "csr_subject", "issue_registered", "renewable", "renewal_names"]
+__all__ = ["AwaitingApproval", "Refusal", "Requested", "check_code", "csr_subject", "issue_registered", "renewable", "renewal_names"]
 
 
 class Refusal(Exception):
@@ -47,7 +48,7 @@ class AwaitingApproval(Exception):
 
 WRONG_CODE = "The reference or the authorization code is wrong."
 
-#: Signs one request: (csr, profile, subject, sans, request_id=, real_name=, reissue_of=) -> Issued.
+#: Signs one request: (public key, profile, subject, sans, request_id=, real_name=, reissue_of=) -> Issued.
 Signer = Callable[..., Issued]
 
 
@@ -65,17 +66,44 @@ def check_code(ra: RegistrationAuthority, ref: str, typed: str, fields: dict[str
     raise Refusal("unauthenticated", WRONG_CODE)
 
 
+@dataclass(frozen=True)
+class Requested:
+    """What a request asks for: the key, the subject and SANs it names, and the DER its
+    reservation ID is derived from (the CSR's). Nothing secret: a queued request keeps this,
+    never the CSR with its challenge password."""
+
+    public_key: Any
+    subject: x509.Name | None
+    sans: tuple[x509.GeneralName, ...]
+    identity: bytes
+
+    @classmethod
+    def of_csr(cls, csr: x509.CertificateSigningRequest) -> Requested:
+        try:
+            sans = tuple(sans_of(csr))
+        except (ValueError, x509.DuplicateExtension):
+            raise Refusal("bad-request", "The request's extensions cannot be read; make a new request.") from None
+        return cls(csr.public_key(), csr_subject(csr), sans, csr.public_bytes(serialization.Encoding.DER))
+
+
 def issue_registered(
-    ca: CertificateAuthority, ra: RegistrationAuthority, ref: str, csr: x509.CertificateSigningRequest,
-    subject_of_csr: x509.Name | None, *, protocol: str, tid_label: str, sign: Signer, can_wait: bool = False,
-    approved: bool = False,
+    ca: CertificateAuthority, ra: RegistrationAuthority, ref: str, req: Requested, *, protocol: str, tid_label: str,
+    sign: Signer, can_wait: bool = False, approved: bool = False, reservation: bytes | None = None,
 ) -> Issued:  # fmt: skip
     """``protocol`` names the protocol in sentences ("EST", "SCEP") and, in lower case, begins
     the request ID; ``tid_label`` begins the hashed reservation ID ("simpleenroll", "pkcsreq").
 
-    For a profile with ``approval``: a protocol that ``can_wait`` gets :class:`AwaitingApproval`
-    once the registration is reserved for the request (the caller queues it), until it comes
-    back ``approved``; any other protocol is refused."""
+    The same request sent again after it was issued (its answer lost) gets the same
+    certificate. For a profile with ``approval``: a protocol that ``can_wait`` gets
+    :class:`AwaitingApproval` once the registration is reserved for the request (the caller
+    queues it), until it comes back ``approved`` (with the ``reservation`` it was queued under);
+    any other protocol is refused."""
+    tid = reservation if reservation is not None else reservation_id(tid_label, ref, req.identity)
+    done = ca.inventory.get_registration(ref)
+    if done is not None and done.status is RegistrationStatus.USED and done.reserved_tid == tid and done.serial:
+        rec = ca.inventory.get_certificate(done.serial)
+        if rec is not None:
+            return Issued(x509.load_der_x509_certificate(rec.der), rec, ca.chain())
     try:
         reg = ra.check_usable(ref)
         if not can_wait:
@@ -87,12 +115,11 @@ def issue_registered(
         raise Refusal("forbidden", f"Profile '{reg.profile}' binds the holder's registration number, which "
                                    f"{protocol} cannot carry confidentially; enroll over CMP.")  # fmt: skip
     try:
-        subject, san = registered_request(reg, subject_of_csr, tuple(sans_of(csr)))
+        subject, san = registered_request(reg, req.subject, req.sans)
     except RequestRejected as e:
         raise Refusal("bad-request", e.message) from None
     except (ValueError, x509.DuplicateExtension):
         raise Refusal("bad-request", "The request's extensions cannot be read; make a new request.") from None
-    tid = reservation_id(tid_label, ref, csr.public_bytes(serialization.Encoding.DER))
     try:
         ra.reserve(ref, tid)
     except RequestRejected as e:
@@ -100,8 +127,8 @@ def issue_registered(
     if profile.approval and not approved:
         raise AwaitingApproval(reg.profile)
     try:
-        issued = sign(csr, reg.profile, subject, san, request_id=f"{protocol.lower()}-{tid.hex()}", real_name=reg.real_name,
-                      reissue_of=reg.reissue_of)  # fmt: skip
+        issued = sign(req.public_key, reg.profile, subject, san, request_id=f"{protocol.lower()}-{tid.hex()}",
+                      real_name=reg.real_name, reissue_of=reg.reissue_of)  # fmt: skip
     except CAError:
         ra.release(ref, tid)  # a definite refusal: another request may try
         raise

@@ -358,7 +358,9 @@ def create_app(
                     f"The pkiMessage did not arrive whole (HTTP {body}).\n", status_code=body, headers=_CLOSE)  # fmt: skip
         else:
             try:
-                body = base64.b64decode(b"".join(request.query_params.get("message", "").encode().split()), validate=True)
+                # A client that does not percent-encode its '+' has it read as a space.
+                message = request.query_params.get("message", "").replace(" ", "+")
+                body = base64.b64decode(b"".join(message.encode().split()), validate=True)
             except (binascii.Error, ValueError):
                 return PlainTextResponse("The message parameter is not base64.\n", status_code=400)
         return await _admitted(partial(runtime.scep.pki_operation, body, fields), fields)

@@ -48,7 +48,16 @@ from ..credentials import Pin, ProtectedAuth
 from ..errors import CAError, RequestRejected, TokenError
 from ..inventory import InventoryUnavailable
 from ..pkix.csr import verify_csr
-from ._registered import WRONG_CODE, Refusal, check_code, csr_subject, issue_registered, renewable, renewal_names
+from ._registered import (
+    WRONG_CODE,
+    Refusal,
+    Requested,
+    check_code,
+    csr_subject,
+    issue_registered,
+    renewable,
+    renewal_names,
+)
 
 __all__ = ["ESTReply", "ESTService"]
 
@@ -141,16 +150,16 @@ class ESTService:
         csr = self._csr(body)
         try:
             check_code(self.ra, ref, typed, fields)
-            return issue_registered(self.ca, self.ra, ref, csr, csr_subject(csr), protocol="EST",
+            return issue_registered(self.ca, self.ra, ref, Requested.of_csr(csr), protocol="EST",
                                     tid_label="simpleenroll", sign=self._sign_new)  # fmt: skip
         except Refusal as e:
             if e.kind == "unauthenticated":
                 raise _unauthenticated() from None
             raise _Refused(403 if e.kind == "forbidden" else 400, e.text) from None
 
-    def _sign_new(self, csr: x509.CertificateSigningRequest, profile: str, subject: x509.Name,
-                  san: list[x509.GeneralName], **kwargs: Any) -> Issued:  # fmt: skip
-        return self._sign(csr, profile, subject, san, replaces=None, **kwargs)
+    def _sign_new(self, public_key: Any, profile: str, subject: x509.Name, san: list[x509.GeneralName],
+                  **kwargs: Any) -> Issued:  # fmt: skip
+        return self._sign(public_key, profile, subject, san, replaces=None, **kwargs)
 
     @staticmethod
     def _basic(authorization: str | None) -> tuple[str, str]:
@@ -180,7 +189,7 @@ class ESTService:
         # Per renewed certificate and CSR: renewing the next certificate with the same CSR is a new request.
         seed = f"simplereenroll|{rec.serial:x}|".encode() + csr.public_bytes(serialization.Encoding.DER)
         request_id = "est-" + hashlib.sha256(seed).hexdigest()[:32]
-        return self._sign(csr, rec.profile, subject, san, request_id=request_id, replaces=rec.serial)
+        return self._sign(csr.public_key(), rec.profile, subject, san, request_id=request_id, replaces=rec.serial)
 
     # -- shared ------------------------------------------------------------------------------
     @staticmethod
@@ -206,10 +215,10 @@ class ESTService:
             raise _Refused(400, "The request's extensions cannot be read; make a new request.") from None
 
     def _sign(
-        self, csr: x509.CertificateSigningRequest, profile: str, subject: x509.Name, san: list[x509.GeneralName], *,
+        self, public_key: Any, profile: str, subject: x509.Name, san: list[x509.GeneralName], *,
         request_id: str, replaces: int | None, real_name: str | None = None, reissue_of: int | None = None,
     ) -> Issued:  # fmt: skip
         return self.ca.issue(
-            csr.public_key(), profile, subject=subject, san=san, pin=self._pin, request_id=request_id,
+            public_key, profile, subject=subject, san=san, pin=self._pin, request_id=request_id,
             replaces=replaces, ca_key=self._ca_key, real_name=real_name, reissue_of=reissue_of,
         )  # fmt: skip

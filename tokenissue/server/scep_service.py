@@ -30,7 +30,9 @@ Single DES is accepted only when ca.toml says ``scep_single_des = true``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import re
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -41,19 +43,29 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..ca import delegated
-from ..ca.approvals import TID_LABELS
+from ..ca.approvals import TID_LABELS, reservation_id
 from ..ca.authority import CertificateAuthority, Issued
 from ..ca.registration import RegistrationAuthority
 from ..ca.scep import RA_SERVICE, ra_certificate
 from ..credentials import Pin, ProtectedAuth
 from ..errors import CAError, TokenError
 from ..inventory import InventoryUnavailable
-from ..models import PendingRequest, PendingStatus
+from ..models import PendingRequest, PendingStatus, RegistrationStatus
 from ..pkix.csr import verify_csr
+from ..pkix.names import format_san, parse_san
 from ..protocols import scep
 from ..protocols.scep import FailInfo, MessageType, PKIStatus, SCEPFailure, SCEPMalformed, SCEPRequest
-from ..publickeys import same_public_key
-from ._registered import AwaitingApproval, Refusal, check_code, csr_subject, issue_registered, renewable, renewal_names
+from ..publickeys import same_public_key, spki_der
+from ._registered import (
+    AwaitingApproval,
+    Refusal,
+    Requested,
+    check_code,
+    csr_subject,
+    issue_registered,
+    renewable,
+    renewal_names,
+)
 
 __all__ = ["CA_CAPS", "SCEPReply", "SCEPService"]
 
@@ -187,12 +199,14 @@ class SCEPService:
                              status=PKIStatus.FAILURE, fail_info=e.fail_info, fail_text=e.text, digest=digest)  # fmt: skip
 
     def _answer(self, request: SCEPRequest, fields: dict[str, Any]) -> Issued | _FromQueue:
-        queued = self.ca.inventory.pending_for("scep", request.transaction_id)
-        if queued is not None and request.message_type in (MessageType.PKCS_REQ, MessageType.CERT_POLL):
-            # A CertPoll, or the PKCSReq sent again (RFC 8894 §3.3.3: the same as polling).
-            return self._poll(request, queued, fields)
+        if request.message_type in (MessageType.PKCS_REQ, MessageType.CERT_POLL):
+            # A CertPoll, or the PKCSReq sent again (RFC 8894 §3.3.3: the same as polling), for a
+            # request of this transaction that this requester's key made and that is not done.
+            queued = self._queued(request)
+            if queued is not None:
+                return self._poll(request, queued, fields)
         if request.message_type is MessageType.CERT_POLL:
-            raise SCEPFailure(FailInfo.BAD_CERT_ID, "No request with this transactionID waits here.")
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "No request of this transaction and key waits here.")
         if request.message_type not in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"{request.message_type.name} is not answered here: certificates "
                                                     "and CRLs are at /ca.pem and /crl.pem.")  # fmt: skip
@@ -206,45 +220,77 @@ class SCEPService:
         except CAError as e:
             raise SCEPFailure(FailInfo.BAD_REQUEST, e.message) from None
         try:
-            if request.message_type is MessageType.PKCS_REQ and not self._issued_here(request.signer):
+            renewal = request.message_type is MessageType.RENEWAL_REQ or (
+                self._issued_here(request.signer) and not self._names_open_registration(csr))
+            if not renewal:
                 return self._enroll(request, csr, fields)
             # A RenewalReq, or a PKCSReq signed with a certificate this CA issued: certmonger
             # renews that way (RFC 8894 §3.3.1.2 allows it for CAs without Renewal), and its CSR
-            # still carries the challenge it enrolled with, which is used up and not looked at.
+            # still carries the challenge it enrolled with, used up and not looked at. A
+            # challenge that names an open registration (a re-issue, say) takes that path instead.
             return self._renew(request, csr, fields)
         except Refusal as e:
             raise SCEPFailure(FailInfo.BAD_REQUEST, e.text) from None
+
+    def _queued(self, request: SCEPRequest) -> PendingRequest | None:
+        """The latest queued request of this transaction made with the signer's key, if this
+        message is about it: a CertPoll always; a PKCSReq when that request is not done, or when
+        it is the same request (same registration and CSR) sent again. A rejected request's
+        transaction may thus bring a corrected request (another CSR) with the same code."""
+        key = request.signer.public_key()
+        mine = [q for q in self.ca.inventory.pending_of("scep", request.transaction_id)
+                if same_public_key(x509.load_der_x509_certificate(q.requester).public_key(), key)]  # fmt: skip
+        if not mine:
+            return None
+        latest = mine[-1]
+        if request.message_type is MessageType.CERT_POLL or latest.status in (PendingStatus.PENDING, PendingStatus.APPROVED):
+            return latest
+        try:
+            csr = x509.load_der_x509_csr(request.content)
+        except ValueError:
+            return None
+        ref = _challenge(csr).partition(":")[0].strip()
+        same = reservation_id(TID_LABELS["scep"], ref, csr.public_bytes(serialization.Encoding.DER)).hex()
+        return latest if same == latest.reservation else None
 
     def _issued_here(self, cert: x509.Certificate) -> bool:
         rec = self.ca.inventory.get_certificate(cert.serial_number)
         return rec is not None and rec.der == cert.public_bytes(serialization.Encoding.DER)
 
+    def _names_open_registration(self, csr: x509.CertificateSigningRequest) -> bool:
+        ref, sep, _ = _challenge(csr).partition(":")
+        reg = self.ca.inventory.get_registration(ref.strip()) if sep and _REFERENCE.fullmatch(ref.strip()) else None
+        return reg is not None and reg.status is RegistrationStatus.OPEN
+
     def _enroll(self, request: SCEPRequest, csr: x509.CertificateSigningRequest, fields: dict[str, Any]) -> Issued:
-        # §2.3: a PKCSReq is signed by a self-signed certificate for the requested key.
+        # §2.3: a PKCSReq is signed by a certificate for the requested key (self-signed, or, for
+        # a re-issue, the holder's current one for the same key).
         if not same_public_key(request.signer.public_key(), csr.public_key()):
             raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, "A PKCSReq must be signed with the key it asks a certificate for.")
         ref, sep, code = _challenge(csr).partition(":")
-        if not sep or not ref.strip():
-            raise Refusal("unauthenticated", "The challenge password must be the registration's REFERENCE:CODE.")
         ref = ref.strip()
+        if not sep or not _REFERENCE.fullmatch(ref):
+            raise Refusal("unauthenticated", "The challenge password must be the registration's REFERENCE:CODE.")
         fields["ref"] = ref
         check_code(self.ra, ref, code, fields)
+        wanted = Requested.of_csr(csr)
         try:
-            return issue_registered(self.ca, self.ra, ref, csr, csr_subject(csr), protocol="SCEP",
-                                    tid_label=TID_LABELS["scep"], sign=self._sign_new, can_wait=True)  # fmt: skip
+            return issue_registered(self.ca, self.ra, ref, wanted, protocol="SCEP", tid_label=TID_LABELS["scep"],
+                                    sign=self._sign_new, can_wait=True)  # fmt: skip
         except AwaitingApproval:
             queued = self.ca.inventory.pending_add(
-                "scep", request.transaction_id, ref, request.content,
-                request.signer.public_bytes(serialization.Encoding.DER), request.cipher,
+                "scep", request.transaction_id, ref, public_key=spki_der(wanted.public_key), sans=_sans_der(wanted.sans),
+                reservation=reservation_id(TID_LABELS["scep"], ref, wanted.identity).hex(),
+                requester=request.signer.public_bytes(serialization.Encoding.DER), cipher=request.cipher,
             )  # fmt: skip
             fields["pending"] = queued.id
             raise _Pending() from None
 
     def _poll(self, request: SCEPRequest, queued: PendingRequest, fields: dict[str, Any]) -> Issued | _FromQueue:
         fields["pending"] = queued.id
-        if request.signer.public_bytes(serialization.Encoding.DER) != queued.requester:
-            raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, "A poll must be signed by the certificate its request was.")
-        requester = x509.load_der_x509_certificate(queued.requester)
+        # Answered to the requester's key as it signs now: a client that made a new self-signed
+        # certificate for the same key (after a restart) can collect its certificate.
+        requester = request.signer
         if queued.status is PendingStatus.PENDING:
             raise _Pending()
         if queued.status is PendingStatus.REJECTED:
@@ -253,20 +299,21 @@ class SCEPService:
             assert queued.serial is not None
             rec = self.ca.inventory.get_certificate(queued.serial)
             assert rec is not None
-            return _FromQueue(x509.load_der_x509_certificate(rec.der), requester, queued.cipher, rec.serial)
-        csr = x509.load_der_x509_csr(queued.csr)
+            return _FromQueue(x509.load_der_x509_certificate(rec.der), requester, request.cipher, rec.serial)
+        wanted = Requested(serialization.load_der_public_key(queued.public_key), None, _sans_of_der(queued.sans),
+                           b"")  # fmt: skip
         try:
-            issued = issue_registered(self.ca, self.ra, queued.ref, csr, csr_subject(csr), protocol="SCEP",
-                                      tid_label=TID_LABELS["scep"], sign=self._sign_new, can_wait=True,
-                                      approved=True)  # fmt: skip
+            issued = issue_registered(self.ca, self.ra, queued.ref, wanted, protocol="SCEP",
+                                      tid_label=TID_LABELS["scep"], sign=self._sign_new, can_wait=True, approved=True,
+                                      reservation=bytes.fromhex(queued.reservation))  # fmt: skip
         except Refusal as e:
             raise SCEPFailure(FailInfo.BAD_REQUEST, e.text) from None
         self.ca.inventory.pending_issued(queued.id, issued.record.serial)
-        return _FromQueue(issued.certificate, requester, queued.cipher, issued.record.serial)
+        return _FromQueue(issued.certificate, requester, request.cipher, issued.record.serial)
 
-    def _sign_new(self, csr: x509.CertificateSigningRequest, profile: str, subject: x509.Name,
-                  san: list[x509.GeneralName], **kwargs: Any) -> Issued:  # fmt: skip
-        return self.ca.issue(csr.public_key(), profile, subject=subject, san=san, pin=self._pin, ca_key=self._ca_key,
+    def _sign_new(self, public_key: Any, profile: str, subject: x509.Name, san: list[x509.GeneralName],
+                  **kwargs: Any) -> Issued:  # fmt: skip
+        return self.ca.issue(public_key, profile, subject=subject, san=san, pin=self._pin, ca_key=self._ca_key,
                              replaces=None, **kwargs)  # fmt: skip
 
     def _renew(self, request: SCEPRequest, csr: x509.CertificateSigningRequest, fields: dict[str, Any]) -> Issued:
@@ -296,6 +343,19 @@ class _FromQueue:
     @property
     def record(self) -> _FromQueue:
         return self
+
+
+#: A registration's reference as the RA makes them (10 digits; allow some room).
+_REFERENCE = re.compile(r"[0-9]{1,32}")
+
+
+def _sans_der(sans: tuple[x509.GeneralName, ...]) -> bytes:
+    """The SANs a queued request asked for, as the registrations keep theirs (dns:, ip:, ...)."""
+    return json.dumps([format_san(n) for n in sans]).encode()
+
+
+def _sans_of_der(data: bytes) -> tuple[x509.GeneralName, ...]:
+    return tuple(parse_san(json.loads(data.decode()))) if data else ()
 
 
 def _challenge(csr: x509.CertificateSigningRequest) -> str:

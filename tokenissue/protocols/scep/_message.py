@@ -24,13 +24,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import padding as sym_padding
@@ -58,6 +59,8 @@ __all__ = [
 ]
 
 MAX_MESSAGE_SIZE: Final = 64 * 1024
+#: X.680 PrintableString's characters: a transactionID is echoed in one (RFC 8894 §3.2.1.1).
+_PRINTABLE: Final = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
 
 
 class MessageType(enum.IntEnum):
@@ -281,8 +284,8 @@ def parse_request(
         if str(oid) not in attrs:
             raise SCEPMalformed(f"The pkiMessage has no {what}.")
     tid = _string(attrs[str(rfc8894.id_transactionID)], "transactionID")
-    if not 1 <= len(tid) <= 128:
-        raise SCEPMalformed("The request's transactionID must be 1 to 128 characters.")
+    if not 1 <= len(tid) <= 128 or not _PRINTABLE.fullmatch(tid):
+        raise SCEPMalformed("The request's transactionID must be 1 to 128 PrintableString characters.")
     nonce = _octets(attrs[str(rfc8894.id_senderNonce)], "senderNonce")
     if not 8 <= len(nonce) <= 64:
         raise SCEPMalformed("The request's senderNonce must be 8 to 64 octets (RFC 8894: 16).")
@@ -335,7 +338,10 @@ def _verify_signer(signer_info: Any, attrs: dict[str, bytes], signer: x509.Certi
         raise partial.failure(FailInfo.BAD_MESSAGE_CHECK, "The request's messageDigest does not match its content.")
     # RFC 5652 §5.4: the signature is over the DER of the attributes as a SET OF (tag 0x31).
     signed_der = b"\x31" + encoder.encode(signer_info["signedAttrs"])[1:]
-    public = signer.public_key()
+    try:
+        public = signer.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise partial.failure(FailInfo.BAD_ALG, "The request's signer has a key of a kind this CA does not know.") from None
     chosen = _HASHES[sig_hash or digest]()
     try:
         if kind == "rsa" and isinstance(public, rsa.RSAPublicKey):

@@ -7,7 +7,8 @@ Create Date: 2026-12-08
 A profile with ``approval = true`` keeps a request authorized by a registration's code in
 ``pending_requests`` until ``ca approve`` or ``ca reject``; the client's poll (SCEP CertPoll)
 then gets the certificate or the refusal. The registration stays reserved for the request
-meanwhile, so its code cannot be used twice.
+meanwhile, so its code cannot be used twice. The row keeps what issuing needs (the public key,
+the SANs asked for, the reservation ID), never the CSR: its challengePassword is the code.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def upgrade() -> None:
         sa.Column("protocol", sa.String(16), nullable=False),
         sa.Column("transaction_id", sa.String(128), nullable=False),
         sa.Column("ref", sa.String(32), nullable=False),
-        sa.Column("csr", sa.LargeBinary(), nullable=False),
+        sa.Column("public_key", sa.LargeBinary(), nullable=False),
+        sa.Column("sans", sa.LargeBinary(), nullable=False),
+        sa.Column("reservation", sa.String(64), nullable=False),
         sa.Column("requester", sa.LargeBinary(), nullable=False),
         sa.Column("cipher", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
@@ -38,11 +41,12 @@ def upgrade() -> None:
         sa.Column("decided_at", UTCDateTime(), nullable=True),
         sa.Column("decided_by", sa.Text(), nullable=True),
         sa.Column("serial", sa.String(64), nullable=True),
-        sa.UniqueConstraint("protocol", "transaction_id", name="uq_pending_transaction"),
     )
+    op.create_index("ix_pending_requests_transaction", "pending_requests", ["protocol", "transaction_id"])
     op.create_index("ix_pending_requests_status", "pending_requests", ["status"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_pending_requests_status", table_name="pending_requests")
+    op.drop_index("ix_pending_requests_transaction", table_name="pending_requests")
     op.drop_table("pending_requests")
