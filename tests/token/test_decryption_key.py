@@ -38,7 +38,6 @@ def test_a_decryption_key_decrypts_and_signs_on_the_token(session_token_impl: To
             # leaves the failed operation active in its session; the decryptor takes a new one).
             assert decryptor.decrypt(os.urandom(256)) is None
             assert decryptor.decrypt(wrapped) == cek
-            decryptor.close()
             sig = key.sign(b"message", padding.PKCS1v15(), hashes.SHA256())
             key.public_key().verify(sig, b"message", padding.PKCS1v15(), hashes.SHA256())
             with pytest.raises(UsageError):

@@ -825,9 +825,6 @@ class Decryptor:
         self._owner = owner
         self._key_id = key_id
 
-    def close(self) -> None:
-        """Nothing stays open between decryptions; kept for callers that close what they open."""
-
     def decrypt(self, ciphertext: bytes) -> bytes | None:
         with self._owner.lock:
             with translate("open a session"):

@@ -12,6 +12,7 @@ certificate, or finishes a reservation it made.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from ..models import CertRecord, CertStatus, RegistrationStatus, RevocationReaso
 from ..pkix.kr_vid import without_identify_data
 from ..pkix.names import sans_of
 
-__all__ = ["AwaitingApproval", "Refusal", "Requested", "check_code", "csr_subject", "issue_registered", "renewable", "renewal_names"]
+__all__ = ["AwaitingApproval", "Refusal", "Requested", "check_code", "csr_subject", "issue_registered", "renewable", "renewal_names", "renewal_request_id"]
 
 
 class Refusal(Exception):
@@ -184,3 +185,10 @@ def csr_subject(csr: x509.CertificateSigningRequest) -> x509.Name | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return csr.subject
+
+
+def renewal_request_id(prefix: str, label: str, serial: int, csr: x509.CertificateSigningRequest) -> str:
+    """The request ID of a renewal: per renewed certificate and CSR, so the same request sent
+    again gets the same certificate and renewing the next certificate is a new request."""
+    seed = f"{label}|{serial:x}|".encode() + csr.public_bytes(serialization.Encoding.DER)
+    return f"{prefix}-" + hashlib.sha256(seed).hexdigest()[:32]

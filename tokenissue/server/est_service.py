@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 import threading
 from typing import Any
@@ -57,6 +56,7 @@ from ._registered import (
     issue_registered,
     renewable,
     renewal_names,
+    renewal_request_id,
 )
 
 __all__ = ["ESTReply", "ESTService"]
@@ -187,8 +187,7 @@ class ESTService:
         except Refusal as e:
             raise _Refused(403 if e.kind == "forbidden" else 400, e.text) from None
         # Per renewed certificate and CSR: renewing the next certificate with the same CSR is a new request.
-        seed = f"simplereenroll|{rec.serial:x}|".encode() + csr.public_bytes(serialization.Encoding.DER)
-        request_id = "est-" + hashlib.sha256(seed).hexdigest()[:32]
+        request_id = renewal_request_id("est", "simplereenroll", rec.serial, csr)
         return self._sign(csr.public_key(), rec.profile, subject, san, request_id=request_id, replaces=rec.serial)
 
     # -- shared ------------------------------------------------------------------------------

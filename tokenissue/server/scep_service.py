@@ -29,7 +29,6 @@ Single DES is accepted only when ca.toml says ``scep_single_des = true``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -65,6 +64,7 @@ from ._registered import (
     issue_registered,
     renewable,
     renewal_names,
+    renewal_request_id,
 )
 
 __all__ = ["CA_CAPS", "SCEPReply", "SCEPService"]
@@ -104,7 +104,6 @@ class SCEPService:
             session, selector = opened
             self._ra_key = session.private_key(selector)
             self._decryptor = session.decryptor(selector)
-            self._stack.callback(self._decryptor.close)
         ciphers = {"aes128", "aes192", "aes256", "des3"}
         if ca.config.scep_single_des:
             ciphers.add("des")
@@ -178,7 +177,7 @@ class SCEPService:
             failure = SCEPFailure(FailInfo.BAD_REQUEST, e.message)
             fields.update(scep_fail="bad_request", scep_text=e.message)
             return self._reply(self._failure(request.transaction_id, request.sender_nonce, request.digest, failure))
-        fields["serial"] = format(issued.record.serial, "x")
+        fields["serial"] = format(issued.serial if isinstance(issued, _FromQueue) else issued.record.serial, "x")
         recipient, cipher = request.signer, request.cipher
         if isinstance(issued, _FromQueue):
             recipient, cipher = issued.requester, issued.cipher
@@ -249,7 +248,7 @@ class SCEPService:
             csr = x509.load_der_x509_csr(request.content)
         except ValueError:
             return None
-        ref = _challenge(csr).partition(":")[0].strip()
+        ref = (_reference_and_code(csr) or ("", ""))[0]
         same = reservation_id(TID_LABELS["scep"], ref, csr.public_bytes(serialization.Encoding.DER)).hex()
         return latest if same == latest.reservation else None
 
@@ -258,8 +257,8 @@ class SCEPService:
         return rec is not None and rec.der == cert.public_bytes(serialization.Encoding.DER)
 
     def _names_open_registration(self, csr: x509.CertificateSigningRequest) -> bool:
-        ref, sep, _ = _challenge(csr).partition(":")
-        reg = self.ca.inventory.get_registration(ref.strip()) if sep and _REFERENCE.fullmatch(ref.strip()) else None
+        given = _reference_and_code(csr)
+        reg = self.ca.inventory.get_registration(given[0]) if given else None
         return reg is not None and reg.status is RegistrationStatus.OPEN
 
     def _enroll(self, request: SCEPRequest, csr: x509.CertificateSigningRequest, fields: dict[str, Any]) -> Issued:
@@ -267,10 +266,10 @@ class SCEPService:
         # a re-issue, the holder's current one for the same key).
         if not same_public_key(request.signer.public_key(), csr.public_key()):
             raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, "A PKCSReq must be signed with the key it asks a certificate for.")
-        ref, sep, code = _challenge(csr).partition(":")
-        ref = ref.strip()
-        if not sep or not _REFERENCE.fullmatch(ref):
+        given = _reference_and_code(csr)
+        if given is None:
             raise Refusal("unauthenticated", "The challenge password must be the registration's REFERENCE:CODE.")
+        ref, code = given
         fields["ref"] = ref
         check_code(self.ra, ref, code, fields)
         wanted = Requested.of_csr(csr)
@@ -279,7 +278,7 @@ class SCEPService:
                                     sign=self._sign_new, can_wait=True)  # fmt: skip
         except AwaitingApproval:
             queued = self.ca.inventory.pending_add(
-                "scep", request.transaction_id, ref, public_key=spki_der(wanted.public_key), sans=_sans_der(wanted.sans),
+                "scep", request.transaction_id, ref, public_key=spki_der(wanted.public_key), sans=_sans_text(wanted.sans),
                 reservation=reservation_id(TID_LABELS["scep"], ref, wanted.identity).hex(),
                 requester=request.signer.public_bytes(serialization.Encoding.DER), cipher=request.cipher,
             )  # fmt: skip
@@ -300,7 +299,7 @@ class SCEPService:
             rec = self.ca.inventory.get_certificate(queued.serial)
             assert rec is not None
             return _FromQueue(x509.load_der_x509_certificate(rec.der), requester, request.cipher, rec.serial)
-        wanted = Requested(serialization.load_der_public_key(queued.public_key), None, _sans_of_der(queued.sans),
+        wanted = Requested(serialization.load_der_public_key(queued.public_key), None, _sans_from_text(queued.sans),
                            b"")  # fmt: skip
         try:
             issued = issue_registered(self.ca, self.ra, queued.ref, wanted, protocol="SCEP",
@@ -321,8 +320,7 @@ class SCEPService:
         rec = renewable(self.ca, cert_der, fields)
         subject, san = renewal_names(request.signer, csr, csr_subject(csr))
         # Per renewed certificate and CSR: the same RenewalReq sent again gets the same certificate.
-        seed = f"renewalreq|{rec.serial:x}|".encode() + csr.public_bytes(serialization.Encoding.DER)
-        request_id = "scep-" + hashlib.sha256(seed).hexdigest()[:32]
+        request_id = renewal_request_id("scep", "renewalreq", rec.serial, csr)
         return self.ca.issue(csr.public_key(), rec.profile, subject=subject, san=san, pin=self._pin,
                              request_id=request_id, replaces=rec.serial, ca_key=self._ca_key)  # fmt: skip
 
@@ -340,22 +338,25 @@ class _FromQueue:
     cipher: str
     serial: int
 
-    @property
-    def record(self) -> _FromQueue:
-        return self
-
 
 #: A registration's reference as the RA makes them (10 digits; allow some room).
 _REFERENCE = re.compile(r"[0-9]{1,32}")
 
 
-def _sans_der(sans: tuple[x509.GeneralName, ...]) -> bytes:
+def _sans_text(sans: tuple[x509.GeneralName, ...]) -> bytes:
     """The SANs a queued request asked for, as the registrations keep theirs (dns:, ip:, ...)."""
     return json.dumps([format_san(n) for n in sans]).encode()
 
 
-def _sans_of_der(data: bytes) -> tuple[x509.GeneralName, ...]:
+def _sans_from_text(data: bytes) -> tuple[x509.GeneralName, ...]:
     return tuple(parse_san(json.loads(data.decode()))) if data else ()
+
+
+def _reference_and_code(csr: x509.CertificateSigningRequest) -> tuple[str, str] | None:
+    """The challengePassword's REFERENCE and CODE, or None when it is not of that form."""
+    ref, sep, code = _challenge(csr).partition(":")
+    ref = ref.strip()
+    return (ref, code) if sep and _REFERENCE.fullmatch(ref) else None
 
 
 def _challenge(csr: x509.CertificateSigningRequest) -> str:
